@@ -1,0 +1,296 @@
+"""Command line: `appliance serve` and client commands mirroring `influxdb3`; parsing only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from . import __version__, config
+from .errors import ApplianceError
+
+DEFAULT_HOST = "http://127.0.0.1:8181"
+
+#: serve flags: flag name -> setting (the flag's value overrides the setting).
+SERVE_FLAGS: dict[str, str] = {
+    "--node-id": "server.node_id",
+    "--data-dir": "server.data_dir",
+    "--plugin-dir": "server.plugin_dir",
+    "--log-filter": "server.log_filter",
+    "--http-bind": "http.bind",
+    "--max-http-request-size": "http.max_request_size",
+    "--wal-flush-interval": "wal.flush_interval",
+    "--gen1-duration": "storage.gen1_duration",
+    "--max-buffer-bytes": "storage.max_buffer_bytes",
+    "--query-memory-limit": "query.memory_limit",
+    "--query-timeout": "query.timeout",
+}
+
+
+class CliError(Exception):
+    """A problem to report as one line on stderr, with a non-zero exit."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, ApplianceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- parser --------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="appliance",
+        description="Edge time-series database: InfluxDB 3 compatible writes, SQL queries, Parquet.",
+    )
+    p.add_argument("--version", action="version", version=f"appliance {__version__}")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the server", description="Run the appliance server.")
+    s.add_argument("--config", help="config file (default /etc/appliance/config.toml when present; env APPLIANCE_CONFIG)")
+    for flag, name in SERVE_FLAGS.items():
+        setting = next(x for x in config.SETTINGS if x.name == name)
+        s.add_argument(flag, dest=name, metavar="VALUE",
+                       help=f"{setting.help} [{name}; env {setting.env}; default {setting.default!r}]")
+    s.add_argument("--without-auth", action="store_true", help="accept requests without a token")
+    s.set_defaults(func=_serve)
+
+    w = sub.add_parser("write", aliases=["w"], help="write line protocol",
+                       description="Write line protocol from arguments, --file or stdin.")
+    _client_flags(w, database=True)
+    w.add_argument("lines", nargs="*", help="line protocol (default: read --file or stdin)")
+    w.add_argument("-f", "--file", help="read line protocol from this file")
+    w.add_argument("-p", "--precision", help="timestamp precision: auto, s, ms, us, ns")
+    w.add_argument("--accept-partial", action="store_true", default=None,
+                   help="store the good lines when some are bad (the server's default)")
+    w.add_argument("--no-sync", action="store_true", help="acknowledge before the WAL commit")
+    w.set_defaults(func=_write)
+
+    q = sub.add_parser("query", aliases=["q"], help="run a SQL query", description="Run a SQL query.")
+    _client_flags(q, database=True)
+    q.add_argument("sql", nargs="?", help="the SQL statement (or use --file)")
+    q.add_argument("-f", "--file", help="read the SQL from this file")
+    q.add_argument("--format", default="pretty", choices=["pretty", "json", "jsonl", "csv", "parquet"])
+    q.add_argument("-o", "--output", help="write the result to this file")
+    q.set_defaults(func=_query)
+
+    create = sub.add_parser("create", help="create a database or token").add_subparsers(metavar="WHAT")
+    cd = create.add_parser("database", help="create a database")
+    _client_flags(cd)
+    cd.add_argument("name")
+    cd.add_argument("--retention-period", help="e.g. 30d; data older than this is removed")
+    cd.set_defaults(func=_create_database)
+    ct = create.add_parser("token", help="create or regenerate the admin token")
+    _client_flags(ct)
+    ct.add_argument("--admin", action="store_true", required=True, help="the operator admin token")
+    ct.add_argument("--regenerate", action="store_true", help="replace the existing admin token")
+    ct.set_defaults(func=_create_token)
+
+    delete = sub.add_parser("delete", help="delete a database").add_subparsers(metavar="WHAT")
+    dd = delete.add_parser("database", help="delete a database and its data")
+    _client_flags(dd)
+    dd.add_argument("name")
+    dd.set_defaults(func=_delete_database)
+
+    show = sub.add_parser("show", help="list databases or tables").add_subparsers(metavar="WHAT")
+    sd = show.add_parser("databases", help="list databases")
+    _client_flags(sd)
+    sd.set_defaults(func=_show_databases)
+    st = show.add_parser("tables", help="list the tables of a database")
+    _client_flags(st, database=True)
+    st.set_defaults(func=_show_tables)
+
+    pe = sub.add_parser("persist", help="persist the in-memory buffer to Parquet now")
+    _client_flags(pe)
+    pe.set_defaults(func=_persist)
+
+    cfg = sub.add_parser("config", help="check a configuration").add_subparsers(metavar="WHAT")
+    cc = cfg.add_parser("check", help="validate settings and print each with its source")
+    cc.add_argument("--config", help="config file to check")
+    cc.set_defaults(func=_config_check)
+    return p
+
+
+def _client_flags(p: argparse.ArgumentParser, database: bool = False) -> None:
+    p.add_argument("-H", "--host", default=os.environ.get("APPLIANCE_HOST", DEFAULT_HOST),
+                   help=f"server URL (env APPLIANCE_HOST; default {DEFAULT_HOST})")
+    p.add_argument("--token", default=os.environ.get("APPLIANCE_TOKEN"),
+                   help="auth token (env APPLIANCE_TOKEN; default: the local admin-token file)")
+    if database:
+        p.add_argument("-d", "--database", default=os.environ.get("APPLIANCE_DATABASE"),
+                       help="database name (env APPLIANCE_DATABASE)")
+
+
+# -- serve ---------------------------------------------------------------------
+def _serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    overrides = {name: getattr(args, name) for name in SERVE_FLAGS.values()}
+    if args.without_auth:
+        overrides["auth.enabled"] = False
+    return serve(config.load(args.config, overrides))
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)
+    width = max(len(s.name) for s in config.SETTINGS)
+    for name, value, source in config.describe(cfg):
+        print(f"{name:<{width}}  {value}  ({source})")
+    return 0
+
+
+# -- client commands -----------------------------------------------------------
+class Client:
+    """A small HTTP client for the appliance API (stdlib only, so the CLI starts fast)."""
+
+    def __init__(self, host: str, token: str | None) -> None:
+        self.host = host.rstrip("/")
+        self.token = token if token is not None else _local_token()
+
+    def request(self, method: str, path: str, params: dict[str, Any] | None = None,
+                body: bytes | None = None, content_type: str | None = None) -> bytes:
+        query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v is not None})
+        url = f"{self.host}{path}" + (f"?{query}" if query else "")
+        req = urllib.request.Request(url, data=body, method=method)
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        if content_type:
+            req.add_header("Content-Type", content_type)
+        try:
+            with urllib.request.urlopen(req, timeout=300) as resp:
+                return resp.read()
+        except urllib.error.HTTPError as e:
+            raise CliError(f"{e.code} {_error_text(e.read())}") from None
+        except urllib.error.URLError as e:
+            raise CliError(
+                f"cannot reach {self.host}: {e.reason}; is `appliance serve` running? (set --host or APPLIANCE_HOST)"
+            ) from None
+
+    def json(self, method: str, path: str, payload: dict[str, Any]) -> bytes:
+        return self.request(method, path, body=json.dumps(payload).encode(), content_type="application/json")
+
+
+def _error_text(body: bytes) -> str:
+    text = body.decode("utf-8", errors="replace").strip()
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(doc, dict):
+        lines = [str(doc.get("error") or doc.get("message") or text)]
+        data = doc.get("data")
+        for item in data if isinstance(data, list) else [data] if isinstance(data, dict) else []:
+            lines.append(f"  line {item.get('line_number')}: {item.get('error_message')} ({item.get('original_line')!r})")
+        return "\n".join(lines)
+    return text
+
+
+def _local_token() -> str | None:
+    """The admin token of the local server's default data dir, when readable."""
+    try:
+        data_dir = config.load().data_dir
+    except ApplianceError:
+        return None
+    try:
+        return (Path(data_dir) / "admin-token").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.host, args.token)
+
+
+def _database(args: argparse.Namespace) -> str:
+    if not args.database:
+        raise CliError("no database given: pass -d NAME or set APPLIANCE_DATABASE")
+    return str(args.database)
+
+
+def _write(args: argparse.Namespace) -> int:
+    if args.lines:
+        body = "\n".join(args.lines).encode()
+    elif args.file:
+        body = Path(args.file).read_bytes()
+    else:
+        body = sys.stdin.buffer.read()
+    params = {
+        "db": _database(args), "precision": args.precision,
+        "accept_partial": "true" if args.accept_partial else None,
+        "no_sync": "true" if args.no_sync else None,
+    }
+    _client(args).request("POST", "/api/v3/write_lp", params, body, "text/plain")
+    print("success", file=sys.stderr)
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    sql = Path(args.file).read_text() if args.file else args.sql
+    if not sql:
+        raise CliError("no query given: pass the SQL as an argument or with --file")
+    out = _client(args).json("POST", "/api/v3/query_sql", {"db": _database(args), "q": sql, "format": args.format})
+    if args.output:
+        Path(args.output).write_bytes(out)
+    elif args.format == "parquet":
+        raise CliError("parquet output is binary: write it to a file with -o FILE")
+    else:
+        sys.stdout.write(out.decode())
+        if out and not out.endswith(b"\n"):
+            sys.stdout.write("\n")
+    return 0
+
+
+def _create_database(args: argparse.Namespace) -> int:
+    payload: dict[str, Any] = {"db": args.name}
+    if args.retention_period:
+        payload["retention_period"] = args.retention_period
+    _client(args).json("POST", "/api/v3/configure/database", payload)
+    print(f"Database {args.name!r} created")
+    return 0
+
+
+def _delete_database(args: argparse.Namespace) -> int:
+    _client(args).request("DELETE", "/api/v3/configure/database", {"db": args.name})
+    print(f"Database {args.name!r} deleted")
+    return 0
+
+
+def _show_databases(args: argparse.Namespace) -> int:
+    out = _client(args).request("GET", "/api/v3/configure/database", {"format": "pretty"})
+    sys.stdout.write(out.decode())
+    return 0
+
+
+def _show_tables(args: argparse.Namespace) -> int:
+    sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name"
+    out = _client(args).json("POST", "/api/v3/query_sql", {"db": _database(args), "q": sql, "format": "pretty"})
+    sys.stdout.write(out.decode())
+    return 0
+
+
+def _create_token(args: argparse.Namespace) -> int:
+    path = "/api/v3/configure/token/admin" + ("/regenerate" if args.regenerate else "")
+    doc = json.loads(_client(args).request("POST", path))
+    print(f"New admin token (shown once; the server also stored it in its admin-token file):\n{doc['token']}")
+    return 0
+
+
+def _persist(args: argparse.Namespace) -> int:
+    doc = json.loads(_client(args).request("POST", "/api/v3/persist"))
+    print(f"persisted {doc['files']} file(s) in {doc['seconds']}s")
+    return 0

@@ -1,0 +1,219 @@
+"""The only reader of config.toml and APPLIANCE_* variables: settings, defaults, help, validation.
+
+Precedence, highest first: command-line flag, `APPLIANCE_<SECTION>_<KEY>` environment
+variable, the config file, the default.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .units import parse_duration_ns, parse_size
+
+DEFAULT_CONFIG_PATHS = (Path("/etc/appliance/config.toml"),)
+
+
+def _path(v: Any) -> str:
+    return str(Path(str(v)).expanduser())
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {v!r}")
+
+
+def _positive_int(v: Any) -> int:
+    n = int(v)
+    if n <= 0:
+        raise ValueError(f"must be a positive integer, got {v!r}")
+    return n
+
+
+def _bind(v: Any) -> str:
+    host, sep, port = str(v).rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"expected HOST:PORT, got {v!r}")
+    return str(v)
+
+
+def _gen1(v: Any) -> int:
+    ns = parse_duration_ns(v)
+    if ns < 1_000_000_000:
+        raise ValueError(f"must be at least 1s, got {v!r}")
+    return ns
+
+
+def _log_filter(v: Any) -> str:
+    return str(v).strip()
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: where it lives in config.toml, its default, how to parse it, and help."""
+
+    section: str
+    key: str
+    default: Any
+    parse: Callable[[Any], Any]
+    help: str
+    attr: str = ""  # Config attribute when the key alone would be ambiguous
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+    @property
+    def field(self) -> str:
+        return self.attr or self.key
+
+    @property
+    def env(self) -> str:
+        return f"APPLIANCE_{self.section.upper()}_{self.key.upper()}"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("server", "node_id", "", str, "Node id used in Parquet paths; empty means the host name."),
+    Setting("server", "data_dir", "~/.appliance", _path, "Directory for the LMDB WAL/catalog, Parquet files and the admin token."),
+    Setting("server", "plugin_dir", "", str, "Directory holding processing-engine plugins; empty disables the engine."),
+    Setting("server", "log_filter", "info", _log_filter, "Log level, optionally per component: info or info,appliance.wal=debug."),
+    Setting("http", "bind", "127.0.0.1:8181", _bind, "Address and port the HTTP API listens on."),
+    Setting("http", "max_request_size", 10 * 1024 * 1024, parse_size, "Largest request body accepted, after gzip decoding (413 above it)."),
+    Setting("auth", "enabled", True, _bool, "Require a token on every endpoint except /health and /ping.", "auth_enabled"),
+    Setting("wal", "flush_interval", "1s", parse_duration_ns, "Most a write may wait for its group commit (idle servers commit at once)."),
+    Setting("wal", "map_size", "4GiB", parse_size, "LMDB map size: the most the WAL, catalog and queues may occupy on disk."),
+    Setting("storage", "gen1_duration", "10m", _gen1, "Time window of one Parquet file; the buffer is persisted once per window."),
+    Setting("storage", "max_buffer_bytes", "64MiB", parse_size, "In-memory buffer size that triggers an early persist to Parquet."),
+    Setting("storage", "retention_check_interval", "30s", parse_duration_ns, "How often data past a database's retention period is removed."),
+    Setting("catalog", "max_databases", 100, _positive_int, "Most databases that may exist."),
+    Setting("catalog", "max_tables", 2000, _positive_int, "Most tables across all databases."),
+    Setting("catalog", "max_columns", 500, _positive_int, "Most tag plus field columns per table (time not counted)."),
+    Setting("query", "memory_limit", "256MiB", parse_size, "Memory one query may use for sorts, joins and aggregations (400 above it)."),
+    Setting("query", "timeout", "30s", parse_duration_ns, "Longest a query may run before it is cancelled (408)."),
+    Setting("query", "max_result_bytes", "256MiB", parse_size, "Largest result a query may return."),
+)
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Effective settings of one appliance process (see SETTINGS for meaning and defaults)."""
+
+    node_id: str
+    data_dir: str
+    plugin_dir: str
+    log_filter: str
+    bind: str
+    max_request_size: int
+    auth_enabled: bool
+    flush_interval: int
+    map_size: int
+    gen1_duration: int
+    max_buffer_bytes: int
+    retention_check_interval: int
+    max_databases: int
+    max_tables: int
+    max_columns: int
+    memory_limit: int
+    timeout: int
+    max_result_bytes: int
+    sources: dict[str, str]
+
+
+assert {f.name for f in fields(Config)} - {"sources"} == {s.field for s in SETTINGS}
+
+
+def load(
+    path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Config:
+    """Build the effective Config from defaults, the file, the environment and flag overrides.
+
+    `overrides` maps "section.key" to a value given on the command line (None = not given).
+    """
+    environ = dict(os.environ if environ is None else environ)
+    raw: dict[str, tuple[Any, str]] = {s.name: (s.default, "default") for s in SETTINGS}
+    file_path = _find_file(path, environ)
+    if file_path is not None:
+        for name, value in _read_file(file_path).items():
+            raw[name] = (value, f"file {file_path}")
+    for s in SETTINGS:
+        if s.env in environ:
+            raw[s.name] = (environ[s.env], f"env {s.env}")
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            if name not in _BY_NAME:
+                raise ConfigError(f"unknown setting {name!r}")
+            raw[name] = (value, "flag")
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        value, source = raw[s.name]
+        try:
+            values[s.field] = s.parse(value)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"setting {s.name} (from {source}): {e}") from None
+    if not values["node_id"]:
+        values["node_id"] = socket.gethostname().split(".")[0] or "node"
+    _check_node_id(values["node_id"])
+    return Config(**values, sources={name: src for name, (_, src) in raw.items()})
+
+
+def _find_file(path: str | None, environ: dict[str, str]) -> Path | None:
+    explicit = path or environ.get("APPLIANCE_CONFIG")
+    if explicit:
+        p = Path(explicit).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        return p
+    for p in DEFAULT_CONFIG_PATHS:
+        if p.is_file():
+            return p
+    return None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
+    out: dict[str, Any] = {}
+    for section, body in doc.items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: top-level key {section!r} must be a [section]")
+        for key, value in body.items():
+            name = f"{section}.{key}"
+            if name not in _BY_NAME:
+                if section in _FUTURE_SECTIONS:
+                    continue
+                raise ConfigError(f"{path}: unknown setting {name!r}")
+            out[name] = value
+    return out
+
+
+# Sections owned by features that parse their own blocks (MQTT, sync); accepted, not validated here.
+_FUTURE_SECTIONS = {"mqtt", "sync", "engine"}
+
+
+def _check_node_id(node_id: str) -> None:
+    if not node_id or any(not (c.isalnum() or c in "-_.") for c in node_id):
+        raise ConfigError(
+            f"setting server.node_id: {node_id!r} may only hold letters, digits, '-', '_' and '.'"
+        )
+
+
+def describe(config: Config) -> list[tuple[str, str, str]]:
+    """Each setting as (name, effective value, source), for `config check` and logs."""
+    return [(s.name, repr(getattr(config, s.field)), config.sources[s.name]) for s in SETTINGS]

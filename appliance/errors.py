@@ -1,0 +1,84 @@
+"""One exception tree: every error carries a machine code and the HTTP status it maps to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApplianceError(Exception):
+    """Base of every error the appliance reports to a user."""
+
+    code = "internal error"
+    http_status = 500
+    #: "text" (plain text body, as InfluxDB 3's catalog errors) or "json" ({"error": ...}).
+    body_kind = "json"
+
+    def __init__(self, message: str, *, data: Any = None, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+        if http_status is not None:
+            self.http_status = http_status
+
+
+class BadRequest(ApplianceError):
+    code = "invalid"
+    http_status = 400
+
+
+class Unauthorized(ApplianceError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class NotFound(ApplianceError):
+    code = "not found"
+    http_status = 404
+    body_kind = "text"
+
+
+class Conflict(ApplianceError):
+    code = "conflict"
+    http_status = 409
+    body_kind = "text"
+
+
+class TooLarge(ApplianceError):
+    code = "request too large"
+    http_status = 413
+
+
+class LineProtocolError(ApplianceError):
+    """A write whose lines were (partly) rejected; `data` lists the per-line errors."""
+
+    code = "invalid"
+    http_status = 400
+
+
+class CatalogError(ApplianceError):
+    code = "invalid"
+    http_status = 400
+    body_kind = "text"
+
+
+class LimitExceeded(CatalogError):
+    """A catalog limit (databases, tables, columns) would be exceeded."""
+
+    http_status = 422
+    body_kind = "json"
+
+
+class WalError(ApplianceError):
+    code = "internal error"
+    http_status = 503
+
+
+class QueryError(ApplianceError):
+    code = "invalid"
+    http_status = 400
+    body_kind = "text"
+
+
+class ConfigError(ApplianceError):
+    code = "invalid"
+    http_status = 500

@@ -1,0 +1,304 @@
+"""Thin HTTP handlers: parse the request, call the service that owns the work, shape the reply."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from aiohttp import web
+
+from .. import __version__, formats
+from ..app import App
+from ..auth import write_token_file
+from ..errors import ApplianceError, BadRequest
+from ..model import ColumnType, Precision
+from ..query import QueryTimeout, timeout_message
+from ..units import parse_duration_ns
+from ..write import WriteRequest
+from . import routes
+
+APP_KEY: web.AppKey[App] = web.AppKey("app", App)
+
+_ERROR_STYLES = {routes.WRITE_V2: "v2", routes.WRITE_V1: "v1", routes.QUERY_V1: "v1"}
+
+
+def error_style(request: web.Request) -> str:
+    """Which error body shape the endpoint uses: v3, v2 ({code, message}) or v1 ({error})."""
+    return _ERROR_STYLES.get(request.path, "v3")
+
+
+# -- helpers -------------------------------------------------------------------
+def _param(request: web.Request, name: str) -> str:
+    value = request.query.get(name)
+    if not value:
+        raise BadRequest(f"missing query parameter '{name}'")
+    return value
+
+
+def _flag(request: web.Request, name: str, default: bool) -> bool:
+    value = request.query.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise BadRequest(f"invalid value {value!r} for query parameter '{name}': use true or false")
+
+
+def _precision(request: web.Request, default: Precision) -> Precision:
+    try:
+        return Precision.parse(request.query.get("precision"), default)
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    ctype = request.headers.get("Content-Type", "")
+    if ctype and "json" not in ctype:
+        raise ApplianceError(
+            "unacceptable content-type, expected: application/json", http_status=415
+        )
+    try:
+        body = json.loads(await request.read() or b"{}")
+    except ValueError as e:
+        raise BadRequest(f"request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    return body
+
+
+async def _in_pool(request: web.Request, pool: str, fn: Any, *args: Any) -> Any:
+    app = request.app[APP_KEY]
+    executor = app.write_pool if pool == "write" else app.query_pool
+    return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+
+# -- writes --------------------------------------------------------------------
+async def _write(request: web.Request, req: WriteRequest) -> web.Response:
+    if not req.body.strip():
+        raise BadRequest("incoming write was empty")
+    app = request.app[APP_KEY]
+    report = await _in_pool(request, "write", app.writes.submit, req)
+    if report.committed is not None:
+        await asyncio.wrap_future(report.committed)
+    if report.errors:
+        raise ApplianceError(
+            "partial write of line protocol occurred",
+            data=[e.to_json() for e in report.errors],
+            http_status=422 if report.limit_hit else 400,
+        )
+    return web.Response(status=204)
+
+
+async def write_lp(request: web.Request) -> web.Response:
+    return await _write(request, WriteRequest(
+        db=_param(request, "db"), body=await request.read(),
+        precision=_precision(request, Precision.AUTO),
+        accept_partial=_flag(request, "accept_partial", True),
+        no_sync=_flag(request, "no_sync", False),
+    ))
+
+
+async def write_v2(request: web.Request) -> web.Response:
+    return await _write(request, WriteRequest(
+        db=_param(request, "bucket"), body=await request.read(),
+        precision=_precision(request, Precision.NS), accept_partial=False,
+    ))
+
+
+async def write_v1(request: web.Request) -> web.Response:
+    db = _param(request, "db")
+    rp = request.query.get("rp", "")
+    if rp and rp not in ("autogen", "default"):
+        db = f"{db}/{rp}"
+    return await _write(request, WriteRequest(
+        db=db, body=await request.read(),
+        precision=_precision(request, Precision.NS), accept_partial=False,
+    ))
+
+
+# -- queries -------------------------------------------------------------------
+async def query_sql(request: web.Request) -> web.Response:
+    if request.method == "POST":
+        body = await _json_body(request)
+        db, sql, fmt, params = body.get("db"), body.get("q"), body.get("format"), body.get("params")
+    else:
+        db, sql, fmt = request.query.get("db"), request.query.get("q"), request.query.get("format")
+        params = _json_param(request.query.get("params"))
+    if not db or not sql:
+        raise BadRequest("missing query parameter 'db'" if not db else "missing query parameter 'q'")
+    if params is not None and not isinstance(params, dict):
+        raise BadRequest("'params' must be a JSON object of name: value")
+    chosen = formats.choose_format(fmt, request.headers.get("Accept"))
+    app = request.app[APP_KEY]
+    deadline = app.config.timeout / 1e9
+    try:
+        table = await asyncio.wait_for(
+            _in_pool(request, "query", app.queries.execute, db, sql, params), deadline
+        )
+    except TimeoutError:
+        raise QueryTimeout(timeout_message(app.queries.limits)) from None
+    body_bytes = await _in_pool(request, "query", formats.render, table, chosen)
+    return web.Response(body=body_bytes, headers={"Content-Type": formats.content_type(chosen)})
+
+
+def _json_param(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise BadRequest(f"query parameter 'params' is not valid JSON: {e}") from None
+
+
+async def influxql(request: web.Request) -> web.Response:
+    raise ApplianceError(
+        "InfluxQL is not supported yet; send SQL to /api/v3/query_sql instead", http_status=501
+    )
+
+
+# -- health --------------------------------------------------------------------
+async def health(request: web.Request) -> web.Response:
+    app = request.app[APP_KEY]
+    wal_ok = app.wal.alive
+    components = {
+        "http": {"status": "ok"},
+        "wal": {"status": "ok" if wal_ok else "failed", "last_seq": app.wal.last_seq},
+        "persist": {
+            "status": "degraded" if app.persister.last_error else "ok",
+            "error": app.persister.last_error,
+            "buffer_bytes": app.buffer.nbytes,
+        },
+    }
+    statuses = [c["status"] for c in components.values()]
+    overall = "failed" if "failed" in statuses else "degraded" if "degraded" in statuses else "ok"
+    return web.json_response(
+        {"status": overall, "components": components}, status=503 if overall == "failed" else 200
+    )
+
+
+async def ping(request: web.Request) -> web.Response:
+    app = request.app[APP_KEY]
+    return web.json_response(
+        {"product_name": "appliance", "version": __version__, "revision": "", "process_id": app.process_id},
+        headers={"X-Influxdb-Version": __version__, "X-Influxdb-Build": "appliance"},
+    )
+
+
+async def options(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers={
+        "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS",
+        "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding",
+    })
+
+
+# -- configuration -------------------------------------------------------------
+async def list_databases(request: web.Request) -> web.Response:
+    fmt = request.query.get("format")
+    if not fmt:
+        raise BadRequest("missing query parameter 'format' (use format=json)")
+    app = request.app[APP_KEY]
+    rows = [{"iox::database": d.name} for d in app.catalog.databases()]
+    table = pa.Table.from_pylist(rows, schema=pa.schema([("iox::database", pa.string())]))
+    chosen = formats.choose_format(fmt, None)
+    return web.Response(body=formats.render(table, chosen), headers={"Content-Type": formats.content_type(chosen)})
+
+
+def _retention(value: Any) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        return parse_duration_ns(str(value))
+    except ValueError as e:
+        raise BadRequest(f"invalid retention_period: {e}") from None
+
+
+async def create_database(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    name = _required(body, "db")
+    await _in_pool(request, "write", request.app[APP_KEY].catalog.create_database, name, _retention(body.get("retention_period")))
+    return web.Response(status=200)
+
+
+async def update_database(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    await _in_pool(request, "write", request.app[APP_KEY].catalog.set_retention, _required(body, "db"), _retention(body.get("retention_period")))
+    return web.Response(status=200)
+
+
+async def delete_database(request: web.Request) -> web.Response:
+    await _in_pool(request, "write", request.app[APP_KEY].catalog.delete_database, _param(request, "db"))
+    return web.Response(status=200)
+
+
+async def set_retention(request: web.Request) -> web.Response:
+    await _in_pool(request, "write", request.app[APP_KEY].catalog.set_retention, _param(request, "db"), _retention(_param(request, "duration")))
+    return web.Response(status=204)
+
+
+async def clear_retention(request: web.Request) -> web.Response:
+    await _in_pool(request, "write", request.app[APP_KEY].catalog.set_retention, _param(request, "db"), None)
+    return web.Response(status=204)
+
+
+async def create_table(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    db, table = _required(body, "db"), _required(body, "table")
+    tags, fields = body.get("tags"), body.get("fields")
+    if not isinstance(tags, list) or not isinstance(fields, list):
+        raise BadRequest("'tags' (a list of names) and 'fields' (a list of {name, type}) are required")
+    try:
+        typed = {f["name"]: ColumnType.from_api(f["type"]) for f in fields}
+    except (KeyError, TypeError) as e:
+        raise BadRequest(f"each field needs a 'name' and a 'type': {e}") from None
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
+    await _in_pool(request, "write", request.app[APP_KEY].catalog.create_table, db, table, [str(t) for t in tags], typed)
+    return web.Response(status=200)
+
+
+async def delete_table(request: web.Request) -> web.Response:
+    await _in_pool(request, "write", request.app[APP_KEY].catalog.delete_table, _param(request, "db"), _param(request, "table"))
+    return web.Response(status=200)
+
+
+def _required(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"missing or invalid '{key}' in request body")
+    return value
+
+
+# -- tokens and persistence ----------------------------------------------------
+async def create_admin_token(request: web.Request) -> web.Response:
+    return await _admin_token(request, regenerate=False)
+
+
+async def regenerate_admin_token(request: web.Request) -> web.Response:
+    return await _admin_token(request, regenerate=True)
+
+
+async def _admin_token(request: web.Request, regenerate: bool) -> web.Response:
+    app = request.app[APP_KEY]
+    if not app.config.auth_enabled:
+        raise ApplianceError("endpoint disabled, started without auth", http_status=405)
+    token, info = await _in_pool(request, "write", app.tokens.create_admin, regenerate)
+    write_token_file(Path(app.config.data_dir), token)
+    return web.json_response(
+        {"id": info.id, "name": info.name, "token": token, "hash": info.hash,
+         "created_at": info.created_at, "expiry": info.expiry},
+        status=201,
+    )
+
+
+async def persist(request: web.Request) -> web.Response:
+    app = request.app[APP_KEY]
+    started = time.monotonic()
+    files = await asyncio.wrap_future(app.persister.request())
+    return web.json_response({"files": files, "seconds": round(time.monotonic() - started, 3)})
+

@@ -1,0 +1,140 @@
+"""The aiohttp application: middleware for errors, auth and CORS, and the route table."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from ..app import App
+from ..errors import ApplianceError, LineProtocolError, TooLarge, Unauthorized
+from . import handlers, routes
+
+log = logging.getLogger("appliance.http")
+access_log = logging.getLogger("appliance.access")
+
+APP_KEY: web.AppKey[App] = handlers.APP_KEY
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create(app: App) -> web.Application:
+    """Build the web application around a running App."""
+    web_app = web.Application(
+        middlewares=[_errors, _auth],
+        client_max_size=app.config.max_request_size,
+    )
+    web_app[APP_KEY] = app
+    r = web_app.router
+    r.add_post(routes.WRITE_LP, handlers.write_lp)
+    r.add_post(routes.WRITE_V2, handlers.write_v2)
+    r.add_post(routes.WRITE_V1, handlers.write_v1)
+    r.add_route("GET", routes.QUERY_SQL, handlers.query_sql)
+    r.add_route("POST", routes.QUERY_SQL, handlers.query_sql)
+    for path in (routes.QUERY_INFLUXQL, routes.QUERY_V1):
+        r.add_route("GET", path, handlers.influxql)
+        r.add_route("POST", path, handlers.influxql)
+    r.add_get(routes.HEALTH, handlers.health)
+    r.add_get(routes.HEALTH_V1, handlers.health)
+    r.add_get(routes.PING, handlers.ping)
+    r.add_post(routes.PING, handlers.ping)
+    r.add_get(routes.CONFIGURE_DATABASE, handlers.list_databases)
+    r.add_post(routes.CONFIGURE_DATABASE, handlers.create_database)
+    r.add_put(routes.CONFIGURE_DATABASE, handlers.update_database)
+    r.add_delete(routes.CONFIGURE_DATABASE, handlers.delete_database)
+    r.add_post(routes.CONFIGURE_RETENTION, handlers.set_retention)
+    r.add_delete(routes.CONFIGURE_RETENTION, handlers.clear_retention)
+    r.add_post(routes.CONFIGURE_TABLE, handlers.create_table)
+    r.add_delete(routes.CONFIGURE_TABLE, handlers.delete_table)
+    r.add_post(routes.TOKEN_ADMIN, handlers.create_admin_token)
+    r.add_post(routes.TOKEN_ADMIN_REGENERATE, handlers.regenerate_admin_token)
+    r.add_post(routes.PERSIST, handlers.persist)
+    r.add_route("OPTIONS", "/{tail:.*}", handlers.options)
+    web_app.on_response_prepare.append(_cors)
+    return web_app
+
+
+async def _cors(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("Access-Control-Allow-Origin", "*")
+
+
+def error_response(request: web.Request, err: ApplianceError) -> web.Response:
+    """Shape an error as the endpoint's InfluxDB counterpart does."""
+    style = handlers.error_style(request)
+    status = err.http_status
+    if style == "v2":
+        return web.json_response({"code": err.code, "message": _v2_message(err)}, status=status)
+    if style == "v1":
+        return web.json_response({"error": _v2_message(err)}, status=status)
+    if err.body_kind == "text":
+        return web.Response(text=err.message, status=status, content_type="text/plain")
+    body: dict[str, object] = {"error": err.message}
+    if err.data is not None:
+        body["data"] = err.data
+    return web.json_response(body, status=status)
+
+
+def _v2_message(err: ApplianceError) -> str:
+    if isinstance(err, LineProtocolError) and isinstance(err.data, dict):
+        d = err.data
+        return f"{err.message}: line {d['line_number']}: {d['error_message']} ({d['original_line']!r})"
+    return err.message
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApplianceError as e:
+        return error_response(request, e)
+    except web.HTTPRequestEntityTooLarge as e:
+        limit = request.app[APP_KEY].config.max_request_size
+        return error_response(
+            request,
+            TooLarge(
+                f"request body is larger than the limit of {limit} bytes (http.max_request_size);"
+                f" split the write into smaller batches ({e.text})"
+            ),
+        )
+    except web.HTTPException as e:
+        if e.status == 404 and not e.text:
+            return web.Response(text="Not found", status=404)
+        raise
+    except Exception:
+        log.exception("unexpected error handling %s %s", request.method, request.path)
+        return web.json_response(
+            {"error": "internal error; the details are in the server log"}, status=500
+        )
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    app = request.app[APP_KEY]
+    if not app.config.auth_enabled or request.method == "OPTIONS" or request.path in routes.PUBLIC:
+        return await handler(request)
+    if request.path == routes.TOKEN_ADMIN and app.tokens.admin() is None:
+        return await handler(request)  # bootstrap: the first admin token needs no token
+    token = _token_of(request)
+    if token is None or not app.tokens.verify(token):
+        raise Unauthorized("the request was not authenticated")
+    return await handler(request)
+
+
+def _token_of(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if header:
+        scheme, _, value = header.strip().partition(" ")
+        value = value.strip()
+        if scheme.lower() in ("bearer", "token") and value:
+            return value
+        if scheme.lower() == "basic" and value:
+            try:
+                return base64.b64decode(value).decode().partition(":")[2]
+            except (ValueError, UnicodeDecodeError):
+                pass
+        raise ApplianceError(
+            "Authorization header was malformed; use 'Authorization: Bearer <token>'",
+            http_status=400,
+        )
+    return request.query.get("p") if request.path in (routes.WRITE_V1, routes.QUERY_V1) else None

@@ -1,0 +1,289 @@
+"""Buffer snapshots to Parquet (temp, fsync, rename), then the manifest, then WAL trimming.
+
+A persist writes one file per table and gen1 window, records the files and trims the
+WAL entries they cover in one LMDB transaction (so a crash leaves either the WAL
+entries or the files, never both or neither), then swaps buffer rows for files under
+`view_lock` so a query sees each row exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .buffer import Buffer, conform, dedupe
+from .catalog import Catalog, TableDef, find_table
+from .manifest import Manifest, ParquetFile
+from .model import TIME_COLUMN, WalSeq
+from .wal import Wal
+
+log = logging.getLogger("appliance.persist")
+
+ROW_GROUP_ROWS = 1_000_000
+
+
+@dataclass(frozen=True)
+class PersistArgs:
+    data_dir: Path
+    node_id: str
+    gen1_ns: int
+    retention_check_ns: int
+
+
+class Persister:
+    """Background thread: persists per gen1 window, early when the buffer is full, on demand."""
+
+    def __init__(
+        self, args: PersistArgs, wal: Wal, catalog: Catalog, buffer: Buffer, manifest: Manifest
+    ) -> None:
+        self.args = args
+        self.root = args.data_dir / "parquet"
+        self.wal, self.catalog, self.buffer, self.manifest = wal, catalog, buffer, manifest
+        #: Held while files and buffer rows are swapped, and by queries while they collect both.
+        self.view_lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._waiters: list[Future[int]] = []
+        self._waiters_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._file_seq = 0
+        self._persist_lock = threading.Lock()
+        self.last_error: str | None = None
+
+    # -- life cycle ---------------------------------------------------------
+    def start(self) -> None:
+        self.remove_orphans()
+        self._thread = threading.Thread(target=self._run, name="persister", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the loop, then persist what is buffered (a clean shutdown empties the WAL)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            self.persist()
+        except Exception:
+            log.exception("final persist failed; the WAL still holds the data")
+
+    def request(self) -> Future[int]:
+        """Ask for a persist now; the future gives the number of files written."""
+        fut: Future[int] = Future()
+        with self._waiters_lock:
+            self._waiters.append(fut)
+        self._wake.set()
+        return fut
+
+    def wake(self) -> None:
+        """Ask for an early persist (the buffer reached its cap)."""
+        self._wake.set()
+
+    # -- the loop -----------------------------------------------------------
+    def _run(self) -> None:
+        next_retention = time.monotonic()
+        backoff = 1.0
+        while not self._stop.is_set():
+            self._wake.wait(timeout=min(self._seconds_to_window_end(), 1.0))
+            if self._stop.is_set():
+                break
+            woke = self._wake.is_set()
+            self._wake.clear()
+            with self._waiters_lock:
+                waiters, self._waiters = self._waiters, []
+            try:
+                written = 0
+                if woke or self._window_passed():
+                    written = self.persist()
+                if time.monotonic() >= next_retention:
+                    self.enforce_retention()
+                    next_retention = time.monotonic() + self.args.retention_check_ns / 1e9
+                for w in waiters:
+                    w.set_result(written)
+                backoff, self.last_error = 1.0, None
+            except Exception as e:
+                self.last_error = str(e)
+                log.exception("persist failed; retrying in %.0fs", backoff)
+                for w in waiters:
+                    w.set_exception(e)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 60.0)
+
+    def _seconds_to_window_end(self) -> float:
+        now = time.time_ns()
+        return (self.args.gen1_ns - now % self.args.gen1_ns) / 1e9
+
+    def _window_passed(self) -> bool:
+        """True once the wall clock crossed a gen1 boundary since the oldest buffered write."""
+        oldest = self.buffer.oldest_unpersisted_ns
+        if oldest is None:
+            return False
+        g = self.args.gen1_ns
+        return time.time_ns() // g > oldest // g
+
+    # -- persisting ---------------------------------------------------------
+    def persist(self) -> int:
+        """Write everything buffered now to Parquet; returns the number of files written."""
+        with self._persist_lock:
+            upto, snapshot = self.buffer.snapshot()
+            if not snapshot:
+                return 0
+            started = time.monotonic()
+            added: list[ParquetFile] = []
+            for (db_id, table_id), batches in snapshot.items():
+                found = find_table(self.catalog, db_id, table_id)
+                if found is None:
+                    continue  # deleted while buffered; trimming the WAL drops its rows
+                db, tdef = found
+                table = dedupe(conform(batches, tdef.schema()))
+                for window_start, part in self._split_windows(table):
+                    added.append(self._write(db.name, db_id, tdef, window_start, part))
+            self.wal.submit(fn=self._commit_step(added, [], upto)).result()
+            self._swap(added, [], upto)
+            rows = sum(f.row_count for f in added)
+            log.info(
+                "persisted files=%d rows=%d upto_seq=%d seconds=%.2f",
+                len(added), rows, upto, time.monotonic() - started,
+            )
+            return len(added)
+
+    def _commit_step(
+        self, added: list[ParquetFile], removed: list[ParquetFile], upto: WalSeq | None
+    ) -> Callable[..., None]:
+        def step(txn: object, wal: Wal) -> None:
+            self.manifest.put(txn, added, removed)  # type: ignore[arg-type]
+            if upto is not None:
+                wal.trim(txn, upto)  # type: ignore[arg-type]
+
+        return step
+
+    def _swap(self, added: list[ParquetFile], removed: list[ParquetFile], upto: WalSeq | None) -> None:
+        with self.view_lock:
+            self.manifest.apply(added, removed)
+            if upto is not None:
+                self.buffer.release(upto)
+        for f in removed:
+            self._unlink(f)
+
+    def _split_windows(self, table: pa.Table) -> list[tuple[int, pa.Table]]:
+        g = self.args.gen1_ns
+        times = table.column(TIME_COLUMN).cast(pa.int64())
+        # Integer division truncates toward zero; step negative times down to floor.
+        windows = pc.multiply(pc.divide(times, g), g)
+        below = pc.and_(pc.less(times, 0), pc.not_equal(windows, times))
+        windows = pc.if_else(below, pc.subtract(windows, g), windows)
+        uniq = pc.unique(windows).to_pylist()
+        if len(uniq) == 1:
+            return [(uniq[0], table)]
+        return [(w, table.filter(pc.equal(windows, w))) for w in sorted(uniq)]
+
+    def _write(self, db: str, db_id: int, tdef: TableDef, window_start: int, table: pa.Table) -> ParquetFile:
+        self._file_seq = max(self._file_seq + 1, time.time_ns() // 1000)
+        start = datetime.fromtimestamp(window_start / 1e9, tz=UTC)
+        rel = "/".join(
+            [
+                _path_part(db),
+                _path_part(tdef.name),
+                f"date={start:%Y-%m-%d}",
+                f"node={self.args.node_id}",
+                f"{start:%H%M}-{self._file_seq}.parquet",
+            ]
+        )
+        write_parquet(table, self.root / rel)
+        times = table.column(TIME_COLUMN).cast(pa.int64())
+        return ParquetFile(
+            path=rel, db_id=db_id, db=db, table_id=tdef.id, table=tdef.name,
+            size_bytes=(self.root / rel).stat().st_size, row_count=table.num_rows,
+            min_time=pc.min(times).as_py(), max_time=pc.max(times).as_py(), created_ns=time.time_ns(),
+        )
+
+    # -- retention and deletion ---------------------------------------------
+    def enforce_retention(self) -> None:
+        """Remove rows older than each database's retention period, from memory and disk."""
+        now = time.time_ns()
+        for db in self.catalog.databases():
+            if db.retention_ns is None:
+                continue
+            cutoff = now - db.retention_ns
+            self.buffer.prune_before(db.id, cutoff)
+            with self._persist_lock:
+                self._expire_files(db.id, cutoff)
+
+    def _expire_files(self, db_id: int, cutoff: int) -> None:
+        removed: list[ParquetFile] = []
+        added: list[ParquetFile] = []
+        for f in self.manifest.files(db_id):
+            if f.max_time < cutoff:
+                removed.append(f)
+            elif f.min_time < cutoff:
+                found = find_table(self.catalog, f.db_id, f.table_id)
+                table = pq.read_table(self.root / f.path)
+                kept = table.filter(pc.greater_equal(table.column(TIME_COLUMN).cast(pa.int64()), cutoff))
+                removed.append(f)
+                if found is not None and kept.num_rows:
+                    added.append(self._write(f.db, f.db_id, found[1], f.min_time, kept))
+        if removed:
+            self.wal.submit(fn=self._commit_step(added, removed, None)).result()
+            self._swap(added, removed, None)
+            log.info("retention removed files=%d rewrote=%d", len(removed), len(added))
+
+    def drop(self, db_id: int, table_id: int | None) -> None:
+        """Delete the files of a deleted database or table (a catalog drop listener)."""
+        self.buffer.drop(db_id, table_id)
+        removed = self.manifest.files(db_id, table_id)
+        if removed:
+            self.wal.submit(fn=self._commit_step([], removed, None)).result()
+            self._swap([], removed, None)
+
+    def remove_orphans(self) -> None:
+        """Delete files a crash left behind before they reached the manifest."""
+        known = self.manifest.paths()
+        if not self.root.exists():
+            return
+        for p in self.root.rglob("*"):
+            if p.is_file() and p.relative_to(self.root).as_posix() not in known:
+                log.info("removing orphan file %s", p)
+                p.unlink(missing_ok=True)
+
+    def _unlink(self, f: ParquetFile) -> None:
+        try:
+            (self.root / f.path).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _path_part(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    """Write zstd Parquet via a temp file, fsync it, rename it into place, fsync the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(
+        table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS,
+        use_dictionary=True, write_statistics=True,
+    )
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

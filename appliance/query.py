@@ -1,0 +1,161 @@
+"""SQL over the buffer and Parquet together, through DataFusion.
+
+Each query gets its own SessionContext in which every table of the database is one
+dataset: the union of its Parquet files and its deduplicated buffer rows, registered
+as a table (so `SHOW TABLES` lists it as a BASE TABLE), plus the `system` schema.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+from datafusion import RuntimeEnvBuilder, SessionConfig, SessionContext
+from datafusion.catalog import Schema
+
+from . import system_tables
+from .buffer import Buffer
+from .catalog import Catalog, DatabaseDef, TableDef
+from .errors import ApplianceError, QueryError
+from .manifest import Manifest
+from .model import TIME_COLUMN
+
+log = logging.getLogger("appliance.query")
+
+
+class DatabaseNotFound(ApplianceError):
+    code = "not found"
+    http_status = 404
+
+
+class QueryTimeout(QueryError):
+    http_status = 408
+
+
+class QueryTooLarge(QueryError):
+    http_status = 413
+
+
+@dataclass(frozen=True)
+class QueryLimits:
+    memory_bytes: int
+    timeout_ns: int
+    max_result_bytes: int
+
+
+class QueryService:
+    """Runs SQL for one database at a time; thread-safe, call it from an executor."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        buffer: Buffer,
+        manifest: Manifest,
+        parquet_root: Path,
+        view_lock: Any,
+        limits: QueryLimits,
+    ) -> None:
+        self.catalog, self.buffer, self.manifest = catalog, buffer, manifest
+        self.parquet_root = parquet_root
+        self.view_lock = view_lock
+        self.limits = limits
+
+    def execute(self, db_name: str, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
+        """Run one SQL statement; raises QueryError (400/408/413) or DatabaseNotFound (404)."""
+        db = self.catalog.get(db_name)
+        if db is None:
+            raise DatabaseNotFound(f"query error: database not found: {db_name}")
+        deadline = time.monotonic() + self.limits.timeout_ns / 1e9
+        ctx = self._context(db)
+        try:
+            df = ctx.sql(sql, param_values=_bind(params)) if params else ctx.sql(sql)
+            return self._collect(df, deadline)
+        except ApplianceError:
+            raise
+        except Exception as e:  # DataFusion raises plain Exceptions for plan and run errors
+            raise _query_error(e, self.limits) from None
+
+    def _collect(self, df: Any, deadline: float) -> pa.Table:
+        schema = df.schema()
+        batches: list[pa.RecordBatch] = []
+        size = 0
+        for item in df.execute_stream():
+            batch = item.to_pyarrow()
+            size += batch.nbytes
+            if size > self.limits.max_result_bytes:
+                raise QueryTooLarge(
+                    f"query result exceeds {self.limits.max_result_bytes} bytes (query.max_result_bytes);"
+                    " add a LIMIT, aggregate, or narrow the time range"
+                )
+            if time.monotonic() > deadline:
+                raise QueryTimeout(timeout_message(self.limits))
+            batches.append(batch)
+        return pa.Table.from_batches(batches, schema=schema)
+
+    def _context(self, db: DatabaseDef) -> SessionContext:
+        config = SessionConfig().with_information_schema(True).with_target_partitions(2)
+        runtime = RuntimeEnvBuilder().with_fair_spill_pool(self.limits.memory_bytes)
+        ctx = SessionContext(config, runtime)
+        cutoff = time.time_ns() - db.retention_ns if db.retention_ns else None
+        with self.view_lock:
+            for table in list(db.tables.values()):
+                ctx.register_dataset(_quote(table.name), self._dataset(db, table, cutoff))
+        ctx.catalog().register_schema("system", Schema.memory_schema())
+        for name, table in system_tables.build(self.manifest, db.id).items():
+            ctx.register_dataset(f"system.{name}", ds.dataset(table))
+        return ctx
+
+    def _dataset(self, db: DatabaseDef, table: TableDef, cutoff: int | None) -> ds.Dataset:
+        schema = table.schema()
+        parts: list[ds.Dataset] = []
+        files = [
+            str(self.parquet_root / f.path)
+            for f in self.manifest.files(db.id, table.id)
+            if cutoff is None or f.max_time >= cutoff
+        ]
+        if files:
+            parts.append(ds.dataset(files, schema=schema, format="parquet"))
+        buffered = self.buffer.table((db.id, table.id), schema)
+        if buffered is not None:
+            if cutoff is not None:
+                buffered = buffered.filter(
+                    pc.greater_equal(buffered.column(TIME_COLUMN).cast(pa.int64()), cutoff)
+                )
+            parts.append(ds.dataset(buffered))
+        if not parts:
+            return ds.dataset(schema.empty_table())
+        return parts[0] if len(parts) == 1 else ds.dataset(parts)
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _bind(params: dict[str, Any]) -> dict[str, Any]:
+    for name, value in params.items():
+        if value is not None and not isinstance(value, (str, int, float, bool)):
+            raise QueryError(f"query parameter {name!r} must be a string, number, boolean or null")
+    return dict(params)
+
+
+def timeout_message(limits: QueryLimits) -> str:
+    return (
+        f"query exceeded its time limit of {limits.timeout_ns / 1e9:g}s (query.timeout);"
+        " narrow the time range or raise the limit"
+    )
+
+
+def _query_error(e: Exception, limits: QueryLimits) -> QueryError:
+    text = str(e)
+    if "Resources exhausted" in text:
+        return QueryTooLarge(
+            f"query exceeded its memory limit of {limits.memory_bytes} bytes (query.memory_limit):"
+            f" {text.splitlines()[0]}"
+        )
+    return QueryError(text.strip() or type(e).__name__)

@@ -1,0 +1,47 @@
+"""Runs the appliance: builds the App, serves HTTP until SIGTERM/SIGINT, stops in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from . import app as app_module
+from . import log as log_module
+from .config import Config
+from .http import server as http_server
+
+log = logging.getLogger("appliance.server")
+
+
+def serve(config: Config) -> int:
+    """Serve until a stop signal; returns the process exit code."""
+    log_module.setup(config.log_filter)
+    app = app_module.build(config)
+    try:
+        asyncio.run(_run_http(app))
+    finally:
+        app.stop()
+    return 0
+
+
+async def _run_http(app: app_module.App) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(http_server.create(app), access_log=None, handle_signals=False)
+    await runner.setup()
+    host, _, port = app.config.bind.rpartition(":")
+    site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True)
+    await site.start()
+    log.info(
+        "listening on http://%s node_id=%s data_dir=%s auth=%s",
+        app.config.bind, app.config.node_id, app.config.data_dir,
+        "on" if app.config.auth_enabled else "off",
+    )
+    await stop.wait()
+    log.info("stopping: no new requests; finishing in-flight writes")
+    await runner.cleanup()

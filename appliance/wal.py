@@ -1,0 +1,266 @@
+"""The LMDB environment and its single writer thread: WAL entries with group commit.
+
+Every LMDB write in the process goes through `Wal.submit`, so there is one writer and
+one fsync per group: the thread takes every request waiting at that moment, runs them
+in one transaction, commits it (LMDB fsyncs on commit), tells listeners about the new
+WAL entries, and only then resolves the callers' futures. An idle server commits at
+once; a busy one batches naturally.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import lmdb
+import msgpack
+import pyarrow as pa
+
+from .errors import WalError
+from .model import WalSeq
+
+log = logging.getLogger("appliance.wal")
+
+#: Named LMDB databases inside the one environment.
+DB_NAMES = (b"wal", b"catalog", b"files", b"tokens", b"meta")
+
+_SEQ = struct.Struct(">Q")  # big-endian so LMDB's byte order is numeric order
+
+
+@dataclass
+class TableRows:
+    """Validated rows for one table, as stored in the WAL and the buffer."""
+
+    table_id: int
+    table: str
+    batch: pa.RecordBatch
+
+
+@dataclass
+class WalEntry:
+    """One acknowledged write: rows for one database, in several tables."""
+
+    db_id: int
+    db: str
+    tables: list[TableRows]
+    #: Trigger (plugin) that wrote it, so it does not re-trigger itself; "" for users.
+    origin: str = ""
+
+    def encode(self) -> bytes:
+        """Serialise as msgpack with one Arrow IPC stream per table."""
+        tables = []
+        for t in self.tables:
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, t.batch.schema) as writer:
+                writer.write_batch(t.batch)
+            tables.append([t.table_id, t.table, sink.getvalue().to_pybytes()])
+        return msgpack.packb([1, self.db_id, self.db, tables, self.origin])
+
+    @classmethod
+    def decode(cls, data: bytes) -> WalEntry:
+        _version, db_id, db, tables, origin = msgpack.unpackb(data)
+        rows = []
+        for table_id, table, ipc in tables:
+            reader = pa.ipc.open_stream(ipc)
+            batches = list(reader)
+            batch = batches[0] if len(batches) == 1 else pa.Table.from_batches(
+                batches, reader.schema
+            ).combine_chunks().to_batches()[0]
+            rows.append(TableRows(table_id, table, batch))
+        return cls(db_id, db, rows, origin)
+
+    @property
+    def num_rows(self) -> int:
+        return sum(t.batch.num_rows for t in self.tables)
+
+
+class WalListener(Protocol):
+    """Told about each group commit's WAL entries, in order, on the writer thread."""
+
+    def on_commit(self, entries: list[tuple[WalSeq, WalEntry]]) -> None: ...
+
+
+TxnFn = Callable[[lmdb.Transaction, "Wal"], Any]
+
+
+@dataclass
+class _Request:
+    fn: TxnFn | None
+    entry: WalEntry | None
+    encoded: bytes | None
+    future: Future[Any] = field(default_factory=Future)
+    submitted: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class WalStats:
+    """Counters shown in /health and (later) /metrics."""
+
+    commits: int = 0
+    entries: int = 0
+    last_commit_seconds: float = 0.0
+    max_group: int = 0
+
+
+class Wal:
+    """Owns the LMDB environment and the only thread that writes to it."""
+
+    def __init__(self, path: Path, map_size: int) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.env = lmdb.open(
+            str(path), map_size=map_size, max_dbs=len(DB_NAMES) + 2, sync=True, metasync=True
+        )
+        self.dbs = {name.decode(): self.env.open_db(name) for name in DB_NAMES}
+        self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._listeners: list[WalListener] = []
+        self._next_seq = self._last_seq() + 1
+        self.stats = WalStats()
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    # -- life cycle ---------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="wal-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Commit what is queued, then stop the writer thread and close LMDB."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        self.env.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def add_listener(self, listener: WalListener) -> None:
+        self._listeners.append(listener)
+
+    # -- submitting work ----------------------------------------------------
+    def submit(self, fn: TxnFn | None = None, entry: WalEntry | None = None) -> Future[Any]:
+        """Queue a transaction step and/or a WAL entry; the future resolves after commit.
+
+        `fn(txn, wal)` runs inside the group transaction (in a nested transaction, so a
+        failing step is rolled back alone); its return value becomes the future's result.
+        For an entry, the result is its WalSeq unless `fn` returns something else.
+        """
+        if self._stopped.is_set():
+            raise WalError("the server is shutting down; the write was not accepted")
+        encoded = entry.encode() if entry is not None else None
+        req = _Request(fn, entry, encoded)
+        self._queue.put(req)
+        return req.future
+
+    def read(self) -> lmdb.Transaction:
+        """A read-only transaction (use as a context manager)."""
+        return self.env.begin(write=False)
+
+    # -- the writer thread --------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            batch = [first]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(r is None for r in batch)
+            reqs = [r for r in batch if r is not None]
+            if reqs:
+                self._commit(reqs)
+            if stop:
+                self._stopped.set()
+                return
+
+    def _commit(self, reqs: list[_Request]) -> None:
+        started = time.monotonic()
+        committed: list[tuple[WalSeq, WalEntry]] = []
+        results: list[tuple[_Request, Any, BaseException | None]] = []
+        seq = self._next_seq
+        try:
+            with self.env.begin(write=True) as txn:
+                for req in reqs:
+                    result: Any = None
+                    error: BaseException | None = None
+                    try:
+                        with self.env.begin(write=True, parent=txn) as child:
+                            if req.fn is not None:
+                                result = req.fn(child, self)
+                            if req.entry is not None:
+                                child.put(_SEQ.pack(seq), req.encoded, db=self.dbs["wal"])
+                                committed.append((WalSeq(seq), req.entry))
+                                if req.fn is None:
+                                    result = WalSeq(seq)
+                                seq += 1
+                    except Exception as e:  # one request's failure must not sink the group
+                        error = e
+                    results.append((req, result, error))
+        except lmdb.Error as e:
+            log.error("WAL commit failed: %s", e)
+            failure = WalError(f"write-ahead log commit failed: {e}; nothing was stored")
+            for req in reqs:
+                req.future.set_exception(failure)
+            return
+        self._next_seq = seq
+        self._note_commit(started, len(committed))
+        if committed:
+            for listener in self._listeners:
+                try:
+                    listener.on_commit(committed)
+                except Exception:
+                    log.exception("WAL listener %s failed", type(listener).__name__)
+        for req, result, error in results:
+            if error is not None:
+                req.future.set_exception(error)
+            else:
+                req.future.set_result(result)
+
+    def _note_commit(self, started: float, entries: int) -> None:
+        self.stats.commits += 1
+        self.stats.entries += entries
+        self.stats.last_commit_seconds = time.monotonic() - started
+        self.stats.max_group = max(self.stats.max_group, entries)
+
+    # -- replay and trimming ------------------------------------------------
+    def _last_seq(self) -> int:
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self.dbs["wal"])
+            return _SEQ.unpack(cur.key())[0] if cur.last() else 0
+
+    @property
+    def last_seq(self) -> WalSeq:
+        return WalSeq(self._next_seq - 1)
+
+    def replay(self) -> Iterator[tuple[WalSeq, WalEntry]]:
+        """Every WAL entry still in LMDB, oldest first (used once, at start-up)."""
+        with self.env.begin() as txn:
+            for key, value in txn.cursor(db=self.dbs["wal"]):
+                yield WalSeq(_SEQ.unpack(key)[0]), WalEntry.decode(value)
+
+    def trim(self, txn: lmdb.Transaction, upto: WalSeq) -> int:
+        """Delete WAL entries with seq <= upto inside `txn`; returns how many."""
+        cur = txn.cursor(db=self.dbs["wal"])
+        removed = 0
+        while cur.first() and _SEQ.unpack(cur.key())[0] <= upto:
+            cur.delete()
+            removed += 1
+        return removed
+
+    def wal_size(self) -> tuple[int, int]:
+        """Number of WAL entries and bytes of their values."""
+        with self.env.begin() as txn:
+            stat = txn.stat(self.dbs["wal"])
+            return stat["entries"], stat["psize"] * (
+                stat["leaf_pages"] + stat["overflow_pages"] + stat["branch_pages"]
+            )

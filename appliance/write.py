@@ -1,0 +1,141 @@
+"""WriteService: parse, validate against the catalog, stamp time, append to the WAL.
+
+HTTP, MQTT and plugins all write through `WriteService.submit`. Validation is per line
+(vectorised per column): a line whose field type conflicts with the table's schema is
+rejected alone; with accept_partial=False any bad line rejects the whole body.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import lineprotocol
+from .catalog import Catalog, DatabaseDef, TxnStep, run_steps
+from .errors import LimitExceeded, LineProtocolError
+from .model import TIME_COLUMN, ColumnType, LineError, ParsedTable, Precision
+from .wal import TableRows, Wal, WalEntry, WalSeq
+
+
+@dataclass
+class WriteRequest:
+    """One body of line protocol for one database."""
+
+    db: str
+    body: bytes
+    precision: Precision = Precision.AUTO
+    accept_partial: bool = True
+    no_sync: bool = False
+    origin: str = ""  # the plugin trigger writing, "" for users
+
+
+@dataclass
+class WriteReport:
+    """What happened to a write: accepted rows and rejected lines."""
+
+    lines: int = 0
+    rows: int = 0
+    errors: list[LineError] = field(default_factory=list)
+    limit_hit: bool = False
+    committed: Future[WalSeq] | None = None
+
+
+class WriteService:
+    """The one write path shared by every protocol."""
+
+    def __init__(self, catalog: Catalog, wal: Wal, clock: Callable[[], int] = time.time_ns) -> None:
+        self.catalog = catalog
+        self.wal = wal
+        self.clock = clock
+
+    def submit(self, req: WriteRequest) -> WriteReport:
+        """Parse, validate and queue a write; `report.committed` resolves once it is durable.
+
+        Raises LineProtocolError when accept_partial is off and a line is bad (nothing is
+        written), and LimitExceeded when the database itself cannot be created.
+        """
+        parsed = lineprotocol.parse(req.body, req.precision, self.clock())
+        report = WriteReport(lines=parsed.lines, errors=list(parsed.errors))
+        if report.errors and not req.accept_partial:
+            raise _first_error(report.errors)
+        steps: list[TxnStep] = []
+        with self.catalog.lock:
+            db = self.catalog.ensure_database(req.db, steps)
+            tables = [self._validate(db, t, req.body, report, steps) for t in parsed.tables]
+            if report.errors and not req.accept_partial:
+                raise _first_error(report.errors)
+            rows = [t for t in tables if t is not None and t.batch.num_rows]
+            report.rows = sum(t.batch.num_rows for t in rows)
+            if rows or steps:
+                entry = WalEntry(db.id, db.name, rows, req.origin) if rows else None
+                fut = self.wal.submit(fn=run_steps(steps) if steps else None, entry=entry)
+                report.committed = fut
+        report.errors.sort(key=lambda e: e.line_number)
+        if req.no_sync and report.committed is not None:
+            done: Future[WalSeq] = Future()
+            done.set_result(WalSeq(0))
+            report.committed = done
+        return report
+
+    def _validate(
+        self, db: DatabaseDef, t: ParsedTable, body: bytes, report: WriteReport, steps: list[TxnStep]
+    ) -> TableRows | None:
+        existing = db.tables.get(t.name)
+        known = existing.columns if existing is not None else {}
+        incoming: dict[str, tuple[ColumnType, pa.Array]] = {
+            name: (ColumnType.TAG, arr) for name, arr in t.tags.items()
+        }
+        incoming.update(t.fields)
+        rejected = pa.array([False] * t.num_rows)
+        for name, (kind, arr) in incoming.items():
+            expected = known.get(name)
+            if expected is None or expected == kind or arr.null_count == len(arr):
+                continue
+            bad = arr.is_valid()
+            _report(report, body, t.line_numbers, pc.and_not(bad, rejected),
+                    f"invalid column type for column '{name}', expected {expected.iox_name},"
+                    f" got {kind.iox_name}")
+            rejected = pc.or_(rejected, bad)
+        keep = pc.invert(rejected)
+        any_rejected = pc.any(rejected).as_py()
+        new_columns = {
+            name: kind
+            for name, (kind, arr) in incoming.items()
+            if name not in known and pc.any(pc.and_(arr.is_valid(), keep)).as_py()
+        }
+        if new_columns or existing is None:
+            try:
+                self.catalog.extend_table(db, t.name, new_columns, steps)
+            except LimitExceeded as e:
+                report.limit_hit = True
+                _report(report, body, t.line_numbers, keep, e.message)
+                return None
+        names = sorted(incoming)
+        arrays = [incoming[n][1] for n in names]
+        arrays.append(t.time.cast(pa.timestamp("ns")))
+        batch = pa.RecordBatch.from_arrays(arrays, names=[*names, TIME_COLUMN])
+        if any_rejected:
+            batch = batch.filter(keep)
+        table_id = db.tables[t.name].id
+        return TableRows(table_id, t.name, batch)
+
+
+def _report(report: WriteReport, body: bytes, line_numbers: pa.Array, mask: pa.Array, message: str) -> None:
+    """Add a LineError for every row selected by mask."""
+    numbers = line_numbers.filter(mask).to_pylist()
+    if not numbers:
+        return
+    lines = body.split(b"\n")
+    for n in numbers:
+        start = lines[n - 1].lstrip()[:20].decode("utf-8", errors="replace") if n <= len(lines) else ""
+        report.errors.append(LineError(n, start, message))
+
+
+def _first_error(errors: list[LineError]) -> LineProtocolError:
+    first = min(errors, key=lambda e: e.line_number)
+    return LineProtocolError("line protocol parsing error", data=first.to_json())

@@ -1,0 +1,125 @@
+"""A real `python -m appliance serve` process on a free loopback port, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+
+@dataclass
+class Server:
+    """Start, stop, kill -9 and talk to one appliance process."""
+
+    data_dir: Path
+    args: list[str] = field(default_factory=list)
+    auth: bool = False
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    token: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> Server:
+        cmd = [
+            sys.executable, "-m", "appliance", "serve",
+            "--data-dir", str(self.data_dir), "--http-bind", f"127.0.0.1:{self.port}",
+            "--node-id", "test-node", *self.args,
+        ]
+        if not self.auth:
+            cmd.append("--without-auth")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+        self.log_path = self.data_dir.parent / f"server-{self.port}.log"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if self.request("GET", "/health").status == 200:
+                    break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError(f"server did not become healthy:\n{self.log()}")
+        if self.auth:
+            self.token = (self.data_dir / "admin-token").read_text().strip()
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc = None
+
+    def request(
+        self, method: str, path: str, params: dict[str, Any] | None = None,
+        body: bytes | str | None = None, headers: dict[str, str] | None = None,
+        token: str | None = None, timeout: float = 60.0,
+    ) -> Response:
+        query = urllib.parse.urlencode(params or {})
+        url = self.url + path + (f"?{query}" if query else "")
+        data = body.encode() if isinstance(body, str) else body
+        req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+        tok = token if token is not None else self.token
+        if tok and "Authorization" not in (headers or {}):
+            req.add_header("Authorization", f"Bearer {tok}")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return Response(r.status, r.read(), dict(r.headers))
+        except urllib.error.HTTPError as e:
+            return Response(e.code, e.read(), dict(e.headers))
+
+    def write(self, db: str, lp: str | bytes, **params: Any) -> Response:
+        return self.request("POST", "/api/v3/write_lp", {"db": db, **params}, lp)
+
+    def query(self, db: str, sql: str, fmt: str = "json", **extra: Any) -> Any:
+        r = self.request("GET", "/api/v3/query_sql", {"db": db, "q": sql, "format": fmt, **extra})
+        assert r.status == 200, (r.status, r.body)
+        return r.json() if fmt == "json" else r.body
