@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .buffer import Buffer, conform, dedupe
 from .catalog import Catalog, TableDef, find_table
@@ -229,7 +228,7 @@ class Persister:
                 removed.append(f)
             elif f.min_time < cutoff:
                 found = find_table(self.catalog, f.db_id, f.table_id)
-                table = pq.read_table(self.root / f.path)
+                table = read_parquet(self.root / f.path)
                 kept = table.filter(pc.greater_equal(table.column(TIME_COLUMN).cast(pa.int64()), cutoff))
                 removed.append(f)
                 if found is not None and kept.num_rows:
@@ -270,6 +269,8 @@ def _path_part(name: str) -> str:
 
 def write_parquet(table: pa.Table, path: Path) -> None:
     """Write zstd Parquet via a temp file, fsync it, rename it into place, fsync the folder."""
+    import pyarrow.parquet as pq  # on first persist: ~12 MB an idle server does not need
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(
@@ -287,3 +288,9 @@ def write_parquet(table: pa.Table, path: Path) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def read_parquet(path: Path) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path)

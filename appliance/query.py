@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
-from datafusion import RuntimeEnvBuilder, SessionConfig, SessionContext
-from datafusion.catalog import Schema
 
 from . import system_tables
 from .buffer import Buffer
@@ -25,6 +24,10 @@ from .catalog import Catalog, DatabaseDef, TableDef
 from .errors import ApplianceError, QueryError
 from .manifest import Manifest
 from .model import TIME_COLUMN
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as ds
+    from datafusion import SessionContext
 
 log = logging.getLogger("appliance.query")
 
@@ -99,6 +102,12 @@ class QueryService:
         return pa.Table.from_batches(batches, schema=schema)
 
     def _context(self, db: DatabaseDef) -> SessionContext:
+        # Imported on first query: DataFusion and datasets cost ~30 MB that an ingest-only
+        # gateway never needs.
+        import pyarrow.dataset as ds
+        from datafusion import RuntimeEnvBuilder, SessionConfig, SessionContext
+        from datafusion.catalog import Schema
+
         config = SessionConfig().with_information_schema(True).with_target_partitions(2)
         runtime = RuntimeEnvBuilder().with_fair_spill_pool(self.limits.memory_bytes)
         ctx = SessionContext(config, runtime)
@@ -112,6 +121,8 @@ class QueryService:
         return ctx
 
     def _dataset(self, db: DatabaseDef, table: TableDef, cutoff: int | None) -> ds.Dataset:
+        import pyarrow.dataset as ds
+
         schema = table.schema()
         parts: list[ds.Dataset] = []
         files = [

@@ -190,7 +190,7 @@ async def ping(request: web.Request) -> web.Response:
     )
 
 
-async def options(request: web.Request) -> web.Response:
+def options() -> web.Response:
     return web.Response(status=204, headers={
         "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS",
         "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding",

@@ -50,7 +50,6 @@ def create(app: App) -> web.Application:
     r.add_post(routes.TOKEN_ADMIN, handlers.create_admin_token)
     r.add_post(routes.TOKEN_ADMIN_REGENERATE, handlers.regenerate_admin_token)
     r.add_post(routes.PERSIST, handlers.persist)
-    r.add_route("OPTIONS", "/{tail:.*}", handlers.options)
     web_app.on_response_prepare.append(_cors)
     return web_app
 
@@ -111,7 +110,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     app = request.app[APP_KEY]
-    if not app.config.auth_enabled or request.method == "OPTIONS" or request.path in routes.PUBLIC:
+    if request.method == "OPTIONS":
+        return handlers.options()  # CORS pre-flight on any path, before routing and auth
+    if not app.config.auth_enabled or request.path in routes.PUBLIC:
         return await handler(request)
     if request.path == routes.TOKEN_ADMIN and app.tokens.admin() is None:
         return await handler(request)  # bootstrap: the first admin token needs no token

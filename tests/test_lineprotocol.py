@@ -1,0 +1,662 @@
+"""Line protocol parser: every rule of the spec (section 9), and fast route == exact route."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from appliance import lineprotocol
+from appliance.lineprotocol import _Body, parse
+from appliance.model import ColumnType, ParsedTable, ParseResult, Precision
+
+NOW = 1_700_000_000_123_456_789
+
+
+def lp(body: str | bytes, precision: Precision = Precision.NS, now: int = NOW) -> ParseResult:
+    """Parse with the public entry point, checking the exact route gives the same result."""
+    data = body.encode() if isinstance(body, str) else body
+    result = parse(data, precision, now)
+    assert canon(result) == canon(_Body(data, precision, now, fast=False).result())
+    return result
+
+
+def canon(result: ParseResult) -> Any:
+    """Everything observable in a result, with floats compared bit for bit."""
+
+    def values(arr: pa.Array) -> list[Any]:
+        return [v.hex() if isinstance(v, float) else v for v in arr.to_pylist()]
+
+    tables = [
+        (
+            t.name,
+            t.num_rows,
+            str(t.time.type),
+            values(t.time),
+            str(t.line_numbers.type),
+            values(t.line_numbers),
+            [(k, str(a.type), values(a)) for k, a in t.tags.items()],
+            [(k, kind, str(a.type), values(a)) for k, (kind, a) in t.fields.items()],
+        )
+        for t in result.tables
+    ]
+    errors = [(e.line_number, e.original_line, e.error_message) for e in result.errors]
+    return tables, errors, result.lines
+
+
+def rows(table: ParsedTable) -> list[dict[str, Any]]:
+    """Rows as dicts of the non-null columns, plus `time` and `line`."""
+    out = []
+    for i in range(table.num_rows):
+        row: dict[str, Any] = {"time": table.time[i].as_py(), "line": table.line_numbers[i].as_py()}
+        for k, arr in table.tags.items():
+            if arr[i].is_valid:
+                row[k] = arr[i].as_py()
+        for k, (_, arr) in table.fields.items():
+            if arr[i].is_valid:
+                row[k] = arr[i].as_py()
+        out.append(row)
+    return out
+
+
+def one(body: str | bytes, precision: Precision = Precision.NS, now: int = NOW) -> dict[str, Any]:
+    """The single row of a one-line body that must parse cleanly."""
+    result = lp(body, precision, now)
+    assert not result.errors, result.errors
+    assert len(result.tables) == 1 and result.tables[0].num_rows == 1
+    return {"table": result.tables[0].name, **rows(result.tables[0])[0]}
+
+
+def error(body: str | bytes, precision: Precision = Precision.NS) -> str:
+    """The message of the single error of a body."""
+    result = lp(body, precision)
+    assert len(result.errors) == 1, result.errors
+    return result.errors[0].error_message
+
+
+# -- output shape -------------------------------------------------------------------------
+
+
+def test_output_is_arrow_columns_per_table_in_first_seen_order() -> None:
+    result = lp(
+        'cpu,host=a usage=1.5,n=3i,u=4u,ok=t,s="x" 10\n'
+        "mem,host=b free=2i 20\n"
+        "cpu,host=c,dc=eu usage=2.5 30\n"
+    )
+    assert not result.errors and result.lines == 3
+    cpu, mem = result.tables
+    assert (cpu.name, cpu.num_rows, mem.name, mem.num_rows) == ("cpu", 2, "mem", 1)
+    assert cpu.time.type == pa.int64() and cpu.time.to_pylist() == [10, 30]
+    assert cpu.line_numbers.type == pa.int32() and cpu.line_numbers.to_pylist() == [1, 3]
+    assert {k: a.type for k, a in cpu.tags.items()} == {"host": pa.string(), "dc": pa.string()}
+    assert cpu.tags["dc"].to_pylist() == [None, "eu"]
+    kinds = {k: (kind, a.type) for k, (kind, a) in cpu.fields.items()}
+    assert kinds == {
+        "usage": (ColumnType.FLOAT, pa.float64()),
+        "n": (ColumnType.INTEGER, pa.int64()),
+        "u": (ColumnType.UINTEGER, pa.uint64()),
+        "ok": (ColumnType.BOOLEAN, pa.bool_()),
+        "s": (ColumnType.STRING, pa.string()),
+    }
+    assert cpu.fields["n"][1].to_pylist() == [3, None]
+    assert rows(mem) == [{"time": 20, "line": 2, "host": "b", "free": 2}]
+
+
+def test_rows_of_different_field_sets_stay_in_line_order() -> None:
+    body = "\n".join(f"m,d={i % 3} a={i}" if i % 2 else f"m,d={i % 3} b={i}i,a={i}" for i in range(20))
+    (table,) = lp(body).tables
+    assert table.line_numbers.to_pylist() == list(range(1, 21))
+    assert table.fields["a"][1].to_pylist() == [float(i) for i in range(20)]
+    assert table.fields["b"][1].to_pylist() == [i if i % 2 == 0 else None for i in range(20)]
+    assert list(table.fields) == ["b", "a"]
+    assert table.tags["d"].to_pylist() == [str(i % 3) for i in range(20)]
+
+
+def test_table_order_follows_the_first_accepted_line() -> None:
+    result = lp("a x=1\nb x=1\na x=2\n")
+    assert [t.name for t in result.tables] == ["a", "b"]
+    result = lp("a x=oops\nb x=1\na x=2\n")
+    assert [t.name for t in result.tables] == ["b", "a"]
+
+
+def test_empty_body() -> None:
+    assert lp(b"") == ParseResult([], [], 0)
+    assert lp(b"\n\n  \n# only a comment\n") == ParseResult([], [], 0)
+
+
+# -- escapes ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "name"),
+    [(r"we\,ather", "we,ather"), (r"we\ ather", "we ather"), (r"we\\ather", "we\\ather")],
+)
+def test_measurement_escapes(raw: str, name: str) -> None:
+    assert one(f"{raw},t=1 f=1 5")["table"] == name
+
+
+@pytest.mark.parametrize("raw", [r"m\=x", r"m\ax", r"m\"x", "m=x"])
+def test_measurement_other_backslashes_and_equals_stay_literal(raw: str) -> None:
+    assert one(f"{raw} f=1 5")["table"] == raw
+
+
+@pytest.mark.parametrize(
+    ("raw", "text"),
+    [(r"a\,b", "a,b"), (r"a\=b", "a=b"), (r"a\ b", "a b"), (r"a\\b", "a\\b"), (r"a\xb", r"a\xb")],
+)
+def test_tag_key_tag_value_and_field_key_escapes(raw: str, text: str) -> None:
+    row = one(f"m,{raw}=v,k={raw} {raw}=1i 5")
+    assert row[text] == "v" and row["k"] == text
+    assert one(f"m {raw}=1i 5")[text] == 1
+
+
+def test_unescaped_commas_in_tag_keys_and_field_keys_and_equals_in_tag_values() -> None:
+    row = one("m,a,b=c=d f,g=1i 5")
+    assert row["a,b"] == "c=d" and row["f,g"] == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["m\\ f=1", "m\\\\ f=1", "m,t=v\\\\ f=1", "m,t\\\\=v f=1", "m f\\\\=1", "m,t=v f=1,g\\\\=2"],
+)
+def test_component_ending_in_backslash_is_an_error(body: str) -> None:
+    msg = error(body)
+    assert "may not end with a backslash" in msg or msg == "Expected at least one space character, got end of input"
+
+
+def test_component_ending_in_backslash_message() -> None:
+    assert error("m,t=v\\\\ f=1") == (
+        "Measurements, tag keys and values, and field keys may not end with a backslash"
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "text"),
+    [
+        (r'"a\"b"', 'a"b'),
+        (r'"a\\b"', "a\\b"),
+        (r'"a\b"', r"a\b"),
+        (r'"a\\\"b"', 'a\\"b'),
+        (r'"ends\\"', "ends\\"),
+        ('"with, comma=and space"', "with, comma=and space"),
+        ('""', ""),
+    ],
+)
+def test_string_field_escapes(raw: str, text: str) -> None:
+    assert one(f"m s={raw},n=1i 5")["s"] == text
+
+
+# -- field types --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind", "value"),
+    [
+        ("1", ColumnType.FLOAT, 1.0),
+        ("-1.5", ColumnType.FLOAT, -1.5),
+        ("1e5", ColumnType.FLOAT, 1e5),
+        ("1.5E-3", ColumnType.FLOAT, 1.5e-3),
+        ("-2.5e+3", ColumnType.FLOAT, -2500.0),
+        ("007", ColumnType.FLOAT, 7.0),
+        ("1i", ColumnType.INTEGER, 1),
+        ("-9223372036854775808i", ColumnType.INTEGER, -(2**63)),
+        ("9223372036854775807i", ColumnType.INTEGER, 2**63 - 1),
+        ("0u", ColumnType.UINTEGER, 0),
+        ("18446744073709551615u", ColumnType.UINTEGER, 2**64 - 1),
+        ('"text"', ColumnType.STRING, "text"),
+    ],
+)
+def test_field_types(raw: str, kind: ColumnType, value: Any) -> None:
+    (table,) = lp(f"m f={raw} 5").tables
+    got_kind, arr = table.fields["f"]
+    assert got_kind is kind and arr.type == kind.arrow_type and arr.to_pylist() == [value]
+
+
+@pytest.mark.parametrize("raw", ["t", "T", "true", "True", "TRUE"])
+def test_true_spellings(raw: str) -> None:
+    assert one(f"m f={raw}")["f"] is True
+
+
+@pytest.mark.parametrize("raw", ["f", "F", "false", "False", "FALSE"])
+def test_false_spellings(raw: str) -> None:
+    assert one(f"m f={raw}")["f"] is False
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["nan", "NaN", "inf", "-inf", "tRUE", "yes", "1.", ".5", "+1", "1e", "1.5e+", "-1u", "1.5i", "0x10",
+     "1_000", "1i2", "--1", "٣", '"open', '"a"b', "", "1 2x"],
+)
+def test_invalid_field_values_are_rejected(raw: str) -> None:
+    result = lp(f"m f={raw} 5\nm g=1 6")
+    assert [e.line_number for e in result.errors] == [1]
+    assert rows(result.tables[0]) == [{"time": 6, "line": 2, "g": 1.0}]
+
+
+def test_invalid_value_message_names_the_field() -> None:
+    assert error("m temp=warm") == (
+        "invalid field value for field 'temp': `warm` is not a float, integer, unsigned integer, "
+        "string or boolean"
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("9223372036854775808i", "Unable to parse integer value `9223372036854775808i`"),
+        ("-9223372036854775809i", "Unable to parse integer value `-9223372036854775809i`"),
+        ("18446744073709551616u", "Unable to parse unsigned integer value `18446744073709551616u`"),
+    ],
+)
+def test_integer_ranges_are_checked(raw: str, message: str) -> None:
+    assert error(f"m n={raw}") == f"invalid field value for field 'n': {message}"
+
+
+def test_huge_floats_overflow_to_infinity_like_influxdb() -> None:
+    assert one("m f=1e400")["f"] == math.inf
+
+
+def test_no_fields() -> None:
+    assert error("m 5") == "No fields were provided"
+    assert error("m,t=1") == "Expected at least one space character, got end of input"
+    assert error("m,t=1 ") == "No fields were provided"
+
+
+def test_structural_errors() -> None:
+    assert error(",t=1 f=1") == "Invalid measurement was provided"
+    assert error("m, f=1") == "Expected tag key, got ` f=1`"
+    assert error("m,t f=1") == "Tag set malformed: could not find equals sign in `t f=1`"
+    assert error("m,t= f=1") == "Expected tag value, got ` f=1`"
+    assert error("m f=1,g") == "Could not parse entire line. Found trailing content: `,g`"
+    assert error("m f=1 5 6") == "Could not parse entire line. Found trailing content: `6`"
+    assert error("m\tf=1") == "Expected at least one space character, got `\tf=1`"
+    assert error('m s="a"x') == "invalid field value for field 's': `x` after string"
+
+
+# -- whitespace, comments, CRLF, line numbers -------------------------------------------
+
+
+def test_blank_lines_comments_and_leading_whitespace() -> None:
+    body = "\n# comment a=1\n   \n\t m a=1 5\n  # indented comment\nm a=2 6\n"
+    result = lp(body)
+    assert result.lines == 2 and not result.errors
+    assert result.tables[0].line_numbers.to_pylist() == [4, 6]
+
+
+def test_separators_are_one_or_more_spaces_and_trailing_spaces_are_allowed() -> None:
+    assert one("m,t=1   a=1,b=2i    5   ") == {"table": "m", "t": "1", "a": 1.0, "b": 2, "time": 5, "line": 1}
+    assert one("m a=1 ")["a"] == 1.0
+
+
+def test_crlf_line_endings_are_accepted() -> None:
+    result = lp(b'm,t=1 a=1 5\r\nm s="x" 6\r\n\r\n# c\r\nm a=3\r\n')
+    assert not result.errors and result.lines == 3
+    assert rows(result.tables[0]) == [
+        {"t": "1", "a": 1.0, "time": 5, "line": 1},
+        {"s": "x", "time": 6, "line": 2},
+        {"a": 3.0, "time": NOW, "line": 5},
+    ]
+
+
+def test_multiline_strings_keep_true_line_numbers() -> None:
+    body = 'm a=1 1\nm s="two\nlines",a=2 2\nm s="three\n\nlines" 3\nbad\nm a=4 4\n'
+    result = lp(body)
+    assert rows(result.tables[0]) == [
+        {"a": 1.0, "time": 1, "line": 1},
+        {"s": "two\nlines", "a": 2.0, "time": 2, "line": 2},
+        {"s": "three\n\nlines", "time": 3, "line": 4},
+        {"a": 4.0, "time": 4, "line": 8},
+    ]
+    assert [(e.line_number, e.original_line) for e in result.errors] == [(7, "bad")]
+    assert result.lines == 5
+
+
+def test_escaped_quote_does_not_open_a_string_and_unterminated_string_swallows_the_rest() -> None:
+    result = lp('m s="a\\"\nm a=1\n')
+    assert [e.line_number for e in result.errors] == [1]
+    assert result.tables == [] and result.lines == 1
+
+
+def test_error_line_numbers_and_original_line() -> None:
+    body = "m a=1\n\n  m a=notanumber_and_more_text\nm a=2\n"
+    result = lp(body)
+    (err,) = result.errors
+    assert err.line_number == 3
+    assert err.original_line == "m a=notanumber_and_m"  # first 20 bytes of the line
+    assert err.to_json()["line_number"] == 3
+
+
+def test_original_line_is_cut_on_a_character_boundary() -> None:
+    err = lp("m é=é€€€€€€€€€€€€ bad").errors[0]
+    assert err.original_line == "m é=é€€€€"  # 19 bytes: the next € would straddle byte 20
+    assert len(err.original_line.encode()) <= 20
+
+
+def test_invalid_utf8_rejects_only_that_line() -> None:
+    result = lp(b'm a=1 1\nm s="\xff\xfe" 2\nm a=3 3\n')
+    assert rows(result.tables[0]) == [{"a": 1.0, "time": 1, "line": 1}, {"a": 3.0, "time": 3, "line": 3}]
+    (err,) = result.errors
+    assert err.line_number == 2 and "UTF-8" in err.error_message
+    assert err.original_line == 'm s="\ufffd\ufffd" 2'
+
+
+# -- duplicates, type conflicts, name collisions -----------------------------------------
+
+
+def test_duplicate_field_is_rejected() -> None:
+    assert error("m a=1,b=2,a=3") == "invalid line protocol - multiple instances of 'a' field found"
+
+
+def test_duplicate_tag_last_value_wins() -> None:
+    assert one("m,t=1,u=2,t=3 f=1")["t"] == "3"
+
+
+def test_first_line_fixes_a_field_type_for_the_body() -> None:
+    result = lp("m a=1 1\nm a=1i 2\nm a=2 3\nn a=1i 4\n")
+    (err,) = result.errors
+    assert err.line_number == 2
+    assert err.error_message == (
+        "invalid column type for column 'a', expected iox::column_type::field::float, "
+        "got iox::column_type::field::integer"
+    )
+    m, n = result.tables
+    assert m.fields["a"][1].to_pylist() == [1.0, 2.0]
+    assert n.fields["a"][0] is ColumnType.INTEGER  # another table has its own types
+
+
+def test_rejected_lines_fix_no_types() -> None:
+    result = lp("m a=bad,b=1i 1\nm b=1.5 2\nm b=2i 3\n")
+    assert [e.line_number for e in result.errors] == [1, 3]
+    assert result.tables[0].fields["b"][0] is ColumnType.FLOAT
+
+
+@pytest.mark.parametrize(
+    ("body", "expected", "got"),
+    [
+        ("m,a=x a=1", "tag", "field::float"),
+        ("m,a=x f=1\nm a=1i", "tag", "field::integer"),
+        ("m a=1u\nm,a=x f=1", "field::uinteger", "tag"),
+        ('m a="s"\nm a=t', "field::string", "field::boolean"),
+        ("m time=1", "timestamp", "field::float"),
+        ("m,time=x f=1", "timestamp", "tag"),
+    ],
+)
+def test_name_collisions_and_time_column(body: str, expected: str, got: str) -> None:
+    result = lp(body)
+    (err,) = result.errors
+    assert err.line_number == body.count("\n") + 1
+    assert err.error_message == (
+        f"invalid column type for column '{err.error_message.split(chr(39))[1]}', "
+        f"expected iox::column_type::{expected}, got iox::column_type::{got}"
+    )
+
+
+def test_a_new_tag_is_allowed_at_any_time() -> None:
+    result = lp("m a=1 1\nm,t=x a=2 2")
+    assert not result.errors and result.tables[0].tags["t"].to_pylist() == [None, "x"]
+
+
+# -- timestamps and precision -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spelling", "ts", "ns"),
+    [
+        ("s", 1_700_000_000, 1_700_000_000_000_000_000),
+        ("second", 1_700_000_000, 1_700_000_000_000_000_000),
+        ("ms", 1_700_000_000_123, 1_700_000_000_123_000_000),
+        ("millisecond", 1_700_000_000_123, 1_700_000_000_123_000_000),
+        ("us", 1_700_000_000_123_456, 1_700_000_000_123_456_000),
+        ("u", 1_700_000_000_123_456, 1_700_000_000_123_456_000),
+        ("microsecond", 1_700_000_000_123_456, 1_700_000_000_123_456_000),
+        ("ns", 1_700_000_000_123_456_789, 1_700_000_000_123_456_789),
+        ("n", 1_700_000_000_123_456_789, 1_700_000_000_123_456_789),
+        ("nanosecond", -5, -5),
+        ("s", -2, -2_000_000_000),
+    ],
+)
+def test_precisions(spelling: str, ts: int, ns: int) -> None:
+    precision = Precision.parse(spelling, Precision.AUTO)
+    assert one(f"m f=1 {ts}", precision)["time"] == ns
+
+
+@pytest.mark.parametrize(
+    ("ts", "ns"),
+    [
+        (1_700_000_000, 1_700_000_000_000_000_000),
+        (4_999_999_999, 4_999_999_999_000_000_000),
+        (5_000_000_000, 5_000_000_000_000_000),
+        (1_700_000_000_123, 1_700_000_000_123_000_000),
+        (1_700_000_000_123_456, 1_700_000_000_123_456_000),
+        (1_700_000_000_123_456_789, 1_700_000_000_123_456_789),
+        (-1_700_000_000, -1_700_000_000_000_000_000),
+        (0, 0),
+    ],
+)
+def test_auto_precision_guesses_per_timestamp(ts: int, ns: int) -> None:
+    assert one(f"m f=1 {ts}", Precision.AUTO)["time"] == ns
+
+
+def test_auto_guessing_is_per_line() -> None:
+    (table,) = lp("m f=1 1700000000\nm f=2 1700000000000000000\n", Precision.AUTO).tables
+    assert table.time.to_pylist() == [1_700_000_000_000_000_000] * 2
+
+
+@pytest.mark.parametrize(
+    ("precision", "ns"),
+    [
+        (Precision.S, 1_700_000_000_000_000_000),
+        (Precision.MS, 1_700_000_000_123_000_000),
+        (Precision.US, 1_700_000_000_123_456_000),
+        (Precision.NS, NOW),
+        (Precision.AUTO, NOW),
+    ],
+)
+def test_missing_timestamp_is_now_truncated_to_the_precision(precision: Precision, ns: int) -> None:
+    (table,) = lp("m f=1\nm f=2 5\nm f=3", precision).tables
+    assert table.time.to_pylist()[0] == ns and table.time.to_pylist()[2] == ns
+
+
+@pytest.mark.parametrize(
+    ("precision", "ts", "name"),
+    [
+        (Precision.S, 9_223_372_037, "Second"),
+        (Precision.MS, -9_223_372_036_855, "Millisecond"),
+        (Precision.US, 9_223_372_036_854_776, "Microsecond"),
+    ],
+)
+def test_timestamp_overflow(precision: Precision, ts: int, name: str) -> None:
+    assert error(f"m f=1 {ts}", precision) == f"timestamp, {ts}, out of range for precision: {name}"
+
+
+@pytest.mark.parametrize("ts", ["9223372036854775808", "1.5", "12a", "-", "0x1", "1_0"])
+def test_unparsable_timestamps(ts: str) -> None:
+    assert error(f"m f=1 {ts}") == f"Unable to parse timestamp value `{ts}`"
+
+
+def test_int64_extreme_timestamps() -> None:
+    assert one("m f=1 9223372036854775807")["time"] == 2**63 - 1
+    assert one("m f=1 -9223372036854775808", Precision.AUTO)["time"] == -(2**63)
+
+
+# -- size limits --------------------------------------------------------------------------
+
+
+def test_string_field_limit_is_one_mebibyte() -> None:
+    mib = 1 << 20
+    assert len(one(f'm s="{"x" * mib}"')["s"]) == mib
+    assert error(f'm s="{"x" * (mib + 1)}"') == "invalid field value for field 's': String is greater than 1MB"
+    assert error(f'm s="{"é" * (mib // 2)}x"') == "invalid field value for field 's': String is greater than 1MB"
+
+
+def test_name_limit_is_one_mebibyte() -> None:
+    mib = 1 << 20
+    assert error(f"m,t={'v' * (mib + 1)} f=1") == "String is greater than 1MB"
+    assert error(f"m {'k' * (mib + 1)}=1") == "String is greater than 1MB"
+    assert len(one(f"m,t={'v' * mib} f=1")["t"]) == mib
+
+
+# -- routes -------------------------------------------------------------------------------
+
+
+def iot_body(n: int, devices: int = 50) -> str:
+    return "\n".join(
+        f"weather,device=dev{i % devices:04d},site=s{i % 7},kind=th "
+        f'temp={i * 0.25 - 20},hum={i % 100}i,ok={"true" if i % 3 else "F"},status="ok {i % 4}" '
+        f"{1_700_000_000_000_000_000 + i}"
+        for i in range(n)
+    )
+
+
+def test_regular_lines_take_the_fast_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = lineprotocol._scan
+    monkeypatch.setattr(lineprotocol, "_scan", lambda rec: calls.append(rec) or real(rec))
+    body = iot_body(2000).replace('"ok ', '"ok_')  # a space in a string needs the exact route
+    result = lp(body)
+    assert not result.errors and result.tables[0].num_rows == 2000
+    assert len(calls) <= 2  # the first line of the table (plus the exact-route comparison)
+
+
+def test_fast_and_exact_routes_agree_on_a_large_mixed_body() -> None:
+    lines = iot_body(3000).split("\n")
+    lines[100] = lines[100].replace("hum=", "hum=x")
+    lines[200] = lines[200].replace("hum=0i", "hum=0.5").replace("hum=", "hum=")
+    lines[300] = lines[300].replace("temp=", "temp=1i,temp_=")
+    lines[400] = lines[400].replace(",kind=th", ",kind=a\\ b")
+    lines[500] = lines[500] + " trailing"
+    lines[600] = lines[600].replace("status=", "device=")
+    lines[700] = lines[700].replace('"ok', '"o\\"k\n')
+    result = lp("\r\n".join(lines))
+    assert 6 <= len(result.errors) <= 8 and result.lines == 3000
+
+
+# -- properties ---------------------------------------------------------------------------
+
+_NAME_CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\t\r\x00")
+_names = st.text(_NAME_CHARS, min_size=1, max_size=8).filter(
+    lambda s: not s.endswith("\\") and s != "time" and not s.startswith("#")
+)
+_string_values = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+_field_values = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False).map(lambda v: (ColumnType.FLOAT, v)),
+    st.integers(-(2**63), 2**63 - 1).map(lambda v: (ColumnType.INTEGER, v)),
+    st.integers(0, 2**64 - 1).map(lambda v: (ColumnType.UINTEGER, v)),
+    st.booleans().map(lambda v: (ColumnType.BOOLEAN, v)),
+    _string_values.map(lambda v: (ColumnType.STRING, v)),
+)
+
+
+def _escape(text: str, chars: str) -> str:
+    text = text.replace("\\", "\\\\")
+    for c in chars:
+        text = text.replace(c, "\\" + c)
+    return text
+
+
+def _value(kind: ColumnType, v: Any, spelling: int) -> str:
+    if kind is ColumnType.FLOAT:
+        return repr(v) if spelling % 2 else repr(v).upper()
+    if kind is ColumnType.INTEGER:
+        return f"{v}i"
+    if kind is ColumnType.UINTEGER:
+        return f"{v}u"
+    if kind is ColumnType.BOOLEAN:
+        return ("t", "T", "true", "True", "TRUE", "f", "F", "false", "False", "FALSE")[spelling % 5 + 5 * (not v)]
+    return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@st.composite
+def points(draw: st.DrawFn) -> tuple[list[tuple[str, dict[str, str], dict[str, Any], int | None]], str]:
+    """Valid points whose names never clash, and their line protocol with random spacing."""
+    tables = draw(st.lists(_names, min_size=1, max_size=3, unique=True))
+    schemas = {}
+    for t in tables:
+        names = draw(st.lists(_names, min_size=2, max_size=6, unique=True))
+        n_tags = draw(st.integers(0, len(names) - 1))
+        kinds = {k: draw(st.sampled_from(list(ColumnType)[1:6])) for k in names[n_tags:]}
+        schemas[t] = (names[:n_tags], kinds)
+    pts, lines = [], []
+    for _ in range(draw(st.integers(1, 12))):
+        t = draw(st.sampled_from(tables))
+        tag_keys, kinds = schemas[t]
+        tags = {k: draw(_names) for k in tag_keys if draw(st.booleans())}
+        chosen = draw(st.lists(st.sampled_from(list(kinds)), min_size=1, unique=True))
+        fields = {}
+        for k in chosen:
+            kind, v = draw(_field_values.filter(lambda kv, k=k: kv[0] is kinds[k]))
+            fields[k] = (kind, v)
+        ts = draw(st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)))
+        sp = " " * draw(st.integers(1, 3))
+        series = _escape(t, ", ") + "".join(f",{_escape(k, ',= ')}={_escape(v, ',= ')}" for k, v in tags.items())
+        field_text = ",".join(f"{_escape(k, ',= ')}={_value(kind, v, draw(st.integers(0, 9)))}"
+                              for k, (kind, v) in fields.items())
+        line = series + sp + field_text + ("" if ts is None else sp + str(ts))
+        lines.append(draw(st.sampled_from(["", " ", "\t"])) + line)
+        pts.append((t, tags, {k: v for k, (_, v) in fields.items()}, ts))
+        if draw(st.integers(0, 5)) == 0:
+            lines.append(draw(st.sampled_from(["", "# a comment", "  ", '# x="y'])))
+    return pts, draw(st.sampled_from(["\n", "\r\n"])).join(lines)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(points())
+def test_round_trip(case: tuple[list[Any], str]) -> None:
+    pts, body = case
+    result = lp(body)
+    assert not result.errors, (body, result.errors)
+    assert result.lines == len(pts)
+    got = {t.name: rows(t) for t in result.tables}
+    for name in got:
+        expected = [p for p in pts if p[0] == name]
+        assert len(expected) == len(got[name])
+        for (_, tags, fields, ts), row in zip(expected, got[name]):
+            row.pop("line")
+            assert row.pop("time") == (NOW if ts is None else ts)
+            assert row == {**tags, **fields}
+    assert set(got) == {p[0] for p in pts}
+
+
+_JUNK = st.text(st.sampled_from(list('ab=,"\\ \t\r\n#-.eiut0159\x00é')), max_size=40)
+
+
+@st.composite
+def mutated_bodies(draw: st.DrawFn) -> bytes:
+    """Valid bodies with random edits, so every branch of both routes gets exercised."""
+    _, body = draw(points())
+    text = body
+    for _ in range(draw(st.integers(0, 4))):
+        at = draw(st.integers(0, len(text)))
+        cut = draw(st.integers(0, 3))
+        text = text[:at] + draw(_JUNK) + text[at + cut :]
+    data = text.encode()
+    if draw(st.integers(0, 9)) == 0:
+        at = draw(st.integers(0, len(data)))
+        data = data[:at] + draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80"])) + data[at:]
+    return data
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_bodies(), st.sampled_from(list(Precision)))
+def test_fast_route_equals_exact_route(body: bytes, precision: Precision) -> None:
+    fast = parse(body, precision, NOW)
+    slow = _Body(body, precision, NOW, fast=False).result()
+    assert canon(fast) == canon(slow)
+    assert not any(e.error_message.startswith("internal parser error") for e in fast.errors)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=200), _JUNK.map(str.encode)), st.sampled_from(list(Precision)))
+def test_never_raises(body: bytes, precision: Precision) -> None:
+    result = parse(body, precision, NOW)
+    assert isinstance(result, ParseResult)
+    assert not any(e.error_message.startswith("internal parser error") for e in result.errors)
+    assert result.lines >= len(result.errors)
+    for table in result.tables:
+        assert table.num_rows > 0
+        for arr in [table.time, table.line_numbers, *table.tags.values(), *(a for _, a in table.fields.values())]:
+            assert len(arr) == table.num_rows
