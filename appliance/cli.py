@@ -249,10 +249,13 @@ def _query(args: argparse.Namespace) -> int:
     elif args.format == "parquet":
         raise CliError("parquet output is binary: write it to a file with -o FILE")
     else:
-        sys.stdout.write(out.decode())
-        if out and not out.endswith(b"\n"):
-            sys.stdout.write("\n")
+        _print_body(out)
     return 0
+
+
+def _print_body(out: bytes) -> None:
+    text = out.decode()
+    sys.stdout.write(text if not text or text.endswith("\n") else text + "\n")
 
 
 def _create_database(args: argparse.Namespace) -> int:
@@ -271,15 +274,13 @@ def _delete_database(args: argparse.Namespace) -> int:
 
 
 def _show_databases(args: argparse.Namespace) -> int:
-    out = _client(args).request("GET", "/api/v3/configure/database", {"format": "pretty"})
-    sys.stdout.write(out.decode())
+    _print_body(_client(args).request("GET", "/api/v3/configure/database", {"format": "pretty"}))
     return 0
 
 
 def _show_tables(args: argparse.Namespace) -> int:
     sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name"
-    out = _client(args).json("POST", "/api/v3/query_sql", {"db": _database(args), "q": sql, "format": "pretty"})
-    sys.stdout.write(out.decode())
+    _print_body(_client(args).json("POST", "/api/v3/query_sql", {"db": _database(args), "q": sql, "format": "pretty"}))
     return 0
 
 

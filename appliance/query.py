@@ -165,7 +165,7 @@ def timeout_message(limits: QueryLimits) -> str:
 def _query_error(e: Exception, limits: QueryLimits) -> QueryError:
     text = str(e)
     if "Resources exhausted" in text:
-        return QueryTooLarge(
+        return QueryError(
             f"query exceeded its memory limit of {limits.memory_bytes} bytes (query.memory_limit):"
             f" {text.splitlines()[0]}"
         )

@@ -26,6 +26,15 @@ APP_KEY: web.AppKey[App] = web.AppKey("app", App)
 _ERROR_STYLES = {routes.WRITE_V2: "v2", routes.WRITE_V1: "v1", routes.QUERY_V1: "v1"}
 
 
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON response without the spaces json.dumps adds by default."""
+    return web.json_response(data, status=status, headers=headers, dumps=_compact)
+
+
+def _compact(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
 def error_style(request: web.Request) -> str:
     """Which error body shape the endpoint uses: v3, v2 ({code, message}) or v1 ({error})."""
     return _ERROR_STYLES.get(request.path, "v3")
@@ -177,14 +186,14 @@ async def health(request: web.Request) -> web.Response:
     }
     statuses = [c["status"] for c in components.values()]
     overall = "failed" if "failed" in statuses else "degraded" if "degraded" in statuses else "ok"
-    return web.json_response(
+    return json_response(
         {"status": overall, "components": components}, status=503 if overall == "failed" else 200
     )
 
 
 async def ping(request: web.Request) -> web.Response:
     app = request.app[APP_KEY]
-    return web.json_response(
+    return json_response(
         {"product_name": "appliance", "version": __version__, "revision": "", "process_id": app.process_id},
         headers={"X-Influxdb-Version": __version__, "X-Influxdb-Build": "appliance"},
     )
@@ -289,7 +298,7 @@ async def _admin_token(request: web.Request, regenerate: bool) -> web.Response:
         raise ApplianceError("endpoint disabled, started without auth", http_status=405)
     token, info = await _in_pool(request, "write", app.tokens.create_admin, regenerate)
     write_token_file(Path(app.config.data_dir), token)
-    return web.json_response(
+    return json_response(
         {"id": info.id, "name": info.name, "token": token, "hash": info.hash,
          "created_at": info.created_at, "expiry": info.expiry},
         status=201,
@@ -300,5 +309,5 @@ async def persist(request: web.Request) -> web.Response:
     app = request.app[APP_KEY]
     started = time.monotonic()
     files = await asyncio.wrap_future(app.persister.request())
-    return web.json_response({"files": files, "seconds": round(time.monotonic() - started, 3)})
+    return json_response({"files": files, "seconds": round(time.monotonic() - started, 3)})
 

@@ -63,15 +63,15 @@ def error_response(request: web.Request, err: ApplianceError) -> web.Response:
     style = handlers.error_style(request)
     status = err.http_status
     if style == "v2":
-        return web.json_response({"code": err.code, "message": _v2_message(err)}, status=status)
+        return handlers.json_response({"code": err.code, "message": _v2_message(err)}, status=status)
     if style == "v1":
-        return web.json_response({"error": _v2_message(err)}, status=status)
+        return handlers.json_response({"error": _v2_message(err)}, status=status)
     if err.body_kind == "text":
         return web.Response(text=err.message, status=status, content_type="text/plain")
     body: dict[str, object] = {"error": err.message}
     if err.data is not None:
         body["data"] = err.data
-    return web.json_response(body, status=status)
+    return handlers.json_response(body, status=status)
 
 
 def _v2_message(err: ApplianceError) -> str:
@@ -102,7 +102,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     except Exception:
         log.exception("unexpected error handling %s %s", request.method, request.path)
-        return web.json_response(
+        return handlers.json_response(
             {"error": "internal error; the details are in the server log"}, status=500
         )
 

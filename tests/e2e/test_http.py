@@ -160,6 +160,17 @@ def test_query_timeout_is_a_clear_4xx(tmp_path) -> None:
         s.stop()
 
 
+def test_query_memory_limit_is_a_clear_4xx(tmp_path) -> None:
+    s = Server(tmp_path / "d", args=["--query-memory-limit", "1MiB"]).start()
+    try:
+        s.write("db", "m v=1 1")
+        r = s.request("GET", "/api/v3/query_sql", {"db": "db", "q": "SELECT array_agg(value) FROM generate_series(1, 3000000)"})
+        assert r.status == 400 and "query.memory_limit" in r.text
+        assert s.query("db", "SELECT v FROM m") == [{"v": 1.0}]
+    finally:
+        s.stop()
+
+
 def test_same_point_twice_is_one_row_last_write_wins(server: Server) -> None:
     server.write("db", "m,host=a x=1,y=1 10\n")
     server.write("db", "m,host=a y=2 10\nm,host=b x=5 10\n")
