@@ -8,7 +8,7 @@ rejected alone; with accept_partial=False any bad line rejects the whole body.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -59,7 +59,7 @@ class WriteService:
         Raises LineProtocolError when accept_partial is off and a line is bad (nothing is
         written), and LimitExceeded when the database itself cannot be created.
         """
-        parsed = lineprotocol.parse(req.body, req.precision, self.clock())
+        parsed = lineprotocol.parse(req.body, req.precision, self.clock(), known=_KnownColumns(self.catalog.get(req.db)))
         report = WriteReport(lines=parsed.lines, errors=list(parsed.errors))
         if report.errors and not req.accept_partial:
             raise _first_error(report.errors)
@@ -123,6 +123,26 @@ class WriteService:
             batch = batch.filter(keep)
         table_id = db.tables[t.name].id
         return TableRows(table_id, t.name, batch)
+
+
+class _KnownColumns(Mapping[str, Mapping[str, ColumnType]]):
+    """Read-only view of a database's column types for the parser (no copy per write).
+
+    TableDef.columns is replaced, never mutated, when a table grows, so each lookup sees a
+    consistent set; a column added meanwhile is caught again by validation.
+    """
+
+    def __init__(self, db: DatabaseDef | None) -> None:
+        self._tables = db.tables if db is not None else {}
+
+    def __getitem__(self, table: str) -> Mapping[str, ColumnType]:
+        return self._tables[table].columns
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._tables))
+
+    def __len__(self) -> int:
+        return len(self._tables)
 
 
 def _report(report: WriteReport, body: bytes, line_numbers: pa.Array, mask: pa.Array, message: str) -> None:
