@@ -55,14 +55,15 @@ def build(config: Config) -> App:
     data_dir = Path(config.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     wal = Wal(data_dir / "lmdb", config.map_size)
-    catalog = Catalog(
-        wal, CatalogLimits(config.max_databases, config.max_tables, config.max_columns)
-    )
+    catalog = Catalog(wal, CatalogLimits(config.max_databases, config.max_tables, config.max_columns))
     manifest = Manifest(wal)
     buffer = Buffer(config.max_buffer_bytes)
     persister = Persister(
         PersistArgs(data_dir, config.node_id, config.gen1_duration, config.retention_check_interval),
-        wal, catalog, buffer, manifest,
+        wal,
+        catalog,
+        buffer,
+        manifest,
     )
     buffer.on_full = persister.wake
     replay_seconds = _replay(wal, catalog, buffer)
@@ -74,12 +75,23 @@ def build(config: Config) -> App:
     if config.auth_enabled:
         bootstrap_admin(tokens, data_dir)
     queries = QueryService(
-        catalog, buffer, manifest, data_dir / "parquet", persister.view_lock,
+        catalog,
+        buffer,
+        manifest,
+        data_dir / "parquet",
+        persister.view_lock,
         QueryLimits(config.memory_limit, config.timeout, config.max_result_bytes),
     )
     return App(
-        config=config, wal=wal, catalog=catalog, buffer=buffer, manifest=manifest,
-        persister=persister, writes=WriteService(catalog, wal), queries=queries, tokens=tokens,
+        config=config,
+        wal=wal,
+        catalog=catalog,
+        buffer=buffer,
+        manifest=manifest,
+        persister=persister,
+        writes=WriteService(catalog, wal),
+        queries=queries,
+        tokens=tokens,
         write_pool=ThreadPoolExecutor(4, thread_name_prefix="write"),
         query_pool=ThreadPoolExecutor(2, thread_name_prefix="query"),
         replay_seconds=replay_seconds,

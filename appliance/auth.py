@@ -53,7 +53,7 @@ class Tokens:
         with wal.read() as txn:
             for key, value in txn.cursor(db=wal.dbs["tokens"]):
                 info = TokenInfo(**msgpack.unpackb(value))
-                self._by_hash[key.decode()] = info
+                self._by_hash[bytes(key).decode()] = info
 
     def verify(self, token: str) -> bool:
         digest = hash_token(token)

@@ -183,9 +183,7 @@ def dedupe(table: pa.Table) -> pa.Table:
     for f in fields:
         plain = plain.append_column(f, ordered.column(f))
     # use_threads=False keeps rows in order, so "last" means the latest write.
-    grouped = plain.group_by(keys.column_names, use_threads=False).aggregate(
-        [(f, "last") for f in fields]
-    )
+    grouped = plain.group_by(keys.column_names, use_threads=False).aggregate([(f, "last") for f in fields])
     grouped = grouped.rename_columns([*keys.column_names, *fields])
     return sort_for_storage(grouped.select(table.column_names).cast(table.schema))
 

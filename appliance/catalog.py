@@ -56,9 +56,7 @@ class TableDef:
     def schema(self) -> pa.Schema:
         """Arrow schema as queries and Parquet see it: columns by name, tags dictionary-encoded."""
         if self._schema is None:
-            self._schema = pa.schema(
-                [pa.field(n, self.columns[n].arrow_type) for n in sorted(self.columns)]
-            )
+            self._schema = pa.schema([pa.field(n, self.columns[n].arrow_type) for n in sorted(self.columns)])
         return self._schema
 
     def with_columns(self, new: dict[str, ColumnType]) -> TableDef:
@@ -87,7 +85,12 @@ class DatabaseDef:
 
     def encode(self) -> bytes:
         return msgpack.packb(
-            {"id": self.id, "name": self.name, "retention_ns": self.retention_ns, "created_ns": self.created_ns}
+            {
+                "id": self.id,
+                "name": self.name,
+                "retention_ns": self.retention_ns,
+                "created_ns": self.created_ns,
+            }
         )
 
     @classmethod
@@ -131,13 +134,14 @@ class Catalog:
         cat = self.wal.dbs["catalog"]
         with self.wal.read() as txn:
             by_id: dict[int, DatabaseDef] = {}
-            for key, value in txn.cursor(db=cat):
+            records = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=cat)]
+            for key, value in records:
                 if key.startswith(b"db/"):
                     d = DatabaseDef.decode(value)
                     by_id[d.id] = d
                     self._dbs[d.name] = d
                     self._next_id = max(self._next_id, d.id + 1)
-            for key, value in txn.cursor(db=cat):
+            for key, value in records:
                 if key.startswith(b"tbl/"):
                     db_id = int(key.split(b"/")[1])
                     t = TableDef.decode(value)

@@ -62,22 +62,36 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run the server", description="Run the appliance server.")
-    s.add_argument("--config", help="config file (default /etc/appliance/config.toml when present; env APPLIANCE_CONFIG)")
+    s.add_argument(
+        "--config", help="config file (default /etc/appliance/config.toml when present; env APPLIANCE_CONFIG)"
+    )
     for flag, name in SERVE_FLAGS.items():
         setting = next(x for x in config.SETTINGS if x.name == name)
-        s.add_argument(flag, dest=name, metavar="VALUE",
-                       help=f"{setting.help} [{name}; env {setting.env}; default {setting.default!r}]")
+        s.add_argument(
+            flag,
+            dest=name,
+            metavar="VALUE",
+            help=f"{setting.help} [{name}; env {setting.env}; default {setting.default!r}]",
+        )
     s.add_argument("--without-auth", action="store_true", help="accept requests without a token")
     s.set_defaults(func=_serve)
 
-    w = sub.add_parser("write", aliases=["w"], help="write line protocol",
-                       description="Write line protocol from arguments, --file or stdin.")
+    w = sub.add_parser(
+        "write",
+        aliases=["w"],
+        help="write line protocol",
+        description="Write line protocol from arguments, --file or stdin.",
+    )
     _client_flags(w, database=True)
     w.add_argument("lines", nargs="*", help="line protocol (default: read --file or stdin)")
     w.add_argument("-f", "--file", help="read line protocol from this file")
     w.add_argument("-p", "--precision", help="timestamp precision: auto, s, ms, us, ns")
-    w.add_argument("--accept-partial", action="store_true", default=None,
-                   help="store the good lines when some are bad (the server's default)")
+    w.add_argument(
+        "--accept-partial",
+        action="store_true",
+        default=None,
+        help="store the good lines when some are bad (the server's default)",
+    )
     w.add_argument("--no-sync", action="store_true", help="acknowledge before the WAL commit")
     w.set_defaults(func=_write)
 
@@ -127,13 +141,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _client_flags(p: argparse.ArgumentParser, database: bool = False) -> None:
-    p.add_argument("-H", "--host", default=os.environ.get("APPLIANCE_HOST", DEFAULT_HOST),
-                   help=f"server URL (env APPLIANCE_HOST; default {DEFAULT_HOST})")
-    p.add_argument("--token", default=os.environ.get("APPLIANCE_TOKEN"),
-                   help="auth token (env APPLIANCE_TOKEN; default: the local admin-token file)")
+    p.add_argument(
+        "-H",
+        "--host",
+        default=os.environ.get("APPLIANCE_HOST", DEFAULT_HOST),
+        help=f"server URL (env APPLIANCE_HOST; default {DEFAULT_HOST})",
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("APPLIANCE_TOKEN"),
+        help="auth token (env APPLIANCE_TOKEN; default: the local admin-token file)",
+    )
     if database:
-        p.add_argument("-d", "--database", default=os.environ.get("APPLIANCE_DATABASE"),
-                       help="database name (env APPLIANCE_DATABASE)")
+        p.add_argument(
+            "-d",
+            "--database",
+            default=os.environ.get("APPLIANCE_DATABASE"),
+            help="database name (env APPLIANCE_DATABASE)",
+        )
 
 
 # -- serve ---------------------------------------------------------------------
@@ -162,8 +187,14 @@ class Client:
         self.host = host.rstrip("/")
         self.token = token if token is not None else _local_token()
 
-    def request(self, method: str, path: str, params: dict[str, Any] | None = None,
-                body: bytes | None = None, content_type: str | None = None) -> bytes:
+    def request(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        body: bytes | None = None,
+        content_type: str | None = None,
+    ) -> bytes:
         query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v is not None})
         url = f"{self.host}{path}" + (f"?{query}" if query else "")
         req = urllib.request.Request(url, data=body, method=method)
@@ -195,7 +226,9 @@ def _error_text(body: bytes) -> str:
         lines = [str(doc.get("error") or doc.get("message") or text)]
         data = doc.get("data")
         for item in data if isinstance(data, list) else [data] if isinstance(data, dict) else []:
-            lines.append(f"  line {item.get('line_number')}: {item.get('error_message')} ({item.get('original_line')!r})")
+            lines.append(
+                f"  line {item.get('line_number')}: {item.get('error_message')} ({item.get('original_line')!r})"
+            )
         return "\n".join(lines)
     return text
 
@@ -230,7 +263,8 @@ def _write(args: argparse.Namespace) -> int:
     else:
         body = sys.stdin.buffer.read()
     params = {
-        "db": _database(args), "precision": args.precision,
+        "db": _database(args),
+        "precision": args.precision,
         "accept_partial": "true" if args.accept_partial else None,
         "no_sync": "true" if args.no_sync else None,
     }
@@ -243,7 +277,9 @@ def _query(args: argparse.Namespace) -> int:
     sql = Path(args.file).read_text() if args.file else args.sql
     if not sql:
         raise CliError("no query given: pass the SQL as an argument or with --file")
-    out = _client(args).json("POST", "/api/v3/query_sql", {"db": _database(args), "q": sql, "format": args.format})
+    out = _client(args).json(
+        "POST", "/api/v3/query_sql", {"db": _database(args), "q": sql, "format": args.format}
+    )
     if args.output:
         Path(args.output).write_bytes(out)
     elif args.format == "parquet":
@@ -280,7 +316,9 @@ def _show_databases(args: argparse.Namespace) -> int:
 
 def _show_tables(args: argparse.Namespace) -> int:
     sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name"
-    _print_body(_client(args).json("POST", "/api/v3/query_sql", {"db": _database(args), "q": sql, "format": "pretty"}))
+    _print_body(
+        _client(args).json("POST", "/api/v3/query_sql", {"db": _database(args), "q": sql, "format": "pretty"})
+    )
     return 0
 
 

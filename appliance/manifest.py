@@ -43,16 +43,14 @@ class Manifest:
         self._files: dict[str, ParquetFile] = {}
         with wal.read() as txn:
             for _key, value in txn.cursor(db=wal.dbs["files"]):
-                f = ParquetFile.decode(value)
+                f = ParquetFile.decode(bytes(value))
                 self._files[f.path] = f
 
     def files(self, db_id: int | None = None, table_id: int | None = None) -> list[ParquetFile]:
         """Files of one table (or database, or all), oldest first."""
         with self.lock:
             found = [
-                f
-                for f in self._files.values()
-                if db_id in (None, f.db_id) and table_id in (None, f.table_id)
+                f for f in self._files.values() if db_id in (None, f.db_id) and table_id in (None, f.table_id)
             ]
         return sorted(found, key=lambda f: (f.created_ns, f.path))
 

@@ -30,9 +30,7 @@ class Precision(enum.Enum):
         try:
             return _PRECISION_SPELLINGS[text.strip().lower()]
         except KeyError:
-            raise ValueError(
-                f"invalid precision {text!r}: use auto, s, ms, us or ns"
-            ) from None
+            raise ValueError(f"invalid precision {text!r}: use auto, s, ms, us or ns") from None
 
     @property
     def ns_per_unit(self) -> int:

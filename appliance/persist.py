@@ -154,7 +154,10 @@ class Persister:
             rows = sum(f.row_count for f in added)
             log.info(
                 "persisted files=%d rows=%d upto_seq=%d seconds=%.2f",
-                len(added), rows, upto, time.monotonic() - started,
+                len(added),
+                rows,
+                upto,
+                time.monotonic() - started,
             )
             return len(added)
 
@@ -203,9 +206,16 @@ class Persister:
         write_parquet(table, self.root / rel)
         times = table.column(TIME_COLUMN).cast(pa.int64())
         return ParquetFile(
-            path=rel, db_id=db_id, db=db, table_id=tdef.id, table=tdef.name,
-            size_bytes=(self.root / rel).stat().st_size, row_count=table.num_rows,
-            min_time=pc.min(times).as_py(), max_time=pc.max(times).as_py(), created_ns=time.time_ns(),
+            path=rel,
+            db_id=db_id,
+            db=db,
+            table_id=tdef.id,
+            table=tdef.name,
+            size_bytes=(self.root / rel).stat().st_size,
+            row_count=table.num_rows,
+            min_time=pc.min(times).as_py(),
+            max_time=pc.max(times).as_py(),
+            created_ns=time.time_ns(),
         )
 
     # -- retention and deletion ---------------------------------------------
@@ -274,8 +284,12 @@ def write_parquet(table: pa.Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(
-        table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS,
-        use_dictionary=True, write_statistics=True,
+        table,
+        tmp,
+        compression="zstd",
+        row_group_size=ROW_GROUP_ROWS,
+        use_dictionary=True,
+        write_statistics=True,
     )
     fd = os.open(tmp, os.O_RDONLY)
     try:

@@ -39,7 +39,9 @@ async def _run_http(app: app_module.App) -> None:
     await site.start()
     log.info(
         "listening on http://%s node_id=%s data_dir=%s auth=%s",
-        app.config.bind, app.config.node_id, app.config.data_dir,
+        app.config.bind,
+        app.config.node_id,
+        app.config.data_dir,
         "on" if app.config.auth_enabled else "off",
     )
     await stop.wait()

@@ -54,9 +54,7 @@ def parse_duration_ns(text: str | int) -> int:
         total += int(m.group(1)) * _DURATION_UNITS[m.group(2)]
         pos = m.end()
     if pos == 0 or s[pos:].strip():
-        raise ValueError(
-            f"invalid duration {text!r}: write it like 10s, 5m, 1h30m or 30d"
-        )
+        raise ValueError(f"invalid duration {text!r}: write it like 10s, 5m, 1h30m or 30d")
     return total
 
 

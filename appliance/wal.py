@@ -71,9 +71,11 @@ class WalEntry:
         for table_id, table, ipc in tables:
             reader = pa.ipc.open_stream(ipc)
             batches = list(reader)
-            batch = batches[0] if len(batches) == 1 else pa.Table.from_batches(
-                batches, reader.schema
-            ).combine_chunks().to_batches()[0]
+            batch = (
+                batches[0]
+                if len(batches) == 1
+                else pa.Table.from_batches(batches, reader.schema).combine_chunks().to_batches()[0]
+            )
             rows.append(TableRows(table_id, table, batch))
         return cls(db_id, db, rows, origin)
 
@@ -197,7 +199,7 @@ class Wal:
                         with self.env.begin(write=True, parent=txn) as child:
                             if req.fn is not None:
                                 result = req.fn(child, self)
-                            if req.entry is not None:
+                            if req.entry is not None and req.encoded is not None:
                                 child.put(_SEQ.pack(seq), req.encoded, db=self.dbs["wal"])
                                 committed.append((WalSeq(seq), req.entry))
                                 if req.fn is None:

@@ -59,7 +59,9 @@ class WriteService:
         Raises LineProtocolError when accept_partial is off and a line is bad (nothing is
         written), and LimitExceeded when the database itself cannot be created.
         """
-        parsed = lineprotocol.parse(req.body, req.precision, self.clock(), known=_KnownColumns(self.catalog.get(req.db)))
+        parsed = lineprotocol.parse(
+            req.body, req.precision, self.clock(), known=_KnownColumns(self.catalog.get(req.db))
+        )
         report = WriteReport(lines=parsed.lines, errors=list(parsed.errors))
         if report.errors and not req.accept_partial:
             raise _first_error(report.errors)
@@ -97,9 +99,13 @@ class WriteService:
             if expected is None or expected == kind or arr.null_count == len(arr):
                 continue
             bad = arr.is_valid()
-            _report(report, body, t.line_numbers, pc.and_not(bad, rejected),
-                    f"invalid column type for column '{name}', expected {expected.iox_name},"
-                    f" got {kind.iox_name}")
+            _report(
+                report,
+                body,
+                t.line_numbers,
+                pc.and_not(bad, rejected),
+                f"invalid column type for column '{name}', expected {expected.iox_name}, got {kind.iox_name}",
+            )
             rejected = pc.or_(rejected, bad)
         keep = pc.invert(rejected)
         any_rejected = pc.any(rejected).as_py()

@@ -56,9 +56,17 @@ class Server:
 
     def start(self, timeout: float = 30.0) -> Server:
         cmd = [
-            sys.executable, "-m", "appliance", "serve",
-            "--data-dir", str(self.data_dir), "--http-bind", f"127.0.0.1:{self.port}",
-            "--node-id", "test-node", *self.args,
+            sys.executable,
+            "-m",
+            "appliance",
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            "--http-bind",
+            f"127.0.0.1:{self.port}",
+            "--node-id",
+            "test-node",
+            *self.args,
         ]
         if not self.auth:
             cmd.append("--without-auth")
@@ -99,9 +107,14 @@ class Server:
         self.proc = None
 
     def request(
-        self, method: str, path: str, params: dict[str, Any] | None = None,
-        body: bytes | str | None = None, headers: dict[str, str] | None = None,
-        token: str | None = None, timeout: float = 60.0,
+        self,
+        method: str,
+        path: str,
+        params: dict[str, Any] | None = None,
+        body: bytes | str | None = None,
+        headers: dict[str, str] | None = None,
+        token: str | None = None,
+        timeout: float = 60.0,
     ) -> Response:
         query = urllib.parse.urlencode(params or {})
         url = self.url + path + (f"?{query}" if query else "")

@@ -20,8 +20,11 @@ from appliance.wal import TableRows, Wal, WalEntry
 
 def _batch(hosts: list[str | None], times: list[int], values: list[float | None]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(
-        [pa.array(hosts, pa.string()), pa.array(times, pa.int64()).cast(pa.timestamp("ns")),
-         pa.array(values, pa.float64())],
+        [
+            pa.array(hosts, pa.string()),
+            pa.array(times, pa.int64()).cast(pa.timestamp("ns")),
+            pa.array(values, pa.float64()),
+        ],
         names=["host", "time", "usage"],
     )
 
@@ -38,8 +41,10 @@ def wal(tmp_path: Path):
 def test_wal_entries_survive_reopen_in_order(tmp_path: Path) -> None:
     w = Wal(tmp_path / "lmdb", 1 << 30)
     w.start()
-    seqs = [w.submit(entry=WalEntry(1, "db", [TableRows(2, "cpu", _batch(["a"], [i], [float(i)]))])).result()
-            for i in range(5)]
+    seqs = [
+        w.submit(entry=WalEntry(1, "db", [TableRows(2, "cpu", _batch(["a"], [i], [float(i)]))])).result()
+        for i in range(5)
+    ]
     w.stop()
     assert seqs == [1, 2, 3, 4, 5]
     w2 = Wal(tmp_path / "lmdb", 1 << 30)
@@ -111,7 +116,11 @@ def test_catalog_persists_and_enforces_limits(tmp_path: Path, wal: Wal) -> None:
     reopened = Catalog(wal, CatalogLimits())
     one = reopened.require("one")
     assert one.retention_ns == 86_400 * 10**9
-    assert one.tables["cpu"].columns == {"time": ColumnType.TIME, "host": ColumnType.TAG, "usage": ColumnType.FLOAT}
+    assert one.tables["cpu"].columns == {
+        "time": ColumnType.TIME,
+        "host": ColumnType.TAG,
+        "usage": ColumnType.FLOAT,
+    }
     assert one.tables["cpu"].schema().field("host").type == pa.dictionary(pa.int32(), pa.string())
 
 
@@ -125,12 +134,25 @@ def test_database_names_follow_influxdb_rules(wal: Wal) -> None:
 
 
 def test_dedupe_merges_copies_field_by_field() -> None:
-    schema = pa.schema([("host", pa.dictionary(pa.int32(), pa.string())), ("time", pa.timestamp("ns")),
-                        ("a", pa.float64()), ("b", pa.int64())])
-    first = pa.RecordBatch.from_pydict({"host": ["x", "y"], "time": pa.array([1, 1]).cast(pa.timestamp("ns")),
-                                        "a": [1.0, 2.0], "b": [10, None]})
-    second = pa.RecordBatch.from_pydict({"host": ["x"], "time": pa.array([1]).cast(pa.timestamp("ns")),
-                                         "b": [20]})
+    schema = pa.schema(
+        [
+            ("host", pa.dictionary(pa.int32(), pa.string())),
+            ("time", pa.timestamp("ns")),
+            ("a", pa.float64()),
+            ("b", pa.int64()),
+        ]
+    )
+    first = pa.RecordBatch.from_pydict(
+        {
+            "host": ["x", "y"],
+            "time": pa.array([1, 1]).cast(pa.timestamp("ns")),
+            "a": [1.0, 2.0],
+            "b": [10, None],
+        }
+    )
+    second = pa.RecordBatch.from_pydict(
+        {"host": ["x"], "time": pa.array([1]).cast(pa.timestamp("ns")), "b": [20]}
+    )
     t = dedupe(conform([first, second], schema))
     rows = t.drop_columns(["time"]).to_pylist()
     assert rows == [{"host": "x", "a": 1.0, "b": 20}, {"host": "y", "a": 2.0, "b": None}]
@@ -138,10 +160,16 @@ def test_dedupe_merges_copies_field_by_field() -> None:
 
 
 def test_dedupe_treats_missing_tags_as_one_series() -> None:
-    schema = pa.schema([("host", pa.dictionary(pa.int32(), pa.string())), ("time", pa.timestamp("ns")),
-                        ("a", pa.float64())])
-    b = pa.RecordBatch.from_pydict({"host": [None, None, "z"], "time": pa.array([5, 5, 5]).cast(pa.timestamp("ns")),
-                                    "a": [1.0, 2.0, 3.0]})
+    schema = pa.schema(
+        [("host", pa.dictionary(pa.int32(), pa.string())), ("time", pa.timestamp("ns")), ("a", pa.float64())]
+    )
+    b = pa.RecordBatch.from_pydict(
+        {
+            "host": [None, None, "z"],
+            "time": pa.array([5, 5, 5]).cast(pa.timestamp("ns")),
+            "a": [1.0, 2.0, 3.0],
+        }
+    )
     assert dedupe(conform([b], schema)).column("a").to_pylist() == [2.0, 3.0]
 
 
@@ -155,8 +183,14 @@ def test_persist_writes_sorted_zstd_parquet_and_trims_wal(tmp_path: Path, wal: W
     gen1 = 600 * 10**9
     p = Persister(PersistArgs(tmp_path, "n1", gen1, 10**12), wal, cat, buf, manifest)
     tid = db.tables["cpu"].id
-    wal.submit(entry=WalEntry(db.id, "db", [TableRows(tid, "cpu", _batch(["b", "a"], [gen1 + 2, gen1 + 1], [2.0, 1.0]))])).result()
-    wal.submit(entry=WalEntry(db.id, "db", [TableRows(tid, "cpu", _batch(["a"], [3 * gen1], [3.0]))])).result()
+    wal.submit(
+        entry=WalEntry(
+            db.id, "db", [TableRows(tid, "cpu", _batch(["b", "a"], [gen1 + 2, gen1 + 1], [2.0, 1.0]))]
+        )
+    ).result()
+    wal.submit(
+        entry=WalEntry(db.id, "db", [TableRows(tid, "cpu", _batch(["a"], [3 * gen1], [3.0]))])
+    ).result()
     assert p.persist() == 2  # two gen1 windows
     assert list(wal.replay()) == []
     assert buf.nbytes == 0

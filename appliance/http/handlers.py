@@ -69,9 +69,7 @@ def _precision(request: web.Request, default: Precision) -> Precision:
 async def _json_body(request: web.Request) -> dict[str, Any]:
     ctype = request.headers.get("Content-Type", "")
     if ctype and "json" not in ctype:
-        raise ApplianceError(
-            "unacceptable content-type, expected: application/json", http_status=415
-        )
+        raise ApplianceError("unacceptable content-type, expected: application/json", http_status=415)
     try:
         body = json.loads(await request.read() or b"{}")
     except ValueError as e:
@@ -105,19 +103,28 @@ async def _write(request: web.Request, req: WriteRequest) -> web.Response:
 
 
 async def write_lp(request: web.Request) -> web.Response:
-    return await _write(request, WriteRequest(
-        db=_param(request, "db"), body=await request.read(),
-        precision=_precision(request, Precision.AUTO),
-        accept_partial=_flag(request, "accept_partial", True),
-        no_sync=_flag(request, "no_sync", False),
-    ))
+    return await _write(
+        request,
+        WriteRequest(
+            db=_param(request, "db"),
+            body=await request.read(),
+            precision=_precision(request, Precision.AUTO),
+            accept_partial=_flag(request, "accept_partial", True),
+            no_sync=_flag(request, "no_sync", False),
+        ),
+    )
 
 
 async def write_v2(request: web.Request) -> web.Response:
-    return await _write(request, WriteRequest(
-        db=_param(request, "bucket"), body=await request.read(),
-        precision=_precision(request, Precision.NS), accept_partial=False,
-    ))
+    return await _write(
+        request,
+        WriteRequest(
+            db=_param(request, "bucket"),
+            body=await request.read(),
+            precision=_precision(request, Precision.NS),
+            accept_partial=False,
+        ),
+    )
 
 
 async def write_v1(request: web.Request) -> web.Response:
@@ -125,10 +132,15 @@ async def write_v1(request: web.Request) -> web.Response:
     rp = request.query.get("rp", "")
     if rp and rp not in ("autogen", "default"):
         db = f"{db}/{rp}"
-    return await _write(request, WriteRequest(
-        db=db, body=await request.read(),
-        precision=_precision(request, Precision.NS), accept_partial=False,
-    ))
+    return await _write(
+        request,
+        WriteRequest(
+            db=db,
+            body=await request.read(),
+            precision=_precision(request, Precision.NS),
+            accept_partial=False,
+        ),
+    )
 
 
 # -- queries -------------------------------------------------------------------
@@ -175,7 +187,7 @@ async def influxql(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     app = request.app[APP_KEY]
     wal_ok = app.wal.alive
-    components = {
+    components: dict[str, dict[str, Any]] = {
         "http": {"status": "ok"},
         "wal": {"status": "ok" if wal_ok else "failed", "last_seq": app.wal.last_seq},
         "persist": {
@@ -200,10 +212,13 @@ async def ping(request: web.Request) -> web.Response:
 
 
 def options() -> web.Response:
-    return web.Response(status=204, headers={
-        "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS",
-        "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding",
-    })
+    return web.Response(
+        status=204,
+        headers={
+            "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding",
+        },
+    )
 
 
 # -- configuration -------------------------------------------------------------
@@ -215,7 +230,9 @@ async def list_databases(request: web.Request) -> web.Response:
     rows = [{"iox::database": d.name} for d in app.catalog.databases()]
     table = pa.Table.from_pylist(rows, schema=pa.schema([("iox::database", pa.string())]))
     chosen = formats.choose_format(fmt, None)
-    return web.Response(body=formats.render(table, chosen), headers={"Content-Type": formats.content_type(chosen)})
+    return web.Response(
+        body=formats.render(table, chosen), headers={"Content-Type": formats.content_type(chosen)}
+    )
 
 
 def _retention(value: Any) -> int | None:
@@ -230,13 +247,25 @@ def _retention(value: Any) -> int | None:
 async def create_database(request: web.Request) -> web.Response:
     body = await _json_body(request)
     name = _required(body, "db")
-    await _in_pool(request, "write", request.app[APP_KEY].catalog.create_database, name, _retention(body.get("retention_period")))
+    await _in_pool(
+        request,
+        "write",
+        request.app[APP_KEY].catalog.create_database,
+        name,
+        _retention(body.get("retention_period")),
+    )
     return web.Response(status=200)
 
 
 async def update_database(request: web.Request) -> web.Response:
     body = await _json_body(request)
-    await _in_pool(request, "write", request.app[APP_KEY].catalog.set_retention, _required(body, "db"), _retention(body.get("retention_period")))
+    await _in_pool(
+        request,
+        "write",
+        request.app[APP_KEY].catalog.set_retention,
+        _required(body, "db"),
+        _retention(body.get("retention_period")),
+    )
     return web.Response(status=200)
 
 
@@ -246,7 +275,13 @@ async def delete_database(request: web.Request) -> web.Response:
 
 
 async def set_retention(request: web.Request) -> web.Response:
-    await _in_pool(request, "write", request.app[APP_KEY].catalog.set_retention, _param(request, "db"), _retention(_param(request, "duration")))
+    await _in_pool(
+        request,
+        "write",
+        request.app[APP_KEY].catalog.set_retention,
+        _param(request, "db"),
+        _retention(_param(request, "duration")),
+    )
     return web.Response(status=204)
 
 
@@ -267,12 +302,20 @@ async def create_table(request: web.Request) -> web.Response:
         raise BadRequest(f"each field needs a 'name' and a 'type': {e}") from None
     except ValueError as e:
         raise BadRequest(str(e)) from None
-    await _in_pool(request, "write", request.app[APP_KEY].catalog.create_table, db, table, [str(t) for t in tags], typed)
+    await _in_pool(
+        request, "write", request.app[APP_KEY].catalog.create_table, db, table, [str(t) for t in tags], typed
+    )
     return web.Response(status=200)
 
 
 async def delete_table(request: web.Request) -> web.Response:
-    await _in_pool(request, "write", request.app[APP_KEY].catalog.delete_table, _param(request, "db"), _param(request, "table"))
+    await _in_pool(
+        request,
+        "write",
+        request.app[APP_KEY].catalog.delete_table,
+        _param(request, "db"),
+        _param(request, "table"),
+    )
     return web.Response(status=200)
 
 
@@ -299,8 +342,14 @@ async def _admin_token(request: web.Request, regenerate: bool) -> web.Response:
     token, info = await _in_pool(request, "write", app.tokens.create_admin, regenerate)
     write_token_file(Path(app.config.data_dir), token)
     return json_response(
-        {"id": info.id, "name": info.name, "token": token, "hash": info.hash,
-         "created_at": info.created_at, "expiry": info.expiry},
+        {
+            "id": info.id,
+            "name": info.name,
+            "token": token,
+            "hash": info.hash,
+            "created_at": info.created_at,
+            "expiry": info.expiry,
+        },
         status=201,
     )
 
@@ -310,4 +359,3 @@ async def persist(request: web.Request) -> web.Response:
     started = time.monotonic()
     files = await asyncio.wrap_future(app.persister.request())
     return json_response({"files": files, "seconds": round(time.monotonic() - started, 3)})
-

@@ -12,19 +12,34 @@ import pyarrow.parquet as pq
 from tests.server import REPO, Server
 
 
-def cli(server: Server, *args: str, stdin: bytes | None = None, home: Path | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    server: Server, *args: str, stdin: bytes | None = None, home: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
     env["APPLIANCE_HOST"] = server.url
     if home is not None:
         env["APPLIANCE_SERVER_DATA_DIR"] = str(home)
     return subprocess.run(
-        [sys.executable, "-m", "appliance", *args], cwd=REPO, env=env, input=stdin.decode() if stdin else None,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "appliance", *args],
+        cwd=REPO,
+        env=env,
+        input=stdin.decode() if stdin else None,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
 def test_write_query_and_show(server: Server, tmp_path: Path) -> None:
-    r = cli(server, "write", "-d", "home", "--precision", "s", stdin=b"room,name=k temp=21.5 1735689600\nroom,name=l temp=22 1735689600\n")
+    r = cli(
+        server,
+        "write",
+        "-d",
+        "home",
+        "--precision",
+        "s",
+        stdin=b"room,name=k temp=21.5 1735689600\nroom,name=l temp=22 1735689600\n",
+    )
     assert r.returncode == 0, r.stderr
     r = cli(server, "write", "-d", "home", "room,name=m temp=1 1735689601", "-p", "s")
     assert r.returncode == 0, r.stderr
@@ -33,7 +48,12 @@ def test_write_query_and_show(server: Server, tmp_path: Path) -> None:
     r = cli(server, "query", "-d", "home", "SELECT count(*) AS n FROM room")
     assert "| n |" in r.stdout and "| 3 |" in r.stdout
     out = tmp_path / "r.parquet"
-    assert cli(server, "query", "-d", "home", "--format", "parquet", "-o", str(out), "SELECT * FROM room").returncode == 0
+    assert (
+        cli(
+            server, "query", "-d", "home", "--format", "parquet", "-o", str(out), "SELECT * FROM room"
+        ).returncode
+        == 0
+    )
     assert pq.read_table(out).num_rows == 3
     assert "room" in cli(server, "show", "tables", "-d", "home").stdout
     assert "home" in cli(server, "show", "databases").stdout
@@ -54,15 +74,22 @@ def test_errors_are_one_clear_line(server: Server, tmp_path: Path) -> None:
     assert r.returncode == 1 and "-d NAME" in r.stderr
     r = cli(server, "query", "-d", "nope", "SELECT 1")
     assert r.returncode == 1 and "404" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "appliance", "query", "-H", "http://127.0.0.1:1", "-d", "x", "SELECT 1"],
-                       cwd=REPO, capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "appliance", "query", "-H", "http://127.0.0.1:1", "-d", "x", "SELECT 1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 1 and "is `appliance serve` running?" in r.stderr
 
 
 def test_client_finds_the_local_admin_token(auth_server: Server) -> None:
     r = cli(auth_server, "write", "-d", "a", "m f=1 1", home=auth_server.data_dir)
     assert r.returncode == 0, r.stderr
-    env_token = cli(auth_server, "query", "-d", "a", "SELECT f FROM m", "--format", "json", "--token", "apiv3_nope")
+    env_token = cli(
+        auth_server, "query", "-d", "a", "SELECT f FROM m", "--format", "json", "--token", "apiv3_nope"
+    )
     assert env_token.returncode == 1 and "401" in env_token.stderr
     r = cli(auth_server, "create", "token", "--admin", "--regenerate", home=auth_server.data_dir)
     assert r.returncode == 0 and "apiv3_" in r.stdout
@@ -70,23 +97,43 @@ def test_client_finds_the_local_admin_token(auth_server: Server) -> None:
 
 
 def test_help_and_version() -> None:
-    for args in (["--help"], ["serve", "--help"], ["write", "--help"], ["query", "--help"], ["create", "database", "--help"]):
-        r = subprocess.run([sys.executable, "-m", "appliance", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
+    for args in (
+        ["--help"],
+        ["serve", "--help"],
+        ["write", "--help"],
+        ["query", "--help"],
+        ["create", "database", "--help"],
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "appliance", *args], cwd=REPO, capture_output=True, text=True, timeout=30
+        )
         assert r.returncode == 0 and "usage:" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "appliance", "--version"], cwd=REPO, capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "appliance", "--version"], cwd=REPO, capture_output=True, text=True, timeout=30
+    )
     assert r.stdout.startswith("appliance ")
 
 
 def test_config_check_names_bad_settings(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text('[storage]\ngen1_duration = "5m"\n[http]\nbindd = "x"\n')
-    r = subprocess.run([sys.executable, "-m", "appliance", "config", "check", "--config", str(cfg)],
-                       cwd=REPO, capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "appliance", "config", "check", "--config", str(cfg)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 1 and "http.bindd" in r.stderr
     cfg.write_text('[storage]\ngen1_duration = "5m"\n')
-    r = subprocess.run([sys.executable, "-m", "appliance", "config", "check", "--config", str(cfg)],
-                       cwd=REPO, capture_output=True, text=True, timeout=30,
-                       env={**os.environ, "APPLIANCE_QUERY_TIMEOUT": "5s"})
+    r = subprocess.run(
+        [sys.executable, "-m", "appliance", "config", "check", "--config", str(cfg)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "APPLIANCE_QUERY_TIMEOUT": "5s"},
+    )
     assert r.returncode == 0
     lines = {ln.split()[0]: ln for ln in r.stdout.splitlines()}
     assert "300000000000" in lines["storage.gen1_duration"] and "file" in lines["storage.gen1_duration"]

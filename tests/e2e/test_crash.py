@@ -25,7 +25,7 @@ class Ledger:
 def _body(writer: int, batch: int) -> bytes:
     base = (writer * 1_000_000 + batch) * LINES_PER_BATCH
     return "".join(
-        f"crash,w={writer},b={batch} v={i}i,s=\"x\" {base + i}\n" for i in range(LINES_PER_BATCH)
+        f'crash,w={writer},b={batch} v={i}i,s="x" {base + i}\n' for i in range(LINES_PER_BATCH)
     ).encode()
 
 
@@ -79,4 +79,6 @@ def test_sigkill_never_loses_an_acknowledged_write(tmp_path: Path) -> None:
     assert not missing, f"acknowledged batches lost: {sorted(missing)[:10]}"
     for key, (n, distinct) in found.items():
         assert key in ledger.acked or key in ledger.unknown, f"batch {key} was never sent"
-        assert n == LINES_PER_BATCH and distinct == LINES_PER_BATCH, f"batch {key} has {n} rows ({distinct} distinct)"
+        assert n == LINES_PER_BATCH and distinct == LINES_PER_BATCH, (
+            f"batch {key} has {n} rows ({distinct} distinct)"
+        )

@@ -15,21 +15,26 @@ from tests.server import Server
 
 
 def test_write_then_query_at_once(server: Server) -> None:
-    r = server.write("home", "cpu,host=a usage=1.5,count=3i,ok=true,msg=\"hi\" 1700000000000000000\n")
+    r = server.write("home", 'cpu,host=a usage=1.5,count=3i,ok=true,msg="hi" 1700000000000000000\n')
     assert r.status == 204, r.body
     rows = server.query("home", "SELECT * FROM cpu")
-    assert rows == [{"count": 3, "host": "a", "msg": "hi", "ok": True, "time": "2023-11-14T22:13:20", "usage": 1.5}]
+    assert rows == [
+        {"count": 3, "host": "a", "msg": "hi", "ok": True, "time": "2023-11-14T22:13:20", "usage": 1.5}
+    ]
 
 
 def test_partial_write_stores_good_lines_and_lists_bad_ones(server: Server) -> None:
-    body = "m,t=1 f=1 1\nm,t=2 f= 2\nm,t=3 f=3 3\nm,t=4 f=\"str\" 4\n"
+    body = 'm,t=1 f=1 1\nm,t=2 f= 2\nm,t=3 f=3 3\nm,t=4 f="str" 4\n'
     r = server.write("db", body, precision="s")
     assert r.status == 400
     doc = r.json()
     assert doc["error"] == "partial write of line protocol occurred"
     assert [d["line_number"] for d in doc["data"]] == [2, 4]
     assert doc["data"][0]["original_line"] == "m,t=2 f= 2"
-    assert "expected iox::column_type::field::float, got iox::column_type::field::string" in doc["data"][1]["error_message"]
+    assert (
+        "expected iox::column_type::field::float, got iox::column_type::field::string"
+        in doc["data"][1]["error_message"]
+    )
     assert server.query("db", "SELECT t FROM m ORDER BY t") == [{"t": "1"}, {"t": "3"}]
 
 
@@ -56,7 +61,10 @@ def test_type_conflict_across_writes_is_rejected_per_line(server: Server) -> Non
 
 def test_v1_and_v2_writes_default_to_ns_and_are_all_or_nothing(server: Server) -> None:
     assert server.request("POST", "/write", {"db": "v1"}, "m f=1 1000000000").status == 204
-    assert server.request("POST", "/api/v2/write", {"bucket": "v2", "org": "x"}, "m f=1 1000000000").status == 204
+    assert (
+        server.request("POST", "/api/v2/write", {"bucket": "v2", "org": "x"}, "m f=1 1000000000").status
+        == 204
+    )
     assert server.query("v1", "SELECT time FROM m") == [{"time": "1970-01-01T00:00:01"}]
     r = server.request("POST", "/api/v2/write", {"bucket": "v2"}, "m f=2 2\nm f=\n")
     assert r.status == 400
@@ -83,11 +91,19 @@ def test_gzip_bodies_and_size_limit(tmp_path) -> None:
     s = Server(tmp_path / "d", args=["--max-http-request-size", "2048"]).start()
     try:
         lines = "".join(f"m,i={i} f={i} {i}\n" for i in range(50)).encode()
-        r = s.request("POST", "/api/v3/write_lp", {"db": "g"}, gzip.compress(lines), headers={"Content-Encoding": "gzip"})
+        r = s.request(
+            "POST",
+            "/api/v3/write_lp",
+            {"db": "g"},
+            gzip.compress(lines),
+            headers={"Content-Encoding": "gzip"},
+        )
         assert r.status == 204, r.body
         assert s.query("g", "SELECT count(*) AS n FROM m") == [{"n": 50}]
         big = "".join(f"m,i={i} f={i} {i}\n" for i in range(500)).encode()
-        r = s.request("POST", "/api/v3/write_lp", {"db": "g"}, gzip.compress(big), headers={"Content-Encoding": "gzip"})
+        r = s.request(
+            "POST", "/api/v3/write_lp", {"db": "g"}, gzip.compress(big), headers={"Content-Encoding": "gzip"}
+        )
         assert r.status == 413 and "2048" in r.text
         assert s.request("GET", "/health").status == 200
     finally:
@@ -109,14 +125,23 @@ def test_identifiers_as_influxdb_users_write_them(server: Server) -> None:
 
 
 def test_show_tables_and_information_schema(server: Server) -> None:
-    server.write("db", "cpu,host=a usage=1,n=1i,u=1u,s=\"x\",b=t 1")
+    server.write("db", 'cpu,host=a usage=1,n=1i,u=1u,s="x",b=t 1')
     tables = server.query("db", "SHOW TABLES")
     cpu = [t for t in tables if t["table_name"] == "cpu"]
     assert cpu and cpu[0]["table_type"] == "BASE TABLE"
-    cols = server.query("db", "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'cpu'")
+    cols = server.query(
+        "db", "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'cpu'"
+    )
     types = {c["column_name"]: c["data_type"] for c in cols}
-    assert types == {"b": "Boolean", "host": "Dictionary(Int32, Utf8)", "n": "Int64", "s": "Utf8",
-                     "time": "Timestamp(ns)", "u": "UInt64", "usage": "Float64"}
+    assert types == {
+        "b": "Boolean",
+        "host": "Dictionary(Int32, Utf8)",
+        "n": "Int64",
+        "s": "Utf8",
+        "time": "Timestamp(ns)",
+        "u": "UInt64",
+        "usage": "Float64",
+    }
     assert server.query("db", "SHOW COLUMNS FROM cpu")
 
 
@@ -126,14 +151,24 @@ def test_formats_and_accept_header(server: Server) -> None:
     assert csv.headers["Content-Type"].startswith("text/csv") and csv.text.splitlines() == ["t,v", "a,1.0"]
     jl = server.request("GET", "/api/v3/query_sql", {"db": "db", "q": "SELECT t FROM m", "format": "jsonl"})
     assert [json.loads(x) for x in jl.text.splitlines()] == [{"t": "a"}]
-    pq_body = server.request("GET", "/api/v3/query_sql", {"db": "db", "q": "SELECT * FROM m", "format": "parquet"})
+    pq_body = server.request(
+        "GET", "/api/v3/query_sql", {"db": "db", "q": "SELECT * FROM m", "format": "parquet"}
+    )
     assert pq.read_table(io.BytesIO(pq_body.body)).num_rows == 1
-    pretty = server.request("GET", "/api/v3/query_sql", {"db": "db", "q": "SELECT t FROM m"}, headers={"Accept": "text/plain"})
+    pretty = server.request(
+        "GET", "/api/v3/query_sql", {"db": "db", "q": "SELECT t FROM m"}, headers={"Accept": "text/plain"}
+    )
     assert "| t |" in pretty.text.replace("  ", " ") or "| t" in pretty.text
-    bad = server.request("GET", "/api/v3/query_sql", {"db": "db", "q": "SELECT 1"}, headers={"Accept": "image/png"})
+    bad = server.request(
+        "GET", "/api/v3/query_sql", {"db": "db", "q": "SELECT 1"}, headers={"Accept": "image/png"}
+    )
     assert bad.status == 400 and "invalid mime type" in bad.text
-    post = server.request("POST", "/api/v3/query_sql", body=json.dumps({"db": "db", "q": "SELECT v FROM m WHERE t = $t", "params": {"t": "a"}}),
-                          headers={"Content-Type": "application/json"})
+    post = server.request(
+        "POST",
+        "/api/v3/query_sql",
+        body=json.dumps({"db": "db", "q": "SELECT v FROM m WHERE t = $t", "params": {"t": "a"}}),
+        headers={"Content-Type": "application/json"},
+    )
     assert post.status == 200 and post.json() == [{"v": 1.0}]
 
 
@@ -153,7 +188,11 @@ def test_query_timeout_is_a_clear_4xx(tmp_path) -> None:
     s = Server(tmp_path / "d", args=["--query-timeout", "1ms"]).start()
     try:
         s.write("db", "m v=1 1")
-        r = s.request("GET", "/api/v3/query_sql", {"db": "db", "q": "SELECT count(*) FROM generate_series(1, 300000000)"})
+        r = s.request(
+            "GET",
+            "/api/v3/query_sql",
+            {"db": "db", "q": "SELECT count(*) FROM generate_series(1, 300000000)"},
+        )
         assert r.status == 408 and "query.timeout" in r.text
         assert s.request("GET", "/health").status == 200
     finally:
@@ -164,7 +203,11 @@ def test_query_memory_limit_is_a_clear_4xx(tmp_path) -> None:
     s = Server(tmp_path / "d", args=["--query-memory-limit", "1MiB"]).start()
     try:
         s.write("db", "m v=1 1")
-        r = s.request("GET", "/api/v3/query_sql", {"db": "db", "q": "SELECT array_agg(value) FROM generate_series(1, 3000000)"})
+        r = s.request(
+            "GET",
+            "/api/v3/query_sql",
+            {"db": "db", "q": "SELECT array_agg(value) FROM generate_series(1, 3000000)"},
+        )
         assert r.status == 400 and "query.memory_limit" in r.text
         assert s.query("db", "SELECT v FROM m") == [{"v": 1.0}]
     finally:
@@ -189,14 +232,24 @@ def test_persist_then_restart_keeps_everything(server: Server) -> None:
     server.write("db", "m,d=d9 v=1000 1000")  # stays in the WAL only
     server.stop()
     server.start()
-    assert server.query("db", "SELECT count(*) AS n, sum(v) AS s FROM m") == [{"n": 101, "s": float(sum(range(100)) + 1000)}]
+    assert server.query("db", "SELECT count(*) AS n, sum(v) AS s FROM m") == [
+        {"n": 101, "s": float(sum(range(100)) + 1000)}
+    ]
     parquet_root = server.data_dir / "parquet" / "db" / "m"
     assert any(p.suffix == ".parquet" for p in parquet_root.rglob("*"))
 
 
 def test_configure_database_and_table(server: Server) -> None:
     j = {"Content-Type": "application/json"}
-    assert server.request("POST", "/api/v3/configure/database", body=json.dumps({"db": "iot", "retention_period": "30d"}), headers=j).status == 200
+    assert (
+        server.request(
+            "POST",
+            "/api/v3/configure/database",
+            body=json.dumps({"db": "iot", "retention_period": "30d"}),
+            headers=j,
+        ).status
+        == 200
+    )
     r = server.request("POST", "/api/v3/configure/database", body=json.dumps({"db": "iot"}), headers=j)
     assert r.status == 409
     listed = server.request("GET", "/api/v3/configure/database", {"format": "json"}).json()
@@ -208,7 +261,9 @@ def test_configure_database_and_table(server: Server) -> None:
     assert server.request("DELETE", "/api/v3/configure/table", {"db": "iot", "table": "env"}).status == 200
     assert server.request("DELETE", "/api/v3/configure/database", {"db": "iot"}).status == 200
     assert server.request("DELETE", "/api/v3/configure/database", {"db": "iot"}).status == 404
-    r = server.request("POST", "/api/v3/configure/database", body="db=x", headers={"Content-Type": "text/plain"})
+    r = server.request(
+        "POST", "/api/v3/configure/database", body="db=x", headers={"Content-Type": "text/plain"}
+    )
     assert r.status == 415
 
 
@@ -216,7 +271,12 @@ def test_retention_removes_old_data(tmp_path) -> None:
     s = Server(tmp_path / "d", args=[]).start()
     try:
         j = {"Content-Type": "application/json"}
-        s.request("POST", "/api/v3/configure/database", body=json.dumps({"db": "r", "retention_period": "1h"}), headers=j)
+        s.request(
+            "POST",
+            "/api/v3/configure/database",
+            body=json.dumps({"db": "r", "retention_period": "1h"}),
+            headers=j,
+        )
         now = time.time_ns()
         s.write("r", f"m v=1 {now - 2 * 3600 * 10**9}\nm v=2 {now}\n")
         assert s.query("r", "SELECT v FROM m") == [{"v": 2.0}]
@@ -236,12 +296,22 @@ def test_auth_is_on_by_default(auth_server: Server) -> None:
     assert auth_server.request("GET", "/ping", token="").status == 200
     r = auth_server.request("POST", "/api/v3/write_lp", {"db": "a"}, "m f=1", token="")
     assert r.status == 401 and r.json() == {"error": "the request was not authenticated"}
-    assert auth_server.request("POST", "/api/v3/write_lp", {"db": "a"}, "m f=1", token="apiv3_wrong").status == 401
+    assert (
+        auth_server.request("POST", "/api/v3/write_lp", {"db": "a"}, "m f=1", token="apiv3_wrong").status
+        == 401
+    )
     assert auth_server.write("a", "m f=1 1").status == 204
-    r = auth_server.request("POST", "/api/v3/write_lp", {"db": "a"}, "m f=2 2", headers={"Authorization": f"Token {token}"})
+    r = auth_server.request(
+        "POST", "/api/v3/write_lp", {"db": "a"}, "m f=2 2", headers={"Authorization": f"Token {token}"}
+    )
     assert r.status == 204
     assert auth_server.request("POST", "/write", {"db": "a", "p": token}, "m f=3 3", token="").status == 204
-    assert auth_server.request("GET", "/api/v3/query_sql", {"db": "a", "q": "SELECT 1"}, headers={"Authorization": "Bearer"}).status == 400
+    assert (
+        auth_server.request(
+            "GET", "/api/v3/query_sql", {"db": "a", "q": "SELECT 1"}, headers={"Authorization": "Bearer"}
+        ).status
+        == 400
+    )
 
 
 def test_regenerated_admin_token_replaces_the_old_one(auth_server: Server) -> None:
@@ -250,8 +320,12 @@ def test_regenerated_admin_token_replaces_the_old_one(auth_server: Server) -> No
     assert r.status == 201
     new = r.json()["token"]
     assert new != old and (auth_server.data_dir / "admin-token").read_text().strip() == new
-    assert auth_server.request("GET", "/api/v3/configure/database", {"format": "json"}, token=old).status == 401
-    assert auth_server.request("GET", "/api/v3/configure/database", {"format": "json"}, token=new).status == 200
+    assert (
+        auth_server.request("GET", "/api/v3/configure/database", {"format": "json"}, token=old).status == 401
+    )
+    assert (
+        auth_server.request("GET", "/api/v3/configure/database", {"format": "json"}, token=new).status == 200
+    )
 
 
 def test_without_auth_disables_token_endpoints(server: Server) -> None:
