@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import overlap
 from .buffer import Buffer, conform, dedupe
 from .catalog import Catalog, TableDef, find_table
 from .manifest import Manifest, ParquetFile
@@ -141,16 +142,24 @@ class Persister:
                 return 0
             started = time.monotonic()
             added: list[ParquetFile] = []
+            removed: list[ParquetFile] = []
             for (db_id, table_id), batches in snapshot.items():
                 found = find_table(self.catalog, db_id, table_id)
                 if found is None:
                     continue  # deleted while buffered; trimming the WAL drops its rows
                 db, tdef = found
-                table = dedupe(conform(batches, tdef.schema()))
+                schema = tdef.schema()
+                table = dedupe(conform(batches, schema))
+                existing = self.manifest.files(db_id, table_id)
                 for window_start, part in self._split_windows(table):
+                    # A point persisted before and written again: merge, so no two files hold it.
+                    hits = overlap.colliding(self.root, existing, part, schema)
+                    if hits:
+                        part = overlap.merge(self.root, hits, part, schema)
+                        removed.extend(hits)
                     added.append(self._write(db.name, db_id, tdef, window_start, part))
-            self.wal.submit(fn=self._commit_step(added, [], upto)).result()
-            self._swap(added, [], upto)
+            self.wal.submit(fn=self._commit_step(added, removed, upto)).result()
+            self._swap(added, removed, upto)
             rows = sum(f.row_count for f in added)
             log.info(
                 "persisted files=%d rows=%d upto_seq=%d seconds=%.2f",

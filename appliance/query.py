@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import system_tables
-from .buffer import Buffer
+from . import overlap, system_tables
+from .buffer import Buffer, TableKey
 from .catalog import Catalog, DatabaseDef, TableDef
 from .errors import ApplianceError, QueryError
-from .manifest import Manifest
+from .manifest import Manifest, ParquetFile
 from .model import TIME_COLUMN
 
 if TYPE_CHECKING:
@@ -66,6 +67,9 @@ class QueryService:
         self.parquet_root = parquet_root
         self.view_lock = view_lock
         self.limits = limits
+        self._rewrites: dict[
+            TableKey, tuple[weakref.ref[pa.Table], tuple[str, ...], list[ParquetFile], pa.Table | None]
+        ] = {}
 
     def execute(self, db_name: str, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
         """Run one SQL statement; raises QueryError (400/408/413) or DatabaseNotFound (404)."""
@@ -123,14 +127,13 @@ class QueryService:
 
         schema = table.schema()
         parts: list[ds.Dataset] = []
-        files = [
-            str(self.parquet_root / f.path)
-            for f in self.manifest.files(db.id, table.id)
-            if cutoff is None or f.max_time >= cutoff
-        ]
-        if files:
-            parts.append(ds.dataset(files, schema=schema, format="parquet"))
+        files = [f for f in self.manifest.files(db.id, table.id) if cutoff is None or f.max_time >= cutoff]
         buffered = self.buffer.table((db.id, table.id), schema)
+        if buffered is not None and files:
+            files, buffered = self._merge_rewrites((db.id, table.id), files, buffered, schema)
+        if files:
+            paths = [str(self.parquet_root / f.path) for f in files]
+            parts.append(ds.dataset(paths, schema=schema, format="parquet"))
         if buffered is not None:
             if cutoff is not None:
                 buffered = buffered.filter(
@@ -140,6 +143,27 @@ class QueryService:
         if not parts:
             return ds.dataset(schema.empty_table())
         return parts[0] if len(parts) == 1 else ds.dataset(parts)
+
+    def _merge_rewrites(
+        self, key: TableKey, files: list[ParquetFile], buffered: pa.Table, schema: pa.Schema
+    ) -> tuple[list[ParquetFile], pa.Table]:
+        """Fold files holding points the buffer rewrote into the buffer rows, one copy each.
+
+        Rare (a point written again after it was persisted), so the result is cached until
+        the buffer or the file set changes; the next persist merges the files for good.
+        """
+        paths = tuple(f.path for f in files)
+        cached = self._rewrites.get(key)
+        if cached is not None and cached[0]() is buffered and cached[1] == paths:
+            hits, merged = cached[2], cached[3]
+        else:
+            hits = overlap.colliding(self.parquet_root, files, buffered, schema)
+            merged = overlap.merge(self.parquet_root, hits, buffered, schema) if hits else None
+            # A weak reference: the cache must not keep a released buffer alive.
+            self._rewrites[key] = (weakref.ref(buffered), paths, hits, merged)
+        if merged is None:
+            return files, buffered
+        return [f for f in files if f not in hits], merged
 
 
 def _quote(name: str) -> str:

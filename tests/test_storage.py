@@ -204,3 +204,29 @@ def test_persist_writes_sorted_zstd_parquet_and_trims_wal(tmp_path: Path, wal: W
     assert t.column("host").to_pylist() == ["a", "b"]
     assert t.schema.field("time").type == pa.timestamp("ns")
     assert pa.types.is_dictionary(t.schema.field("host").type)
+
+
+def test_colliding_finds_only_files_sharing_a_point(tmp_path: Path) -> None:
+    from appliance import overlap
+    from appliance.manifest import ParquetFile
+    from appliance.persist import write_parquet
+
+    schema = pa.schema(
+        [("host", pa.dictionary(pa.int32(), pa.string())), ("time", pa.timestamp("ns")), ("v", pa.float64())]
+    )
+
+    def table(hosts: list[str | None], times: list[int]) -> pa.Table:
+        b = pa.RecordBatch.from_pydict(
+            {"host": hosts, "time": pa.array(times).cast(pa.timestamp("ns")), "v": [1.0] * len(times)}
+        )
+        return conform([b], schema)
+
+    files = []
+    for i, (hosts, times) in enumerate([([None, "a"], [5, 5]), (["b"], [100])]):
+        write_parquet(table(hosts, times), tmp_path / f"f{i}.parquet")
+        files.append(ParquetFile(f"f{i}.parquet", 1, "db", 2, "t", 0, len(times), min(times), max(times), i))
+    assert overlap.colliding(tmp_path, files, table(["c"], [5]), schema) == []
+    assert overlap.colliding(tmp_path, files, table([None], [5]), schema) == [files[0]]
+    assert overlap.colliding(tmp_path, files, table(["b", "a"], [100, 6]), schema) == [files[1]]
+    merged = overlap.merge(tmp_path, [files[0]], table([None], [5]), schema)
+    assert merged.num_rows == 2

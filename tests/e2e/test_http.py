@@ -330,3 +330,18 @@ def test_regenerated_admin_token_replaces_the_old_one(auth_server: Server) -> No
 
 def test_without_auth_disables_token_endpoints(server: Server) -> None:
     assert server.request("POST", "/api/v3/configure/token/admin").status == 405
+
+
+def test_rewrite_after_persist_is_still_one_row(server: Server) -> None:
+    server.write("db", "m,host=a x=1,y=1 10\nm,host=b x=7 10\nm,host=a x=3 20\n")
+    server.request("POST", "/api/v3/persist")
+    server.write("db", "m,host=a y=2 10\n")  # the same point again, now in the buffer
+    expected = [{"host": "a", "x": 1.0, "y": 2.0}, {"host": "a", "x": 3.0}, {"host": "b", "x": 7.0}]
+    assert server.query("db", "SELECT host, x, y FROM m ORDER BY host, time") == expected
+    server.request("POST", "/api/v3/persist")  # merged into one file for good
+    assert server.query("db", "SELECT host, x, y FROM m ORDER BY host, time") == expected
+    files = server.query("db", "SELECT row_count FROM system.parquet_files")
+    assert sum(f["row_count"] for f in files) == 3
+    server.stop()
+    server.start()
+    assert server.query("db", "SELECT host, x, y FROM m ORDER BY host, time") == expected
