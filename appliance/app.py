@@ -21,6 +21,9 @@ from .write import WriteService
 
 log = logging.getLogger("appliance.app")
 
+#: Longest a write waits for the persister to drain a full buffer before it gets 503.
+ADMIT_TIMEOUT_SECONDS = 30.0
+
 
 @dataclass
 class App:
@@ -89,7 +92,7 @@ def build(config: Config) -> App:
         buffer=buffer,
         manifest=manifest,
         persister=persister,
-        writes=WriteService(catalog, wal),
+        writes=WriteService(catalog, wal, lambda: buffer.admit(ADMIT_TIMEOUT_SECONDS)),
         queries=queries,
         tokens=tokens,
         write_pool=ThreadPoolExecutor(4, thread_name_prefix="write"),

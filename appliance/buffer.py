@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .errors import WalError
 from .model import TIME_COLUMN, WalSeq
 from .wal import WalEntry
 
@@ -46,6 +47,7 @@ class Buffer:
     def __init__(self, max_bytes: int, on_full: Callable[[], None] | None = None) -> None:
         self.max_bytes = max_bytes
         self.lock = threading.Lock()
+        self._drained = threading.Condition(self.lock)
         self.tables: dict[TableKey, TableBuffer] = {}
         self.nbytes = 0
         self.applied_seq = WalSeq(0)
@@ -104,12 +106,29 @@ class Buffer:
                     del self.tables[key]
             if not self.tables:
                 self.oldest_unpersisted_ns = None
+            self._drained.notify_all()
+
+    def admit(self, timeout: float) -> None:
+        """Hold a new write while the buffer is at twice its cap (persisting fell behind).
+
+        This bounds memory by configuration rather than by input; after `timeout` seconds
+        the write is refused with 503 so the client retries later.
+        """
+        with self.lock:
+            if self._drained.wait_for(lambda: self.nbytes < 2 * self.max_bytes, timeout):
+                return
+        raise WalError(
+            f"the in-memory buffer is full ({self.nbytes} bytes, twice storage.max_buffer_bytes)"
+            " and persisting to Parquet is behind; retry shortly",
+            http_status=503,
+        )
 
     def drop(self, db_id: int, table_id: int | None) -> None:
         """Discard a deleted database's or table's rows."""
         with self.lock:
             for key in [k for k in self.tables if k[0] == db_id and table_id in (None, k[1])]:
                 self.nbytes -= self.tables.pop(key).nbytes
+            self._drained.notify_all()
 
     def prune_before(self, db_id: int, cutoff_ns: int) -> None:
         """Drop rows older than cutoff_ns (retention) from one database's tables."""
@@ -130,6 +149,7 @@ class Buffer:
                 tb.nbytes = sum(c.batch.nbytes for c in kept)
                 self.nbytes += tb.nbytes - old
                 tb.cached = None
+            self._drained.notify_all()
 
 
 def conform(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:

@@ -48,9 +48,16 @@ class WriteReport:
 class WriteService:
     """The one write path shared by every protocol."""
 
-    def __init__(self, catalog: Catalog, wal: Wal, clock: Callable[[], int] = time.time_ns) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        wal: Wal,
+        admit: Callable[[], None] = lambda: None,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
         self.catalog = catalog
         self.wal = wal
+        self.admit = admit  # blocks or refuses while memory is at its cap
         self.clock = clock
 
     def submit(self, req: WriteRequest) -> WriteReport:
@@ -59,6 +66,7 @@ class WriteService:
         Raises LineProtocolError when accept_partial is off and a line is bad (nothing is
         written), and LimitExceeded when the database itself cannot be created.
         """
+        self.admit()
         parsed = lineprotocol.parse(
             req.body, req.precision, self.clock(), known=_KnownColumns(self.catalog.get(req.db))
         )

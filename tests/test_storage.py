@@ -230,3 +230,18 @@ def test_colliding_finds_only_files_sharing_a_point(tmp_path: Path) -> None:
     assert overlap.colliding(tmp_path, files, table(["b", "a"], [100, 6]), schema) == [files[1]]
     merged = overlap.merge(tmp_path, [files[0]], table([None], [5]), schema)
     assert merged.num_rows == 2
+
+
+def test_buffer_admits_writes_only_below_twice_its_cap() -> None:
+    from appliance.errors import WalError
+
+    buf = Buffer(max_bytes=100)
+    buf.admit(0.01)  # empty: at once
+    big = WalEntry(1, "db", [TableRows(2, "cpu", _batch(["a"] * 20, list(range(20)), [1.0] * 20))])
+    buf.on_commit([(1, big)])
+    assert buf.nbytes >= 200
+    with pytest.raises(WalError, match="buffer is full"):
+        buf.admit(0.05)
+    threading.Timer(0.05, buf.release, args=(1,)).start()
+    buf.admit(5.0)  # released by the persister meanwhile
+    assert buf.nbytes == 0
