@@ -59,7 +59,7 @@ def build(config: Config) -> App:
     data_dir.mkdir(parents=True, exist_ok=True)
     wal = Wal(data_dir / "lmdb", config.map_size)
     catalog = Catalog(wal, CatalogLimits(config.max_databases, config.max_tables, config.max_columns))
-    manifest = Manifest(wal)
+    manifest = Manifest(wal, data_dir / "parquet")
     buffer = Buffer(config.max_buffer_bytes)
     persister = Persister(
         PersistArgs(data_dir, config.node_id, config.gen1_duration, config.retention_check_interval),

@@ -29,6 +29,7 @@ TableKey = tuple[int, int]  # (database id, table id)
 class _Chunk:
     seq: WalSeq
     batch: pa.RecordBatch
+    arrived_ns: int
 
 
 @dataclass
@@ -37,8 +38,14 @@ class TableBuffer:
 
     chunks: list[_Chunk] = field(default_factory=list)
     nbytes: int = 0
+    #: Bumped by every change, so a view built meanwhile is never cached as current.
+    generation: int = 0
     cached: pa.Table | None = None
     cached_schema: pa.Schema | None = None
+
+    def changed(self) -> None:
+        self.generation += 1
+        self.cached = None
 
 
 class Buffer:
@@ -56,17 +63,18 @@ class Buffer:
 
     def on_commit(self, entries: list[tuple[WalSeq, WalEntry]]) -> None:
         """Append committed rows; ask for an early persist when over the byte cap."""
+        now = time.time_ns()
         with self.lock:
             for seq, entry in entries:
                 for rows in entry.tables:
                     tb = self.tables.setdefault((entry.db_id, rows.table_id), TableBuffer())
-                    tb.chunks.append(_Chunk(seq, rows.batch))
+                    tb.chunks.append(_Chunk(seq, rows.batch, now))
                     tb.nbytes += rows.batch.nbytes
-                    tb.cached = None
+                    tb.changed()
                     self.nbytes += rows.batch.nbytes
                 self.applied_seq = seq
-            if self.oldest_unpersisted_ns is None:
-                self.oldest_unpersisted_ns = time.time_ns()
+            if self.oldest_unpersisted_ns is None and self.tables:
+                self.oldest_unpersisted_ns = now
             full = self.nbytes >= self.max_bytes
         if full and self.on_full is not None:
             self.on_full()
@@ -80,9 +88,10 @@ class Buffer:
             if tb.cached is not None and tb.cached_schema == schema:
                 return tb.cached
             batches = [c.batch for c in tb.chunks]
+            generation = tb.generation
         table = dedupe(conform(batches, schema))
         with self.lock:
-            if self.tables.get(key) is tb and len(tb.chunks) == len(batches):
+            if self.tables.get(key) is tb and tb.generation == generation:
                 tb.cached, tb.cached_schema = table, schema
         return table
 
@@ -101,12 +110,17 @@ class Buffer:
                 if len(keep) != len(tb.chunks):
                     freed = tb.nbytes - sum(c.batch.nbytes for c in keep)
                     self.nbytes -= freed
-                    tb.chunks, tb.nbytes, tb.cached = keep, tb.nbytes - freed, None
+                    tb.chunks, tb.nbytes = keep, tb.nbytes - freed
+                    tb.changed()
                 if not tb.chunks:
                     del self.tables[key]
-            if not self.tables:
-                self.oldest_unpersisted_ns = None
+            self._note_oldest()
             self._drained.notify_all()
+
+    def _note_oldest(self) -> None:
+        """When the oldest row still buffered arrived: the gen1 clock runs from there."""
+        arrivals = [tb.chunks[0].arrived_ns for tb in self.tables.values() if tb.chunks]
+        self.oldest_unpersisted_ns = min(arrivals, default=None)
 
     def admit(self, timeout: float) -> None:
         """Hold a new write while the buffer is at twice its cap (persisting fell behind).
@@ -128,6 +142,7 @@ class Buffer:
         with self.lock:
             for key in [k for k in self.tables if k[0] == db_id and table_id in (None, k[1])]:
                 self.nbytes -= self.tables.pop(key).nbytes
+            self._note_oldest()
             self._drained.notify_all()
 
     def prune_before(self, db_id: int, cutoff_ns: int) -> None:
@@ -143,12 +158,13 @@ class Buffer:
                     if pc.all(mask).as_py():
                         kept.append(c)
                     elif pc.any(mask).as_py():
-                        kept.append(_Chunk(c.seq, c.batch.filter(mask)))
+                        kept.append(_Chunk(c.seq, c.batch.filter(mask), c.arrived_ns))
                 tb.chunks = kept
                 old = tb.nbytes
                 tb.nbytes = sum(c.batch.nbytes for c in kept)
                 self.nbytes += tb.nbytes - old
-                tb.cached = None
+                tb.changed()
+            self._note_oldest()
             self._drained.notify_all()
 
 

@@ -11,7 +11,9 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import lmdb
 import msgpack
@@ -19,7 +21,7 @@ import pyarrow as pa
 
 from .errors import CatalogError, Conflict, LimitExceeded, NotFound
 from .model import TIME_COLUMN, ColumnType
-from .wal import Wal
+from .wal import Wal, WalEntry
 
 _DB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*(/[A-Za-z0-9_\-]+)?")
 INTERNAL_DATABASES = frozenset({"_internal"})
@@ -58,9 +60,6 @@ class TableDef:
         if self._schema is None:
             self._schema = pa.schema([pa.field(n, self.columns[n].arrow_type) for n in sorted(self.columns)])
         return self._schema
-
-    def with_columns(self, new: dict[str, ColumnType]) -> TableDef:
-        return TableDef(self.id, self.name, {**self.columns, **new})
 
     def encode(self) -> bytes:
         return msgpack.packb(
@@ -110,6 +109,9 @@ TxnStep = Callable[[lmdb.Transaction, Wal], None]
 DropListener = Callable[[int, int | None], None]
 
 
+_NEXT_ID_KEY = b"meta/next_id"
+
+
 def _db_key(name: str) -> bytes:
     return b"db/" + name.encode()
 
@@ -119,7 +121,11 @@ def _table_key(db_id: int, name: str) -> bytes:
 
 
 class Catalog:
-    """The schema of every database; the one place that decides column types."""
+    """The schema of every database; the one place that decides column types.
+
+    Every change is made in memory under `lock` and queued for the WAL writer before the
+    lock is released, so the commit order matches the order of the changes in memory.
+    """
 
     def __init__(self, wal: Wal, limits: CatalogLimits) -> None:
         self.wal = wal
@@ -127,6 +133,8 @@ class Catalog:
         self.lock = threading.RLock()
         self._dbs: dict[str, DatabaseDef] = {}
         self._next_id = 1
+        #: Set when a commit carrying catalog changes failed: memory is ahead of LMDB.
+        self._dirty = False
         self._drop_listeners: list[DropListener] = []
         self._load()
 
@@ -135,19 +143,21 @@ class Catalog:
         with self.wal.read() as txn:
             by_id: dict[int, DatabaseDef] = {}
             records = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=cat)]
-            for key, value in records:
-                if key.startswith(b"db/"):
-                    d = DatabaseDef.decode(value)
-                    by_id[d.id] = d
-                    self._dbs[d.name] = d
-                    self._next_id = max(self._next_id, d.id + 1)
-            for key, value in records:
-                if key.startswith(b"tbl/"):
-                    db_id = int(key.split(b"/")[1])
-                    t = TableDef.decode(value)
-                    if db_id in by_id:
-                        by_id[db_id].tables[t.name] = t
-                    self._next_id = max(self._next_id, t.id + 1)
+        for key, value in records:
+            if key == _NEXT_ID_KEY:
+                self._next_id = max(self._next_id, int(value))
+            elif key.startswith(b"db/"):
+                d = DatabaseDef.decode(value)
+                by_id[d.id] = d
+                self._dbs[d.name] = d
+                self._next_id = max(self._next_id, d.id + 1)
+        for key, value in records:
+            if key.startswith(b"tbl/"):
+                db_id = int(key.split(b"/")[1])
+                t = TableDef.decode(value)
+                if db_id in by_id:
+                    by_id[db_id].tables[t.name] = t
+                self._next_id = max(self._next_id, t.id + 1)
 
     def add_drop_listener(self, listener: DropListener) -> None:
         """Call `listener(db_id, table_id or None)` after a database or table is deleted."""
@@ -182,7 +192,7 @@ class Catalog:
                 raise LimitExceeded(
                     f"Adding a new database would exceed limit of {self.limits.max_databases} databases"
                 )
-            db = DatabaseDef(self._take_id(), name, None, time.time_ns())
+            db = DatabaseDef(self._take_id(steps), name, None, time.time_ns())
             self._dbs[name] = db
             steps.append(_put_step(_db_key(name), db.encode()))
             return db
@@ -192,7 +202,7 @@ class Catalog:
     ) -> TableDef:
         """Create `table` and/or add columns to it; the caller has checked type conflicts.
 
-        Raises LimitExceeded when the table or column limits would be passed.
+        Raises LimitExceeded when the table or column limits would be passed (nothing changes).
         """
         with self.lock:
             current = db.tables.get(table)
@@ -203,23 +213,53 @@ class Catalog:
                         "Update to schema would exceed number of tables limit of"
                         f" {self.limits.max_tables} tables"
                     )
-                current = TableDef(self._take_id(), table, {TIME_COLUMN: ColumnType.TIME})
-            added = {n: t for n, t in new_columns.items() if n not in current.columns}
-            if not added and table in db.tables:
+            columns = current.columns if current is not None else {TIME_COLUMN: ColumnType.TIME}
+            added = {n: t for n, t in new_columns.items() if n not in columns}
+            if current is not None and not added:
                 return current
-            if len(current.columns) - 1 + len(added) > self.limits.max_columns:
+            if len(columns) - 1 + len(added) > self.limits.max_columns:
                 raise LimitExceeded(
                     "Update to schema would exceed number of columns per table limit of"
                     f" {self.limits.max_columns} columns"
                 )
-            updated = current.with_columns(added)
+            table_id = current.id if current is not None else self._take_id(steps)
+            updated = TableDef(table_id, table, {**columns, **added})
             db.tables[table] = updated
             steps.append(_put_step(_table_key(db.id, table), updated.encode()))
             return updated
 
-    def _take_id(self) -> int:
+    def _take_id(self, steps: list[TxnStep]) -> int:
+        """A new id, never reused: the counter is stored with the change that uses it."""
+        taken = self._next_id
         self._next_id += 1
-        return self._next_id - 1
+        steps.append(_put_step(_NEXT_ID_KEY, b"%d" % self._next_id))
+        return taken
+
+    def submit(self, steps: list[TxnStep], entry: WalEntry | None = None) -> Future[Any]:
+        """Queue catalog steps (and a WAL entry) for commit; call with `lock` held."""
+        if self._dirty:
+            steps = [self._resync_step(), *steps]
+        fut = self.wal.submit(fn=run_steps(steps) if steps else None, entry=entry)
+        if steps:
+            fut.add_done_callback(self._note_outcome)
+        return fut
+
+    def _note_outcome(self, fut: Future[Any]) -> None:
+        if fut.exception() is not None:
+            self._dirty = True  # the next change rewrites the whole catalog
+
+    def _resync_step(self) -> TxnStep:
+        puts = [(_NEXT_ID_KEY, b"%d" % self._next_id)]
+        for db in self._dbs.values():
+            puts.append((_db_key(db.name), db.encode()))
+            puts.extend((_table_key(db.id, t.name), t.encode()) for t in db.tables.values())
+
+        def step(txn: lmdb.Transaction, wal: Wal) -> None:
+            for key, value in puts:
+                txn.put(key, value, db=wal.dbs["catalog"])
+            self._dirty = False
+
+        return step
 
     # -- explicit configuration (each waits for its own commit) ------------
     def create_database(self, name: str, retention_ns: int | None) -> DatabaseDef:
@@ -229,16 +269,17 @@ class Catalog:
             steps: list[TxnStep] = []
             db = self.ensure_database(name, steps)
             db.retention_ns = retention_ns
-            steps[-1] = _put_step(_db_key(name), db.encode())
-        self._commit(steps)
+            steps.append(_put_step(_db_key(name), db.encode()))
+            fut = self.submit(steps)
+        fut.result()
         return db
 
     def set_retention(self, name: str, retention_ns: int | None) -> None:
         with self.lock:
             db = self.require(name)
             db.retention_ns = retention_ns
-            step = _put_step(_db_key(name), db.encode())
-        self._commit([step])
+            fut = self.submit([_put_step(_db_key(name), db.encode())])
+        fut.result()
 
     def create_table(
         self, db_name: str, table: str, tags: list[str], fields: dict[str, ColumnType]
@@ -246,17 +287,23 @@ class Catalog:
         for col in [*tags, *fields]:
             if col == TIME_COLUMN:
                 raise CatalogError("a tag or field may not be named 'time'")
-        overlap = set(tags) & set(fields)
-        if overlap:
-            raise CatalogError(f"column {sorted(overlap)[0]!r} is given as both a tag and a field")
+            if not col or not col.isprintable():
+                raise CatalogError(f"invalid column name {col!r}: it must be non-empty and printable")
+        both = set(tags) & set(fields)
+        if both:
+            raise CatalogError(f"column {sorted(both)[0]!r} is given as both a tag and a field")
         with self.lock:
             steps: list[TxnStep] = []
-            db = self.ensure_database(db_name, steps)
-            if table in db.tables:
-                raise Conflict("attempted to create a resource that already exists")
-            columns = {t: ColumnType.TAG for t in tags} | fields
-            created = self.extend_table(db, table, columns, steps)
-        self._commit(steps)
+            try:
+                db = self.ensure_database(db_name, steps)
+                if table in db.tables:
+                    raise Conflict("attempted to create a resource that already exists")
+                columns = {t: ColumnType.TAG for t in tags} | fields
+                created = self.extend_table(db, table, columns, steps)
+            finally:
+                fut = self.submit(steps) if steps else None  # a created database stays
+        if fut is not None:
+            fut.result()
         return created
 
     def delete_database(self, name: str) -> None:
@@ -264,7 +311,8 @@ class Catalog:
             db = self.require(name)
             del self._dbs[name]
             keys = [_db_key(name)] + [_table_key(db.id, t) for t in db.tables]
-        self._commit([_delete_step(keys)])
+            fut = self.submit([_delete_step(keys)])
+        fut.result()
         for listener in self._drop_listeners:
             listener(db.id, None)
 
@@ -274,12 +322,10 @@ class Catalog:
             t = db.tables.pop(table, None)
             if t is None:
                 raise NotFound(f"Table not found {table}")
-        self._commit([_delete_step([_table_key(db.id, table)])])
+            fut = self.submit([_delete_step([_table_key(db.id, table)])])
+        fut.result()
         for listener in self._drop_listeners:
             listener(db.id, t.id)
-
-    def _commit(self, steps: list[TxnStep]) -> None:
-        self.wal.submit(fn=run_steps(steps)).result()
 
 
 def run_steps(steps: list[TxnStep]) -> Callable[[lmdb.Transaction, Wal], None]:

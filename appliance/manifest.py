@@ -1,14 +1,21 @@
-"""The durable list of Parquet files (in LMDB) and its in-memory mirror."""
+"""The durable list of Parquet files (in LMDB), its in-memory mirror, and safe file removal."""
 
 from __future__ import annotations
 
+import itertools
+import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import lmdb
 import msgpack
 
 from .wal import Wal
+
+log = logging.getLogger("appliance.manifest")
 
 
 @dataclass(frozen=True)
@@ -35,12 +42,22 @@ class ParquetFile:
 
 
 class Manifest:
-    """Which Parquet files exist, per table; changed only inside WAL-writer transactions."""
+    """Which Parquet files exist, per table; changed only inside WAL-writer transactions.
 
-    def __init__(self, wal: Wal) -> None:
+    Queries open files lazily, after they collected the file list, so a file that leaves
+    the manifest is deleted from disk only once no query that might still read it runs
+    (`pinned`).
+    """
+
+    def __init__(self, wal: Wal, root: Path) -> None:
         self.wal = wal
+        self.root = root
         self.lock = threading.Lock()
         self._files: dict[str, ParquetFile] = {}
+        self._generation = 0
+        self._pins: dict[int, int] = {}  # pin id -> generation when the query started
+        self._pin_ids = itertools.count()
+        self._retired: list[tuple[int, str]] = []  # (generation it left the manifest, path)
         with wal.read() as txn:
             for _key, value in txn.cursor(db=wal.dbs["files"]):
                 f = ParquetFile.decode(bytes(value))
@@ -67,9 +84,38 @@ class Manifest:
             txn.put(f.path.encode(), f.encode(), db=db)
 
     def apply(self, added: list[ParquetFile], removed: list[ParquetFile]) -> None:
-        """Mirror a committed change in memory."""
+        """Mirror a committed change in memory; removed files are deleted once unpinned."""
         with self.lock:
+            self._generation += 1
             for f in removed:
                 self._files.pop(f.path, None)
+                self._retired.append((self._generation, f.path))
             for f in added:
                 self._files[f.path] = f
+        self._reap()
+
+    @contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Keep every file listed at entry on disk until exit."""
+        with self.lock:
+            pin = next(self._pin_ids)
+            self._pins[pin] = self._generation
+        try:
+            yield
+        finally:
+            with self.lock:
+                del self._pins[pin]
+            self._reap()
+
+    def _reap(self) -> None:
+        with self.lock:
+            oldest = min(self._pins.values(), default=None)
+            ready = [p for g, p in self._retired if oldest is None or g <= oldest]
+            self._retired = [(g, p) for g, p in self._retired if not (oldest is None or g <= oldest)]
+        for path in ready:
+            try:
+                (self.root / path).unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("could not delete %s: %s", path, e)

@@ -60,10 +60,12 @@ class Persister:
         self._thread: threading.Thread | None = None
         self._file_seq = 0
         self._persist_lock = threading.Lock()
+        self._trimmed: WalSeq = WalSeq(0)
         self.last_error: str | None = None
 
     # -- life cycle ---------------------------------------------------------
     def start(self) -> None:
+        self.remove_dead_files()
         self.remove_orphans()
         self._thread = threading.Thread(target=self._run, name="persister", daemon=True)
         self._thread.start()
@@ -79,9 +81,14 @@ class Persister:
         except Exception:
             log.exception("final persist failed; the WAL still holds the data")
 
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def request(self) -> Future[int]:
         """Ask for a persist now; the future gives the number of files written."""
         fut: Future[int] = Future()
+        fut.set_running_or_notify_cancel()  # a disconnecting client must not cancel it
         with self._waiters_lock:
             self._waiters.append(fut)
         self._wake.set()
@@ -107,11 +114,12 @@ class Persister:
                 written = 0
                 if woke or self._window_passed():
                     written = self.persist()
+                for w in waiters:
+                    w.set_result(written)
+                waiters = []
                 if time.monotonic() >= next_retention:
                     self.enforce_retention()
                     next_retention = time.monotonic() + self.args.retention_check_ns / 1e9
-                for w in waiters:
-                    w.set_result(written)
                 backoff, self.last_error = 1.0, None
             except Exception as e:
                 self.last_error = str(e)
@@ -139,6 +147,9 @@ class Persister:
         with self._persist_lock:
             upto, snapshot = self.buffer.snapshot()
             if not snapshot:
+                if upto > self._trimmed:  # entries replay skipped (deleted tables) still go
+                    self.wal.submit(fn=self._commit_step([], [], upto)).result()
+                    self._trimmed = upto
                 return 0
             started = time.monotonic()
             added: list[ParquetFile] = []
@@ -160,6 +171,7 @@ class Persister:
                     added.append(self._write(db.name, db_id, tdef, window_start, part))
             self.wal.submit(fn=self._commit_step(added, removed, upto)).result()
             self._swap(added, removed, upto)
+            self._trimmed = upto
             rows = sum(f.row_count for f in added)
             log.info(
                 "persisted files=%d rows=%d upto_seq=%d seconds=%.2f",
@@ -185,8 +197,6 @@ class Persister:
             self.manifest.apply(added, removed)
             if upto is not None:
                 self.buffer.release(upto)
-        for f in removed:
-            self._unlink(f)
 
     def _split_windows(self, table: pa.Table) -> list[tuple[int, pa.Table]]:
         g = self.args.gen1_ns
@@ -259,11 +269,20 @@ class Persister:
 
     def drop(self, db_id: int, table_id: int | None) -> None:
         """Delete the files of a deleted database or table (a catalog drop listener)."""
-        self.buffer.drop(db_id, table_id)
-        removed = self.manifest.files(db_id, table_id)
-        if removed:
-            self.wal.submit(fn=self._commit_step([], removed, None)).result()
-            self._swap([], removed, None)
+        with self._persist_lock:  # a persist running now must not add files after this
+            self.buffer.drop(db_id, table_id)
+            removed = self.manifest.files(db_id, table_id)
+            if removed:
+                self.wal.submit(fn=self._commit_step([], removed, None)).result()
+                self._swap([], removed, None)
+
+    def remove_dead_files(self) -> None:
+        """Forget files of tables deleted before a crash let the drop finish."""
+        dead = [f for f in self.manifest.files() if find_table(self.catalog, f.db_id, f.table_id) is None]
+        if dead:
+            log.info("removing %d file(s) of deleted tables", len(dead))
+            self.wal.submit(fn=self._commit_step([], dead, None)).result()
+            self._swap([], dead, None)
 
     def remove_orphans(self) -> None:
         """Delete files a crash left behind before they reached the manifest."""
@@ -275,22 +294,37 @@ class Persister:
                 log.info("removing orphan file %s", p)
                 p.unlink(missing_ok=True)
 
-    def _unlink(self, f: ParquetFile) -> None:
-        try:
-            (self.root / f.path).unlink()
-        except FileNotFoundError:
-            pass
-
 
 def _path_part(name: str) -> str:
-    return urllib.parse.quote(name, safe="")
+    """A name as one safe path component ("." and ".." are escaped too)."""
+    quoted = urllib.parse.quote(name, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
+
+
+def _make_dirs(path: Path) -> None:
+    """mkdir -p that fsyncs each parent gaining an entry, so the new path survives a power cut."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+        _fsync_dir(d.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_parquet(table: pa.Table, path: Path) -> None:
     """Write zstd Parquet via a temp file, fsync it, rename it into place, fsync the folder."""
     import pyarrow.parquet as pq  # on first persist: ~12 MB an idle server does not need
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_dirs(path.parent)
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(
         table,
@@ -306,11 +340,7 @@ def write_parquet(table: pa.Table, path: Path) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    _fsync_dir(path.parent)
 
 
 def read_parquet(path: Path) -> pa.Table:

@@ -77,10 +77,12 @@ class QueryService:
         if db is None:
             raise DatabaseNotFound(f"query error: database not found: {db_name}")
         deadline = time.monotonic() + self.limits.timeout_ns / 1e9
-        ctx = self._context(db)
         try:
-            df = ctx.sql(sql, param_values=_bind(params)) if params else ctx.sql(sql)
-            return self._collect(df, deadline)
+            # Pinned: DataFusion opens the files while it runs, after the view was taken.
+            with self.manifest.pinned():
+                ctx = self._context(db)
+                df = ctx.sql(sql, param_values=_bind(params)) if params else ctx.sql(sql)
+                return self._collect(df, deadline)
         except ApplianceError:
             raise
         except Exception as e:  # DataFusion raises plain Exceptions for plan and run errors
@@ -114,21 +116,35 @@ class QueryService:
         runtime = RuntimeEnvBuilder().with_fair_spill_pool(self.limits.memory_bytes)
         ctx = SessionContext(config, runtime)
         cutoff = time.time_ns() - db.retention_ns if db.retention_ns else None
-        with self.view_lock:
-            for table in list(db.tables.values()):
-                ctx.register_dataset(_quote(table.name), self._dataset(db, table, cutoff))
+        with self.view_lock:  # files and buffer rows of one consistent moment
+            views = [
+                (
+                    table,
+                    self.manifest.files(db.id, table.id),
+                    self.buffer.table((db.id, table.id), table.schema()),
+                )
+                for table in list(db.tables.values())
+            ]
+        for table, files, buffered in views:
+            ctx.register_dataset(_quote(table.name), self._dataset(db, table, files, buffered, cutoff))
         ctx.catalog().register_schema("system", Schema.memory_schema())
         for name, table in system_tables.build(self.manifest, db.id).items():
             ctx.register_dataset(f"system.{name}", ds.dataset(table))
         return ctx
 
-    def _dataset(self, db: DatabaseDef, table: TableDef, cutoff: int | None) -> ds.Dataset:
+    def _dataset(
+        self,
+        db: DatabaseDef,
+        table: TableDef,
+        files: list[ParquetFile],
+        buffered: pa.Table | None,
+        cutoff: int | None,
+    ) -> ds.Dataset:
         import pyarrow.dataset as ds
 
         schema = table.schema()
         parts: list[ds.Dataset] = []
-        files = [f for f in self.manifest.files(db.id, table.id) if cutoff is None or f.max_time >= cutoff]
-        buffered = self.buffer.table((db.id, table.id), schema)
+        files = [f for f in files if cutoff is None or f.max_time >= cutoff]
         if buffered is not None and files:
             files, buffered = self._merge_rewrites((db.id, table.id), files, buffered, schema)
         if files:
@@ -153,6 +169,8 @@ class QueryService:
         the buffer or the file set changes; the next persist merges the files for good.
         """
         paths = tuple(f.path for f in files)
+        for stale in [k for k, v in self._rewrites.items() if v[0]() is None]:
+            self._rewrites.pop(stale, None)  # its buffer rows were persisted meanwhile
         cached = self._rewrites.get(key)
         if cached is not None and cached[0]() is buffered and cached[1] == paths:
             hits, merged = cached[2], cached[3]

@@ -10,6 +10,7 @@ once; a busy one batches naturally.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import struct
 import threading
@@ -160,6 +161,9 @@ class Wal:
             raise WalError("the server is shutting down; the write was not accepted")
         encoded = entry.encode() if entry is not None else None
         req = _Request(fn, entry, encoded)
+        # Running futures cannot be cancelled: a client that disconnects (asyncio cancels
+        # the wrapped future) must not make the writer's set_result fail.
+        req.future.set_running_or_notify_cancel()
         self._queue.put(req)
         return req.future
 
@@ -180,7 +184,13 @@ class Wal:
             stop = any(r is None for r in batch)
             reqs = [r for r in batch if r is not None]
             if reqs:
-                self._commit(reqs)
+                try:
+                    self._commit(reqs)
+                except Exception as e:  # the writer thread must outlive any one group
+                    log.exception("WAL group failed")
+                    for req in reqs:
+                        if not req.future.done():
+                            req.future.set_exception(WalError(f"write-ahead log failure: {e}"))
             if stop:
                 self._stopped.set()
                 return
@@ -221,7 +231,10 @@ class Wal:
                 try:
                     listener.on_commit(committed)
                 except Exception:
-                    log.exception("WAL listener %s failed", type(listener).__name__)
+                    # Acknowledging rows the buffer did not take would lose them at the next
+                    # WAL trim. Stop hard instead: the WAL holds them, a restart replays them.
+                    log.critical("WAL listener %s failed; stopping", type(listener).__name__, exc_info=True)
+                    os._exit(70)
         for req, result, error in results:
             if error is not None:
                 req.future.set_exception(error)
@@ -258,11 +271,3 @@ class Wal:
             cur.delete()
             removed += 1
         return removed
-
-    def wal_size(self) -> tuple[int, int]:
-        """Number of WAL entries and bytes of their values."""
-        with self.env.begin() as txn:
-            stat = txn.stat(self.dbs["wal"])
-            return stat["entries"], stat["psize"] * (
-                stat["leaf_pages"] + stat["overflow_pages"] + stat["branch_pages"]
-            )

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import lineprotocol
-from .catalog import Catalog, DatabaseDef, TxnStep, run_steps
+from .catalog import Catalog, DatabaseDef, TxnStep
 from .errors import LimitExceeded, LineProtocolError
 from .model import TIME_COLUMN, ColumnType, LineError, ParsedTable, Precision
 from .wal import TableRows, Wal, WalEntry, WalSeq
@@ -75,16 +75,20 @@ class WriteService:
             raise _first_error(report.errors)
         steps: list[TxnStep] = []
         with self.catalog.lock:
-            db = self.catalog.ensure_database(req.db, steps)
-            tables = [self._validate(db, t, req.body, report, steps) for t in parsed.tables]
-            if report.errors and not req.accept_partial:
-                raise _first_error(report.errors)
+            try:
+                db = self.catalog.ensure_database(req.db, steps)
+                tables = [self._validate(db, t, req.body, report, steps) for t in parsed.tables]
+                if report.errors and not req.accept_partial:
+                    raise _first_error(report.errors)
+            except Exception:
+                if steps:  # schema changes already made in memory must become durable too
+                    self.catalog.submit(steps)
+                raise
             rows = [t for t in tables if t is not None and t.batch.num_rows]
             report.rows = sum(t.batch.num_rows for t in rows)
-            if rows or steps:
-                entry = WalEntry(db.id, db.name, rows, req.origin) if rows else None
-                fut = self.wal.submit(fn=run_steps(steps) if steps else None, entry=entry)
-                report.committed = fut
+            entry = WalEntry(db.id, db.name, rows, req.origin) if rows else None
+            if entry is not None or steps:
+                report.committed = self.catalog.submit(steps, entry)
         report.errors.sort(key=lambda e: e.line_number)
         if req.no_sync and report.committed is not None:
             done: Future[WalSeq] = Future()

@@ -179,7 +179,7 @@ def test_persist_writes_sorted_zstd_parquet_and_trims_wal(tmp_path: Path, wal: W
     db = cat.require("db")
     buf = Buffer(1 << 30)
     wal.add_listener(buf)
-    manifest = Manifest(wal)
+    manifest = Manifest(wal, tmp_path / "parquet")
     gen1 = 600 * 10**9
     p = Persister(PersistArgs(tmp_path, "n1", gen1, 10**12), wal, cat, buf, manifest)
     tid = db.tables["cpu"].id
