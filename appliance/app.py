@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .auth import Tokens, bootstrap_admin
 from .buffer import Buffer
 from .catalog import Catalog, CatalogLimits, find_table
 from .config import Config
+from .errors import ConfigError
 from .manifest import Manifest
 from .persist import PersistArgs, Persister
 from .query import QueryLimits, QueryService
@@ -43,6 +47,23 @@ class App:
     process_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     started_at: float = field(default_factory=time.time)
     replay_seconds: float = 0.0
+    lock_fd: int = -1
+
+    def health(self) -> dict[str, Any]:
+        """Each component as ok, degraded or failed, and the overall state (the worst)."""
+        persist = "failed" if not self.persister.alive else "degraded" if self.persister.last_error else "ok"
+        components: dict[str, dict[str, Any]] = {
+            "http": {"status": "ok"},
+            "wal": {"status": "ok" if self.wal.alive else "failed", "last_seq": self.wal.last_seq},
+            "persist": {
+                "status": persist,
+                "error": self.persister.last_error,
+                "buffer_bytes": self.buffer.nbytes,
+            },
+        }
+        states = {c["status"] for c in components.values()}
+        overall = next(s for s in ("failed", "degraded", "ok") if s in states)
+        return {"status": overall, "components": components}
 
     def stop(self) -> None:
         """Stop in reverse flow order: ingest pools, persist the buffer, then the WAL writer."""
@@ -50,6 +71,7 @@ class App:
         self.query_pool.shutdown(wait=True, cancel_futures=True)
         self.persister.stop()
         self.wal.stop()
+        os.close(self.lock_fd)
         log.info("stopped")
 
 
@@ -57,6 +79,7 @@ def build(config: Config) -> App:
     """Open storage, replay the WAL into the buffer and start the background threads."""
     data_dir = Path(config.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_data_dir(data_dir)
     wal = Wal(data_dir / "lmdb", config.map_size)
     catalog = Catalog(wal, CatalogLimits(config.max_databases, config.max_tables, config.max_columns))
     manifest = Manifest(wal, data_dir / "parquet")
@@ -74,9 +97,9 @@ def build(config: Config) -> App:
     catalog.add_drop_listener(persister.drop)
     wal.start()
     persister.start()
-    tokens = Tokens(wal)
+    tokens = Tokens(wal, data_dir)
     if config.auth_enabled:
-        bootstrap_admin(tokens, data_dir)
+        bootstrap_admin(tokens)
     queries = QueryService(
         catalog,
         buffer,
@@ -98,7 +121,22 @@ def build(config: Config) -> App:
         write_pool=ThreadPoolExecutor(4, thread_name_prefix="write"),
         query_pool=ThreadPoolExecutor(2, thread_name_prefix="query"),
         replay_seconds=replay_seconds,
+        lock_fd=lock,
     )
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold an exclusive lock on the data dir for the life of the process (one owner only)."""
+    fd = os.open(data_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(
+            f"data dir {data_dir} is in use by another appliance process; stop it first"
+            " or give this one its own --data-dir"
+        ) from None
+    return fd
 
 
 def _replay(wal: Wal, catalog: Catalog, buffer: Buffer) -> float:

@@ -46,8 +46,9 @@ def new_token() -> str:
 class Tokens:
     """The token store; `verify` is a constant-time check against the known hashes."""
 
-    def __init__(self, wal: Wal) -> None:
+    def __init__(self, wal: Wal, data_dir: Path) -> None:
         self.wal = wal
+        self.data_dir = data_dir
         self._lock = threading.Lock()
         self._by_hash: dict[str, TokenInfo] = {}
         with wal.read() as txn:
@@ -68,7 +69,12 @@ class Tokens:
             return next((t for t in self._by_hash.values() if t.name == ADMIN_TOKEN_NAME), None)
 
     def create_admin(self, regenerate: bool = False) -> tuple[str, TokenInfo]:
-        """Create (or with regenerate, replace) the operator admin token; returns it once."""
+        """Create (or with regenerate, replace) the operator admin token; returns it once.
+
+        The token reaches `<data-dir>/admin-token.new` before its hash is committed and is
+        renamed to `admin-token` after, so a crash in between never leaves an admin token
+        nobody knows (start-up adopts a pending `.new` whose hash was committed).
+        """
         with self._lock:
             old = [t for t in self._by_hash.values() if t.name == ADMIN_TOKEN_NAME]
             if old and not regenerate:
@@ -87,31 +93,45 @@ class Tokens:
                     txn.delete(t.hash.encode(), db=wal.dbs["tokens"])
                 txn.put(info.hash.encode(), msgpack.packb(asdict(info)), db=wal.dbs["tokens"])
 
+            pending = _write_private(self.data_dir / (ADMIN_TOKEN_FILE + ".new"), token)
             self.wal.submit(fn=step).result()
+            os.replace(pending, self.data_dir / ADMIN_TOKEN_FILE)
+            _fsync_dir(self.data_dir)
             for t in old:
                 del self._by_hash[t.hash]
             self._by_hash[info.hash] = info
         return token, info
 
 
-def write_token_file(data_dir: Path, token: str) -> Path:
-    """Store the admin token readable by its owner only (mode 0600), atomically."""
-    path = data_dir / ADMIN_TOKEN_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _write_private(path: Path, token: str) -> Path:
+    """Write the token to `path`, readable by its owner only (mode 0600), and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, (token + "\n").encode())
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
     return path
 
 
-def bootstrap_admin(tokens: Tokens, data_dir: Path) -> None:
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def bootstrap_admin(tokens: Tokens) -> None:
     """On first start, create the admin token and leave it in <data-dir>/admin-token."""
+    pending = tokens.data_dir / (ADMIN_TOKEN_FILE + ".new")
+    if pending.exists():
+        token = pending.read_text().strip()
+        if tokens.verify(token):  # committed before a crash: finish the rename
+            os.replace(pending, tokens.data_dir / ADMIN_TOKEN_FILE)
+        else:
+            pending.unlink()
     if tokens.admin() is not None:
         return
-    token, _ = tokens.create_admin()
-    path = write_token_file(data_dir, token)
-    log.info("created the admin token; it is in %s (mode 0600)", path)
+    tokens.create_admin()
+    log.info("created the admin token; it is in %s (mode 0600)", tokens.data_dir / ADMIN_TOKEN_FILE)

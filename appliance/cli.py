@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, ApplianceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # files named on the command line: missing, unreadable, unwritable
+        print(f"error: {e.strerror}: {e.filename}" if e.filename else f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

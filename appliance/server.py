@@ -11,6 +11,7 @@ from aiohttp import web
 from . import app as app_module
 from . import log as log_module
 from .config import Config
+from .errors import ConfigError
 from .http import server as http_server
 
 log = logging.getLogger("appliance.server")
@@ -36,7 +37,12 @@ async def _run_http(app: app_module.App) -> None:
     await runner.setup()
     host, _, port = app.config.bind.rpartition(":")
     site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as e:
+        raise ConfigError(
+            f"cannot listen on {app.config.bind}: {e.strerror}; choose another --http-bind"
+        ) from None
     log.info(
         "listening on http://%s node_id=%s data_dir=%s auth=%s",
         app.config.bind,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -13,8 +12,7 @@ from aiohttp import web
 
 from .. import __version__, formats
 from ..app import App
-from ..auth import write_token_file
-from ..errors import ApplianceError, BadRequest
+from ..errors import ApplianceError, BadRequest, CatalogError, LimitExceeded
 from ..model import ColumnType, Precision
 from ..query import QueryTimeout, timeout_message
 from ..units import parse_duration_ns
@@ -90,7 +88,12 @@ async def _write(request: web.Request, req: WriteRequest) -> web.Response:
     if not req.body.strip():
         raise BadRequest("incoming write was empty")
     app = request.app[APP_KEY]
-    report = await _in_pool(request, "write", app.writes.submit, req)
+    try:
+        report = await _in_pool(request, "write", app.writes.submit, req)
+    except LimitExceeded:
+        raise
+    except CatalogError as e:
+        raise BadRequest(e.message) from None  # write errors are JSON, unlike catalog errors
     if report.committed is not None:
         await asyncio.wrap_future(report.committed)
     if report.errors:
@@ -151,8 +154,13 @@ async def query_sql(request: web.Request) -> web.Response:
     else:
         db, sql, fmt = request.query.get("db"), request.query.get("q"), request.query.get("format")
         params = _json_param(request.query.get("params"))
-    if not db or not sql:
-        raise BadRequest("missing query parameter 'db'" if not db else "missing query parameter 'q'")
+    for name, value in (("db", db), ("q", sql)):
+        if not value:
+            raise BadRequest(f"missing query parameter '{name}'")
+        if not isinstance(value, str):
+            raise BadRequest(f"'{name}' must be a string")
+    if fmt is not None and not isinstance(fmt, str):
+        raise BadRequest("'format' must be a string: json, jsonl, csv, parquet or pretty")
     if params is not None and not isinstance(params, dict):
         raise BadRequest("'params' must be a JSON object of name: value")
     chosen = formats.choose_format(fmt, request.headers.get("Accept"))
@@ -185,22 +193,8 @@ async def influxql(request: web.Request) -> web.Response:
 
 # -- health --------------------------------------------------------------------
 async def health(request: web.Request) -> web.Response:
-    app = request.app[APP_KEY]
-    wal_ok = app.wal.alive
-    components: dict[str, dict[str, Any]] = {
-        "http": {"status": "ok"},
-        "wal": {"status": "ok" if wal_ok else "failed", "last_seq": app.wal.last_seq},
-        "persist": {
-            "status": "degraded" if app.persister.last_error else "ok",
-            "error": app.persister.last_error,
-            "buffer_bytes": app.buffer.nbytes,
-        },
-    }
-    statuses = [c["status"] for c in components.values()]
-    overall = "failed" if "failed" in statuses else "degraded" if "degraded" in statuses else "ok"
-    return json_response(
-        {"status": overall, "components": components}, status=503 if overall == "failed" else 200
-    )
+    report = request.app[APP_KEY].health()
+    return json_response(report, status=503 if report["status"] == "failed" else 200)
 
 
 async def ping(request: web.Request) -> web.Response:
@@ -239,9 +233,14 @@ def _retention(value: Any) -> int | None:
     if value in (None, ""):
         return None
     try:
-        return parse_duration_ns(str(value))
+        ns = parse_duration_ns(str(value))
     except ValueError as e:
         raise BadRequest(f"invalid retention_period: {e}") from None
+    if ns <= 0:
+        raise BadRequest(
+            "invalid retention_period: it must be longer than zero (omit it to keep data forever)"
+        )
+    return ns
 
 
 async def create_database(request: web.Request) -> web.Response:
@@ -296,15 +295,21 @@ async def create_table(request: web.Request) -> web.Response:
     tags, fields = body.get("tags"), body.get("fields")
     if not isinstance(tags, list) or not isinstance(fields, list):
         raise BadRequest("'tags' (a list of names) and 'fields' (a list of {name, type}) are required")
-    try:
-        typed = {f["name"]: ColumnType.from_api(f["type"]) for f in fields}
-    except (KeyError, TypeError) as e:
-        raise BadRequest(f"each field needs a 'name' and a 'type': {e}") from None
-    except ValueError as e:
-        raise BadRequest(str(e)) from None
-    await _in_pool(
-        request, "write", request.app[APP_KEY].catalog.create_table, db, table, [str(t) for t in tags], typed
-    )
+    if not all(isinstance(t, str) for t in tags):
+        raise BadRequest("'tags' must be a list of names (strings)")
+    typed: dict[str, ColumnType] = {}
+    for f in fields:
+        if (
+            not isinstance(f, dict)
+            or not isinstance(f.get("name"), str)
+            or not isinstance(f.get("type"), str)
+        ):
+            raise BadRequest('each field must be {"name": "...", "type": "utf8|int64|uint64|float64|bool"}')
+        try:
+            typed[f["name"]] = ColumnType.from_api(f["type"])
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+    await _in_pool(request, "write", request.app[APP_KEY].catalog.create_table, db, table, tags, typed)
     return web.Response(status=200)
 
 
@@ -340,7 +345,6 @@ async def _admin_token(request: web.Request, regenerate: bool) -> web.Response:
     if not app.config.auth_enabled:
         raise ApplianceError("endpoint disabled, started without auth", http_status=405)
     token, info = await _in_pool(request, "write", app.tokens.create_admin, regenerate)
-    write_token_file(Path(app.config.data_dir), token)
     return json_response(
         {
             "id": info.id,

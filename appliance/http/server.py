@@ -7,9 +7,10 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
 
 from ..app import App
-from ..errors import ApplianceError, LineProtocolError, TooLarge, Unauthorized
+from ..errors import ApplianceError, BadRequest, LineProtocolError, TooLarge, Unauthorized
 from . import handlers, routes
 
 log = logging.getLogger("appliance.http")
@@ -96,10 +97,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
                 f" split the write into smaller batches ({e.text})"
             ),
         )
-    except web.HTTPException as e:
-        if e.status == 404 and not e.text:
-            return web.Response(text="Not found", status=404)
-        raise
+    except web.HTTPNotFound:
+        return web.Response(text="Not found", status=404)
+    except ContentEncodingError as e:
+        return error_response(request, BadRequest(f"request body could not be decompressed: {e}"))
     except Exception:
         log.exception("unexpected error handling %s %s", request.method, request.path)
         return handlers.json_response(
