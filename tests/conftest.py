@@ -5,7 +5,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.server import Server
+from tests.server import RUNNING, Server
+
+
+@pytest.fixture(autouse=True)
+def _reap_servers() -> Iterator[None]:
+    """Kill any server a test left running (a failed assertion skips its stop())."""
+    yield
+    while RUNNING:
+        s = RUNNING.pop()
+        if s.proc is not None:
+            s.kill()
 
 
 @pytest.fixture

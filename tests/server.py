@@ -18,6 +18,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
+#: Servers started by the current test; the `_reap_servers` fixture kills what is left.
+RUNNING: list[Server] = []
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -45,6 +48,7 @@ class Server:
 
     data_dir: Path
     args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
     auth: bool = False
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
@@ -70,20 +74,23 @@ class Server:
         ]
         if not self.auth:
             cmd.append("--without-auth")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")} | self.env
         self.log_path = self.data_dir.parent / f"server-{self.port}.log"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        RUNNING.append(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+                self.proc = None
+                raise RuntimeError(f"server exited:\n{self.log()}")
             try:
                 if self.request("GET", "/health").status == 200:
                     break
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         else:
             raise RuntimeError(f"server did not become healthy:\n{self.log()}")
         if self.auth:

@@ -79,7 +79,7 @@ def test_concurrent_writes_share_group_commits(wal: Wal) -> None:
         t.join()
     assert sorted(f.result() for f in futures) == list(range(1, 401))
     assert sum(seen) == 400
-    assert wal.stats.commits <= 400
+    assert wal.stats.max_group > 1, "concurrent writes never shared a commit"
 
 
 def test_failing_step_does_not_sink_its_group(wal: Wal) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import zlib
 from typing import Any
 
 import pyarrow as pa
@@ -12,7 +13,7 @@ from aiohttp import web
 
 from .. import __version__, formats
 from ..app import App
-from ..errors import ApplianceError, BadRequest, CatalogError, LimitExceeded
+from ..errors import ApplianceError, BadRequest, CatalogError, LimitExceeded, TooLarge
 from ..model import ColumnType, Precision
 from ..query import QueryTimeout, timeout_message
 from ..units import parse_duration_ns
@@ -64,12 +65,36 @@ def _precision(request: web.Request, default: Precision) -> Precision:
         raise BadRequest(str(e)) from None
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The request body, gunzipped when sent with Content-Encoding: gzip, within the size limit."""
+    raw = await request.read()  # aiohttp enforces the limit on the bytes as sent
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    if encoding != "gzip":
+        raise ApplianceError(
+            f"unsupported Content-Encoding {encoding!r}: send gzip or identity", http_status=415
+        )
+    limit = request.app[APP_KEY].config.max_request_size
+    try:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        body = inflater.decompress(raw, limit + 1)
+    except zlib.error as e:
+        raise BadRequest(f"request body is not valid gzip data: {e}") from None
+    if len(body) > limit:
+        raise TooLarge(
+            f"request body is larger than the limit of {limit} bytes after decompression"
+            " (http.max_request_size); split the write into smaller batches"
+        )
+    return body
+
+
 async def _json_body(request: web.Request) -> dict[str, Any]:
     ctype = request.headers.get("Content-Type", "")
     if ctype and "json" not in ctype:
         raise ApplianceError("unacceptable content-type, expected: application/json", http_status=415)
     try:
-        body = json.loads(await request.read() or b"{}")
+        body = json.loads(await read_body(request) or b"{}")
     except ValueError as e:
         raise BadRequest(f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
@@ -110,7 +135,7 @@ async def write_lp(request: web.Request) -> web.Response:
         request,
         WriteRequest(
             db=_param(request, "db"),
-            body=await request.read(),
+            body=await read_body(request),
             precision=_precision(request, Precision.AUTO),
             accept_partial=_flag(request, "accept_partial", True),
             no_sync=_flag(request, "no_sync", False),
@@ -123,7 +148,7 @@ async def write_v2(request: web.Request) -> web.Response:
         request,
         WriteRequest(
             db=_param(request, "bucket"),
-            body=await request.read(),
+            body=await read_body(request),
             precision=_precision(request, Precision.NS),
             accept_partial=False,
         ),
@@ -139,7 +164,7 @@ async def write_v1(request: web.Request) -> web.Response:
         request,
         WriteRequest(
             db=db,
-            body=await request.read(),
+            body=await read_body(request),
             precision=_precision(request, Precision.NS),
             accept_partial=False,
         ),

@@ -7,10 +7,9 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from aiohttp.http_exceptions import ContentEncodingError
 
 from ..app import App
-from ..errors import ApplianceError, BadRequest, LineProtocolError, TooLarge, Unauthorized
+from ..errors import ApplianceError, LineProtocolError, TooLarge, Unauthorized
 from . import handlers, routes
 
 log = logging.getLogger("appliance.http")
@@ -25,6 +24,9 @@ def create(app: App) -> web.Application:
     web_app = web.Application(
         middlewares=[_errors, _auth],
         client_max_size=app.config.max_request_size,
+        # Bodies are gunzipped in handlers.read_body: a clear 400 for bad gzip, and the size
+        # limit applies after decompression.
+        handler_args={"auto_decompress": False},
     )
     web_app[APP_KEY] = app
     r = web_app.router
@@ -99,8 +101,6 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         )
     except web.HTTPNotFound:
         return web.Response(text="Not found", status=404)
-    except ContentEncodingError as e:
-        return error_response(request, BadRequest(f"request body could not be decompressed: {e}"))
     except Exception:
         log.exception("unexpected error handling %s %s", request.method, request.path)
         return handlers.json_response(
