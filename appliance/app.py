@@ -54,7 +54,12 @@ class App:
         persist = "failed" if not self.persister.alive else "degraded" if self.persister.last_error else "ok"
         components: dict[str, dict[str, Any]] = {
             "http": {"status": "ok"},
-            "wal": {"status": "ok" if self.wal.alive else "failed", "last_seq": self.wal.last_seq},
+            "wal": {
+                "status": "ok" if self.wal.alive else "failed",
+                "last_seq": self.wal.last_seq,
+                "commits": self.wal.stats.commits,
+                "largest_group": self.wal.stats.max_group,
+            },
             "persist": {
                 "status": persist,
                 "error": self.persister.last_error,

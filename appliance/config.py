@@ -128,7 +128,7 @@ SETTINGS: tuple[Setting, ...] = (
         "flush_interval",
         "1s",
         parse_duration_ns,
-        "Most a write may wait for its group commit (idle servers commit at once).",
+        "Accepted for compatibility with influxdb3: writes commit at once, in groups, never on a timer.",
     ),
     Setting(
         "wal",

@@ -37,6 +37,21 @@ class NotFound(ApplianceError):
     body_kind = "text"
 
 
+class MethodDisabled(ApplianceError):
+    """An endpoint switched off by configuration (token endpoints without auth)."""
+
+    http_status = 405
+
+
+class UnsupportedMediaType(ApplianceError):
+    http_status = 415
+
+
+class NotImplementedYet(ApplianceError):
+    code = "not implemented"
+    http_status = 501
+
+
 class Conflict(ApplianceError):
     code = "conflict"
     http_status = 409
@@ -68,6 +83,10 @@ class LimitExceeded(CatalogError):
     body_kind = "json"
 
 
+class PartialWrite(LineProtocolError):
+    """Some lines were stored, others rejected; 422 when a catalog limit was the reason."""
+
+
 class WalError(ApplianceError):
     code = "internal error"
     http_status = 503
@@ -77,6 +96,21 @@ class QueryError(ApplianceError):
     code = "invalid"
     http_status = 400
     body_kind = "text"
+
+
+class DatabaseNotFound(ApplianceError):
+    """A query named a database that does not exist (JSON body, as InfluxDB 3 answers)."""
+
+    code = "not found"
+    http_status = 404
+
+
+class QueryTimeout(QueryError):
+    http_status = 408
+
+
+class QueryTooLarge(QueryError):
+    http_status = 413
 
 
 class ConfigError(ApplianceError):

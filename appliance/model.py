@@ -75,10 +75,6 @@ class ColumnType(enum.Enum):
     TIME = "time"
 
     @property
-    def is_field(self) -> bool:
-        return self not in (ColumnType.TAG, ColumnType.TIME)
-
-    @property
     def iox_name(self) -> str:
         """The name InfluxDB 3 uses in type-conflict messages."""
         return _IOX_NAMES[self]

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from . import overlap, system_tables
 from .buffer import Buffer, TableKey
 from .catalog import Catalog, DatabaseDef, TableDef
-from .errors import ApplianceError, QueryError
+from .errors import ApplianceError, DatabaseNotFound, QueryError, QueryTimeout, QueryTooLarge
 from .manifest import Manifest, ParquetFile
 from .model import TIME_COLUMN
 
@@ -29,19 +29,6 @@ if TYPE_CHECKING:
     from datafusion import SessionContext
 
 log = logging.getLogger("appliance.query")
-
-
-class DatabaseNotFound(ApplianceError):
-    code = "not found"
-    http_status = 404
-
-
-class QueryTimeout(QueryError):
-    http_status = 408
-
-
-class QueryTooLarge(QueryError):
-    http_status = 413
 
 
 @dataclass(frozen=True)

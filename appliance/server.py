@@ -33,7 +33,11 @@ async def _run_http(app: app_module.App) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(http_server.create(app), access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        http_server.create(app),
+        access_log=logging.getLogger("appliance.access"),  # quiet unless --log-filter enables it
+        handle_signals=False,
+    )
     await runner.setup()
     host, _, port = app.config.bind.rpartition(":")
     site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True)

@@ -66,12 +66,3 @@ def parse_size(text: str | int) -> int:
     if not m or m.group(2).lower() not in _SIZE_UNITS:
         raise ValueError(f"invalid size {text!r}: write it like 1048576, 64MiB or 10MB")
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
-
-
-def format_duration_ns(ns: int) -> str:
-    """Render nanoseconds as the largest exact unit ("30d", "90m", "1500ms")."""
-    for unit in ("d", "h", "m", "s", "ms", "us"):
-        size = _DURATION_UNITS[unit]
-        if ns and ns % size == 0:
-            return f"{ns // size}{unit}"
-    return f"{ns}ns"

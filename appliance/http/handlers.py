@@ -13,9 +13,19 @@ from aiohttp import web
 
 from .. import __version__, formats
 from ..app import App
-from ..errors import ApplianceError, BadRequest, CatalogError, LimitExceeded, TooLarge
+from ..errors import (
+    BadRequest,
+    CatalogError,
+    LimitExceeded,
+    MethodDisabled,
+    NotImplementedYet,
+    PartialWrite,
+    QueryTimeout,
+    TooLarge,
+    UnsupportedMediaType,
+)
 from ..model import ColumnType, Precision
-from ..query import QueryTimeout, timeout_message
+from ..query import timeout_message
 from ..units import parse_duration_ns
 from ..write import WriteRequest
 from . import routes
@@ -72,9 +82,7 @@ async def read_body(request: web.Request) -> bytes:
     if encoding in ("", "identity"):
         return raw
     if encoding != "gzip":
-        raise ApplianceError(
-            f"unsupported Content-Encoding {encoding!r}: send gzip or identity", http_status=415
-        )
+        raise UnsupportedMediaType(f"unsupported Content-Encoding {encoding!r}: send gzip or identity")
     limit = request.app[APP_KEY].config.max_request_size
     try:
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -92,7 +100,7 @@ async def read_body(request: web.Request) -> bytes:
 async def _json_body(request: web.Request) -> dict[str, Any]:
     ctype = request.headers.get("Content-Type", "")
     if ctype and "json" not in ctype:
-        raise ApplianceError("unacceptable content-type, expected: application/json", http_status=415)
+        raise UnsupportedMediaType("unacceptable content-type, expected: application/json")
     try:
         body = json.loads(await read_body(request) or b"{}")
     except ValueError as e:
@@ -122,7 +130,7 @@ async def _write(request: web.Request, req: WriteRequest) -> web.Response:
     if report.committed is not None:
         await asyncio.wrap_future(report.committed)
     if report.errors:
-        raise ApplianceError(
+        raise PartialWrite(
             "partial write of line protocol occurred",
             data=[e.to_json() for e in report.errors],
             http_status=422 if report.limit_hit else 400,
@@ -179,26 +187,30 @@ async def query_sql(request: web.Request) -> web.Response:
     else:
         db, sql, fmt = request.query.get("db"), request.query.get("q"), request.query.get("format")
         params = _json_param(request.query.get("params"))
-    for name, value in (("db", db), ("q", sql)):
-        if not value:
-            raise BadRequest(f"missing query parameter '{name}'")
-        if not isinstance(value, str):
-            raise BadRequest(f"'{name}' must be a string")
+    db, sql = _text(db, "db"), _text(sql, "q")
     if fmt is not None and not isinstance(fmt, str):
         raise BadRequest("'format' must be a string: json, jsonl, csv, parquet or pretty")
     if params is not None and not isinstance(params, dict):
         raise BadRequest("'params' must be a JSON object of name: value")
     chosen = formats.choose_format(fmt, request.headers.get("Accept"))
     app = request.app[APP_KEY]
-    deadline = app.config.timeout / 1e9
+
+    def run() -> bytes:  # query and rendering in one hop to the query pool
+        return formats.render(app.queries.execute(db, sql, params), chosen)
+
     try:
-        table = await asyncio.wait_for(
-            _in_pool(request, "query", app.queries.execute, db, sql, params), deadline
-        )
+        body_bytes = await asyncio.wait_for(_in_pool(request, "query", run), app.config.timeout / 1e9)
     except TimeoutError:
         raise QueryTimeout(timeout_message(app.queries.limits)) from None
-    body_bytes = await _in_pool(request, "query", formats.render, table, chosen)
     return web.Response(body=body_bytes, headers={"Content-Type": formats.content_type(chosen)})
+
+
+def _text(value: Any, name: str) -> str:
+    if not value:
+        raise BadRequest(f"missing query parameter '{name}'")
+    if not isinstance(value, str):
+        raise BadRequest(f"'{name}' must be a string")
+    return value
 
 
 def _json_param(text: str | None) -> Any:
@@ -211,9 +223,7 @@ def _json_param(text: str | None) -> Any:
 
 
 async def influxql(request: web.Request) -> web.Response:
-    raise ApplianceError(
-        "InfluxQL is not supported yet; send SQL to /api/v3/query_sql instead", http_status=501
-    )
+    raise NotImplementedYet("InfluxQL is not supported yet; send SQL to /api/v3/query_sql instead")
 
 
 # -- health --------------------------------------------------------------------
@@ -368,7 +378,7 @@ async def regenerate_admin_token(request: web.Request) -> web.Response:
 async def _admin_token(request: web.Request, regenerate: bool) -> web.Response:
     app = request.app[APP_KEY]
     if not app.config.auth_enabled:
-        raise ApplianceError("endpoint disabled, started without auth", http_status=405)
+        raise MethodDisabled("endpoint disabled, started without auth")
     token, info = await _in_pool(request, "write", app.tokens.create_admin, regenerate)
     return json_response(
         {

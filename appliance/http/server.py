@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from ..app import App
-from ..errors import ApplianceError, LineProtocolError, TooLarge, Unauthorized
+from ..errors import ApplianceError, BadRequest, LineProtocolError, TooLarge, Unauthorized
 from . import handlers, routes
 
 log = logging.getLogger("appliance.http")
@@ -135,8 +135,5 @@ def _token_of(request: web.Request) -> str | None:
                 return base64.b64decode(value).decode().partition(":")[2]
             except (ValueError, UnicodeDecodeError):
                 pass
-        raise ApplianceError(
-            "Authorization header was malformed; use 'Authorization: Bearer <token>'",
-            http_status=400,
-        )
+        raise BadRequest("Authorization header was malformed; use 'Authorization: Bearer <token>'")
     return request.query.get("p") if request.path in (routes.WRITE_V1, routes.QUERY_V1) else None
