@@ -37,6 +37,7 @@ from appliance._lpfast import (
     split_series,
     time_codes,
 )
+from appliance._lpvec import try_parse
 from appliance.model import ColumnType, LineError, ParsedTable, ParseResult, Precision
 
 ORIGINAL_LINE_BYTES = 20
@@ -73,6 +74,12 @@ def parse(
     line is then judged against those types as well as the ones earlier lines of the body
     fixed, as InfluxDB does; without it a column's type comes from its first line here.
     """
+    try:  # regular bodies: whole-body Arrow kernels that release the GIL (None: not regular)
+        result = try_parse(body, precision, now_ns, known, scan=_scan)
+    except Exception:  # a bug there must not make parse() raise: the routes below answer
+        result = None
+    if result is not None:
+        return result
     return _Body(body, precision, now_ns, fast=True, known=known).result()
 
 

@@ -6,12 +6,17 @@ import argparse
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from appliance.lineprotocol import parse  # noqa: E402
-from appliance.model import Precision  # noqa: E402
+from appliance import lineprotocol  # noqa: E402
+from appliance._lpvec import try_parse  # noqa: E402
+from appliance.lineprotocol import _Body, parse  # noqa: E402
+from appliance.model import ParseResult, Precision  # noqa: E402
+
+Parser = Callable[[bytes, Precision, int], ParseResult]
 
 T0 = 1_700_000_000_000_000_000
 
@@ -53,15 +58,33 @@ def with_bad_lines(lines: list[bytes], body_lines: int) -> list[bytes]:
     return out
 
 
+def vectorised_only(body: bytes, precision: Precision, now_ns: int) -> ParseResult:
+    """The whole-body vectorised route alone; the body must be regular."""
+    result = try_parse(body, precision, now_ns, scan=lineprotocol._scan)
+    if result is None:
+        raise SystemExit("the vectorised route declined a body it should take")
+    return result
+
+
+def exact_only(body: bytes, precision: Precision, now_ns: int) -> ParseResult:
+    """The line-by-line routes parse() falls back to (cached fast route, exact scanner)."""
+    return _Body(body, precision, now_ns, fast=True).result()
+
+
 def measure(
-    name: str, lines: list[bytes], body_lines: int, repeat: int, precision: Precision = Precision.NS
+    name: str,
+    lines: list[bytes],
+    body_lines: int,
+    repeat: int,
+    precision: Precision = Precision.NS,
+    parser: Parser = parse,
 ) -> float:
     bodies = [b"\n".join(lines[i : i + body_lines]) for i in range(0, len(lines), body_lines)]
     best = float("inf")
     errors = 0
     for _ in range(repeat):
         start = time.perf_counter()
-        errors = sum(len(parse(body, precision, T0).errors) for body in bodies)
+        errors = sum(len(parser(body, precision, T0).errors) for body in bodies)
         best = min(best, time.perf_counter() - start)
     rate = len(lines) / best
     sys.stdout.write(f"{name:<48} {rate:>10,.0f} lines/s  ({errors} rejected)\n")
@@ -76,6 +99,8 @@ def main() -> None:
     iot, escaped = iot_lines(args.lines), escaped_lines(args.lines)
     measure("iot, one 200k-line body", iot, args.lines, args.repeat)
     measure("iot, 5000-line bodies", iot, 5000, args.repeat)
+    measure("iot, 5000-line bodies, vectorised route only", iot, 5000, args.repeat, parser=vectorised_only)
+    measure("iot, 5000-line bodies, line-by-line routes only", iot, 5000, args.repeat, parser=exact_only)
     measure("iot, 5000-line bodies, precision=auto", iot, 5000, args.repeat, Precision.AUTO)
     measure("iot, 5000-line bodies, 2 bad lines each", with_bad_lines(iot, 5000), 5000, args.repeat)
     measure("escapes + quoted strings, one 200k-line body", escaped, args.lines, args.repeat)
