@@ -349,16 +349,21 @@ def _time(arr: pa.Array, precision: Precision, default_time: int) -> pa.Array:
         return pa.nulls(len(arr), pa.int64()).fill_null(default_time)
     if not pc.all(pc.match_substring_regex(arr, r"^-?[0-9]+$")).as_py():
         raise Fallback
-    ts = pc.cast(arr, pa.int64())
+    ts = scale_timestamps(pc.cast(arr, pa.int64()), precision)
+    return ts.fill_null(default_time) if ts.null_count else ts
+
+
+def scale_timestamps(ts: pa.Array, precision: Precision) -> pa.Array:
+    """int64 timestamps in the write's unit to ns (AUTO guesses per value); overflow raises ArrowInvalid."""
     if precision is Precision.AUTO:
         size = pc.abs_checked(ts)
         unit: Any = _i64(1)
         for limit, factor in reversed(_AUTO_LIMITS):
             unit = pc.if_else(pc.less(size, _i64(limit)), _i64(factor), unit)
-        ts = pc.multiply_checked(ts, unit)
-    elif precision.ns_per_unit != 1:
-        ts = pc.multiply_checked(ts, _i64(precision.ns_per_unit))  # overflow raises ArrowInvalid
-    return ts.fill_null(default_time) if ts.null_count else ts
+        return pc.multiply_checked(ts, unit)
+    if precision.ns_per_unit != 1:
+        return pc.multiply_checked(ts, _i64(precision.ns_per_unit))
+    return ts
 
 
 def _i64(value: int) -> pa.Scalar:

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from appliance._lpfast import BOOLS, MAX_STRING_BYTES, TRUE, Reject
+from appliance._lpfast import BOOLS, MAX_STRING_BYTES, TRUE, Reject, scale_timestamps
 from appliance.model import ColumnType, ParsedTable, ParseResult, Precision
 
 Scanner = Callable[[str], tuple[Any, ...]]  # the exact scanner of one record: lineprotocol._scan
@@ -29,7 +29,6 @@ _FLOAT = r"^-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?$"
 _SIGNED = r"^-?[0-9]+$"
 _BOOL_SET = pa.array(list(BOOLS), pa.string())
 _TRUE_SET = pa.array(list(TRUE), pa.string())
-_AUTO_UNITS = ((5_000_000_000, 1_000_000_000), (5_000_000_000_000, 1_000_000), (5_000_000_000_000_000, 1_000))
 _NO_STOP = (1 << 31) - 1  # binary_slice(stop=None) fails in pyarrow 26 ("Negative buffer resize")
 _range = [pa.array([], pa.int32())]
 
@@ -213,7 +212,7 @@ def _layouts(
     its prefix, not just start with it). Returns per layout its prefixes, its entries
     (ascending) and its pieces, one array per prefix.
     """
-    out = []
+    out: list[tuple[list[str], pa.Array, list[pa.Array]]] = []
     while True:
         if len(out) == _MAX_LAYOUTS:
             raise _Bail
@@ -235,6 +234,8 @@ def _layouts(
             ok = hit if ok is None else pc.and_(ok, hit)
             cols.append(col)
         entries = rows if rows is not None else _arange(len(c))
+        if ok is None:  # no field prefixes at all: not a shape this path reads
+            raise _Bail
         if pc.all(ok).as_py():
             out.append((prefixes, entries, cols))
             return out
@@ -343,15 +344,8 @@ def _time(stamps: pa.Array, precision: Precision, now_ns: int) -> pa.Array:
     if stamps.null_count == len(stamps):
         return pa.nulls(len(stamps), pa.int64()).fill_null(pa.scalar(default, pa.int64()))
     _check_digits(stamps, signed=True)
-    ts = pc.cast(stamps, pa.int64())  # beyond int64 raises: an error line
-    if precision is Precision.AUTO:
-        size = pc.abs_checked(ts)
-        factor: Any = _i64(1)
-        for limit, scale in reversed(_AUTO_UNITS):
-            factor = pc.if_else(pc.less(size, _i64(limit)), _i64(scale), factor)
-        ts = pc.multiply_checked(ts, factor)
-    elif unit != 1:
-        ts = pc.multiply_checked(ts, _i64(unit))  # overflow raises: an error line
+    # Beyond int64, or overflow when scaled, raises: an error line for the exact parser.
+    ts = scale_timestamps(pc.cast(stamps, pa.int64()), precision)
     return ts.fill_null(pa.scalar(default, pa.int64())) if ts.null_count else ts
 
 

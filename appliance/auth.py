@@ -17,6 +17,7 @@ import lmdb
 import msgpack
 
 from .errors import Conflict
+from .fileio import fsync_dir, write_private
 from .wal import Wal
 
 log = logging.getLogger("appliance.auth")
@@ -93,33 +94,14 @@ class Tokens:
                     txn.delete(t.hash.encode(), db=wal.dbs["tokens"])
                 txn.put(info.hash.encode(), msgpack.packb(asdict(info)), db=wal.dbs["tokens"])
 
-            pending = _write_private(self.data_dir / (ADMIN_TOKEN_FILE + ".new"), token)
+            pending = write_private(self.data_dir / (ADMIN_TOKEN_FILE + ".new"), token + "\n")
             self.wal.submit(fn=step).result()
             os.replace(pending, self.data_dir / ADMIN_TOKEN_FILE)
-            _fsync_dir(self.data_dir)
+            fsync_dir(self.data_dir)
             for t in old:
                 del self._by_hash[t.hash]
             self._by_hash[info.hash] = info
         return token, info
-
-
-def _write_private(path: Path, token: str) -> Path:
-    """Write the token to `path`, readable by its owner only (mode 0600), and fsync it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, (token + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return path
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def bootstrap_admin(tokens: Tokens) -> None:

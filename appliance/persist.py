@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from . import overlap
 from .buffer import Buffer, conform, dedupe
 from .catalog import Catalog, TableDef, find_table
+from .fileio import fsync_dir, make_dirs
 from .manifest import Manifest, ParquetFile
 from .model import TIME_COLUMN, WalSeq
 from .wal import Wal
@@ -301,30 +302,11 @@ def _path_part(name: str) -> str:
     return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
-def _make_dirs(path: Path) -> None:
-    """mkdir -p that fsyncs each parent gaining an entry, so the new path survives a power cut."""
-    missing = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    for d in reversed(missing):
-        d.mkdir(exist_ok=True)
-        _fsync_dir(d.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_parquet(table: pa.Table, path: Path) -> None:
     """Write zstd Parquet via a temp file, fsync it, rename it into place, fsync the folder."""
     import pyarrow.parquet as pq  # on first persist: ~12 MB an idle server does not need
 
-    _make_dirs(path.parent)
+    make_dirs(path.parent)
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(
         table,
@@ -340,7 +322,7 @@ def write_parquet(table: pa.Table, path: Path) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def read_parquet(path: Path) -> pa.Table:

@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "appliance"
 
 #: Lowest first; a module may import only modules of strictly lower layers.
 LAYERS: list[set[str]] = [
-    {"errors", "units"},
+    {"errors", "units", "fileio"},
     {"model", "config", "log"},
     {"_lpfast", "formats"},
     {"_lpvec"},
