@@ -44,6 +44,7 @@ class App:
     tokens: Tokens
     write_pool: ThreadPoolExecutor
     query_pool: ThreadPoolExecutor
+    admin_pool: ThreadPoolExecutor
     process_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     started_at: float = field(default_factory=time.time)
     replay_seconds: float = 0.0
@@ -73,6 +74,7 @@ class App:
     def stop(self) -> None:
         """Stop in reverse flow order: ingest pools, persist the buffer, then the WAL writer."""
         self.write_pool.shutdown(wait=True)
+        self.admin_pool.shutdown(wait=True)
         self.query_pool.shutdown(wait=True, cancel_futures=True)
         self.persister.stop()
         self.wal.stop()
@@ -125,6 +127,8 @@ def build(config: Config) -> App:
         tokens=tokens,
         write_pool=ThreadPoolExecutor(4, thread_name_prefix="write"),
         query_pool=ThreadPoolExecutor(2, thread_name_prefix="query"),
+        # Catalog and token changes: never stuck behind writes waiting for buffer space.
+        admin_pool=ThreadPoolExecutor(2, thread_name_prefix="admin"),
         replay_seconds=replay_seconds,
         lock_fd=lock,
     )

@@ -51,6 +51,7 @@ class Tokens:
         self.wal = wal
         self.data_dir = data_dir
         self._lock = threading.Lock()
+        self._create_lock = threading.Lock()
         self._by_hash: dict[str, TokenInfo] = {}
         with wal.read() as txn:
             for key, value in txn.cursor(db=wal.dbs["tokens"]):
@@ -76,8 +77,9 @@ class Tokens:
         renamed to `admin-token` after, so a crash in between never leaves an admin token
         nobody knows (start-up adopts a pending `.new` whose hash was committed).
         """
-        with self._lock:
-            old = [t for t in self._by_hash.values() if t.name == ADMIN_TOKEN_NAME]
+        with self._create_lock:  # not self._lock: verify() must not wait for this commit
+            with self._lock:
+                old = [t for t in self._by_hash.values() if t.name == ADMIN_TOKEN_NAME]
             if old and not regenerate:
                 raise Conflict("the admin token already exists; use --regenerate to replace it")
             token = new_token()
@@ -95,12 +97,14 @@ class Tokens:
                 txn.put(info.hash.encode(), msgpack.packb(asdict(info)), db=wal.dbs["tokens"])
 
             pending = write_private(self.data_dir / (ADMIN_TOKEN_FILE + ".new"), token + "\n")
+            fsync_dir(self.data_dir)  # the pending file exists durably before its hash does
             self.wal.submit(fn=step).result()
             os.replace(pending, self.data_dir / ADMIN_TOKEN_FILE)
             fsync_dir(self.data_dir)
-            for t in old:
-                del self._by_hash[t.hash]
-            self._by_hash[info.hash] = info
+            with self._lock:
+                for t in old:
+                    del self._by_hash[t.hash]
+                self._by_hash[info.hash] = info
         return token, info
 
 

@@ -1,8 +1,9 @@
 """Databases, tables and typed columns, kept in LMDB and mirrored in memory.
 
-Reads come from memory without a lock held for long. Changes happen under one lock,
-update memory at once and are made durable by the WAL writer: schema changes that a
-write needs travel in the same LMDB transaction as the write itself.
+Reads come from memory without a lock. A change is staged in a SchemaChange, committed
+to LMDB (and fsynced) under `Catalog.lock`, and only then applied to memory: nothing
+another request can see, or a write can depend on, is ever missing after a crash.
+Schema changes are rare (a new database, table or column), so their own commit is cheap.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 import lmdb
 import msgpack
@@ -21,18 +20,22 @@ import pyarrow as pa
 
 from .errors import CatalogError, Conflict, LimitExceeded, NotFound
 from .model import TIME_COLUMN, ColumnType
-from .wal import Wal, WalEntry
+from .wal import Wal
 
 _DB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*(/[A-Za-z0-9_\-]+)?")
 INTERNAL_DATABASES = frozenset({"_internal"})
+#: Longest database or table name: catalog keys embed it and LMDB keys hold at most 511 bytes.
+MAX_NAME_BYTES = 480
+#: Longest retention: the cutoff must fit in int64 nanoseconds.
+MAX_RETENTION_NS = 100 * 365 * 86_400 * 10**9
 
 
 def check_database_name(name: str) -> None:
     """Reject names InfluxDB 3 rejects: alnum first, then [A-Za-z0-9_-], one optional '/'."""
     if not name:
         raise CatalogError("database name must not be empty")
-    if len(name) > 511:
-        raise CatalogError(f"database name {name[:40]!r}... is longer than 511 characters")
+    if len(name) > MAX_NAME_BYTES:
+        raise CatalogError(f"database name {name[:40]!r}... is longer than {MAX_NAME_BYTES} characters")
     if not _DB_NAME.fullmatch(name):
         raise CatalogError(
             f"invalid database name {name!r}: it must start with a letter or digit and hold"
@@ -41,9 +44,11 @@ def check_database_name(name: str) -> None:
 
 
 def check_table_name(name: str) -> None:
-    """A table name must be non-empty and printable."""
+    """A table name must be non-empty, printable and at most MAX_NAME_BYTES of UTF-8."""
     if not name or not name.isprintable():
         raise CatalogError(f"invalid table name {name!r}: it must be non-empty and printable")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise CatalogError(f"table name {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes")
 
 
 @dataclass
@@ -107,8 +112,6 @@ class CatalogLimits:
 
 TxnStep = Callable[[lmdb.Transaction, Wal], None]
 DropListener = Callable[[int, int | None], None]
-
-
 _NEXT_ID_KEY = b"meta/next_id"
 
 
@@ -120,21 +123,34 @@ def _table_key(db_id: int, name: str) -> bytes:
     return b"tbl/%d/" % db_id + name.encode()
 
 
-class Catalog:
-    """The schema of every database; the one place that decides column types.
+@dataclass
+class SchemaChange:
+    """Catalog changes one request makes: visible to that request, applied after the commit."""
 
-    Every change is made in memory under `lock` and queued for the WAL writer before the
-    lock is released, so the commit order matches the order of the changes in memory.
-    """
+    next_id: int
+    databases: dict[str, DatabaseDef] = field(default_factory=dict)  # new ones, by name
+    tables: dict[tuple[int, str], TableDef] = field(default_factory=dict)  # new or grown
+    retention: dict[str, int | None] = field(default_factory=dict)
+    new_tables: int = 0
+
+    def take_id(self) -> int:
+        self.next_id += 1
+        return self.next_id - 1
+
+    def __bool__(self) -> bool:
+        return bool(self.databases or self.tables or self.retention)
+
+
+class Catalog:
+    """The schema of every database; the one place that decides column types."""
 
     def __init__(self, wal: Wal, limits: CatalogLimits) -> None:
         self.wal = wal
         self.limits = limits
+        #: Held while a change is staged, committed and applied; serialises schema changes.
         self.lock = threading.RLock()
         self._dbs: dict[str, DatabaseDef] = {}
         self._next_id = 1
-        #: Set when a commit carrying catalog changes failed: memory is ahead of LMDB.
-        self._dirty = False
         self._drop_listeners: list[DropListener] = []
         self._load()
 
@@ -179,107 +195,99 @@ class Catalog:
     def table_count(self) -> int:
         return sum(len(d.tables) for d in self._dbs.values())
 
-    # -- changes that travel with a write ----------------------------------
-    def ensure_database(self, name: str, steps: list[TxnStep]) -> DatabaseDef:
-        """The database `name`, created (in memory, durable via `steps`) if missing."""
-        with self.lock:
-            existing = self._dbs.get(name)
-            if existing is not None:
-                return existing
-            check_database_name(name)
-            user_dbs = [d for d in self._dbs if d not in INTERNAL_DATABASES]
-            if len(user_dbs) >= self.limits.max_databases:
-                raise LimitExceeded(
-                    f"Adding a new database would exceed limit of {self.limits.max_databases} databases"
-                )
-            db = DatabaseDef(self._take_id(steps), name, None, time.time_ns())
-            self._dbs[name] = db
-            steps.append(_put_step(_db_key(name), db.encode()))
-            return db
+    # -- staging changes (call with `lock` held) ---------------------------
+    def begin(self) -> SchemaChange:
+        """A change to stage new databases, tables and columns in; commit it with `commit`."""
+        return SchemaChange(self._next_id)
+
+    def ensure_database(self, name: str, change: SchemaChange) -> DatabaseDef:
+        """The database `name`, existing or staged in `change`."""
+        existing = self._dbs.get(name) or change.databases.get(name)
+        if existing is not None:
+            return existing
+        check_database_name(name)
+        user_dbs = [d for d in [*self._dbs, *change.databases] if d not in INTERNAL_DATABASES]
+        if len(user_dbs) >= self.limits.max_databases:
+            raise LimitExceeded(
+                f"Adding a new database would exceed limit of {self.limits.max_databases} databases"
+            )
+        db = DatabaseDef(change.take_id(), name, None, time.time_ns())
+        change.databases[name] = db
+        return db
+
+    def table(self, db: DatabaseDef, name: str, change: SchemaChange) -> TableDef | None:
+        """A table as `change` sees it (staged columns included)."""
+        return change.tables.get((db.id, name)) or db.tables.get(name)
 
     def extend_table(
-        self, db: DatabaseDef, table: str, new_columns: dict[str, ColumnType], steps: list[TxnStep]
+        self, db: DatabaseDef, table: str, new_columns: dict[str, ColumnType], change: SchemaChange
     ) -> TableDef:
-        """Create `table` and/or add columns to it; the caller has checked type conflicts.
+        """Stage `table` and/or new columns; the caller has checked type conflicts.
 
-        Raises LimitExceeded when the table or column limits would be passed (nothing changes).
+        Raises LimitExceeded when the table or column limits would be passed (nothing staged).
         """
-        with self.lock:
-            current = db.tables.get(table)
-            if current is None:
-                check_table_name(table)
-                if self.table_count() >= self.limits.max_tables:
-                    raise LimitExceeded(
-                        "Update to schema would exceed number of tables limit of"
-                        f" {self.limits.max_tables} tables"
-                    )
-            columns = current.columns if current is not None else {TIME_COLUMN: ColumnType.TIME}
-            added = {n: t for n, t in new_columns.items() if n not in columns}
-            if current is not None and not added:
-                return current
-            if len(columns) - 1 + len(added) > self.limits.max_columns:
+        current = self.table(db, table, change)
+        if current is None:
+            check_table_name(table)
+            if self.table_count() + change.new_tables >= self.limits.max_tables:
                 raise LimitExceeded(
-                    "Update to schema would exceed number of columns per table limit of"
-                    f" {self.limits.max_columns} columns"
+                    f"Update to schema would exceed number of tables limit of {self.limits.max_tables} tables"
                 )
-            table_id = current.id if current is not None else self._take_id(steps)
-            updated = TableDef(table_id, table, {**columns, **added})
-            db.tables[table] = updated
-            steps.append(_put_step(_table_key(db.id, table), updated.encode()))
-            return updated
+        columns = current.columns if current is not None else {TIME_COLUMN: ColumnType.TIME}
+        added = {n: t for n, t in new_columns.items() if n not in columns}
+        if current is not None and not added:
+            return current
+        if len(columns) - 1 + len(added) > self.limits.max_columns:
+            raise LimitExceeded(
+                "Update to schema would exceed number of columns per table limit of"
+                f" {self.limits.max_columns} columns"
+            )
+        if current is None:
+            change.new_tables += 1
+        table_id = current.id if current is not None else change.take_id()
+        updated = TableDef(table_id, table, {**columns, **added})
+        change.tables[(db.id, table)] = updated
+        return updated
 
-    def _take_id(self, steps: list[TxnStep]) -> int:
-        """A new id, never reused: the counter is stored with the change that uses it."""
-        taken = self._next_id
-        self._next_id += 1
-        steps.append(_put_step(_NEXT_ID_KEY, b"%d" % self._next_id))
-        return taken
+    def commit(self, change: SchemaChange) -> None:
+        """Make `change` durable, then visible; call with `lock` held. On failure nothing changes."""
+        if not change:
+            return
+        by_id = {d.id: d for d in [*self._dbs.values(), *change.databases.values()]}
+        try:
+            puts = [(_NEXT_ID_KEY, b"%d" % change.next_id)]
+            for name, retention in change.retention.items():
+                puts.append((_db_key(name), replace(self._dbs[name], retention_ns=retention).encode()))
+            puts.extend((_db_key(d.name), d.encode()) for d in change.databases.values())
+            puts.extend((_table_key(db_id, t.name), t.encode()) for (db_id, _), t in change.tables.items())
+        except (OverflowError, ValueError, TypeError) as e:
+            raise CatalogError(f"the change cannot be stored: {e}") from None
+        self.wal.submit(fn=_put_all(puts)).result()
+        self._next_id = change.next_id
+        for d in change.databases.values():
+            self._dbs[d.name] = d
+        for name, retention in change.retention.items():
+            self._dbs[name].retention_ns = retention
+        for (db_id, _), t in change.tables.items():
+            by_id[db_id].tables[t.name] = t
 
-    def submit(self, steps: list[TxnStep], entry: WalEntry | None = None) -> Future[Any]:
-        """Queue catalog steps (and a WAL entry) for commit; call with `lock` held."""
-        if self._dirty:
-            steps = [self._resync_step(), *steps]
-        fut = self.wal.submit(fn=run_steps(steps) if steps else None, entry=entry)
-        if steps:
-            fut.add_done_callback(self._note_outcome)
-        return fut
-
-    def _note_outcome(self, fut: Future[Any]) -> None:
-        if fut.exception() is not None:
-            self._dirty = True  # the next change rewrites the whole catalog
-
-    def _resync_step(self) -> TxnStep:
-        puts = [(_NEXT_ID_KEY, b"%d" % self._next_id)]
-        for db in self._dbs.values():
-            puts.append((_db_key(db.name), db.encode()))
-            puts.extend((_table_key(db.id, t.name), t.encode()) for t in db.tables.values())
-
-        def step(txn: lmdb.Transaction, wal: Wal) -> None:
-            for key, value in puts:
-                txn.put(key, value, db=wal.dbs["catalog"])
-            self._dirty = False
-
-        return step
-
-    # -- explicit configuration (each waits for its own commit) ------------
+    # -- explicit configuration ---------------------------------------------
     def create_database(self, name: str, retention_ns: int | None) -> DatabaseDef:
         with self.lock:
             if name in self._dbs:
                 raise Conflict("attempted to create a resource that already exists")
-            steps: list[TxnStep] = []
-            db = self.ensure_database(name, steps)
+            change = self.begin()
+            db = self.ensure_database(name, change)
             db.retention_ns = retention_ns
-            steps.append(_put_step(_db_key(name), db.encode()))
-            fut = self.submit(steps)
-        fut.result()
+            self.commit(change)
         return db
 
     def set_retention(self, name: str, retention_ns: int | None) -> None:
         with self.lock:
-            db = self.require(name)
-            db.retention_ns = retention_ns
-            fut = self.submit([_put_step(_db_key(name), db.encode())])
-        fut.result()
+            self.require(name)
+            change = self.begin()
+            change.retention[name] = retention_ns
+            self.commit(change)
 
     def create_table(
         self, db_name: str, table: str, tags: list[str], fields: dict[str, ColumnType]
@@ -293,59 +301,44 @@ class Catalog:
         if both:
             raise CatalogError(f"column {sorted(both)[0]!r} is given as both a tag and a field")
         with self.lock:
-            steps: list[TxnStep] = []
-            try:
-                db = self.ensure_database(db_name, steps)
-                if table in db.tables:
-                    raise Conflict("attempted to create a resource that already exists")
-                columns = {t: ColumnType.TAG for t in tags} | fields
-                created = self.extend_table(db, table, columns, steps)
-            finally:
-                fut = self.submit(steps) if steps else None  # a created database stays
-        if fut is not None:
-            fut.result()
+            change = self.begin()
+            db = self.ensure_database(db_name, change)
+            if table in db.tables:
+                raise Conflict("attempted to create a resource that already exists")
+            created = self.extend_table(db, table, {t: ColumnType.TAG for t in tags} | fields, change)
+            self.commit(change)
         return created
 
     def delete_database(self, name: str) -> None:
         with self.lock:
             db = self.require(name)
-            del self._dbs[name]
             keys = [_db_key(name)] + [_table_key(db.id, t) for t in db.tables]
-            fut = self.submit([_delete_step(keys)])
-        fut.result()
+            self.wal.submit(fn=_delete_all(keys)).result()
+            del self._dbs[name]
         for listener in self._drop_listeners:
             listener(db.id, None)
 
     def delete_table(self, db_name: str, table: str) -> None:
         with self.lock:
             db = self.require(db_name)
-            t = db.tables.pop(table, None)
+            t = db.tables.get(table)
             if t is None:
                 raise NotFound(f"Table not found {table}")
-            fut = self.submit([_delete_step([_table_key(db.id, table)])])
-        fut.result()
+            self.wal.submit(fn=_delete_all([_table_key(db.id, table)])).result()
+            del db.tables[table]
         for listener in self._drop_listeners:
             listener(db.id, t.id)
 
 
-def run_steps(steps: list[TxnStep]) -> Callable[[lmdb.Transaction, Wal], None]:
-    """Bundle catalog steps into one function for `Wal.submit`."""
-
-    def run(txn: lmdb.Transaction, wal: Wal) -> None:
-        for step in steps:
-            step(txn, wal)
-
-    return run
-
-
-def _put_step(key: bytes, value: bytes) -> TxnStep:
+def _put_all(puts: list[tuple[bytes, bytes]]) -> TxnStep:
     def step(txn: lmdb.Transaction, wal: Wal) -> None:
-        txn.put(key, value, db=wal.dbs["catalog"])
+        for key, value in puts:
+            txn.put(key, value, db=wal.dbs["catalog"])
 
     return step
 
 
-def _delete_step(keys: list[bytes]) -> TxnStep:
+def _delete_all(keys: list[bytes]) -> TxnStep:
     def step(txn: lmdb.Transaction, wal: Wal) -> None:
         for key in keys:
             txn.delete(key, db=wal.dbs["catalog"])

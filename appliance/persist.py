@@ -8,6 +8,7 @@ entries or the files, never both or neither), then swaps buffer rows for files u
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -112,16 +113,19 @@ class Persister:
             with self._waiters_lock:
                 waiters, self._waiters = self._waiters, []
             try:
-                written = 0
-                if woke or self._window_passed():
+                ran = False
+                if woke or waiters or self._window_passed():
                     written = self.persist()
-                for w in waiters:
-                    w.set_result(written)
-                waiters = []
+                    ran = True
+                    for w in waiters:
+                        w.set_result(written)
+                    waiters = []
                 if time.monotonic() >= next_retention:
                     self.enforce_retention()
+                    ran = True
                     next_retention = time.monotonic() + self.args.retention_check_ns / 1e9
-                backoff, self.last_error = 1.0, None
+                if ran:  # only a pass that did the work may clear an earlier failure
+                    backoff, self.last_error = 1.0, None
             except Exception as e:
                 self.last_error = str(e)
                 log.exception("persist failed; retrying in %.0fs", backoff)
@@ -162,15 +166,22 @@ class Persister:
                 db, tdef = found
                 schema = tdef.schema()
                 table = dedupe(conform(batches, schema))
-                existing = self.manifest.files(db_id, table_id)
+                # A point persisted before and written again: merge, so no two files hold it.
+                hits = overlap.colliding(self.root, self.manifest.files(db_id, table_id), table, schema)
+                if hits:
+                    table = overlap.merge(self.root, hits, table, schema)
+                    removed.extend(hits)
                 for window_start, part in self._split_windows(table):
-                    # A point persisted before and written again: merge, so no two files hold it.
-                    hits = overlap.colliding(self.root, existing, part, schema)
-                    if hits:
-                        part = overlap.merge(self.root, hits, part, schema)
-                        removed.extend(hits)
-                    added.append(self._write(db.name, db_id, tdef, window_start, part))
-            self.wal.submit(fn=self._commit_step(added, removed, upto)).result()
+                    try:
+                        added.append(self._write(db.name, db_id, tdef, window_start, part))
+                    except Exception:
+                        self._discard(added)  # never recorded: would only fill the disk
+                        raise
+            try:
+                self.wal.submit(fn=self._commit_step(added, removed, upto)).result()
+            except Exception:
+                self._discard(added)
+                raise
             self._swap(added, removed, upto)
             self._trimmed = upto
             rows = sum(f.row_count for f in added)
@@ -182,6 +193,10 @@ class Persister:
                 time.monotonic() - started,
             )
             return len(added)
+
+    def _discard(self, files: list[ParquetFile]) -> None:
+        for f in files:
+            (self.root / f.path).unlink(missing_ok=True)
 
     def _commit_step(
         self, added: list[ParquetFile], removed: list[ParquetFile], upto: WalSeq | None
@@ -297,9 +312,17 @@ class Persister:
 
 
 def _path_part(name: str) -> str:
-    """A name as one safe path component ("." and ".." are escaped too)."""
+    """A name as one safe path component: escaped, "." and ".." too, and short enough for any file system."""
     quoted = urllib.parse.quote(name, safe="")
-    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
+    if quoted in (".", ".."):
+        return quoted.replace(".", "%2E")
+    if len(quoted) > _MAX_PART:  # keep it readable and unique: a prefix plus a hash of the name
+        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+        return f"{quoted[: _MAX_PART - 17].rstrip('%0123456789ABCDEF')}~{digest}"
+    return quoted
+
+
+_MAX_PART = 200  # file systems allow 255 bytes per path component
 
 
 def write_parquet(table: pa.Table, path: Path) -> None:
@@ -308,19 +331,23 @@ def write_parquet(table: pa.Table, path: Path) -> None:
 
     make_dirs(path.parent)
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(
-        table,
-        tmp,
-        compression="zstd",
-        row_group_size=ROW_GROUP_ROWS,
-        use_dictionary=True,
-        write_statistics=True,
-    )
-    fd = os.open(tmp, os.O_RDONLY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        pq.write_table(
+            table,
+            tmp,
+            compression="zstd",
+            row_group_size=ROW_GROUP_ROWS,
+            use_dictionary=True,
+            write_statistics=True,
+        )
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     fsync_dir(path.parent)
 

@@ -8,6 +8,7 @@ as a table (so `SHOW TABLES` lists it as a BASE TABLE), plus the `system` schema
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ class QueryService:
         self._rewrites: dict[
             TableKey, tuple[weakref.ref[pa.Table], tuple[str, ...], list[ParquetFile], pa.Table | None]
         ] = {}
+        self._rewrites_lock = threading.Lock()
 
     def execute(self, db_name: str, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
         """Run one SQL statement; raises QueryError (400/408/413) or DatabaseNotFound (404)."""
@@ -156,16 +158,17 @@ class QueryService:
         the buffer or the file set changes; the next persist merges the files for good.
         """
         paths = tuple(f.path for f in files)
-        for stale in [k for k, v in self._rewrites.items() if v[0]() is None]:
-            self._rewrites.pop(stale, None)  # its buffer rows were persisted meanwhile
-        cached = self._rewrites.get(key)
+        with self._rewrites_lock:
+            for stale in [k for k, v in self._rewrites.items() if v[0]() is None]:
+                del self._rewrites[stale]  # its buffer rows were persisted meanwhile
+            cached = self._rewrites.get(key)
         if cached is not None and cached[0]() is buffered and cached[1] == paths:
             hits, merged = cached[2], cached[3]
         else:
             hits = overlap.colliding(self.parquet_root, files, buffered, schema)
             merged = overlap.merge(self.parquet_root, hits, buffered, schema) if hits else None
-            # A weak reference: the cache must not keep a released buffer alive.
-            self._rewrites[key] = (weakref.ref(buffered), paths, hits, merged)
+            with self._rewrites_lock:  # a weak reference: never keeps released buffer rows alive
+                self._rewrites[key] = (weakref.ref(buffered), paths, hits, merged)
         if merged is None:
             return files, buffered
         return [f for f in files if f not in hits], merged

@@ -215,12 +215,14 @@ class Wal:
                                 if req.fn is None:
                                     result = WalSeq(seq)
                                 seq += 1
+                    except lmdb.Error as e:
+                        error = _storage_error(e)
                     except Exception as e:  # one request's failure must not sink the group
                         error = e
                     results.append((req, result, error))
         except lmdb.Error as e:
             log.error("WAL commit failed: %s", e)
-            failure = WalError(f"write-ahead log commit failed: {e}; nothing was stored")
+            failure = _storage_error(e)
             for req in reqs:
                 req.future.set_exception(failure)
             return
@@ -271,3 +273,14 @@ class Wal:
             cur.delete()
             removed += 1
         return removed
+
+
+def _storage_error(e: lmdb.Error) -> WalError:
+    """A user-facing error for an LMDB failure; a full map is 507, like a full disk."""
+    if isinstance(e, lmdb.MapFullError):
+        return WalError(
+            "the write-ahead log is full (wal.map_size); nothing was stored. Persisting frees it:"
+            " retry shortly, or raise wal.map_size",
+            http_status=507,
+        )
+    return WalError(f"write-ahead log commit failed: {e}; nothing was stored")

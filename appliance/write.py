@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import lineprotocol
-from .catalog import Catalog, DatabaseDef, TxnStep
-from .errors import LimitExceeded, LineProtocolError
+from .catalog import Catalog, DatabaseDef, SchemaChange
+from .errors import CatalogError, LimitExceeded, LineProtocolError
 from .model import TIME_COLUMN, ColumnType, LineError, ParsedTable, Precision
 from .wal import TableRows, Wal, WalEntry, WalSeq
 
@@ -73,22 +73,21 @@ class WriteService:
         report = WriteReport(lines=parsed.lines, errors=list(parsed.errors))
         if report.errors and not req.accept_partial:
             raise _first_error(report.errors)
-        steps: list[TxnStep] = []
         with self.catalog.lock:
-            try:
-                db = self.catalog.ensure_database(req.db, steps)
-                tables = [self._validate(db, t, req.body, report, steps) for t in parsed.tables]
-                if report.errors and not req.accept_partial:
-                    raise _first_error(report.errors)
-            except Exception:
-                if steps:  # schema changes already made in memory must become durable too
-                    self.catalog.submit(steps)
-                raise
-            rows = [t for t in tables if t is not None and t.batch.num_rows]
-            report.rows = sum(t.batch.num_rows for t in rows)
-            entry = WalEntry(db.id, db.name, rows, req.origin) if rows else None
-            if entry is not None or steps:
-                report.committed = self.catalog.submit(steps, entry)
+            change = self.catalog.begin()
+            db = self.catalog.ensure_database(req.db, change)
+            batches = [self._validate(db, t, req.body, report, change) for t in parsed.tables]
+            if report.errors and not req.accept_partial:
+                raise _first_error(report.errors)  # nothing staged is kept
+            self.catalog.commit(change)  # durable before any write can depend on it
+            rows = [
+                TableRows(db.tables[name].id, name, batch)
+                for name, batch in (b for b in batches if b is not None)
+                if batch.num_rows
+            ]
+        report.rows = sum(t.batch.num_rows for t in rows)
+        if rows:
+            report.committed = self.wal.submit(entry=WalEntry(db.id, db.name, rows, req.origin))
         report.errors.sort(key=lambda e: e.line_number)
         if req.no_sync and report.committed is not None:
             done: Future[WalSeq] = Future()
@@ -97,9 +96,10 @@ class WriteService:
         return report
 
     def _validate(
-        self, db: DatabaseDef, t: ParsedTable, body: bytes, report: WriteReport, steps: list[TxnStep]
-    ) -> TableRows | None:
-        existing = db.tables.get(t.name)
+        self, db: DatabaseDef, t: ParsedTable, body: bytes, report: WriteReport, change: SchemaChange
+    ) -> tuple[str, pa.RecordBatch] | None:
+        """Rows of `t` that fit the table's schema (new columns staged in `change`)."""
+        existing = self.catalog.table(db, t.name, change)
         known = existing.columns if existing is not None else {}
         incoming: dict[str, tuple[ColumnType, pa.Array]] = {
             name: (ColumnType.TAG, arr) for name, arr in t.tags.items()
@@ -128,9 +128,9 @@ class WriteService:
         }
         if new_columns or existing is None:
             try:
-                self.catalog.extend_table(db, t.name, new_columns, steps)
-            except LimitExceeded as e:
-                report.limit_hit = True
+                self.catalog.extend_table(db, t.name, new_columns, change)
+            except CatalogError as e:  # a limit, or a table name the catalog cannot hold
+                report.limit_hit = report.limit_hit or isinstance(e, LimitExceeded)
                 _report(report, body, t.line_numbers, keep, e.message)
                 return None
         names = sorted(incoming)
@@ -139,8 +139,7 @@ class WriteService:
         batch = pa.RecordBatch.from_arrays(arrays, names=[*names, TIME_COLUMN])
         if any_rejected:
             batch = batch.filter(keep)
-        table_id = db.tables[t.name].id
-        return TableRows(table_id, t.name, batch)
+        return t.name, batch
 
 
 class _KnownColumns(Mapping[str, Mapping[str, ColumnType]]):

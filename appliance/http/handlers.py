@@ -12,7 +12,8 @@ import pyarrow as pa
 from aiohttp import web
 
 from .. import __version__, formats
-from ..app import App
+from ..app import ADMIT_TIMEOUT_SECONDS, App
+from ..catalog import MAX_RETENTION_NS
 from ..errors import (
     BadRequest,
     CatalogError,
@@ -31,6 +32,9 @@ from ..write import WriteRequest
 from . import routes
 
 APP_KEY: web.AppKey[App] = web.AppKey("app", App)
+#: Writes holding a body in memory at once; more wait unread (TCP back-pressure).
+WRITE_SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("write_slots", asyncio.Semaphore)
+WRITE_CONCURRENCY = 8
 
 _ERROR_STYLES = {routes.WRITE_V2: "v2", routes.WRITE_V1: "v1", routes.QUERY_V1: "v1"}
 
@@ -84,9 +88,17 @@ async def read_body(request: web.Request) -> bytes:
     if encoding != "gzip":
         raise UnsupportedMediaType(f"unsupported Content-Encoding {encoding!r}: send gzip or identity")
     limit = request.app[APP_KEY].config.max_request_size
+    body = b""
+    rest = raw
     try:
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        body = inflater.decompress(raw, limit + 1)
+        while rest:  # a gzip stream may hold several members, one after the other
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            body += inflater.decompress(rest, limit + 1 - len(body))
+            if len(body) > limit:
+                break
+            if not inflater.eof:
+                raise BadRequest("request body is truncated gzip data; nothing was stored")
+            rest = inflater.unused_data
     except zlib.error as e:
         raise BadRequest(f"request body is not valid gzip data: {e}") from None
     if len(body) > limit:
@@ -103,7 +115,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         raise UnsupportedMediaType("unacceptable content-type, expected: application/json")
     try:
         body = json.loads(await read_body(request) or b"{}")
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise BadRequest(f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
@@ -112,23 +124,30 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 async def _in_pool(request: web.Request, pool: str, fn: Any, *args: Any) -> Any:
     app = request.app[APP_KEY]
-    executor = app.write_pool if pool == "write" else app.query_pool
+    executor = {"write": app.write_pool, "query": app.query_pool, "admin": app.admin_pool}[pool]
     return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
 
 # -- writes --------------------------------------------------------------------
-async def _write(request: web.Request, req: WriteRequest) -> web.Response:
-    if not req.body.strip():
-        raise BadRequest("incoming write was empty")
+async def _write(
+    request: web.Request, db: str, precision: Precision, accept_partial: bool, no_sync: bool = False
+) -> web.Response:
+    """One write: at most WRITE_SLOTS at a time hold a body in memory; the rest wait unread."""
     app = request.app[APP_KEY]
-    try:
-        report = await _in_pool(request, "write", app.writes.submit, req)
-    except LimitExceeded:
-        raise
-    except CatalogError as e:
-        raise BadRequest(e.message) from None  # write errors are JSON, unlike catalog errors
-    if report.committed is not None:
-        await asyncio.wrap_future(report.committed)
+    async with request.app[WRITE_SLOTS]:
+        await _admit(app)
+        body = await read_body(request)
+        if not body.strip():
+            raise BadRequest("incoming write was empty")
+        req = WriteRequest(db, body, precision, accept_partial, no_sync)
+        try:
+            report = await _in_pool(request, "write", app.writes.submit, req)
+        except LimitExceeded:
+            raise
+        except CatalogError as e:
+            raise BadRequest(e.message) from None  # write errors are JSON, unlike catalog errors
+        if report.committed is not None:
+            await asyncio.wrap_future(report.committed)
     if report.errors:
         raise PartialWrite(
             "partial write of line protocol occurred",
@@ -138,28 +157,28 @@ async def _write(request: web.Request, req: WriteRequest) -> web.Response:
     return web.Response(status=204)
 
 
+async def _admit(app: App) -> None:
+    """Wait (without a thread) while the buffer is at twice its cap; 503 after ADMIT_TIMEOUT_SECONDS."""
+    deadline = time.monotonic() + ADMIT_TIMEOUT_SECONDS
+    while app.buffer.nbytes >= 2 * app.buffer.max_bytes:
+        if time.monotonic() > deadline:
+            app.buffer.admit(0)  # raises the 503 with its explanation
+        await asyncio.sleep(0.05)
+
+
 async def write_lp(request: web.Request) -> web.Response:
     return await _write(
         request,
-        WriteRequest(
-            db=_param(request, "db"),
-            body=await read_body(request),
-            precision=_precision(request, Precision.AUTO),
-            accept_partial=_flag(request, "accept_partial", True),
-            no_sync=_flag(request, "no_sync", False),
-        ),
+        _param(request, "db"),
+        _precision(request, Precision.AUTO),
+        accept_partial=_flag(request, "accept_partial", True),
+        no_sync=_flag(request, "no_sync", False),
     )
 
 
 async def write_v2(request: web.Request) -> web.Response:
     return await _write(
-        request,
-        WriteRequest(
-            db=_param(request, "bucket"),
-            body=await read_body(request),
-            precision=_precision(request, Precision.NS),
-            accept_partial=False,
-        ),
+        request, _param(request, "bucket"), _precision(request, Precision.NS), accept_partial=False
     )
 
 
@@ -168,15 +187,7 @@ async def write_v1(request: web.Request) -> web.Response:
     rp = request.query.get("rp", "")
     if rp and rp not in ("autogen", "default"):
         db = f"{db}/{rp}"
-    return await _write(
-        request,
-        WriteRequest(
-            db=db,
-            body=await read_body(request),
-            precision=_precision(request, Precision.NS),
-            accept_partial=False,
-        ),
-    )
+    return await _write(request, db, _precision(request, Precision.NS), accept_partial=False)
 
 
 # -- queries -------------------------------------------------------------------
@@ -275,6 +286,8 @@ def _retention(value: Any) -> int | None:
         raise BadRequest(
             "invalid retention_period: it must be longer than zero (omit it to keep data forever)"
         )
+    if ns > MAX_RETENTION_NS:
+        raise BadRequest("invalid retention_period: at most 100 years (omit it to keep data forever)")
     return ns
 
 
@@ -283,7 +296,7 @@ async def create_database(request: web.Request) -> web.Response:
     name = _required(body, "db")
     await _in_pool(
         request,
-        "write",
+        "admin",
         request.app[APP_KEY].catalog.create_database,
         name,
         _retention(body.get("retention_period")),
@@ -295,7 +308,7 @@ async def update_database(request: web.Request) -> web.Response:
     body = await _json_body(request)
     await _in_pool(
         request,
-        "write",
+        "admin",
         request.app[APP_KEY].catalog.set_retention,
         _required(body, "db"),
         _retention(body.get("retention_period")),
@@ -304,14 +317,14 @@ async def update_database(request: web.Request) -> web.Response:
 
 
 async def delete_database(request: web.Request) -> web.Response:
-    await _in_pool(request, "write", request.app[APP_KEY].catalog.delete_database, _param(request, "db"))
+    await _in_pool(request, "admin", request.app[APP_KEY].catalog.delete_database, _param(request, "db"))
     return web.Response(status=200)
 
 
 async def set_retention(request: web.Request) -> web.Response:
     await _in_pool(
         request,
-        "write",
+        "admin",
         request.app[APP_KEY].catalog.set_retention,
         _param(request, "db"),
         _retention(_param(request, "duration")),
@@ -320,7 +333,7 @@ async def set_retention(request: web.Request) -> web.Response:
 
 
 async def clear_retention(request: web.Request) -> web.Response:
-    await _in_pool(request, "write", request.app[APP_KEY].catalog.set_retention, _param(request, "db"), None)
+    await _in_pool(request, "admin", request.app[APP_KEY].catalog.set_retention, _param(request, "db"), None)
     return web.Response(status=204)
 
 
@@ -344,14 +357,14 @@ async def create_table(request: web.Request) -> web.Response:
             typed[f["name"]] = ColumnType.from_api(f["type"])
         except ValueError as e:
             raise BadRequest(str(e)) from None
-    await _in_pool(request, "write", request.app[APP_KEY].catalog.create_table, db, table, tags, typed)
+    await _in_pool(request, "admin", request.app[APP_KEY].catalog.create_table, db, table, tags, typed)
     return web.Response(status=200)
 
 
 async def delete_table(request: web.Request) -> web.Response:
     await _in_pool(
         request,
-        "write",
+        "admin",
         request.app[APP_KEY].catalog.delete_table,
         _param(request, "db"),
         _param(request, "table"),
@@ -379,7 +392,7 @@ async def _admin_token(request: web.Request, regenerate: bool) -> web.Response:
     app = request.app[APP_KEY]
     if not app.config.auth_enabled:
         raise MethodDisabled("endpoint disabled, started without auth")
-    token, info = await _in_pool(request, "write", app.tokens.create_admin, regenerate)
+    token, info = await _in_pool(request, "admin", app.tokens.create_admin, regenerate)
     return json_response(
         {
             "id": info.id,

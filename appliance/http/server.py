@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,7 @@ def create(app: App) -> web.Application:
         handler_args={"auto_decompress": False},
     )
     web_app[APP_KEY] = app
+    web_app[handlers.WRITE_SLOTS] = asyncio.Semaphore(handlers.WRITE_CONCURRENCY)
     r = web_app.router
     r.add_post(routes.WRITE_LP, handlers.write_lp)
     r.add_post(routes.WRITE_V2, handlers.write_v2)
@@ -101,6 +103,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         )
     except web.HTTPNotFound:
         return web.Response(text="Not found", status=404)
+    except web.HTTPException:
+        raise  # aiohttp's own answers: 405 for a wrong method, and so on
     except Exception:
         log.exception("unexpected error handling %s %s", request.method, request.path)
         return handlers.json_response(

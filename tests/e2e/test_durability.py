@@ -172,3 +172,71 @@ def test_config_file_documents_every_setting() -> None:
     for s in SETTINGS:
         assert f"{s.key} = " in config_toml and f"[{s.section}]" in config_toml, s.name
         assert f"`{s.name}`" in readme, f"README does not document {s.name}"
+
+
+def test_names_too_long_for_storage_are_rejected_per_line(server: Server) -> None:
+    long_name = "t" * 600
+    r = server.write("db", f"{long_name} v=1 1\nok v=2 2\n", precision="ns")
+    assert r.status == 400
+    assert [d["line_number"] for d in r.json()["data"]] == [1]
+    assert "longer than 480 bytes" in r.json()["data"][0]["error_message"]
+    assert server.write("db", "ok v=3 3", precision="ns").status == 204
+    wide = "温度" * 50  # 300 bytes of UTF-8: fine for the catalog, too long as a quoted file name
+    assert server.write("db", f"{wide} v=4 4", precision="ns").status == 204
+    assert server.request("POST", "/api/v3/persist").status == 200
+    server.stop()
+    server.start()
+    assert server.query("db", f'SELECT v FROM "{wide}"') == [{"v": 4.0}]
+    assert server.query("db", "SELECT count(*) AS n FROM ok") == [{"n": 2}]
+
+
+def test_retention_longer_than_storable_is_refused(server: Server) -> None:
+    r = server.request(
+        "POST",
+        "/api/v3/configure/database",
+        body=json.dumps({"db": "z", "retention_period": "1000y"}),
+        headers=JSON,
+    )
+    assert r.status == 400 and "100 years" in r.text
+    assert server.request("GET", "/api/v3/configure/database", {"format": "json"}).json() == []
+
+
+def test_gzip_must_be_complete_and_may_have_several_members(server: Server) -> None:
+    a = "".join(f"m,i={i} v={i} {i}\n" for i in range(50)).encode()
+    b = "".join(f"m,i={i} v={i} {i}\n" for i in range(50, 100)).encode()
+    gz = {"Content-Encoding": "gzip"}
+    whole = gzip.compress(a)
+    r = server.request(
+        "POST", "/api/v3/write_lp", {"db": "g", "precision": "ns"}, whole[: len(whole) // 2], headers=gz
+    )
+    assert r.status == 400 and "truncated" in r.text
+    r = server.request(
+        "POST",
+        "/api/v3/write_lp",
+        {"db": "g", "precision": "ns"},
+        gzip.compress(a) + gzip.compress(b),
+        headers=gz,
+    )
+    assert r.status == 204
+    assert server.query("g", "SELECT count(*) AS n FROM m") == [{"n": 100}]
+
+
+def test_wrong_method_and_deep_json_are_client_errors(server: Server) -> None:
+    assert server.request("GET", "/api/v3/write_lp", {"db": "x"}).status == 405
+    r = server.request("POST", "/api/v3/configure/database", body="[" * 100_000, headers=JSON)
+    assert r.status == 400
+
+
+def test_rewrite_after_gen1_change_stays_one_row(tmp_path: Path) -> None:
+    hour = 3600 * 10**9
+    base = (time.time_ns() // hour - 3) * hour
+    s = Server(tmp_path / "d", args=["--gen1-duration", "1h"]).start()
+    s.write("db", f"m,k=a v=1 {base}\nm,k=a v=2 {base + 30 * 60 * 10**9}\n", precision="ns")
+    s.request("POST", "/api/v3/persist")
+    s.stop()
+    s.args = ["--gen1-duration", "10m"]
+    s.start()
+    s.write("db", f"m,k=a v=10 {base}\nm,k=a v=20 {base + 30 * 60 * 10**9}\n", precision="ns")
+    s.request("POST", "/api/v3/persist")
+    assert s.query("db", "SELECT v FROM m ORDER BY time") == [{"v": 10.0}, {"v": 20.0}]
+    s.stop()
