@@ -7,7 +7,6 @@ takes a snapshot, writes Parquet and then releases the rows it persisted.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -19,8 +18,6 @@ import pyarrow.compute as pc
 from .errors import WalError
 from .model import TIME_COLUMN, WalSeq
 from .wal import WalEntry
-
-log = logging.getLogger("appliance.buffer")
 
 TableKey = tuple[int, int]  # (database id, table id)
 

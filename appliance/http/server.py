@@ -14,7 +14,6 @@ from ..errors import ApplianceError, BadRequest, LineProtocolError, TooLarge, Un
 from . import handlers, routes
 
 log = logging.getLogger("appliance.http")
-access_log = logging.getLogger("appliance.access")
 
 APP_KEY: web.AppKey[App] = handlers.APP_KEY
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
