@@ -229,8 +229,9 @@ def test_persist_then_restart_keeps_everything(server: Server) -> None:
     assert r.status == 200 and r.json()["files"] >= 1
     files = server.query("db", "SELECT table_name, row_count FROM system.parquet_files")
     assert sum(f["row_count"] for f in files) == 100
-    server.write("db", "m,d=d9 v=1000 1000")  # stays in the WAL only
-    server.stop()
+    server.write("db", "m,d=d9 v=1000 1000")  # in the WAL only until the clean stop persists it
+    assert server.stop() == 0
+    assert "persisted files=1 rows=1" in server.log()
     server.start()
     assert server.query("db", "SELECT count(*) AS n, sum(v) AS s FROM m") == [
         {"n": 101, "s": float(sum(range(100)) + 1000)}
