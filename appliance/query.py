@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,17 +106,20 @@ class QueryService:
         runtime = RuntimeEnvBuilder().with_fair_spill_pool(self.limits.memory_bytes)
         ctx = SessionContext(config, runtime)
         cutoff = time.time_ns() - db.retention_ns if db.retention_ns else None
-        with self.view_lock:  # files and buffer rows of one consistent moment
-            views = [
-                (
-                    table,
-                    self.manifest.files(db.id, table.id),
-                    self.buffer.table((db.id, table.id), table.schema()),
-                )
-                for table in list(db.tables.values())
-            ]
-        for table, files, buffered in views:
-            ctx.register_dataset(_quote(table.name), self._dataset(db, table, files, buffered, cutoff))
+        tables = dict(db.tables)
+
+        def resolve(name: str) -> ds.Dataset | None:
+            table = tables.get(name)
+            if table is None:
+                return None
+            with self.view_lock:  # the table's files and buffer rows of one moment
+                files = self.manifest.files(db.id, table.id)
+                buffered = self.buffer.table((db.id, table.id), table.schema())
+            return self._dataset(db, table, files, buffered, cutoff)
+
+        # Tables resolve when the query names them: a query on one table does not pay for
+        # the buffers of all the others. They still list as BASE TABLE in SHOW TABLES.
+        ctx.catalog().register_schema("public", lazy_schema(sorted(tables), resolve))
         ctx.catalog().register_schema("system", Schema.memory_schema())
         for name, table in system_tables.build(self.manifest, db.id).items():
             ctx.register_dataset(f"system.{name}", ds.dataset(table))
@@ -174,8 +178,39 @@ class QueryService:
         return [f for f in files if f not in hits], merged
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+def lazy_schema(names: list[str], resolve: Callable[[str], ds.Dataset | None]) -> Any:
+    """A DataFusion schema whose tables are built on first use by `resolve`."""
+    from datafusion.catalog import SchemaProvider, Table
+
+    class LazySchema(SchemaProvider):
+        def __init__(self) -> None:
+            self._built: dict[str, Table | None] = {}
+
+        def owner_name(self) -> str | None:
+            return None
+
+        # datafusion 55 declares a method returning a set, but its Rust side reads an attribute
+        # holding a sequence: a property returning a list is what works.
+        @property
+        def table_names(self) -> list[str]:  # type: ignore[override]
+            return names
+
+        def table(self, name: str) -> Table | None:
+            if name not in self._built:
+                dataset = resolve(name)
+                self._built[name] = Table(dataset) if dataset is not None else None
+            return self._built[name]
+
+        def table_exist(self, name: str) -> bool:
+            return name in names
+
+        def register_table(self, name: str, table: Any) -> None:
+            raise QueryError("tables are created by writing to them, not by SQL")
+
+        def deregister_table(self, name: str, cascade: bool = True) -> None:
+            raise QueryError("tables are deleted with DELETE /api/v3/configure/table, not by SQL")
+
+    return LazySchema()
 
 
 def _bind(params: dict[str, Any]) -> dict[str, Any]:
