@@ -244,7 +244,9 @@ class Catalog:
             )
         if current is None:
             change.new_tables += 1
-        table_id = current.id if current is not None else change.take_id()
+            table_id = change.take_id()
+        else:
+            table_id = current.id
         updated = TableDef(table_id, table, {**columns, **added})
         change.tables[(db.id, table)] = updated
         return updated

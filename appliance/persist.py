@@ -277,9 +277,14 @@ class Persister:
                 kept = table.filter(pc.greater_equal(table.column(TIME_COLUMN).cast(pa.int64()), cutoff))
                 removed.append(f)
                 if found is not None and kept.num_rows:
-                    added.append(self._write(f.db, f.db_id, found[1], f.min_time, kept))
+                    window_start = cutoff - cutoff % self.args.gen1_ns
+                    added.append(self._write(f.db, f.db_id, found[1], window_start, kept))
         if removed:
-            self.wal.submit(fn=self._commit_step(added, removed, None)).result()
+            try:
+                self.wal.submit(fn=self._commit_step(added, removed, None)).result()
+            except Exception:
+                self._discard(added)
+                raise
             self._swap(added, removed, None)
             log.info("retention removed files=%d rewrote=%d", len(removed), len(added))
 
