@@ -14,7 +14,7 @@ from typing import Any
 
 from .auth import Tokens, bootstrap_admin
 from .buffer import Buffer
-from .catalog import Catalog, CatalogLimits, find_table
+from .catalog import Catalog, CatalogLimits
 from .config import Config
 from .errors import ConfigError
 from .manifest import Manifest
@@ -152,9 +152,9 @@ def _replay(wal: Wal, catalog: Catalog, buffer: Buffer) -> float:
     """Load every WAL entry into the buffer (no listeners besides the buffer are told)."""
     started = time.monotonic()
     entries = rows = 0
+    live = {(db.id, t.id) for db in catalog.databases() for t in db.tables.values()}
     for seq, entry in wal.replay():
-        live = [t for t in entry.tables if find_table(catalog, entry.db_id, t.table_id) is not None]
-        entry.tables = live
+        entry.tables = [t for t in entry.tables if (entry.db_id, t.table_id) in live]
         buffer.on_commit([(seq, entry)])
         entries += 1
         rows += entry.num_rows
