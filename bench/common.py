@@ -583,3 +583,15 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--keep", action="store_true", help="keep the servers' data directories")
     parser.add_argument("--startup-timeout", type=float, default=60.0, help="seconds to wait for /health")
+
+
+def prepare(args: argparse.Namespace) -> list[Callable[[], Target]]:
+    """Shared start of every benchmark: signal handling, work dir, targets, the machine line."""
+    install_signal_handlers()
+    args.work_dir = Path(args.work_dir)
+    factories = choose_targets(args)
+    if factories:
+        print(f"machine: {machine()}")
+    else:
+        print("nothing to benchmark")
+    return factories

@@ -11,16 +11,13 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from common import (
     Target,
     Workload,
     add_common_arguments,
-    choose_targets,
     generate_bodies,
-    install_signal_handlers,
-    machine,
+    prepare,
     ratio,
     run_load,
     started,
@@ -134,15 +131,11 @@ def report(rows: list[Row], lines: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    install_signal_handlers()
-    args.work_dir = Path(args.work_dir)
-    factories = choose_targets(args)
+    factories = prepare(args)
     if not factories:
-        print("nothing to benchmark")
         return 2
     connection_counts = [int(c) for c in args.connections.split(",") if c.strip()]
     workload = Workload(lines=args.lines, batch=args.batch, devices=args.devices)
-    print(f"machine: {machine()}")
     print(f"workload: {workload.describe()}; connections {connection_counts}")
     began = time.perf_counter()
     bodies, counts = generate_bodies(workload)

@@ -13,7 +13,6 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from common import (
     MEASUREMENT,
@@ -21,11 +20,9 @@ from common import (
     Target,
     Workload,
     add_common_arguments,
-    choose_targets,
     generate_bodies,
-    install_signal_handlers,
-    machine,
     median_ms,
+    prepare,
     ratio,
     run_load,
     started,
@@ -162,14 +159,10 @@ def report(results: dict[str, dict[str, Timing]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    install_signal_handlers()
-    args.work_dir = Path(args.work_dir)
-    factories = choose_targets(args)
+    factories = prepare(args)
     if not factories:
-        print("nothing to benchmark")
         return 2
     workload = Workload(lines=args.lines, batch=args.batch, devices=args.devices, span_s=args.span * 60)
-    print(f"machine: {machine()}")
     print(f"workload: {workload.describe()}; {args.repeat} timed runs per query")
     bodies, counts = generate_bodies(workload)
     results: dict[str, dict[str, Timing]] = {}

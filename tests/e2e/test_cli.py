@@ -30,6 +30,18 @@ def cli(
     )
 
 
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m appliance ARGS` without a server in mind."""
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+
+
 def test_write_query_and_show(server: Server, tmp_path: Path) -> None:
     r = cli(
         server,
@@ -74,13 +86,7 @@ def test_errors_are_one_clear_line(server: Server, tmp_path: Path) -> None:
     assert r.returncode == 1 and "-d NAME" in r.stderr
     r = cli(server, "query", "-d", "nope", "SELECT 1")
     assert r.returncode == 1 and "404" in r.stderr
-    r = subprocess.run(
-        [sys.executable, "-m", "appliance", "query", "-H", "http://127.0.0.1:1", "-d", "x", "SELECT 1"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    r = run("query", "-H", "http://127.0.0.1:1", "-d", "x", "SELECT 1")
     assert r.returncode == 1 and "is `appliance serve` running?" in r.stderr
 
 
@@ -104,36 +110,19 @@ def test_help_and_version() -> None:
         ["query", "--help"],
         ["create", "database", "--help"],
     ):
-        r = subprocess.run(
-            [sys.executable, "-m", "appliance", *args], cwd=REPO, capture_output=True, text=True, timeout=30
-        )
+        r = run(*args)
         assert r.returncode == 0 and "usage:" in r.stdout
-    r = subprocess.run(
-        [sys.executable, "-m", "appliance", "--version"], cwd=REPO, capture_output=True, text=True, timeout=30
-    )
+    r = run("--version")
     assert r.stdout.startswith("appliance ")
 
 
 def test_config_check_names_bad_settings(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text('[storage]\ngen1_duration = "5m"\n[http]\nbindd = "x"\n')
-    r = subprocess.run(
-        [sys.executable, "-m", "appliance", "config", "check", "--config", str(cfg)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    r = run("config", "check", "--config", str(cfg))
     assert r.returncode == 1 and "http.bindd" in r.stderr
     cfg.write_text('[storage]\ngen1_duration = "5m"\n')
-    r = subprocess.run(
-        [sys.executable, "-m", "appliance", "config", "check", "--config", str(cfg)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "APPLIANCE_QUERY_TIMEOUT": "5s"},
-    )
+    r = run("config", "check", "--config", str(cfg), env={**os.environ, "APPLIANCE_QUERY_TIMEOUT": "5s"})
     assert r.returncode == 0
     lines = {ln.split()[0]: ln for ln in r.stdout.splitlines()}
     assert "300000000000" in lines["storage.gen1_duration"] and "file" in lines["storage.gen1_duration"]
