@@ -16,6 +16,7 @@ from .auth import Tokens, bootstrap_admin
 from .buffer import Buffer
 from .catalog import Catalog, CatalogLimits
 from .config import Config
+from .engine.runner import Engine, EngineArgs
 from .errors import ConfigError
 from .manifest import Manifest
 from .persist import PersistArgs, Persister
@@ -45,6 +46,8 @@ class App:
     write_pool: ThreadPoolExecutor
     query_pool: ThreadPoolExecutor
     admin_pool: ThreadPoolExecutor
+    engine: Engine
+    engine_pool: ThreadPoolExecutor
     process_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     started_at: float = field(default_factory=time.time)
     replay_seconds: float = 0.0
@@ -73,6 +76,8 @@ class App:
 
     def stop(self) -> None:
         """Stop in reverse flow order: ingest pools, persist the buffer, then the WAL writer."""
+        self.engine.stop()
+        self.engine_pool.shutdown(wait=False, cancel_futures=True)
         self.write_pool.shutdown(wait=True)
         self.admin_pool.shutdown(wait=True)
         self.query_pool.shutdown(wait=True, cancel_futures=True)
@@ -115,6 +120,25 @@ def build(config: Config) -> App:
         persister.view_lock,
         QueryLimits(config.memory_limit, config.timeout, config.max_result_bytes),
     )
+    writes = WriteService(catalog, wal, lambda: buffer.admit(ADMIT_TIMEOUT_SECONDS))
+    engine = Engine(
+        EngineArgs(
+            Path(config.plugin_dir),
+            config.plugin_repo,
+            config.max_retries,
+            config.call_timeout / 1e9,
+            config.cache_max_bytes,
+            config.queue_size,
+        ),
+        wal,
+        catalog,
+        writes,
+        queries,
+    )
+    wal.add_listener(engine)  # after replay: replayed writes never feed plugins
+    catalog.add_drop_listener(engine.drop_database)
+    queries.system_providers.append(engine.system_tables)
+    engine.start()
     return App(
         config=config,
         wal=wal,
@@ -122,8 +146,11 @@ def build(config: Config) -> App:
         buffer=buffer,
         manifest=manifest,
         persister=persister,
-        writes=WriteService(catalog, wal, lambda: buffer.admit(ADMIT_TIMEOUT_SECONDS)),
+        writes=writes,
         queries=queries,
+        engine=engine,
+        # Request plugins run here, never on the event loop: they may call this server's own API.
+        engine_pool=ThreadPoolExecutor(8, thread_name_prefix="engine"),
         tokens=tokens,
         write_pool=ThreadPoolExecutor(4, thread_name_prefix="write"),
         query_pool=ThreadPoolExecutor(2, thread_name_prefix="query"),

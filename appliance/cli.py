@@ -21,7 +21,7 @@ DEFAULT_HOST = "http://127.0.0.1:8181"
 SERVE_FLAGS: dict[str, str] = {
     "--node-id": "server.node_id",
     "--data-dir": "server.data_dir",
-    "--plugin-dir": "server.plugin_dir",
+    "--plugin-dir": "engine.plugin_dir",
     "--log-filter": "server.log_filter",
     "--http-bind": "http.bind",
     "--max-http-request-size": "http.max_request_size",
@@ -112,6 +112,40 @@ def _parser() -> argparse.ArgumentParser:
     cd.add_argument("name")
     cd.add_argument("--retention-period", help="e.g. 30d; data older than this is removed")
     cd.set_defaults(func=_create_database)
+    tr = create.add_parser(
+        "trigger",
+        help="create a processing-engine trigger",
+        description="Create a trigger that runs a plugin on writes, on a schedule or on HTTP requests.",
+    )
+    _client_flags(tr, database=True)
+    tr.add_argument("name", help="trigger name, unique in its database")
+    tr.add_argument(
+        "--trigger-spec",
+        required=True,
+        help="table:NAME, all_tables, every:DURATION, cron:EXPR, request:PATH (or path:PATH)",
+    )
+    tr.add_argument(
+        "--path",
+        "--plugin-filename",
+        dest="plugin",
+        required=True,
+        help="plugin file or package directory, relative to the plugin directory, or gh:PATH",
+    )
+    tr.add_argument("--trigger-arguments", help="arguments passed to the plugin as args: k=v,k2=v2")
+    tr.add_argument("--disabled", action="store_true", help="create it disabled")
+    tr.add_argument("--run-asynchronous", action="store_true", help="run events concurrently, unordered")
+    tr.add_argument(
+        "--error-behavior",
+        default="log",
+        choices=["log", "retry", "disable"],
+        help="on a plugin error: log it, retry with backoff, or disable the trigger",
+    )
+    tr.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="request triggers: serve /api/v3/engine/PATH without a token (local webhooks)",
+    )
+    tr.set_defaults(func=_create_trigger)
     ct = create.add_parser("token", help="create or regenerate the admin token")
     _client_flags(ct)
     ct.add_argument("--admin", action="store_true", required=True, help="the operator admin token")
@@ -119,6 +153,17 @@ def _parser() -> argparse.ArgumentParser:
     ct.set_defaults(func=_create_token)
 
     delete = sub.add_parser("delete", help="delete a database").add_subparsers(metavar="WHAT")
+    dt = delete.add_parser("trigger", help="delete a trigger")
+    _client_flags(dt, database=True)
+    dt.add_argument("name")
+    dt.add_argument("--force", action="store_true", help="delete it even while enabled")
+    dt.set_defaults(func=_delete_trigger)
+    for verb, disabled in (("enable", False), ("disable", True)):
+        parser = sub.add_parser(verb, help=f"{verb} a trigger").add_subparsers(metavar="WHAT")
+        p_tr = parser.add_parser("trigger", help=f"{verb} a trigger")
+        _client_flags(p_tr, database=True)
+        p_tr.add_argument("name")
+        p_tr.set_defaults(func=_set_trigger_state, disabled=disabled)
     dd = delete.add_parser("database", help="delete a database and its data")
     _client_flags(dd)
     dd.add_argument("name")
@@ -131,6 +176,10 @@ def _parser() -> argparse.ArgumentParser:
     st = show.add_parser("tables", help="list the tables of a database")
     _client_flags(st, database=True)
     st.set_defaults(func=_show_tables)
+
+    sw = show.add_parser("triggers", help="list the triggers of a database")
+    _client_flags(sw, database=True)
+    sw.set_defaults(func=_show_triggers)
 
     pe = sub.add_parser("persist", help="persist the in-memory buffer to Parquet now")
     _client_flags(pe)
@@ -319,6 +368,47 @@ def _show_databases(args: argparse.Namespace) -> int:
 
 def _show_tables(args: argparse.Namespace) -> int:
     sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name"
+    _print_body(
+        _client(args).json("POST", "/api/v3/query_sql", {"db": _database(args), "q": sql, "format": "pretty"})
+    )
+    return 0
+
+
+def _create_trigger(args: argparse.Namespace) -> int:
+    from .engine.triggers import parse_trigger_arguments
+
+    payload = {
+        "db": _database(args),
+        "trigger_name": args.name,
+        "plugin_filename": args.plugin,
+        "trigger_specification": args.trigger_spec,
+        "trigger_settings": {"run_async": args.run_asynchronous, "error_behavior": args.error_behavior},
+        "trigger_arguments": parse_trigger_arguments(args.trigger_arguments),
+        "disabled": args.disabled,
+        "no_auth": args.no_auth,
+    }
+    _client(args).json("POST", "/api/v3/configure/processing_engine_trigger", payload)
+    print(f"Trigger {args.name!r} created")
+    return 0
+
+
+def _delete_trigger(args: argparse.Namespace) -> int:
+    params = {"db": _database(args), "trigger_name": args.name, "force": "true" if args.force else None}
+    _client(args).request("DELETE", "/api/v3/configure/processing_engine_trigger", params)
+    print(f"Trigger {args.name!r} deleted")
+    return 0
+
+
+def _set_trigger_state(args: argparse.Namespace) -> int:
+    verb = "disable" if args.disabled else "enable"
+    params = {"db": _database(args), "trigger_name": args.name}
+    _client(args).request("POST", f"/api/v3/configure/processing_engine_trigger/{verb}", params)
+    print(f"Trigger {args.name!r} {verb}d")
+    return 0
+
+
+def _show_triggers(args: argparse.Namespace) -> int:
+    sql = "SELECT * FROM system.processing_engine_triggers ORDER BY trigger_name"
     _print_body(
         _client(args).json("POST", "/api/v3/query_sql", {"db": _database(args), "q": sql, "format": "pretty"})
     )

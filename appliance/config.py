@@ -56,6 +56,13 @@ def _gen1(v: Any) -> int:
     return ns
 
 
+def _package_manager(v: Any) -> str:
+    s = str(v).strip().lower()
+    if s not in ("pip", "disabled"):
+        raise ValueError(f"expected pip or disabled, got {v!r}")
+    return s
+
+
 def _log_filter(v: Any) -> str:
     return str(v).strip()
 
@@ -92,13 +99,6 @@ SETTINGS: tuple[Setting, ...] = (
         "~/.appliance",
         _path,
         "Directory for the LMDB WAL/catalog, Parquet files and the admin token.",
-    ),
-    Setting(
-        "server",
-        "plugin_dir",
-        "",
-        str,
-        "Directory holding processing-engine plugins; empty disables the engine.",
     ),
     Setting(
         "server",
@@ -178,6 +178,55 @@ SETTINGS: tuple[Setting, ...] = (
         "query", "timeout", "30s", parse_duration_ns, "Longest a query may run before it is cancelled (408)."
     ),
     Setting("query", "max_result_bytes", "256MiB", parse_size, "Largest result a query may return."),
+    Setting(
+        "engine",
+        "plugin_dir",
+        "",
+        str,
+        "Directory of processing-engine plugins; empty means <data_dir>/plugins.",
+    ),
+    Setting(
+        "engine",
+        "plugin_repo",
+        "https://raw.githubusercontent.com/influxdata/influxdb3_plugins/main",
+        str,
+        "Where gh:PATH plugins are downloaded from (cached in the plugin directory).",
+    ),
+    Setting(
+        "engine",
+        "max_retries",
+        3,
+        _positive_int,
+        "Retries of a failed call for error_behavior=retry, with backoff.",
+    ),
+    Setting(
+        "engine",
+        "call_timeout",
+        "60s",
+        parse_duration_ns,
+        "Longest a plugin call may run before it is logged as overdue (504 for requests).",
+    ),
+    Setting(
+        "engine",
+        "cache_max_bytes",
+        "32MiB",
+        parse_size,
+        "Memory cap of the plugin cache; least recently used entries go first.",
+    ),
+    Setting(
+        "engine",
+        "queue_size",
+        60,
+        _positive_int,
+        "WAL batches a synchronous trigger may have waiting; beyond it the oldest are dropped and counted.",
+    ),
+    Setting(
+        "engine",
+        "package_manager",
+        "pip",
+        _package_manager,
+        "How `install package` installs: pip, or disabled (403).",
+    ),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -188,7 +237,6 @@ class Config:
 
     node_id: str
     data_dir: str
-    plugin_dir: str
     log_filter: str
     bind: str
     max_request_size: int
@@ -204,6 +252,13 @@ class Config:
     memory_limit: int
     timeout: int
     max_result_bytes: int
+    plugin_dir: str
+    plugin_repo: str
+    max_retries: int
+    call_timeout: int
+    cache_max_bytes: int
+    queue_size: int
+    package_manager: str
     sources: dict[str, str]
 
 
@@ -240,6 +295,8 @@ def load(
             values[s.field] = s.parse(value)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"setting {s.name} (from {source}): {e}") from None
+    if not values["plugin_dir"]:
+        values["plugin_dir"] = str(Path(values["data_dir"]) / "plugins")
     if not values["node_id"]:
         values["node_id"] = socket.gethostname().split(".")[0] or "node"
     _check_node_id(values["node_id"])
@@ -279,7 +336,7 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 
 # Sections owned by features that parse their own blocks (MQTT, sync); accepted, not validated here.
-_FUTURE_SECTIONS = {"mqtt", "sync", "engine"}
+_FUTURE_SECTIONS = {"mqtt", "sync"}
 
 
 def _check_node_id(node_id: str) -> None:

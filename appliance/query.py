@@ -60,6 +60,8 @@ class QueryService:
             TableKey, tuple[weakref.ref[pa.Table], tuple[str, ...], list[ParquetFile], pa.Table | None]
         ] = {}
         self._rewrites_lock = threading.Lock()
+        #: Later stages (the engine) add their own system tables: name -> table, per database.
+        self.system_providers: list[Callable[[str], dict[str, pa.Table]]] = []
 
     def execute(self, db_name: str, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
         """Run one SQL statement; raises QueryError (400/408/413) or DatabaseNotFound (404)."""
@@ -121,7 +123,10 @@ class QueryService:
         # the buffers of all the others. They still list as BASE TABLE in SHOW TABLES.
         ctx.catalog().register_schema("public", lazy_schema(sorted(tables), resolve))
         ctx.catalog().register_schema("system", Schema.memory_schema())
-        for name, table in system_tables.build(self.manifest, db.id).items():
+        extra = [provide(db.name) for provide in self.system_providers]
+        for name, table in {
+            k: v for d in [system_tables.build(self.manifest, db.id), *extra] for k, v in d.items()
+        }.items():
             ctx.register_dataset(f"system.{name}", ds.dataset(table))
         return ctx
 

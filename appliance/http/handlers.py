@@ -14,6 +14,7 @@ from aiohttp import web
 from .. import __version__, formats
 from ..app import ADMIT_TIMEOUT_SECONDS, App
 from ..catalog import MAX_RETENTION_NS
+from ..engine.store import TriggerDef
 from ..errors import (
     BadRequest,
     CatalogError,
@@ -124,7 +125,12 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 async def _in_pool(request: web.Request, pool: str, fn: Any, *args: Any) -> Any:
     app = request.app[APP_KEY]
-    executor = {"write": app.write_pool, "query": app.query_pool, "admin": app.admin_pool}[pool]
+    executor = {
+        "write": app.write_pool,
+        "query": app.query_pool,
+        "admin": app.admin_pool,
+        "engine": app.engine_pool,
+    }[pool]
     return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
 
@@ -411,3 +417,77 @@ async def persist(request: web.Request) -> web.Response:
     started = time.monotonic()
     files = await asyncio.wrap_future(app.persister.request())
     return json_response({"files": files, "seconds": round(time.monotonic() - started, 3)})
+
+
+# -- processing engine ---------------------------------------------------------
+async def create_trigger(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    settings = body.get("trigger_settings") or {}
+    arguments = body.get("trigger_arguments")
+    if not isinstance(settings, dict) or (arguments is not None and not isinstance(arguments, dict)):
+        raise BadRequest("'trigger_settings' must be an object and 'trigger_arguments' an object or null")
+    trigger = TriggerDef(
+        name=_required(body, "trigger_name"),
+        database=_required(body, "db"),
+        plugin_filename=_required(body, "plugin_filename"),
+        spec=_required(body, "trigger_specification"),
+        run_async=bool(settings.get("run_async", False)),
+        error_behavior=str(settings.get("error_behavior", "log")).lower(),
+        arguments={str(k): str(v) for k, v in arguments.items()} if arguments else None,
+        disabled=bool(body.get("disabled", False)),
+        no_auth=bool(body.get("no_auth", False)),
+    )
+    await _in_pool(request, "admin", request.app[APP_KEY].engine.create_trigger, trigger)
+    return web.Response(status=200)
+
+
+async def delete_trigger(request: web.Request) -> web.Response:
+    if request.query.get("db"):
+        db, name, force = (
+            _param(request, "db"),
+            _param(request, "trigger_name"),
+            _flag(request, "force", False),
+        )
+    else:
+        body = await _json_body(request)
+        db, name, force = _required(body, "db"), _required(body, "trigger_name"), bool(body.get("force"))
+    await _in_pool(request, "admin", request.app[APP_KEY].engine.delete_trigger, db, name, force)
+    return web.Response(status=200)
+
+
+async def enable_trigger(request: web.Request) -> web.Response:
+    return await _set_disabled(request, False)
+
+
+async def disable_trigger(request: web.Request) -> web.Response:
+    return await _set_disabled(request, True)
+
+
+async def _set_disabled(request: web.Request, disabled: bool) -> web.Response:
+    engine = request.app[APP_KEY].engine
+    await _in_pool(
+        request,
+        "admin",
+        engine.set_disabled,
+        _param(request, "db"),
+        _param(request, "trigger_name"),
+        disabled,
+    )
+    return web.Response(status=200)
+
+
+async def engine_request(request: web.Request) -> web.Response:
+    """`/api/v3/engine/<path>`: the request trigger's plugin answers, on the engine pool."""
+    app = request.app[APP_KEY]
+    headers = {k.lower(): v for k, v in request.headers.items() if k.lower() != "authorization"}
+    body = await read_body(request)
+    status, out_headers, out = await _in_pool(
+        request,
+        "engine",
+        app.engine.handle_request,
+        request.match_info["path"],
+        dict(request.query),
+        headers,
+        body,
+    )
+    return web.Response(status=status, headers=out_headers, body=out)

@@ -15,6 +15,11 @@ CONFIGURE_TABLE = "/api/v3/configure/table"
 TOKEN_ADMIN = "/api/v3/configure/token/admin"
 TOKEN_ADMIN_REGENERATE = "/api/v3/configure/token/admin/regenerate"
 PERSIST = "/api/v3/persist"
+TRIGGER = "/api/v3/configure/processing_engine_trigger"
+TRIGGER_ENABLE = "/api/v3/configure/processing_engine_trigger/enable"
+TRIGGER_DISABLE = "/api/v3/configure/processing_engine_trigger/disable"
+ENGINE_PREFIX = "/api/v3/engine/"
+ENGINE = ENGINE_PREFIX + "{path:.+}"
 
 #: Reachable without a token.
 PUBLIC = frozenset({HEALTH, HEALTH_V1, PING})

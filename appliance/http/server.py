@@ -54,6 +54,12 @@ def create(app: App) -> web.Application:
     r.add_post(routes.TOKEN_ADMIN, handlers.create_admin_token)
     r.add_post(routes.TOKEN_ADMIN_REGENERATE, handlers.regenerate_admin_token)
     r.add_post(routes.PERSIST, handlers.persist)
+    r.add_post(routes.TRIGGER, handlers.create_trigger)
+    r.add_delete(routes.TRIGGER, handlers.delete_trigger)
+    r.add_post(routes.TRIGGER_ENABLE, handlers.enable_trigger)
+    r.add_post(routes.TRIGGER_DISABLE, handlers.disable_trigger)
+    r.add_get(routes.ENGINE, handlers.engine_request)
+    r.add_post(routes.ENGINE, handlers.engine_request)
     web_app.on_response_prepare.append(_cors)
     return web_app
 
@@ -118,6 +124,10 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         return handlers.options()  # CORS pre-flight on any path, before routing and auth
     if not app.config.auth_enabled or request.path in routes.PUBLIC:
         return await handler(request)
+    if request.path.startswith(routes.ENGINE_PREFIX) and app.engine.is_public(
+        request.path[len(routes.ENGINE_PREFIX) :]
+    ):
+        return await handler(request)  # a request trigger created with no_auth (local webhooks)
     if request.path == routes.TOKEN_ADMIN and app.tokens.admin() is None:
         return await handler(request)  # bootstrap: the first admin token needs no token
     token = _token_of(request)

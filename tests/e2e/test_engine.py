@@ -1,0 +1,434 @@
+"""The processing engine end to end: real plugins run by a real server for every trigger type."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.server import REPO, Server
+
+JSON = {"Content-Type": "application/json"}
+
+
+def plugin(server: Server, name: str, code: str) -> str:
+    """Write a plugin file into the server's plugin directory; returns its name for a trigger."""
+    path = server.data_dir / "plugins" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(code))
+    return name
+
+
+def create(server: Server, db: str, name: str, filename: str, spec: str, **extra: Any) -> Any:
+    body = {
+        "db": db,
+        "trigger_name": name,
+        "plugin_filename": filename,
+        "trigger_specification": spec,
+        "trigger_settings": {
+            "run_async": extra.pop("run_async", False),
+            "error_behavior": extra.pop("error_behavior", "log"),
+        },
+        "trigger_arguments": extra.pop("arguments", None),
+        "disabled": extra.pop("disabled", False),
+        **extra,
+    }
+    return server.request(
+        "POST", "/api/v3/configure/processing_engine_trigger", body=json.dumps(body), headers=JSON
+    )
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def logs(server: Server, db: str) -> list[dict[str, Any]]:
+    return server.query(
+        db, "SELECT trigger_name, log_level, log_text FROM system.processing_engine_logs ORDER BY event_time"
+    )
+
+
+def test_wal_trigger_sees_rows_as_dicts_and_writes_back(server: Server) -> None:
+    server.write("db", "m,host=a v=1 1", precision="ns")  # the database must exist
+    r = create(
+        server,
+        "db",
+        "echo",
+        plugin(
+            server,
+            "echo.py",
+            """
+        def process_writes(influxdb3_local, table_batches, args):
+            for batch in table_batches:
+                for row in batch["rows"]:
+                    influxdb3_local.info("row", batch["table_name"], sorted(row.items()))
+                    influxdb3_local.write(LineBuilder("derived").tag("host", row.get("host", "none")).float64_field("double", row["v"] * 2).time_ns(row["time"]))
+    """,
+        ),
+        "table:m",
+    )
+    assert r.status == 200, r.text
+    assert server.write("db", "m,host=b v=2 10\nm v=3 20\n", precision="ns").status == 204
+    rows = wait_for(
+        lambda: (
+            server.query("db", "SELECT host, double FROM derived ORDER BY time")
+            if _has(server, "db", "derived", 2)
+            else None
+        )
+    )
+    assert rows == [{"host": "b", "double": 4.0}, {"host": "none", "double": 6.0}]
+    texts = [r["log_text"] for r in logs(server, "db") if r["trigger_name"] == "echo"]
+    assert "row m [('host', 'b'), ('time', 10), ('v', 2.0)]" in texts
+    assert "row m [('time', 20), ('v', 3.0)]" in texts  # an absent tag is omitted, not None
+    assert any(t.startswith("finished execution in") for t in texts)
+
+
+def _has(server: Server, db: str, table: str, n: int) -> bool:
+    r = server.request("GET", "/api/v3/query_sql", {"db": db, "q": f'SELECT count(*) AS n FROM "{table}"'})
+    return r.status == 200 and r.json()[0]["n"] >= n
+
+
+def test_own_writes_do_not_retrigger_but_other_triggers_see_them(server: Server) -> None:
+    server.write("db", "m v=0 1", precision="ns")
+    loop = plugin(
+        server,
+        "loop.py",
+        """
+        def process_writes(influxdb3_local, table_batches, args):
+            n = influxdb3_local.cache.get("n", 0) + 1
+            influxdb3_local.cache.put("n", n)
+            for batch in table_batches:
+                for row in batch["rows"]:
+                    influxdb3_local.write(LineBuilder("m").float64_field("v", row["v"] + 1).time_ns(row["time"] + 1))
+            influxdb3_local.info("calls", n)
+    """,
+    )
+    watch = plugin(
+        server,
+        "watch.py",
+        """
+        def process_writes(influxdb3_local, table_batches, args):
+            influxdb3_local.info("saw", sum(len(b["rows"]) for b in table_batches))
+    """,
+    )
+    assert create(server, "db", "loop", loop, "table:m").status == 200
+    assert create(server, "db", "watch", watch, "all_tables").status == 200
+    server.write("db", "m v=10 100", precision="ns")
+    wait_for(lambda: _has(server, "db", "m", 3))
+    time.sleep(0.5)
+    texts = [(r["trigger_name"], r["log_text"]) for r in logs(server, "db")]
+    assert [t for n, t in texts if n == "loop" and t.startswith("calls")] == ["calls 1"]
+    assert ("watch", "saw 1") in texts and texts.count(
+        ("watch", "saw 1")
+    ) == 2  # the user's write and loop's write
+
+
+def test_schedule_trigger_runs_epoch_aligned_with_module_state(server: Server) -> None:
+    server.write("db", "m v=0 1", precision="ns")
+    name = plugin(
+        server,
+        "tick.py",
+        """
+        calls = 0
+        def process_scheduled_call(influxdb3_local, call_time, args):
+            global calls
+            calls += 1
+            assert call_time.tzinfo is None and call_time.microsecond == 0
+            influxdb3_local.write(LineBuilder("ticks").tag("who", args["who"]).int64_field("n", calls))
+    """,
+    )
+    assert create(server, "db", "tick", name, "every:1s", arguments={"who": "a"}).status == 200
+    rows = wait_for(
+        lambda: (
+            server.query("db", "SELECT n FROM ticks ORDER BY n") if _has(server, "db", "ticks", 3) else None
+        )
+    )
+    assert [r["n"] for r in rows][:3] == [1, 2, 3]  # module state persists across calls of one trigger
+
+
+def test_cron_five_field_is_accepted(server: Server) -> None:
+    server.write("db", "m v=0 1", precision="ns")
+    name = plugin(server, "c.py", "def process_scheduled_call(influxdb3_local, call_time, args):\n    pass\n")
+    assert create(server, "db", "c5", name, "cron:*/5 * * * *").status == 200
+    assert create(server, "db", "c6", name, "cron:*/2 * * * * *").status == 200
+    r = create(server, "db", "bad", name, "cron:not a cron")
+    assert r.status == 400 and "failed to parse trigger" in r.text
+
+
+def test_request_trigger_return_values(server: Server) -> None:
+    server.write("db", "m v=0 1", precision="ns")
+    name = plugin(
+        server,
+        "req.py",
+        """
+        def process_request(influxdb3_local, query_parameters, request_headers, request_body, args):
+            kind = query_parameters.get("kind")
+            if kind == "text":
+                return "hello"
+            if kind == "bytes":
+                return b"\\x00\\x01"
+            if kind == "tuple":
+                return {"made": True}, 201, {"X-Extra": "1"}
+            if kind == "raise":
+                raise ValueError("nope")
+            if kind == "none":
+                return None
+            if kind == "headers":
+                return {"auth": "authorization" in request_headers, "ua": request_headers.get("user-agent", "")}
+            return {"q": query_parameters, "body": request_body.decode(), "args": args}
+    """,
+    )
+    assert create(server, "db", "req", name, "request:api/v1/thing", arguments={"a": "1"}).status == 200
+    r = server.request("POST", "/api/v3/engine/api/v1/thing", {"x": "y z"}, b"payload")
+    assert r.status == 200 and r.json() == {"q": {"x": "y z"}, "body": "payload", "args": {"a": "1"}}
+    r = server.request("GET", "/api/v3/engine/api/v1/thing", {"kind": "text"})
+    assert r.status == 200 and r.headers["Content-Type"].startswith("text/html") and r.text == "hello"
+    r = server.request("GET", "/api/v3/engine/api/v1/thing", {"kind": "bytes"})
+    assert r.headers["Content-Type"] == "application/octet-stream" and r.body == b"\x00\x01"
+    r = server.request("GET", "/api/v3/engine/api/v1/thing", {"kind": "tuple"})
+    assert r.status == 201 and r.headers["X-Extra"] == "1" and r.json() == {"made": True}
+    r = server.request("GET", "/api/v3/engine/api/v1/thing", {"kind": "raise"})
+    assert r.status == 500 and "nope" in r.json()["error"]
+    r = server.request("GET", "/api/v3/engine/api/v1/thing", {"kind": "none"})
+    assert r.status == 500 and "Unsupported return type" in r.json()["error"]
+    r = server.request(
+        "GET", "/api/v3/engine/api/v1/thing", {"kind": "headers"}, headers={"Authorization": "Bearer x"}
+    )
+    assert r.json()["auth"] is False
+    r = server.request("GET", "/api/v3/engine/nothing/here")
+    assert r.status == 404 and r.json() == {"error": "not found"}
+
+
+def test_request_plugin_may_call_the_servers_own_api(server: Server) -> None:
+    server.write("db", "m v=5 1", precision="ns")
+    name = plugin(
+        server,
+        "self.py",
+        f"""
+        import json, urllib.request
+        def process_request(influxdb3_local, query_parameters, request_headers, request_body, args):
+            with urllib.request.urlopen("{server.url}/ping") as r:
+                ping = json.loads(r.read())
+            with urllib.request.urlopen("{server.url}/api/v3/engine/other") as r:
+                other = r.read().decode()
+            return {{"ping": bool(ping["version"]), "other": other, "rows": influxdb3_local.query("SELECT v FROM m")}}
+    """,
+    )
+    other = plugin(server, "other.py", "def process_request(a, q, h, b, args):\n    return 'inner'\n")
+    create(server, "db", "outer", name, "request:outer")
+    create(server, "db", "inner", other, "path:other")
+    r = server.request("GET", "/api/v3/engine/outer", timeout=20)
+    assert r.status == 200 and r.json() == {"ping": True, "other": "inner", "rows": [{"v": 5.0}]}
+
+
+def test_trigger_lifecycle_and_errors(server: Server) -> None:
+    server.write("db", "m v=0 1", precision="ns")
+    name = plugin(server, "p.py", "def process_writes(influxdb3_local, table_batches, args):\n    pass\n")
+    assert create(server, "db", "t", name, "table:m").status == 200
+    assert create(server, "db", "t", name, "table:m").status == 409
+    r = create(server, "nodb", "t", name, "table:m")
+    assert r.status == 404 and "Database not found" in r.text
+    r = create(server, "db", "t2", "missing.py", "table:m")
+    assert r.status == 404 and "Plugin not found" in r.text
+    r = create(server, "db", "t3", "../../etc/passwd", "table:m")
+    assert r.status == 400 and "Path traversal detected" in r.text
+    r = create(server, "db", "t4", name, "sometimes")
+    assert r.status == 400 and "expect one of the following forms" in r.text
+    r = server.request(
+        "DELETE", "/api/v3/configure/processing_engine_trigger", {"db": "db", "trigger_name": "t"}
+    )
+    assert r.status == 400 and "Disable it first or use --force" in r.text
+    assert (
+        server.request(
+            "POST", "/api/v3/configure/processing_engine_trigger/disable", {"db": "db", "trigger_name": "t"}
+        ).status
+        == 200
+    )
+    shown = server.query(
+        "db", "SELECT trigger_name, disabled, trigger_specification FROM system.processing_engine_triggers"
+    )
+    assert shown == [
+        {
+            "trigger_name": "t",
+            "disabled": True,
+            "trigger_specification": '{"single_table_wal_write":{"table_name":"m"}}',
+        }
+    ]
+    assert (
+        server.request(
+            "DELETE", "/api/v3/configure/processing_engine_trigger", {"db": "db", "trigger_name": "t"}
+        ).status
+        == 200
+    )
+    assert server.query("db", "SELECT trigger_name FROM system.processing_engine_triggers") == []
+
+
+def test_triggers_logs_and_disable_survive_restart(server: Server) -> None:
+    server.write("db", "m v=0 1", precision="ns")
+    bad = plugin(
+        server,
+        "bad.py",
+        """
+        def process_writes(influxdb3_local, table_batches, args):
+            influxdb3_local.info("about to fail")
+            raise SystemExit("a plugin must not stop the server")
+    """,
+    )
+    good = plugin(
+        server,
+        "good.py",
+        """
+        def process_writes(influxdb3_local, table_batches, args):
+            influxdb3_local.info("good ran", {"rows": sum(len(b["rows"]) for b in table_batches)})
+    """,
+    )
+    assert create(server, "db", "bad", bad, "table:m", error_behavior="disable").status == 200
+    assert create(server, "db", "good", good, "table:m", arguments={"k": "v"}).status == 200
+    server.write("db", "m v=1 2", precision="ns")
+    wait_for(
+        lambda: (
+            server.query(
+                "db", "SELECT disabled FROM system.processing_engine_triggers WHERE trigger_name = 'bad'"
+            )
+            == [{"disabled": True}]
+        )
+    )
+    assert server.request("GET", "/health").status == 200
+    texts = [r["log_text"] for r in logs(server, "db")]
+    assert "good ran {'rows': 1}" in texts and any("SystemExit" in t for t in texts)
+    time.sleep(1.2)  # let the log ring reach LMDB
+    server.stop()
+    server.start()
+    after = [r["log_text"] for r in logs(server, "db")]
+    assert "good ran {'rows': 1}" in after
+    assert server.query(
+        "db", "SELECT trigger_name, disabled FROM system.processing_engine_triggers ORDER BY trigger_name"
+    ) == [
+        {"trigger_name": "bad", "disabled": True},
+        {"trigger_name": "good", "disabled": False},
+    ]
+    assert server.query(
+        "db", "SELECT argument_key, argument_value FROM system.processing_engine_trigger_arguments"
+    ) == [{"argument_key": "k", "argument_value": "v"}]
+    server.write("db", "m v=2 3", precision="ns")
+    wait_for(lambda: [r for r in logs(server, "db") if r["log_text"] == "good ran {'rows': 1}"][1:])
+
+
+def test_plugin_file_changes_are_picked_up(server: Server) -> None:
+    server.write("db", "m v=0 1", precision="ns")
+    name = plugin(server, "r.py", "def process_request(a, q, h, b, args):\n    return 'one'\n")
+    create(server, "db", "r", name, "request:r")
+    assert server.request("GET", "/api/v3/engine/r").text == "one"
+    time.sleep(0.01)
+    plugin(server, "r.py", "def process_request(a, q, h, b, args):\n    return 'two'\n")
+    assert server.request("GET", "/api/v3/engine/r").text == "two"
+
+
+def test_multi_file_plugin_package(server: Server) -> None:
+    server.write("db", "m v=0 1", precision="ns")
+    plugin(server, "pkg/helpers.py", "def shout(s):\n    return s.upper()\n")
+    plugin(
+        server,
+        "pkg/__init__.py",
+        "from .helpers import shout\ndef process_request(a, q, h, b, args):\n    return shout('hi')\n",
+    )
+    assert create(server, "db", "pkg", "pkg", "request:pkg").status == 200
+    assert server.request("GET", "/api/v3/engine/pkg").text == "HI"
+
+
+def test_request_triggers_need_a_token_unless_no_auth(auth_server: Server) -> None:
+    s = auth_server
+    s.write("db", "m v=0 1", precision="ns")
+    name = plugin(s, "open.py", "def process_request(a, q, h, b, args):\n    return 'ok'\n")
+    assert create(s, "db", "closed", name, "request:closed").status == 200
+    assert create(s, "db", "open", name, "request:open", no_auth=True).status == 200
+    assert s.request("GET", "/api/v3/engine/closed", token="").status == 401
+    assert s.request("GET", "/api/v3/engine/closed").text == "ok"
+    assert s.request("GET", "/api/v3/engine/open", token="").text == "ok"
+
+
+EXAMPLES = REPO / "plugins"
+
+
+@pytest.fixture
+def examples(server: Server) -> Server:
+    shutil.copytree(EXAMPLES, server.data_dir / "plugins", dirs_exist_ok=True)
+    return server
+
+
+def test_example_webhook_writes_json_as_points(examples: Server) -> None:
+    s = examples
+    s.write("iot", "m v=0 1", precision="ns")
+    assert (
+        create(s, "iot", "hook", "webhook/webhook.py", "request:ingest", arguments={"table": "events"}).status
+        == 200
+    )
+    body = json.dumps(
+        [
+            {"device": "d1", "temp": 21.5, "count": 3, "ok": True, "time": 1_000},
+            {"device": "d2", "temp": 22.0},
+        ]
+    )
+    r = s.request("POST", "/api/v3/engine/ingest", body=body)
+    assert r.status == 200 and r.json() == {"written": 2}
+    rows = s.query("iot", "SELECT device, temp, count, ok FROM events ORDER BY device")
+    assert rows == [{"device": "d1", "temp": 21.5, "count": 3, "ok": True}, {"device": "d2", "temp": 22.0}]
+    assert s.request("POST", "/api/v3/engine/ingest", body="not json").status == 400
+
+
+def test_example_threshold_alert(examples: Server) -> None:
+    s = examples
+    s.write("iot", "weather,site=a temp=1 1", precision="ns")
+    args = {"field": "temp", "above": "30"}
+    assert (
+        create(s, "iot", "hot", "threshold_alert/threshold_alert.py", "table:weather", arguments=args).status
+        == 200
+    )
+    s.write("iot", "weather,site=a temp=25 10\nweather,site=b temp=35.5 20\n", precision="ns")
+    rows = wait_for(
+        lambda: (
+            s.query("iot", "SELECT source, site, value, threshold, message FROM alerts")
+            if _has(s, "iot", "alerts", 1)
+            else None
+        )
+    )
+    assert rows == [
+        {
+            "source": "weather",
+            "site": "b",
+            "value": 35.5,
+            "threshold": 30.0,
+            "message": "temp 35.5 above 30.0",
+        }
+    ]
+
+
+def test_example_downsampler(examples: Server) -> None:
+    s = examples
+    now = time.time_ns()
+    minute = 60 * 10**9
+    base = now - now % (5 * minute) - 10 * minute
+    s.write(
+        "iot",
+        "".join(f"weather,site=a temp={t} {base + i * minute}\n" for i, t in enumerate([10, 20, 30, 40, 50])),
+        precision="ns",
+    )
+    args = {"source": "weather", "target": "weather_5m", "interval": "5 minutes", "window": "1 hour"}
+    assert create(s, "iot", "ds", "downsampler/downsampler.py", "every:1s", arguments=args).status == 200
+    rows = wait_for(
+        lambda: (
+            s.query("iot", "SELECT site, temp FROM weather_5m") if _has(s, "iot", "weather_5m", 1) else None
+        )
+    )
+    assert rows == [{"site": "a", "temp": 30.0}]
