@@ -129,6 +129,7 @@ def build(config: Config) -> App:
             config.call_timeout / 1e9,
             config.cache_max_bytes,
             config.queue_size,
+            config.package_manager,
         ),
         wal,
         catalog,

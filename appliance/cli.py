@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, config
+from .engine.packages import run_pip
 from .errors import ApplianceError
 
 DEFAULT_HOST = "http://127.0.0.1:8181"
@@ -180,6 +181,49 @@ def _parser() -> argparse.ArgumentParser:
     sw = show.add_parser("triggers", help="list the triggers of a database")
     _client_flags(sw, database=True)
     sw.set_defaults(func=_show_triggers)
+
+    test = sub.add_parser("test", help="run a plugin once without side effects").add_subparsers(
+        metavar="WHAT"
+    )
+    tw = test.add_parser(
+        "wal_plugin",
+        help="call process_writes with line protocol you give",
+        description="Run a WAL plugin once: real queries, writes reported, not committed.",
+    )
+    _client_flags(tw, database=True)
+    tw.add_argument("filename", help="plugin file, relative to the server's plugin directory")
+    tw.add_argument("--lp", help="line protocol to feed the plugin")
+    tw.add_argument("--file", help="read the line protocol from this local file")
+    tw.add_argument("--input-arguments", help="args for the plugin: k=v,k2=v2")
+    tw.add_argument("--cache-name", help="cache namespace to use (default _shared_test)")
+    tw.set_defaults(func=_test_wal_plugin)
+    ts = test.add_parser(
+        "schedule_plugin",
+        help="call process_scheduled_call once",
+        description="Run a schedule plugin once: real queries, writes reported, not committed.",
+    )
+    _client_flags(ts, database=True)
+    ts.add_argument("filename", help="plugin file, relative to the server's plugin directory")
+    ts.add_argument("--schedule", help="cron expression giving the call time (default: every second)")
+    ts.add_argument("--input-arguments", help="args for the plugin: k=v,k2=v2")
+    ts.add_argument("--cache-name", help="cache namespace to use (default _shared_test)")
+    ts.set_defaults(func=_test_schedule_plugin)
+
+    inst = sub.add_parser("install", help="install Python packages for plugins").add_subparsers(
+        metavar="WHAT"
+    )
+    ip = inst.add_parser(
+        "package",
+        help="pip-install packages into the plugin environment",
+        description="Install packages on the server, into <plugin-dir>/.packages.",
+    )
+    _client_flags(ip)
+    ip.add_argument("packages", nargs="*", help="package specifiers, e.g. requests==2.32.3")
+    ip.add_argument("-r", "--requirements", help="a requirements file on the server")
+    ip.set_defaults(func=_install_package)
+    pip = sub.add_parser("_pip", add_help=False)  # internal: pip inside this executable
+    pip.add_argument("argv", nargs=argparse.REMAINDER)
+    pip.set_defaults(func=lambda a: run_pip(a.argv))
 
     pe = sub.add_parser("persist", help="persist the in-memory buffer to Parquet now")
     _client_flags(pe)
@@ -412,6 +456,55 @@ def _show_triggers(args: argparse.Namespace) -> int:
     _print_body(
         _client(args).json("POST", "/api/v3/query_sql", {"db": _database(args), "q": sql, "format": "pretty"})
     )
+    return 0
+
+
+def _test_wal_plugin(args: argparse.Namespace) -> int:
+    from .engine.triggers import parse_trigger_arguments
+
+    lp = Path(args.file).read_text() if args.file else args.lp
+    if not lp:
+        raise CliError("no line protocol given: pass --lp '...' or --file FILE")
+    payload = {
+        "filename": args.filename,
+        "database": _database(args),
+        "input_lp": lp,
+        "input_arguments": parse_trigger_arguments(args.input_arguments),
+        "cache_name": args.cache_name,
+    }
+    return _print_test(_client(args).json("POST", "/api/v3/plugin_test/wal", payload))
+
+
+def _test_schedule_plugin(args: argparse.Namespace) -> int:
+    from .engine.triggers import parse_trigger_arguments
+
+    payload = {
+        "filename": args.filename,
+        "database": _database(args),
+        "schedule": args.schedule,
+        "input_arguments": parse_trigger_arguments(args.input_arguments),
+        "cache_name": args.cache_name,
+    }
+    return _print_test(_client(args).json("POST", "/api/v3/plugin_test/schedule", payload))
+
+
+def _print_test(body: bytes) -> int:
+    result = json.loads(body)
+    print(json.dumps(result, indent=2))
+    return 1 if result.get("errors") else 0
+
+
+def _install_package(args: argparse.Namespace) -> int:
+    if args.requirements:
+        payload: dict[str, Any] = {"requirements_location": args.requirements}
+        _client(args).json("POST", "/api/v3/configure/plugin_environment/install_requirements", payload)
+    elif args.packages:
+        _client(args).json(
+            "POST", "/api/v3/configure/plugin_environment/install_packages", {"packages": args.packages}
+        )
+    else:
+        raise CliError("nothing to install: name packages or pass -r requirements.txt")
+    print("installed")
     return 0
 
 

@@ -31,6 +31,12 @@ class Unauthorized(ApplianceError):
     http_status = 401
 
 
+class Forbidden(ApplianceError):
+    code = "forbidden"
+    http_status = 403
+    body_kind = "text"
+
+
 class NotFound(ApplianceError):
     code = "not found"
     http_status = 404

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "appliance"
 LAYERS: list[set[str]] = [
     {"errors", "units", "fileio"},
     {"model", "config", "log"},
-    {"_lpfast", "formats", "engine.api", "engine.triggers", "engine.loader"},
+    {"_lpfast", "formats", "engine.api", "engine.triggers", "engine.loader", "engine.packages"},
     {"_lpvec"},
     {"lineprotocol"},
     {"wal"},
@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
     {"overlap"},
     {"persist", "system_tables"},
     {"query"},
+    {"engine.dryrun"},
     {"engine.runner"},
     {"app"},
     {"http.routes"},

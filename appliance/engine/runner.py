@@ -31,7 +31,9 @@ from ..query import QueryService
 from ..wal import Wal, WalEntry
 from ..write import WriteRequest, WriteService
 from .api import PluginApi, PluginCache, api_globals
+from .dryrun import DryRun
 from .loader import PluginLoader
+from .packages import PackageInstaller
 from .store import EngineLog, TriggerDef, TriggerStore
 from .triggers import Schedule, TriggerSpec, flask_response, parse_spec
 
@@ -57,6 +59,7 @@ class EngineArgs:
     call_timeout_s: float
     cache_max_bytes: int
     queue_size: int
+    package_manager: str = "pip"
 
 
 @dataclass
@@ -92,6 +95,8 @@ class Engine:
         self.cache = PluginCache(args.cache_max_bytes)
         args.plugin_dir.mkdir(parents=True, exist_ok=True)
         self.loader = PluginLoader(args.plugin_dir, args.plugin_repo, api_globals())
+        self.dry_run = DryRun(self.loader, self.cache, catalog, queries)
+        self.packages = PackageInstaller(args.plugin_dir, args.package_manager)
         self._lock = threading.RLock()
         self._triggers: dict[str, TriggerDef] = {t.key: t for t in self.store.load()}
         self._running: dict[str, _Running] = {}

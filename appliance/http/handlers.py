@@ -491,3 +491,59 @@ async def engine_request(request: web.Request) -> web.Response:
         body,
     )
     return web.Response(status=status, headers=out_headers, body=out)
+
+
+async def test_wal_plugin(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    run = request.app[APP_KEY].engine.dry_run
+    result = await _in_pool(
+        request,
+        "engine",
+        run.wal,
+        _required(body, "filename"),
+        _required(body, "database"),
+        str(body.get("input_lp") or ""),
+        _arguments(body.get("input_arguments")),
+        body.get("cache_name"),
+    )
+    return json_response(result)
+
+
+async def test_schedule_plugin(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    run = request.app[APP_KEY].engine.dry_run
+    result = await _in_pool(
+        request,
+        "engine",
+        run.schedule,
+        _required(body, "filename"),
+        _required(body, "database"),
+        body.get("schedule"),
+        _arguments(body.get("input_arguments")),
+        body.get("cache_name"),
+    )
+    return json_response(result)
+
+
+def _arguments(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadRequest("'input_arguments' must be an object of name: value")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+async def install_packages(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    packages = body.get("packages")
+    if not isinstance(packages, list) or not all(isinstance(p, str) for p in packages):
+        raise BadRequest("'packages' must be a list of package specifiers")
+    await _in_pool(request, "admin", request.app[APP_KEY].engine.packages.install, packages)
+    return web.Response(status=200)
+
+
+async def install_requirements(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    location = _required(body, "requirements_location")
+    await _in_pool(request, "admin", request.app[APP_KEY].engine.packages.install, [], location)
+    return web.Response(status=200)

@@ -432,3 +432,243 @@ def test_example_downsampler(examples: Server) -> None:
         )
     )
     assert rows == [{"site": "a", "temp": 30.0}]
+
+
+def _wheel(tmp: Path) -> Path:
+    """A minimal pure-Python wheel built by hand: installs with pip offline, no build step."""
+    import zipfile
+
+    path = tmp / "appliance_test_pkg-1.0-py3-none-any.whl"
+    files = {
+        "appliance_test_pkg.py": "VALUE = 42\n",
+        "appliance_test_pkg-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: appliance-test-pkg\nVersion: 1.0\n",
+        "appliance_test_pkg-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(f"{name},,\n" for name in files) + "appliance_test_pkg-1.0.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(path, "w") as z:
+        for name, text in {**files, "appliance_test_pkg-1.0.dist-info/RECORD": record}.items():
+            z.writestr(name, text)
+    return path
+
+
+def test_installed_packages_are_importable_by_plugins(server: Server, tmp_path: Path) -> None:
+    server.write("db", "m v=0 1", precision="ns")
+    wheel = _wheel(tmp_path)
+    r = server.request(
+        "POST",
+        "/api/v3/configure/plugin_environment/install_packages",
+        body=json.dumps({"packages": [str(wheel)]}),
+        headers=JSON,
+        timeout=300,
+    )
+    assert r.status == 200, r.text
+    name = plugin(
+        server,
+        "uses_pkg.py",
+        "import appliance_test_pkg\ndef process_request(a, q, h, b, args):\n    return {'value': appliance_test_pkg.VALUE}\n",
+    )
+    create(server, "db", "pkg", name, "request:pkg")
+    assert server.request("GET", "/api/v3/engine/pkg").json() == {"value": 42}
+    r = server.request(
+        "POST",
+        "/api/v3/configure/plugin_environment/install_packages",
+        body=json.dumps({"packages": [str(tmp_path / "missing.whl")]}),
+        headers=JSON,
+        timeout=300,
+    )
+    assert r.status == 400 and "pip failed" in r.text
+
+
+def test_package_manager_disabled_refuses(tmp_path: Path) -> None:
+    s = Server(tmp_path / "d", env={"APPLIANCE_ENGINE_PACKAGE_MANAGER": "disabled"}).start()
+    r = s.request(
+        "POST",
+        "/api/v3/configure/plugin_environment/install_packages",
+        body=json.dumps({"packages": ["x"]}),
+        headers=JSON,
+    )
+    assert r.status == 403 and "Package installation has been disabled" in r.text
+    s.stop()
+
+
+def test_dry_run_endpoints_report_without_writing(server: Server) -> None:
+    server.write("db", "m,host=a v=1 1", precision="ns")
+    name = plugin(
+        server,
+        "dry.py",
+        """
+        def process_writes(influxdb3_local, table_batches, args):
+            for b in table_batches:
+                influxdb3_local.info("got", b["table_name"], len(b["rows"]), args)
+                influxdb3_local.write(LineBuilder("out").float64_field("n", len(b["rows"])))
+            influxdb3_local.write(LineBuilder("m").string_field("v", "wrong type"))
+            influxdb3_local.info("seen", influxdb3_local.query("SELECT count(*) AS c FROM m")[0]["c"])
+        def process_scheduled_call(influxdb3_local, call_time, args):
+            influxdb3_local.info("at", call_time.isoformat())
+    """,
+    )
+    body = {
+        "filename": name,
+        "database": "db",
+        "input_lp": "cpu,h=x u=1 1\ncpu,h=y u=2 2",
+        "input_arguments": {"k": "v"},
+    }
+    r = server.request("POST", "/api/v3/plugin_test/wal", body=json.dumps(body), headers=JSON)
+    doc = r.json()
+    assert r.status == 200
+    assert "INFO: got cpu 2 {'k': 'v'}" in doc["log_lines"] and "INFO: seen 1" in doc["log_lines"]
+    assert doc["database_writes"]["db"][0].startswith("out n=2")
+    assert any("expected iox::column_type::field::float" in e for e in doc["errors"])
+    assert (
+        server.request("GET", "/api/v3/query_sql", {"db": "db", "q": "SELECT * FROM out"}).status == 400
+    )  # nothing written
+    r = server.request(
+        "POST",
+        "/api/v3/plugin_test/schedule",
+        body=json.dumps({"filename": name, "database": "db", "schedule": "0 0 * * * *"}),
+        headers=JSON,
+    )
+    doc = r.json()
+    assert doc["trigger_time"].endswith(":00:00Z") and doc["errors"] == []
+    r = server.request(
+        "POST",
+        "/api/v3/plugin_test/schedule",
+        body=json.dumps({"filename": name, "database": "nope"}),
+        headers=JSON,
+    )
+    assert r.json()["errors"] == ["couldn't find db"]
+
+
+def test_retry_then_log_and_slow_trigger_drops_oldest(tmp_path: Path) -> None:
+    s = Server(
+        tmp_path / "d",
+        env={
+            "APPLIANCE_ENGINE_QUEUE_SIZE": "2",
+            "APPLIANCE_ENGINE_MAX_RETRIES": "2",
+            "APPLIANCE_ENGINE_CALL_TIMEOUT": "1s",
+        },
+    ).start()
+    s.write("db", "m v=0 1", precision="ns")
+    flaky = plugin(
+        s,
+        "flaky.py",
+        """
+        def process_writes(influxdb3_local, table_batches, args):
+            n = influxdb3_local.cache.get("n", 0) + 1
+            influxdb3_local.cache.put("n", n)
+            if n < 3:
+                raise RuntimeError(f"attempt {n} fails")
+            influxdb3_local.info("succeeded on attempt", n)
+    """,
+    )
+    slow = plugin(
+        s,
+        "slow.py",
+        """
+        import time
+        def process_writes(influxdb3_local, table_batches, args):
+            time.sleep(1.5)
+    """,
+    )
+    assert create(s, "db", "flaky", flaky, "table:m", error_behavior="retry").status == 200
+    assert create(s, "db", "slow", slow, "table:m").status == 200
+    for i in range(6):
+        assert (
+            s.write("db", f"m v={i} {10 + i}", precision="ns").status == 204
+        )  # writes never wait for plugins
+    texts = wait_for(
+        lambda: (
+            [r["log_text"] for r in logs(s, "db") if "succeeded on attempt 3" == r["log_text"]]
+            and [r["log_text"] for r in logs(s, "db")]
+        )
+    )
+    assert sum(t.startswith("retrying in") for t in texts) == 2
+    wait_for(lambda: any("dropped its oldest queued batch" in r["log_text"] for r in logs(s, "db")))
+    wait_for(lambda: any("still running after engine.call_timeout" in r["log_text"] for r in logs(s, "db")))
+    s.stop()
+
+
+def test_cli_manages_triggers(server: Server) -> None:
+    import os
+    import subprocess
+    import sys
+
+    server.write("db", "m v=0 1", precision="ns")
+    name = plugin(server, "cli.py", "def process_request(a, q, h, b, args):\n    return args\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")} | {
+        "APPLIANCE_HOST": server.url
+    }
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "appliance", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    r = cli(
+        "create",
+        "trigger",
+        "web",
+        "-d",
+        "db",
+        "--path",
+        name,
+        "--trigger-spec",
+        "request:web",
+        "--trigger-arguments",
+        "a=1,b=x=y",
+    )
+    assert r.returncode == 0, r.stderr
+    assert server.request("GET", "/api/v3/engine/web").json() == {"a": "1", "b": "x=y"}
+    assert "web" in cli("show", "triggers", "-d", "db").stdout
+    assert cli("disable", "trigger", "web", "-d", "db").returncode == 0
+    assert server.request("GET", "/api/v3/engine/web").status == 404
+    assert cli("enable", "trigger", "web", "-d", "db").returncode == 0
+    assert server.request("GET", "/api/v3/engine/web").status == 200
+    r = cli("delete", "trigger", "web", "-d", "db")
+    assert r.returncode == 1 and "--force" in r.stderr
+    assert cli("delete", "trigger", "web", "-d", "db", "--force").returncode == 0
+    lp = "cpu u=1 1"
+    wal = plugin(
+        server,
+        "walcli.py",
+        "def process_writes(influxdb3_local, table_batches, args):\n    influxdb3_local.info('rows', len(table_batches[0]['rows']))\n",
+    )
+    r = cli("test", "wal_plugin", wal, "-d", "db", "--lp", lp)
+    assert r.returncode == 0 and "INFO: rows 1" in r.stdout
+
+
+def test_gh_plugins_download_once_and_start_offline(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    repo = tmp_path / "repo" / "examples"
+    repo.mkdir(parents=True)
+    (repo / "hello.py").write_text(
+        "def process_request(a, q, h, b, args):\n    return 'from the repository'\n"
+    )
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path / "repo"))  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    s = Server(tmp_path / "d", env={"APPLIANCE_ENGINE_PLUGIN_REPO": url}).start()
+    try:
+        s.write("db", "m v=0 1", precision="ns")
+        assert create(s, "db", "gh", "gh:examples/hello.py", "request:hello").status == 200
+        r = create(s, "db", "gh2", "gh:examples/missing.py", "request:missing")
+        assert r.status == 400 and "error fetching plugin from repository: 404" in r.text
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert s.request("GET", "/api/v3/engine/hello").text == "from the repository"
+    r = create(s, "db", "gh3", "gh:examples/other.py", "request:other")
+    assert r.status == 400 and "unreachable" in r.text
+    s.stop()
+    s.start()  # the repository is gone: the cached copy starts the trigger
+    assert s.request("GET", "/api/v3/engine/hello").text == "from the repository"
+    s.stop()
