@@ -70,6 +70,7 @@ class App:
                 "buffer_bytes": self.buffer.nbytes,
             },
         }
+        components["engine"] = self.engine.health()
         states = {c["status"] for c in components.values()}
         overall = next(s for s in ("failed", "degraded", "ok") if s in states)
         return {"status": overall, "components": components}

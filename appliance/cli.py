@@ -178,6 +178,9 @@ def _parser() -> argparse.ArgumentParser:
     _client_flags(st, database=True)
     st.set_defaults(func=_show_tables)
 
+    sp = show.add_parser("plugins", help="list the plugin files on the server")
+    _client_flags(sp, database=True)
+    sp.set_defaults(func=_show_plugins)
     sw = show.add_parser("triggers", help="list the triggers of a database")
     _client_flags(sw, database=True)
     sw.set_defaults(func=_show_triggers)
@@ -505,6 +508,14 @@ def _install_package(args: argparse.Namespace) -> int:
     else:
         raise CliError("nothing to install: name packages or pass -r requirements.txt")
     print("installed")
+    return 0
+
+
+def _show_plugins(args: argparse.Namespace) -> int:
+    sql = "SELECT plugin_name, file_path, size_bytes FROM system.plugin_files ORDER BY file_path"
+    _print_body(
+        _client(args).json("POST", "/api/v3/query_sql", {"db": _database(args), "q": sql, "format": "pretty"})
+    )
     return 0
 
 

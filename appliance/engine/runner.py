@@ -456,6 +456,7 @@ class Engine:
         """`processing_engine_logs`, `_triggers` and `_trigger_arguments` of one database."""
         triggers = self.triggers(database)
         return {
+            "plugin_files": self.plugin_files(),
             "processing_engine_logs": self.logs.table(database),
             "processing_engine_triggers": pa.table(
                 {
@@ -480,6 +481,35 @@ class Engine:
                     ),
                 }
             ),
+        }
+
+    def plugin_files(self) -> pa.Table:
+        """`system.plugin_files`: every plugin file in the plugin directory (installed packages excluded)."""
+        root = self.args.plugin_dir
+        files = sorted(
+            p
+            for p in root.rglob("*.py")
+            if p.is_file() and not ({"__pycache__", ".packages"} & set(p.relative_to(root).parts))
+        )
+        return pa.table(
+            {
+                "plugin_name": pa.array([p.relative_to(root).parts[0] for p in files], pa.string()),
+                "file_name": pa.array([p.name for p in files], pa.string()),
+                "file_path": pa.array([str(p.relative_to(root)) for p in files], pa.string()),
+                "size_bytes": pa.array([p.stat().st_size for p in files], pa.int64()),
+                "last_modified": pa.array([p.stat().st_mtime_ns // 1_000_000 for p in files], pa.int64()),
+            }
+        )
+
+    def health(self) -> dict[str, Any]:
+        """The engine's part of /health: triggers running, dropped batches, cache use."""
+        with self._lock:
+            running = list(self._running.values())
+        return {
+            "status": "ok",
+            "triggers_running": len(running),
+            "batches_dropped": sum(r.dropped for r in running),
+            "cache": self.cache.stats(),
         }
 
     def _run_log_flush(self) -> None:

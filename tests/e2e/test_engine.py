@@ -626,6 +626,8 @@ def test_cli_manages_triggers(server: Server) -> None:
     assert r.returncode == 0, r.stderr
     assert server.request("GET", "/api/v3/engine/web").json() == {"a": "1", "b": "x=y"}
     assert "web" in cli("show", "triggers", "-d", "db").stdout
+    assert name in cli("show", "plugins", "-d", "db").stdout
+    assert server.request("GET", "/health").json()["components"]["engine"]["triggers_running"] == 1
     assert cli("disable", "trigger", "web", "-d", "db").returncode == 0
     assert server.request("GET", "/api/v3/engine/web").status == 404
     assert cli("enable", "trigger", "web", "-d", "db").returncode == 0
