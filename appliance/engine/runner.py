@@ -10,6 +10,7 @@ batches are dropped, counted and logged: writes are never held up by a plugin.
 from __future__ import annotations
 
 import heapq
+import itertools
 import json
 import logging
 import threading
@@ -107,6 +108,8 @@ class Engine:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._seq = 0
+        self._active: dict[int, tuple[float, TriggerDef, bool]] = {}  # calls in flight, for the watchdog
+        self._call_ids = itertools.count()
 
     # -- life cycle ---------------------------------------------------------
     def start(self) -> None:
@@ -382,18 +385,7 @@ class Engine:
         fn_name, signature = ENTRY_POINTS[run.spec.kind]
         api = PluginApi(trigger.database, _Hooks(self, trigger), self.cache.namespace(trigger.key))
         started = time.monotonic()
-        timer = threading.Timer(
-            self.args.call_timeout_s,
-            self.logs.add,
-            args=(
-                trigger.database,
-                trigger.name,
-                "WARN",
-                "the call is still running after engine.call_timeout",
-            ),
-        )
-        timer.daemon = True
-        timer.start()
+        call_id = self._watch(trigger, started)
         try:
             module = self.loader.module(trigger.key, trigger.plugin_filename)
             fn = getattr(module, fn_name, None)
@@ -409,7 +401,8 @@ class Engine:
             self.logs.add(trigger.database, trigger.name, "ERROR", text)
             return _Failure(("Python function call failed: " if event.kind == "request" else "") + text)
         finally:
-            timer.cancel()
+            with self._lock:
+                self._active.pop(call_id, None)
         self._write_back(trigger, api.take_writes())
         self.logs.add(
             trigger.database,
@@ -512,9 +505,30 @@ class Engine:
             "cache": self.cache.stats(),
         }
 
+    def _watch(self, trigger: TriggerDef, started: float) -> int:
+        call_id = next(self._call_ids)
+        with self._lock:
+            self._active[call_id] = (started, trigger, False)
+        return call_id
+
+    def _warn_overdue(self) -> None:
+        """Log, once per call, every plugin call running past engine.call_timeout."""
+        now = time.monotonic()
+        with self._lock:
+            overdue = [
+                (k, t)
+                for k, (s, t, warned) in self._active.items()
+                if not warned and now - s > self.args.call_timeout_s
+            ]
+            for k, t in overdue:
+                self._active[k] = (self._active[k][0], t, True)
+        for _, t in overdue:
+            self.logs.add(t.database, t.name, "WARN", "the call is still running after engine.call_timeout")
+
     def _run_log_flush(self) -> None:
         while not self._stop.wait(1.0):
             try:
+                self._warn_overdue()
                 self.logs.flush()
             except Exception:
                 log.exception("could not store engine log lines")
