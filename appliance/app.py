@@ -16,6 +16,7 @@ from .auth import Tokens, bootstrap_admin
 from .buffer import Buffer
 from .catalog import Catalog, CatalogLimits
 from .config import Config
+from .engine.pool import DaemonPool
 from .engine.runner import Engine, EngineArgs
 from .errors import ConfigError
 from .manifest import Manifest
@@ -47,7 +48,7 @@ class App:
     query_pool: ThreadPoolExecutor
     admin_pool: ThreadPoolExecutor
     engine: Engine
-    engine_pool: ThreadPoolExecutor
+    engine_pool: DaemonPool
     process_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     started_at: float = field(default_factory=time.time)
     replay_seconds: float = 0.0
@@ -78,7 +79,7 @@ class App:
     def stop(self) -> None:
         """Stop in reverse flow order: ingest pools, persist the buffer, then the WAL writer."""
         self.engine.stop()
-        self.engine_pool.shutdown(wait=False, cancel_futures=True)
+        self.engine_pool.shutdown()
         self.write_pool.shutdown(wait=True)
         self.admin_pool.shutdown(wait=True)
         self.query_pool.shutdown(wait=True, cancel_futures=True)
@@ -152,7 +153,7 @@ def build(config: Config) -> App:
         queries=queries,
         engine=engine,
         # Request plugins run here, never on the event loop: they may call this server's own API.
-        engine_pool=ThreadPoolExecutor(8, thread_name_prefix="engine"),
+        engine_pool=DaemonPool(8, "engine"),
         tokens=tokens,
         write_pool=ThreadPoolExecutor(4, thread_name_prefix="write"),
         query_pool=ThreadPoolExecutor(2, thread_name_prefix="query"),

@@ -16,6 +16,9 @@ from .http import server as http_server
 
 log = logging.getLogger("appliance.server")
 
+#: How long in-flight requests get at shutdown; a plugin still running after that is abandoned.
+SHUTDOWN_GRACE_SECONDS = 10.0
+
 
 def serve(config: Config) -> int:
     """Serve until a stop signal; returns the process exit code."""
@@ -37,6 +40,7 @@ async def _run_http(app: app_module.App) -> None:
         http_server.create(app),
         access_log=logging.getLogger("appliance.access"),  # quiet unless --log-filter enables it
         handle_signals=False,
+        shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
     )
     await runner.setup()
     host, _, port = app.config.bind.rpartition(":")

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "appliance"
 LAYERS: list[set[str]] = [
     {"errors", "units", "fileio"},
     {"model", "config", "log"},
-    {"_lpfast", "formats", "engine.api", "engine.triggers", "engine.loader", "engine.packages"},
+    {"_lpfast", "formats", "engine.api", "engine.triggers", "engine.loader", "engine.packages", "engine.pool"},
     {"_lpvec"},
     {"lineprotocol"},
     {"wal"},

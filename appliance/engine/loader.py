@@ -40,6 +40,7 @@ class PluginLoader:
         self.repo = repo.rstrip("/")
         self._loaded: dict[str, _Loaded] = {}
         self._lock = threading.Lock()
+        self._key_locks: dict[str, threading.Lock] = {}
         self._ids = itertools.count()
         # Plugins use LineBuilder without importing it, as in InfluxDB 3.
         for name, value in injected.items():
@@ -106,23 +107,24 @@ class PluginLoader:
     def module(self, key: str, filename: str) -> ModuleType:
         """The trigger's module instance, reloaded when its file (or any .py of its package) changed."""
         path = self.resolve(filename)
-        stamp = _stamp(path)
         with self._lock:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:  # two first calls at once must not run the module's top level twice
+            stamp = _stamp(path)
             loaded = self._loaded.get(key)
             if loaded is not None and loaded.stamp == stamp:
                 return loaded.module
-        module = self._load(path)
-        with self._lock:
-            old = self._loaded.get(key)
+            module = self._load(path)
             self._loaded[key] = _Loaded(module, stamp)
-        if old is not None:
-            _unregister(old.module)
+        if loaded is not None:
+            _unregister(loaded.module)
         return module
 
     def forget(self, key: str) -> None:
         """Drop a trigger's module (deleted or disabled)."""
         with self._lock:
             old = self._loaded.pop(key, None)
+            self._key_locks.pop(key, None)
         if old is not None:
             _unregister(old.module)
 

@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +35,7 @@ from .api import PluginApi, PluginCache, api_globals
 from .dryrun import DryRun
 from .loader import PluginLoader
 from .packages import PackageInstaller
+from .pool import DaemonPool
 from .store import EngineLog, TriggerDef, TriggerStore
 from .triggers import Schedule, TriggerSpec, flask_response, parse_spec
 
@@ -80,6 +81,8 @@ class _Running:
     cond: threading.Condition = field(default_factory=threading.Condition)
     stopped: bool = False
     dropped: int = 0
+    dropped_logged: int = 0
+    in_flight: int = 0
     thread: threading.Thread | None = None
 
 
@@ -102,14 +105,16 @@ class Engine:
         self._triggers: dict[str, TriggerDef] = {t.key: t for t in self.store.load()}
         self._running: dict[str, _Running] = {}
         self._paths: dict[str, _Running] = {}
-        self._pool = ThreadPoolExecutor(ASYNC_WORKERS, thread_name_prefix="plugin")
-        self._schedule: list[tuple[int, int, str]] = []  # (fire ns, tie-breaker, trigger key)
+        self._pool = DaemonPool(ASYNC_WORKERS, "plugin")  # asynchronous WAL and schedule calls
+        self.request_pool = DaemonPool(ASYNC_WORKERS, "request-plugin")  # request triggers and dry runs
+        self._schedule: list[tuple[int, int, _Running]] = []  # (fire ns, tie-breaker, the run it belongs to)
         self._tick = threading.Condition()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._seq = 0
         self._active: dict[int, tuple[float, TriggerDef, bool]] = {}  # calls in flight, for the watchdog
         self._call_ids = itertools.count()
+        self._watch_lock = threading.Lock()
 
     # -- life cycle ---------------------------------------------------------
     def start(self) -> None:
@@ -136,7 +141,11 @@ class Engine:
         for run in list(self._running.values()):
             if run.thread is not None:
                 run.thread.join(max(0.0, deadline - time.monotonic()))
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
+        self.request_pool.shutdown()
+        with self._lock:
+            self._running.clear()
+            self._paths.clear()
         for th in self._threads:
             th.join(2)
         self.logs.flush()
@@ -239,16 +248,26 @@ class Engine:
     # -- WAL trigger events --------------------------------------------------
     def on_commit(self, entries: list[tuple[WalSeq, WalEntry]]) -> None:
         """WAL listener: queue each database's entries to its WAL triggers (no plugin code here)."""
-        for run in list(self._running.values()):
-            if run.spec.kind != "wal":
-                continue
-            mine = [e for _, e in entries if e.db == run.trigger.database and e.origin != run.trigger.key]
-            if mine:
-                self._submit(run, _Event("wal", mine))
+        if self._stop.is_set():
+            return
+        try:
+            for run in list(self._running.values()):
+                if run.spec.kind != "wal":
+                    continue
+                mine = [e for _, e in entries if e.db == run.trigger.database and e.origin != run.trigger.key]
+                if mine:
+                    self._submit(run, _Event("wal", mine))
+        except Exception:  # on the WAL writer thread: a bug here must not stop the server
+            log.exception("could not hand a WAL batch to the triggers")
 
     def _submit(self, run: _Running, event: _Event) -> None:
         if run.trigger.run_async:
-            self._pool.submit(self._call, run, event)
+            with run.cond:
+                if run.in_flight >= self.args.queue_size:  # bounded backlog for async triggers too
+                    run.dropped += 1
+                    return
+                run.in_flight += 1
+            self._pool.submit(self._call_async, run, event)
             return
         with run.cond:
             if event.kind == "schedule" and any(e.kind == "schedule" for e in run.queue):
@@ -257,16 +276,16 @@ class Engine:
                 return
             if len(run.queue) >= self.args.queue_size:
                 run.queue.popleft()
-                run.dropped += 1
-                self.logs.add(
-                    run.trigger.database,
-                    run.trigger.name,
-                    "WARN",
-                    f"trigger is behind: dropped its oldest queued batch ({run.dropped} dropped so far;"
-                    f" engine.queue_size={self.args.queue_size})",
-                )
+                run.dropped += 1  # logged by the flusher thread, not on the WAL writer thread
             run.queue.append(event)
             run.cond.notify()
+
+    def _call_async(self, run: _Running, event: _Event) -> None:
+        try:
+            self._call(run, event)
+        finally:
+            with run.cond:
+                run.in_flight -= 1
 
     def _work(self, run: _Running) -> None:
         while True:
@@ -283,7 +302,7 @@ class Engine:
         schedule = Schedule(run.spec)
         with self._tick:
             self._seq += 1
-            heapq.heappush(self._schedule, (schedule.next_after(after_ns), self._seq, run.trigger.key))
+            heapq.heappush(self._schedule, (schedule.next_after(after_ns), self._seq, run))
             self._tick.notify()
 
     def _run_schedule(self) -> None:
@@ -293,14 +312,13 @@ class Engine:
                 if not self._schedule:
                     self._tick.wait(1.0)
                     continue
-                fire, _, key = self._schedule[0]
+                fire, _, run = self._schedule[0]
                 if fire > now:
                     self._tick.wait(min((fire - now) / 1e9, 1.0))
                     continue
                 heapq.heappop(self._schedule)
-            run = self._running.get(key)
-            if run is None or run.stopped:
-                continue
+            if run.stopped or self._running.get(run.trigger.key) is not run:
+                continue  # disabled, deleted or restarted since: its own schedule chain ends here
             last, skipped = Schedule(run.spec).due(fire - 1, now)
             self._submit(run, _Event("schedule", last, skipped))
             self._plan(run, max(now, last))
@@ -320,10 +338,19 @@ class Engine:
             return 404, {"Content-Type": "application/json"}, b'{"error":"not found"}'
         if self.catalog.get(run.trigger.database) is None:
             return 500, {"Content-Type": "application/json"}, b'{"error":"database not found"}'
-        future: Future[Any] = self._pool.submit(self._call, run, _Event("request", (query, headers, body)))
+        future: Future[Any] = self.request_pool.submit(
+            self._call, run, _Event("request", (query, headers, body))
+        )
         try:
             result = future.result(timeout=self.args.call_timeout_s)
         except FutureTimeout:
+            if not future.cancel():  # already running: it finishes, and its writes still land
+                self.logs.add(
+                    run.trigger.database,
+                    run.trigger.name,
+                    "WARN",
+                    "the request got 504 but the plugin is still running; its writes will be kept",
+                )
             self.logs.add(
                 run.trigger.database, run.trigger.name, "ERROR", "request plugin exceeded engine.call_timeout"
             )
@@ -339,6 +366,21 @@ class Engine:
         except ValueError as e:
             self.logs.add(run.trigger.database, run.trigger.name, "ERROR", str(e))
             return 500, {"Content-Type": "application/json"}, _error_json(str(e))
+
+    def test_plugin(self, kind: str, *args: Any) -> dict[str, Any]:
+        """A dry run (`wal` or `schedule`) on the request pool, within engine.call_timeout."""
+        run = self.dry_run.wal if kind == "wal" else self.dry_run.schedule
+        future = self.request_pool.submit(run, *args)
+        try:
+            result: dict[str, Any] = future.result(timeout=self.args.call_timeout_s)
+        except FutureTimeout:
+            future.cancel()
+            return {
+                "log_lines": [],
+                "database_writes": {},
+                "errors": ["the plugin did not finish within engine.call_timeout"],
+            }
+        return result
 
     # -- calling plugins -----------------------------------------------------
     def _call(self, run: _Running, event: _Event) -> Any:
@@ -360,23 +402,27 @@ class Engine:
                 )
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
-        if event.kind != "request" and run.trigger.error_behavior == "disable":
+        if event.kind != "request" and run.trigger.error_behavior == "disable" and not run.stopped:
+            self._halt(run)  # no further queued events run
             self.logs.add(
                 run.trigger.database,
                 run.trigger.name,
                 "ERROR",
                 "disabling the trigger after the error (error_behavior=disable)",
             )
-            threading.Thread(target=self._disable_quietly, args=(run.trigger,), daemon=True).start()
+            threading.Thread(target=self._disable_quietly, args=(run,), daemon=True).start()
         elif attempts > 1:
             self.logs.add(
                 run.trigger.database, run.trigger.name, "ERROR", f"failed after {attempts} attempts"
             )
         return outcome
 
-    def _disable_quietly(self, trigger: TriggerDef) -> None:
+    def _disable_quietly(self, run: _Running) -> None:
+        trigger = run.trigger
         try:
-            self.set_disabled(trigger.database, trigger.name, True)
+            with self._lock:
+                if self._running.get(trigger.key) is run:  # not a trigger re-created meanwhile
+                    self.set_disabled(trigger.database, trigger.name, True)
         except Exception:
             log.exception("could not disable trigger %s", trigger.key)
 
@@ -401,7 +447,7 @@ class Engine:
             self.logs.add(trigger.database, trigger.name, "ERROR", text)
             return _Failure(("Python function call failed: " if event.kind == "request" else "") + text)
         finally:
-            with self._lock:
+            with self._watch_lock:
                 self._active.pop(call_id, None)
         self._write_back(trigger, api.take_writes())
         self.logs.add(
@@ -507,14 +553,14 @@ class Engine:
 
     def _watch(self, trigger: TriggerDef, started: float) -> int:
         call_id = next(self._call_ids)
-        with self._lock:
+        with self._watch_lock:
             self._active[call_id] = (started, trigger, False)
         return call_id
 
     def _warn_overdue(self) -> None:
         """Log, once per call, every plugin call running past engine.call_timeout."""
         now = time.monotonic()
-        with self._lock:
+        with self._watch_lock:
             overdue = [
                 (k, t)
                 for k, (s, t, warned) in self._active.items()
@@ -525,9 +571,22 @@ class Engine:
         for _, t in overdue:
             self.logs.add(t.database, t.name, "WARN", "the call is still running after engine.call_timeout")
 
+    def _report_drops(self) -> None:
+        for run in list(self._running.values()):
+            if run.dropped > run.dropped_logged:
+                self.logs.add(
+                    run.trigger.database,
+                    run.trigger.name,
+                    "WARN",
+                    f"trigger is behind: dropped {run.dropped - run.dropped_logged} of its oldest queued batches"
+                    f" ({run.dropped} so far; engine.queue_size={self.args.queue_size})",
+                )
+                run.dropped_logged = run.dropped
+
     def _run_log_flush(self) -> None:
         while not self._stop.wait(1.0):
             try:
+                self._report_drops()
                 self._warn_overdue()
                 self.logs.flush()
             except Exception:

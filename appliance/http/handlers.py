@@ -495,11 +495,12 @@ async def engine_request(request: web.Request) -> web.Response:
 
 async def test_wal_plugin(request: web.Request) -> web.Response:
     body = await _json_body(request)
-    run = request.app[APP_KEY].engine.dry_run
+    engine = request.app[APP_KEY].engine
     result = await _in_pool(
         request,
         "engine",
-        run.wal,
+        engine.test_plugin,
+        "wal",
         _required(body, "filename"),
         _required(body, "database"),
         str(body.get("input_lp") or ""),
@@ -511,11 +512,12 @@ async def test_wal_plugin(request: web.Request) -> web.Response:
 
 async def test_schedule_plugin(request: web.Request) -> web.Response:
     body = await _json_body(request)
-    run = request.app[APP_KEY].engine.dry_run
+    engine = request.app[APP_KEY].engine
     result = await _in_pool(
         request,
         "engine",
-        run.schedule,
+        engine.test_plugin,
+        "schedule",
         _required(body, "filename"),
         _required(body, "database"),
         body.get("schedule"),
