@@ -724,3 +724,45 @@ def test_a_looping_plugin_does_not_hold_up_shutdown(server: Server) -> None:
     started = time.monotonic()
     assert server.stop(timeout=30) == 0
     assert time.monotonic() - started < 45  # the 10 s request grace, slowed by the looping thread's GIL use
+
+
+def test_api_calls_cache_cap_and_write_to_other_databases(tmp_path: Path) -> None:
+    s = Server(tmp_path / "d", env={"APPLIANCE_ENGINE_CACHE_MAX_BYTES": "4KiB"}).start()
+    s.write("db", "m v=0 1", precision="ns")
+    s.write("other", "x v=0 1", precision="ns")
+    name = plugin(
+        s,
+        "api.py",
+        """
+        import collections
+        def process_request(influxdb3_local, query_parameters, request_headers, request_body, args):
+            cache = influxdb3_local.cache
+            cache.put("big", "x" * 10_000)  # over the 4 KiB cap: evicts the rest, never raises
+            seen = cache.get("seen") or collections.deque(maxlen=3)
+            seen.append(query_parameters.get("n"))
+            cache.put("seen", seen)  # stored by reference; evicts "big", the least recently used
+            cache.put("shared", "global value", use_global=True)
+            influxdb3_local.write_to_db("other", LineBuilder("x").float64_field("v", 1.0).time_ns(2))
+            influxdb3_local.write_sync_to_db("other", LineBuilder("x").float64_field("v", 2.0).time_ns(3), False)
+            influxdb3_local.write_sync(LineBuilder("m").float64_field("v", 3.0).time_ns(4), no_sync=True)
+            rows = influxdb3_local.query("SELECT v FROM m WHERE v > $min ORDER BY v", {"min": 0.5})
+            return {"seen": list(seen), "rows": rows, "global": cache.get("shared", use_global=True)}
+    """,
+    )
+    reader = plugin(
+        s,
+        "reader.py",
+        """
+        def process_request(influxdb3_local, query_parameters, request_headers, request_body, args):
+            return {"global": influxdb3_local.cache.get("shared", use_global=True), "local": influxdb3_local.cache.get("seen")}
+    """,
+    )
+    assert create(s, "db", "api", name, "request:api").status == 200
+    assert create(s, "db", "reader", reader, "request:reader").status == 200
+    first = s.request("GET", "/api/v3/engine/api", {"n": "1"}).json()
+    assert first["rows"] == [{"v": 3.0}] and first["global"] == "global value" and first["seen"] == ["1"]
+    assert s.request("GET", "/api/v3/engine/reader").json() == {"global": "global value", "local": None}
+    assert s.query("other", "SELECT v FROM x ORDER BY time") == [{"v": 0.0}, {"v": 1.0}, {"v": 2.0}]
+    cache = s.request("GET", "/health").json()["components"]["engine"]["cache"]
+    assert cache["evictions"] >= 1 and cache["bytes"] <= cache["max_bytes"] + 11_000
+    s.stop()
