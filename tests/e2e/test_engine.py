@@ -766,3 +766,25 @@ def test_api_calls_cache_cap_and_write_to_other_databases(tmp_path: Path) -> Non
     cache = s.request("GET", "/health").json()["components"]["engine"]["cache"]
     assert cache["evictions"] >= 1 and cache["bytes"] <= cache["max_bytes"] + 11_000
     s.stop()
+
+
+def test_replay_at_startup_does_not_feed_plugins(server: Server) -> None:
+    server.write("db", "m v=0 1", precision="ns")
+    name = plugin(
+        server,
+        "count_calls.py",
+        """
+        def process_writes(influxdb3_local, table_batches, args):
+            influxdb3_local.info("called with", sum(len(b["rows"]) for b in table_batches))
+    """,
+    )
+    assert create(server, "db", "count", name, "table:m").status == 200
+    server.write("db", "m v=1 2", precision="ns")
+    wait_for(lambda: any(r["log_text"] == "called with 1" for r in logs(server, "db")))
+    time.sleep(1.2)  # the log line reaches LMDB
+    server.kill()  # the write is only in the WAL: the restart replays it
+    server.start()
+    time.sleep(1.0)
+    calls = [r for r in logs(server, "db") if r["log_text"].startswith("called with")]
+    assert len(calls) == 1
+    assert server.query("db", "SELECT count(*) AS n FROM m") == [{"n": 2}]
