@@ -414,7 +414,14 @@ def _show_databases(args: argparse.Namespace) -> int:
 
 
 def _show_tables(args: argparse.Namespace) -> int:
-    sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name"
+    return _show_query(
+        args,
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name",
+    )
+
+
+def _show_query(args: argparse.Namespace, sql: str) -> int:
+    """The `show ...` commands: one SQL query on the database, printed as a table."""
     _print_body(
         _client(args).json("POST", "/api/v3/query_sql", {"db": _database(args), "q": sql, "format": "pretty"})
     )
@@ -455,11 +462,7 @@ def _set_trigger_state(args: argparse.Namespace) -> int:
 
 
 def _show_triggers(args: argparse.Namespace) -> int:
-    sql = "SELECT * FROM system.processing_engine_triggers ORDER BY trigger_name"
-    _print_body(
-        _client(args).json("POST", "/api/v3/query_sql", {"db": _database(args), "q": sql, "format": "pretty"})
-    )
-    return 0
+    return _show_query(args, "SELECT * FROM system.processing_engine_triggers ORDER BY trigger_name")
 
 
 def _test_wal_plugin(args: argparse.Namespace) -> int:
@@ -512,11 +515,9 @@ def _install_package(args: argparse.Namespace) -> int:
 
 
 def _show_plugins(args: argparse.Namespace) -> int:
-    sql = "SELECT plugin_name, file_path, size_bytes FROM system.plugin_files ORDER BY file_path"
-    _print_body(
-        _client(args).json("POST", "/api/v3/query_sql", {"db": _database(args), "q": sql, "format": "pretty"})
+    return _show_query(
+        args, "SELECT plugin_name, file_path, size_bytes FROM system.plugin_files ORDER BY file_path"
     )
-    return 0
 
 
 def _create_token(args: argparse.Namespace) -> int:

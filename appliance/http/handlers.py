@@ -495,32 +495,24 @@ async def engine_request(request: web.Request) -> web.Response:
 
 async def test_wal_plugin(request: web.Request) -> web.Response:
     body = await _json_body(request)
-    engine = request.app[APP_KEY].engine
-    result = await _in_pool(
-        request,
-        "engine",
-        engine.test_plugin,
-        "wal",
-        _required(body, "filename"),
-        _required(body, "database"),
-        str(body.get("input_lp") or ""),
-        _arguments(body.get("input_arguments")),
-        body.get("cache_name"),
-    )
-    return json_response(result)
+    return await _dry_run(request, body, "wal", str(body.get("input_lp") or ""))
 
 
 async def test_schedule_plugin(request: web.Request) -> web.Response:
     body = await _json_body(request)
-    engine = request.app[APP_KEY].engine
+    return await _dry_run(request, body, "schedule", body.get("schedule"))
+
+
+async def _dry_run(request: web.Request, body: dict[str, Any], kind: str, given: str | None) -> web.Response:
+    """Both dry-run endpoints: the plugin, its database, what it is fed, arguments and cache name."""
     result = await _in_pool(
         request,
         "engine",
-        engine.test_plugin,
-        "schedule",
+        request.app[APP_KEY].engine.test_plugin,
+        kind,
         _required(body, "filename"),
         _required(body, "database"),
-        body.get("schedule"),
+        given,
         _arguments(body.get("input_arguments")),
         body.get("cache_name"),
     )
