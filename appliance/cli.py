@@ -188,29 +188,11 @@ def _parser() -> argparse.ArgumentParser:
     test = sub.add_parser("test", help="run a plugin once without side effects").add_subparsers(
         metavar="WHAT"
     )
-    tw = test.add_parser(
-        "wal_plugin",
-        help="call process_writes with line protocol you give",
-        description="Run a WAL plugin once: real queries, writes reported, not committed.",
-    )
-    _client_flags(tw, database=True)
-    tw.add_argument("filename", help="plugin file, relative to the server's plugin directory")
+    tw = _test_parser(test, "wal_plugin", "call process_writes with line protocol you give", _test_wal_plugin)
     tw.add_argument("--lp", help="line protocol to feed the plugin")
     tw.add_argument("--file", help="read the line protocol from this local file")
-    tw.add_argument("--input-arguments", help="args for the plugin: k=v,k2=v2")
-    tw.add_argument("--cache-name", help="cache namespace to use (default _shared_test)")
-    tw.set_defaults(func=_test_wal_plugin)
-    ts = test.add_parser(
-        "schedule_plugin",
-        help="call process_scheduled_call once",
-        description="Run a schedule plugin once: real queries, writes reported, not committed.",
-    )
-    _client_flags(ts, database=True)
-    ts.add_argument("filename", help="plugin file, relative to the server's plugin directory")
+    ts = _test_parser(test, "schedule_plugin", "call process_scheduled_call once", _test_schedule_plugin)
     ts.add_argument("--schedule", help="cron expression giving the call time (default: every second)")
-    ts.add_argument("--input-arguments", help="args for the plugin: k=v,k2=v2")
-    ts.add_argument("--cache-name", help="cache namespace to use (default _shared_test)")
-    ts.set_defaults(func=_test_schedule_plugin)
 
     inst = sub.add_parser("install", help="install Python packages for plugins").add_subparsers(
         metavar="WHAT"
@@ -236,6 +218,21 @@ def _parser() -> argparse.ArgumentParser:
     cc = cfg.add_parser("check", help="validate settings and print each with its source")
     cc.add_argument("--config", help="config file to check")
     cc.set_defaults(func=_config_check)
+    return p
+
+
+def _test_parser(test: Any, name: str, help: str, func: Any) -> argparse.ArgumentParser:
+    """`test wal_plugin` and `test schedule_plugin`: the flags both take."""
+    p: argparse.ArgumentParser = test.add_parser(
+        name,
+        help=help,
+        description=f"{help[0].upper()}{help[1:]}: real queries, writes reported, not committed.",
+    )
+    _client_flags(p, database=True)
+    p.add_argument("filename", help="plugin file, relative to the server's plugin directory")
+    p.add_argument("--input-arguments", help="args for the plugin: k=v,k2=v2")
+    p.add_argument("--cache-name", help="cache namespace to use (default _shared_test)")
+    p.set_defaults(func=func)
     return p
 
 
@@ -466,36 +463,28 @@ def _show_triggers(args: argparse.Namespace) -> int:
 
 
 def _test_wal_plugin(args: argparse.Namespace) -> int:
-    from .engine.triggers import parse_trigger_arguments
-
     lp = Path(args.file).read_text() if args.file else args.lp
     if not lp:
         raise CliError("no line protocol given: pass --lp '...' or --file FILE")
-    payload = {
-        "filename": args.filename,
-        "database": _database(args),
-        "input_lp": lp,
-        "input_arguments": parse_trigger_arguments(args.input_arguments),
-        "cache_name": args.cache_name,
-    }
-    return _print_test(_client(args).json("POST", "/api/v3/plugin_test/wal", payload))
+    return _run_test(args, "wal", {"input_lp": lp})
 
 
 def _test_schedule_plugin(args: argparse.Namespace) -> int:
+    return _run_test(args, "schedule", {"schedule": args.schedule})
+
+
+def _run_test(args: argparse.Namespace, kind: str, given: dict[str, Any]) -> int:
+    """POST a dry run and print its report; exit 1 when the plugin reported errors."""
     from .engine.triggers import parse_trigger_arguments
 
     payload = {
         "filename": args.filename,
         "database": _database(args),
-        "schedule": args.schedule,
         "input_arguments": parse_trigger_arguments(args.input_arguments),
         "cache_name": args.cache_name,
+        **given,
     }
-    return _print_test(_client(args).json("POST", "/api/v3/plugin_test/schedule", payload))
-
-
-def _print_test(body: bytes) -> int:
-    result = json.loads(body)
+    result = json.loads(_client(args).json("POST", f"/api/v3/plugin_test/{kind}", payload))
     print(json.dumps(result, indent=2))
     return 1 if result.get("errors") else 0
 

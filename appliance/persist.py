@@ -14,12 +14,12 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import lmdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -153,7 +153,7 @@ class Persister:
             upto, snapshot = self.buffer.snapshot()
             if not snapshot:
                 if upto > self._trimmed:  # entries replay skipped (deleted tables) still go
-                    self.wal.submit(fn=self._commit_step([], [], upto)).result()
+                    self._record([], [], upto)
                     self._trimmed = upto
                 return 0
             started = time.monotonic()
@@ -177,12 +177,7 @@ class Persister:
                     except Exception:
                         self._discard(added)  # never recorded: would only fill the disk
                         raise
-            try:
-                self.wal.submit(fn=self._commit_step(added, removed, upto)).result()
-            except Exception:
-                self._discard(added)
-                raise
-            self._swap(added, removed, upto)
+            self._record(added, removed, upto)
             self._trimmed = upto
             rows = sum(f.row_count for f in added)
             log.info(
@@ -198,17 +193,22 @@ class Persister:
         for f in files:
             (self.root / f.path).unlink(missing_ok=True)
 
-    def _commit_step(
-        self, added: list[ParquetFile], removed: list[ParquetFile], upto: WalSeq | None
-    ) -> Callable[..., None]:
-        def step(txn: object, wal: Wal) -> None:
-            self.manifest.put(txn, added, removed)  # type: ignore[arg-type]
+    def _record(self, added: list[ParquetFile], removed: list[ParquetFile], upto: WalSeq | None) -> None:
+        """Record the files and trim the WAL up to `upto` in one transaction, then swap the view.
+
+        If the commit fails, the new files are deleted: nothing refers to them.
+        """
+
+        def step(txn: lmdb.Transaction, wal: Wal) -> None:
+            self.manifest.put(txn, added, removed)
             if upto is not None:
-                wal.trim(txn, upto)  # type: ignore[arg-type]
+                wal.trim(txn, upto)
 
-        return step
-
-    def _swap(self, added: list[ParquetFile], removed: list[ParquetFile], upto: WalSeq | None) -> None:
+        try:
+            self.wal.submit(fn=step).result()
+        except Exception:
+            self._discard(added)
+            raise
         with self.view_lock:
             self.manifest.apply(added, removed)
             if upto is not None:
@@ -280,12 +280,7 @@ class Persister:
                     window_start = cutoff - cutoff % self.args.gen1_ns
                     added.append(self._write(f.db, f.db_id, found[1], window_start, kept))
         if removed:
-            try:
-                self.wal.submit(fn=self._commit_step(added, removed, None)).result()
-            except Exception:
-                self._discard(added)
-                raise
-            self._swap(added, removed, None)
+            self._record(added, removed, None)
             log.info("retention removed files=%d rewrote=%d", len(removed), len(added))
 
     def drop(self, db_id: int, table_id: int | None) -> None:
@@ -294,16 +289,14 @@ class Persister:
             self.buffer.drop(db_id, table_id)
             removed = self.manifest.files(db_id, table_id)
             if removed:
-                self.wal.submit(fn=self._commit_step([], removed, None)).result()
-                self._swap([], removed, None)
+                self._record([], removed, None)
 
     def remove_dead_files(self) -> None:
         """Forget files of tables deleted before a crash let the drop finish."""
         dead = [f for f in self.manifest.files() if find_table(self.catalog, f.db_id, f.table_id) is None]
         if dead:
             log.info("removing %d file(s) of deleted tables", len(dead))
-            self.wal.submit(fn=self._commit_step([], dead, None)).result()
-            self._swap([], dead, None)
+            self._record([], dead, None)
 
     def remove_orphans(self) -> None:
         """Delete files a crash left behind before they reached the manifest."""
