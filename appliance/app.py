@@ -20,6 +20,7 @@ from .engine.pool import DaemonPool
 from .engine.runner import Engine, EngineArgs
 from .errors import ConfigError
 from .manifest import Manifest
+from .mqtt.ingest import MqttIngest
 from .persist import PersistArgs, Persister
 from .query import QueryLimits, QueryService
 from .wal import Wal
@@ -49,6 +50,7 @@ class App:
     admin_pool: ThreadPoolExecutor
     engine: Engine
     engine_pool: DaemonPool
+    mqtt: MqttIngest | None = None
     process_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     started_at: float = field(default_factory=time.time)
     replay_seconds: float = 0.0
@@ -72,12 +74,16 @@ class App:
             },
         }
         components["engine"] = self.engine.health()
+        if self.mqtt is not None:
+            components["mqtt"] = self.mqtt.health()
         states = {c["status"] for c in components.values()}
         overall = next(s for s in ("failed", "degraded", "ok") if s in states)
         return {"status": overall, "components": components}
 
     def stop(self) -> None:
-        """Stop in reverse flow order: ingest pools, persist the buffer, then the WAL writer."""
+        """Stop in reverse flow order: ingest, the engine, persist the buffer, then the WAL writer."""
+        if self.mqtt is not None:
+            self.mqtt.stop()
         self.engine.stop()
         self.engine_pool.shutdown()
         self.write_pool.shutdown(wait=True)
@@ -91,6 +97,7 @@ class App:
 
 def build(config: Config) -> App:
     """Open storage, replay the WAL into the buffer and start the background threads."""
+    mqtt = MqttIngest(config) if config.mqtt_broker else None  # its config errors come first
     data_dir = Path(config.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_data_dir(data_dir)
@@ -142,6 +149,9 @@ def build(config: Config) -> App:
     catalog.add_drop_listener(engine.drop_database)
     queries.system_providers.append(engine.system_tables)
     engine.start()
+    if mqtt is not None:
+        queries.system_providers.append(mqtt.system_tables)
+        mqtt.start(writes)
     return App(
         config=config,
         wal=wal,
@@ -159,6 +169,7 @@ def build(config: Config) -> App:
         query_pool=ThreadPoolExecutor(2, thread_name_prefix="query"),
         # Catalog and token changes: never stuck behind writes waiting for buffer space.
         admin_pool=ThreadPoolExecutor(2, thread_name_prefix="admin"),
+        mqtt=mqtt,
         replay_seconds=replay_seconds,
         lock_fd=lock,
     )

@@ -31,6 +31,9 @@ SERVE_FLAGS: dict[str, str] = {
     "--max-buffer-bytes": "storage.max_buffer_bytes",
     "--query-memory-limit": "query.memory_limit",
     "--query-timeout": "query.timeout",
+    "--mqtt-broker": "mqtt.broker",
+    "--mqtt-client-id": "mqtt.client_id",
+    "--mqtt-username": "mqtt.username",
 }
 
 
@@ -269,6 +272,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _config_check(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
+    if cfg.mqtt_broker:
+        from .mqtt.ingest import MqttIngest
+
+        MqttIngest(cfg)  # subscriptions, credentials and TLS files, as serve checks them
     width = max(len(s.name) for s in config.SETTINGS)
     for name, value, source in config.describe(cfg):
         print(f"{name:<{width}}  {value}  ({source})")

@@ -63,8 +63,36 @@ def _package_manager(v: Any) -> str:
     return s
 
 
+def _path_or_empty(v: Any) -> str:
+    return _path(v) if str(v).strip() else ""
+
+
 def _log_filter(v: Any) -> str:
     return str(v).strip()
+
+
+#: Broker URL schemes: Mosquitto's and Telegraf's spellings; the value says whether TLS is on.
+MQTT_SCHEMES = {"mqtt": False, "tcp": False, "mqtts": True, "ssl": True, "tls": True}
+
+
+def _broker(v: Any) -> str:
+    s = str(v).strip()
+    if not s:
+        return ""
+    scheme, sep, rest = s.partition("://")
+    host, _, port = rest.rstrip("/").rpartition(":") if ":" in rest else (rest.rstrip("/"), "", "")
+    if not sep or scheme.lower() not in MQTT_SCHEMES or not host or (port and not port.isdigit()):
+        raise ValueError(f"expected mqtt://HOST:PORT or mqtts://HOST:PORT (also tcp://, ssl://), got {v!r}")
+    return s
+
+
+def _mqtt_protocol(v: Any) -> str:
+    s = str(v).strip().lower().removeprefix("v")
+    if s in ("3.1.1", "311", "3"):
+        return "3.1.1"
+    if s in ("5", "5.0"):
+        return "5"
+    raise ValueError(f"expected 3.1.1 or 5, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -77,6 +105,7 @@ class Setting:
     parse: Callable[[Any], Any]
     help: str
     attr: str = ""  # Config attribute when the key alone would be ambiguous
+    secret: bool = False  # never printed or logged
 
     @property
     def name(self) -> str:
@@ -227,8 +256,167 @@ SETTINGS: tuple[Setting, ...] = (
         _package_manager,
         "How `install package` installs: pip, or disabled (403).",
     ),
+    Setting(
+        "mqtt",
+        "broker",
+        "",
+        _broker,
+        "MQTT broker to subscribe to: mqtt://HOST:PORT or mqtts://HOST:PORT; empty turns MQTT off.",
+        "mqtt_broker",
+    ),
+    Setting(
+        "mqtt",
+        "client_id",
+        "",
+        str,
+        "MQTT client id; empty means appliance-<node_id>. Keep it stable: the broker keys the session on it.",
+        "mqtt_client_id",
+    ),
+    Setting("mqtt", "username", "", str, "Username for the broker; empty means none.", "mqtt_username"),
+    Setting(
+        "mqtt",
+        "password",
+        "",
+        str,
+        "Password for the broker; prefer password_file or env APPLIANCE_MQTT_PASSWORD.",
+        "mqtt_password",
+        secret=True,
+    ),
+    Setting(
+        "mqtt",
+        "password_file",
+        "",
+        _path_or_empty,
+        "File holding the broker password (first line), e.g. /etc/appliance/mqtt-password.",
+        "mqtt_password_file",
+    ),
+    Setting(
+        "mqtt", "protocol", "3.1.1", _mqtt_protocol, "MQTT protocol version: 3.1.1 or 5.", "mqtt_protocol"
+    ),
+    Setting(
+        "mqtt",
+        "keepalive",
+        "30s",
+        parse_duration_ns,
+        "Keepalive interval; the broker drops the connection after 1.5 times it without traffic.",
+        "mqtt_keepalive",
+    ),
+    Setting(
+        "mqtt",
+        "session_expiry",
+        "7d",
+        parse_duration_ns,
+        "MQTT 5: how long the broker keeps the session and its queued messages while disconnected.",
+        "mqtt_session_expiry",
+    ),
+    Setting(
+        "mqtt",
+        "tls_ca",
+        "",
+        _path_or_empty,
+        "CA certificate file to verify the broker (mqtts://); empty means the system CAs.",
+        "mqtt_tls_ca",
+    ),
+    Setting(
+        "mqtt", "tls_cert", "", _path_or_empty, "Client certificate file for the broker.", "mqtt_tls_cert"
+    ),
+    Setting("mqtt", "tls_key", "", _path_or_empty, "Client private key file.", "mqtt_tls_key"),
+    Setting(
+        "mqtt",
+        "tls_insecure",
+        False,
+        _bool,
+        "Skip the broker host name check (the certificate chain is still verified).",
+        "mqtt_tls_insecure",
+    ),
+    Setting(
+        "mqtt",
+        "reconnect_min",
+        "1s",
+        parse_duration_ns,
+        "First delay before reconnecting to the broker; doubles (with jitter) up to reconnect_max.",
+        "mqtt_reconnect_min",
+    ),
+    Setting(
+        "mqtt",
+        "reconnect_max",
+        "60s",
+        parse_duration_ns,
+        "Longest delay between reconnects.",
+        "mqtt_reconnect_max",
+    ),
+    Setting(
+        "mqtt",
+        "max_inflight",
+        1000,
+        _positive_int,
+        "Messages received but not yet committed; at the cap the client stops reading (MQTT 5 Receive Maximum).",
+        "mqtt_max_inflight",
+    ),
+    Setting(
+        "mqtt",
+        "max_pending_bytes",
+        "16MiB",
+        parse_size,
+        "Payload bytes received but not yet committed; at the cap the client stops reading.",
+        "mqtt_max_pending_bytes",
+    ),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """One `[[mqtt.subscription]]` block: what to subscribe to and how to read its payloads."""
+
+    topic: str
+    database: str
+    qos: int = 1
+    format: str = "line_protocol"  # or "json"
+    precision: str = "auto"  # line protocol timestamps
+    topic_parsing: str = ""  # "_/{site}/{device}/{measurement}"
+    topic_tag: str = ""  # tag that receives the whole topic
+    measurement: str = ""  # json: fixed measurement
+    measurement_key: str = ""  # json: key holding the measurement
+    tag_keys: tuple[str, ...] = ()
+    field_keys: tuple[str, ...] = ()
+    time_key: str = ""
+    time_format: str = "auto"
+
+
+MQTT_FORMATS = ("line_protocol", "json")
+_LIST_KEYS = ("tag_keys", "field_keys")
+
+
+def _subscriptions(path: Path, blocks: Any) -> tuple[Subscription, ...]:
+    """Validate the `[[mqtt.subscription]]` array of tables; errors name the block and key."""
+    if not isinstance(blocks, list) or not all(isinstance(b, dict) for b in blocks):
+        raise ConfigError(f"{path}: mqtt.subscription must be an array of tables: [[mqtt.subscription]]")
+    known = {f.name for f in fields(Subscription)}
+    out = []
+    for i, block in enumerate(blocks, 1):
+        where = f"{path}: [[mqtt.subscription]] number {i}"
+        for key in block:
+            if key not in known:
+                raise ConfigError(f"{where}: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+        for key in ("topic", "database"):
+            if not isinstance(block.get(key), str) or not block[key].strip():
+                raise ConfigError(f"{where}: {key} is required (a non-empty string)")
+        values = dict(block)
+        for key, value in block.items():
+            if key in _LIST_KEYS:
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ConfigError(f'{where}: {key} must be a list of strings, e.g. ["room"]')
+                values[key] = tuple(value)
+            elif key == "qos":
+                if not isinstance(value, int) or isinstance(value, bool) or value not in (0, 1, 2):
+                    raise ConfigError(f"{where}: qos must be 0, 1 or 2, got {value!r}")
+            elif not isinstance(value, str):
+                raise ConfigError(f"{where}: {key} must be a string, got {value!r}")
+        if values.get("format", "line_protocol") not in MQTT_FORMATS:
+            raise ConfigError(f"{where}: format must be line_protocol or json, got {values['format']!r}")
+        out.append(Subscription(**values))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -259,10 +447,27 @@ class Config:
     cache_max_bytes: int
     queue_size: int
     package_manager: str
+    mqtt_broker: str
+    mqtt_client_id: str
+    mqtt_username: str
+    mqtt_password: str
+    mqtt_password_file: str
+    mqtt_protocol: str
+    mqtt_keepalive: int
+    mqtt_session_expiry: int
+    mqtt_tls_ca: str
+    mqtt_tls_cert: str
+    mqtt_tls_key: str
+    mqtt_tls_insecure: bool
+    mqtt_reconnect_min: int
+    mqtt_reconnect_max: int
+    mqtt_max_inflight: int
+    mqtt_max_pending_bytes: int
+    mqtt_subscriptions: tuple[Subscription, ...]
     sources: dict[str, str]
 
 
-assert {f.name for f in fields(Config)} - {"sources"} == {s.field for s in SETTINGS}
+assert {f.name for f in fields(Config)} - {"sources", "mqtt_subscriptions"} == {s.field for s in SETTINGS}
 
 
 def load(
@@ -277,8 +482,10 @@ def load(
     environ = dict(os.environ if environ is None else environ)
     raw: dict[str, tuple[Any, str]] = {s.name: (s.default, "default") for s in SETTINGS}
     file_path = _find_file(path, environ)
+    subscriptions: tuple[Subscription, ...] = ()
     if file_path is not None:
-        for name, value in _read_file(file_path).items():
+        settings, subscriptions = _read_file(file_path)
+        for name, value in settings.items():
             raw[name] = (value, f"file {file_path}")
     for s in SETTINGS:
         if s.env in environ:
@@ -300,7 +507,13 @@ def load(
     if not values["node_id"]:
         values["node_id"] = socket.gethostname().split(".")[0] or "node"
     _check_node_id(values["node_id"])
-    return Config(**values, sources={name: src for name, (_, src) in raw.items()})
+    if not values["mqtt_client_id"]:
+        values["mqtt_client_id"] = f"appliance-{values['node_id']}"
+    if subscriptions and not values["mqtt_broker"]:
+        raise ConfigError("[[mqtt.subscription]] blocks are set but mqtt.broker is empty: set the broker URL")
+    return Config(
+        **values, mqtt_subscriptions=subscriptions, sources={name: src for name, (_, src) in raw.items()}
+    )
 
 
 def _find_file(path: str | None, environ: dict[str, str]) -> Path | None:
@@ -316,27 +529,30 @@ def _find_file(path: str | None, environ: dict[str, str]) -> Path | None:
     return None
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def _read_file(path: Path) -> tuple[dict[str, Any], tuple[Subscription, ...]]:
+    """The file's settings by name, and its MQTT subscriptions."""
     try:
         doc = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from None
     out: dict[str, Any] = {}
+    subscriptions: tuple[Subscription, ...] = ()
     for section, body in doc.items():
         if not isinstance(body, dict):
             raise ConfigError(f"{path}: top-level key {section!r} must be a [section]")
         for key, value in body.items():
             name = f"{section}.{key}"
-            if name not in _BY_NAME:
-                if section in _FUTURE_SECTIONS:
-                    continue
+            if name == "mqtt.subscription":
+                subscriptions = _subscriptions(path, value)
+            elif name in _BY_NAME:
+                out[name] = value
+            elif section not in _FUTURE_SECTIONS:
                 raise ConfigError(f"{path}: unknown setting {name!r}")
-            out[name] = value
-    return out
+    return out, subscriptions
 
 
-# Sections owned by features that parse their own blocks (MQTT, sync); accepted, not validated here.
-_FUTURE_SECTIONS = {"mqtt", "sync"}
+# Sections owned by features that parse their own blocks (sync); accepted, not validated here.
+_FUTURE_SECTIONS = {"sync"}
 
 
 def _check_node_id(node_id: str) -> None:
@@ -348,4 +564,21 @@ def _check_node_id(node_id: str) -> None:
 
 def describe(config: Config) -> list[tuple[str, str, str]]:
     """Each setting as (name, effective value, source), for `config check` and logs."""
-    return [(s.name, repr(getattr(config, s.field)), config.sources[s.name]) for s in SETTINGS]
+    rows = []
+    for s in SETTINGS:
+        value = getattr(config, s.field)
+        shown = "(set, hidden)" if s.secret and value else repr(value)
+        rows.append((s.name, shown, config.sources[s.name]))
+    for i, sub in enumerate(config.mqtt_subscriptions, 1):
+        rows.append((f"mqtt.subscription[{i}]", _describe_subscription(sub), "file"))
+    return rows
+
+
+def _describe_subscription(sub: Subscription) -> str:
+    """Topic, database and every key that differs from its default."""
+    default = Subscription(sub.topic, sub.database)
+    return " ".join(
+        f"{f.name}={getattr(sub, f.name)!r}"
+        for f in fields(sub)
+        if f.name in ("topic", "database") or getattr(sub, f.name) != getattr(default, f.name)
+    )

@@ -1,0 +1,1 @@
+"""MQTT ingest: subscribe to a broker and write what sensors publish."""
