@@ -23,6 +23,10 @@ from .manifest import Manifest
 from .mqtt.ingest import MqttIngest
 from .persist import PersistArgs, Persister
 from .query import QueryLimits, QueryService
+from .sync.budget import DiskBudget
+from .sync.queue import SyncQueue
+from .sync.store import ObjectStore
+from .sync.uploader import Syncer
 from .wal import Wal
 from .write import WriteService
 
@@ -51,6 +55,8 @@ class App:
     engine: Engine
     engine_pool: DaemonPool
     mqtt: MqttIngest | None = None
+    syncer: Syncer | None = None
+    budget: DiskBudget | None = None
     process_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     started_at: float = field(default_factory=time.time)
     replay_seconds: float = 0.0
@@ -76,9 +82,20 @@ class App:
         components["engine"] = self.engine.health()
         if self.mqtt is not None:
             components["mqtt"] = self.mqtt.health()
+        if self.syncer is not None:
+            components["sync"] = self.syncer.health()
+        if self.budget is not None and self.budget.refusing:
+            components["persist"] |= {"status": "degraded", "error": self.budget.refusing}
         states = {c["status"] for c in components.values()}
         overall = next(s for s in ("failed", "degraded", "ok") if s in states)
         return {"status": overall, "components": components}
+
+    def sync_status(self) -> dict[str, Any]:
+        """GET /api/v3/sync: the upload queue and the local disk budget."""
+        status: dict[str, Any] = self.syncer.status() if self.syncer is not None else {"enabled": False}
+        if self.budget is not None:
+            status["disk"] = self.budget.status()
+        return status
 
     def stop(self) -> None:
         """Stop in reverse flow order: ingest, the engine, persist the buffer, then the WAL writer."""
@@ -89,6 +106,10 @@ class App:
         self.write_pool.shutdown(wait=True)
         self.admin_pool.shutdown(wait=True)
         self.query_pool.shutdown(wait=True, cancel_futures=True)
+        if self.syncer is not None:
+            self.syncer.stop()  # the queue is in LMDB: what is left is sent after the restart
+        if self.budget is not None:
+            self.budget.stop()
         self.persister.stop()
         self.wal.stop()
         os.close(self.lock_fd)
@@ -97,7 +118,9 @@ class App:
 
 def build(config: Config) -> App:
     """Open storage, replay the WAL into the buffer and start the background threads."""
-    mqtt = MqttIngest(config) if config.mqtt_broker else None  # its config errors come first
+    # Their configuration errors come before anything is opened.
+    mqtt = MqttIngest(config) if config.mqtt_broker else None
+    store = ObjectStore(config) if config.sync_bucket else None
     data_dir = Path(config.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_data_dir(data_dir)
@@ -105,8 +128,20 @@ def build(config: Config) -> App:
     catalog = Catalog(wal, CatalogLimits(config.max_databases, config.max_tables, config.max_columns))
     manifest = Manifest(wal, data_dir / "parquet")
     buffer = Buffer(config.max_buffer_bytes)
+    queue = None
+    if store is not None:
+        queue = SyncQueue(wal)
+        manifest.hooks.append(queue.on_change)  # queued in the transaction that records a file
+        queue.backfill(manifest.files())
     persister = Persister(
-        PersistArgs(data_dir, config.node_id, config.gen1_duration, config.retention_check_interval),
+        PersistArgs(
+            data_dir,
+            config.node_id,
+            config.gen1_duration,
+            config.retention_check_interval,
+            config.compact_target_bytes,
+            config.compact_interval,
+        ),
         wal,
         catalog,
         buffer,
@@ -129,7 +164,14 @@ def build(config: Config) -> App:
         persister.view_lock,
         QueryLimits(config.memory_limit, config.timeout, config.max_result_bytes),
     )
-    writes = WriteService(catalog, wal, lambda: buffer.admit(ADMIT_TIMEOUT_SECONDS))
+    budget = DiskBudget(config.max_disk_bytes, manifest, persister, queue) if config.max_disk_bytes else None
+
+    def admit() -> None:
+        if budget is not None:
+            budget.admit()
+        buffer.admit(ADMIT_TIMEOUT_SECONDS)
+
+    writes = WriteService(catalog, wal, admit)
     engine = Engine(
         EngineArgs(
             Path(config.plugin_dir),
@@ -149,6 +191,15 @@ def build(config: Config) -> App:
     catalog.add_drop_listener(engine.drop_database)
     queries.system_providers.append(engine.system_tables)
     engine.start()
+    syncer = None
+    if store is not None and queue is not None:
+        syncer = Syncer(config, queue, store, manifest)
+        manifest.applied.append(syncer.wake)
+        queries.system_providers.append(syncer.system_tables)
+        syncer.start()
+    if budget is not None:
+        manifest.applied.append(budget.wake)
+        budget.start()
     if mqtt is not None:
         queries.system_providers.append(mqtt.system_tables)
         mqtt.start(writes)
@@ -170,6 +221,8 @@ def build(config: Config) -> App:
         # Catalog and token changes: never stuck behind writes waiting for buffer space.
         admin_pool=ThreadPoolExecutor(2, thread_name_prefix="admin"),
         mqtt=mqtt,
+        syncer=syncer,
+        budget=budget,
         replay_seconds=replay_seconds,
         lock_fd=lock,
     )

@@ -217,7 +217,22 @@ def _parser() -> argparse.ArgumentParser:
     _client_flags(pe)
     pe.set_defaults(func=_persist)
 
+    sy = sub.add_parser(
+        "sync",
+        help="object store sync: status, or upload now",
+        description="Show the S3 upload queue, or start an upload pass at once.",
+    ).add_subparsers(metavar="WHAT")
+    ss = sy.add_parser("status", help="queued files and bytes, oldest unsynced age, last success and error")
+    _client_flags(ss)
+    ss.set_defaults(func=_sync, now=False)
+    sn = sy.add_parser("now", help="upload what is queued now and print the status after the pass")
+    _client_flags(sn)
+    sn.add_argument("--timeout", default="60s", help="longest to wait for the pass (default 60s)")
+    sn.set_defaults(func=_sync, now=True)
+
     cfg = sub.add_parser("config", help="check a configuration").add_subparsers(metavar="WHAT")
+    sample = cfg.add_parser("sample", help="print a config.toml with every setting at its default")
+    sample.set_defaults(func=lambda a: print(config.sample(), end="") or 0)
     cc = cfg.add_parser("check", help="validate settings and print each with its source")
     cc.add_argument("--config", help="config file to check")
     cc.set_defaults(func=_config_check)
@@ -521,6 +536,25 @@ def _create_token(args: argparse.Namespace) -> int:
     doc = json.loads(_client(args).request("POST", path))
     print(f"New admin token (shown once; the server also stored it in its admin-token file):\n{doc['token']}")
     return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.now:
+        print("uploading queued files...", file=sys.stderr)
+        doc = json.loads(client.request("POST", "/api/v3/sync", {"timeout": args.timeout}))
+    else:
+        doc = json.loads(client.request("GET", "/api/v3/sync"))
+    if not doc.get("enabled"):
+        print("sync is not configured (set sync.bucket in the config file)")
+    width = max(len(k) for k in doc)
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            for k, v in value.items():
+                print(f"{key + '.' + k:<{width + 16}}  {v}")
+        else:
+            print(f"{key:<{width + 16}}  {value}")
+    return 0 if doc.get("enabled", True) else 1
 
 
 def _persist(args: argparse.Namespace) -> int:

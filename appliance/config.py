@@ -63,6 +63,17 @@ def _package_manager(v: Any) -> str:
     return s
 
 
+def _endpoint(v: Any) -> str:
+    s = str(v).strip().rstrip("/")
+    if s and not (s.startswith("http://") or s.startswith("https://")):
+        raise ValueError(f"expected http://HOST:PORT or https://HOST, got {v!r}")
+    return s
+
+
+def _prefix(v: Any) -> str:
+    return str(v).strip().strip("/")
+
+
 def _path_or_empty(v: Any) -> str:
     return _path(v) if str(v).strip() else ""
 
@@ -186,6 +197,27 @@ SETTINGS: tuple[Setting, ...] = (
         "30s",
         parse_duration_ns,
         "How often data past a database's retention period is removed.",
+    ),
+    Setting(
+        "storage",
+        "max_disk_bytes",
+        0,
+        parse_size,
+        "Local disk budget for Parquet files; over it synced files are evicted oldest first (0: no budget).",
+    ),
+    Setting(
+        "storage",
+        "compact_target_bytes",
+        "128MiB",
+        parse_size,
+        "Merge a closed day's files per table into files of up to this size (0: never compact).",
+    ),
+    Setting(
+        "storage",
+        "compact_interval",
+        "1h",
+        parse_duration_ns,
+        "How often closed days are checked for files to compact.",
     ),
     Setting("catalog", "max_databases", 100, _positive_int, "Most databases that may exist."),
     Setting("catalog", "max_tables", 2000, _positive_int, "Most tables across all databases."),
@@ -361,6 +393,114 @@ SETTINGS: tuple[Setting, ...] = (
         "Payload bytes received but not yet committed; at the cap the client stops reading.",
         "mqtt_max_pending_bytes",
     ),
+    Setting(
+        "sync",
+        "bucket",
+        "",
+        str,
+        "S3 bucket that Parquet files are uploaded to; empty turns sync off.",
+        "sync_bucket",
+    ),
+    Setting(
+        "sync",
+        "endpoint",
+        "",
+        _endpoint,
+        "S3-compatible endpoint URL, e.g. http://127.0.0.1:9000 for MinIO; empty means AWS S3.",
+        "sync_endpoint",
+    ),
+    Setting(
+        "sync",
+        "prefix",
+        "",
+        _prefix,
+        "Key prefix in the bucket (objects go to <prefix>/<db>/<table>/...).",
+        "sync_prefix",
+    ),
+    Setting("sync", "region", "us-east-1", str, "Region of the bucket.", "sync_region"),
+    Setting(
+        "sync",
+        "path_style",
+        True,
+        _bool,
+        "Path-style addressing (MinIO and most S3-compatible stores); false: virtual-hosted buckets.",
+        "sync_path_style",
+    ),
+    Setting(
+        "sync",
+        "allow_http",
+        False,
+        _bool,
+        "Allow a plain http:// endpoint (a local MinIO).",
+        "sync_allow_http",
+    ),
+    Setting(
+        "sync",
+        "access_key_id",
+        "",
+        str,
+        "Access key; empty: AWS_ACCESS_KEY_ID, then credentials_file, then the AWS default chain.",
+        "sync_access_key_id",
+    ),
+    Setting(
+        "sync",
+        "secret_access_key",
+        "",
+        str,
+        "Secret key; prefer AWS_SECRET_ACCESS_KEY or credentials_file.",
+        "sync_secret_access_key",
+        secret=True,
+    ),
+    Setting(
+        "sync",
+        "credentials_file",
+        "",
+        _path_or_empty,
+        "AWS shared credentials file (INI with aws_access_key_id, aws_secret_access_key).",
+        "sync_credentials_file",
+    ),
+    Setting("sync", "profile", "default", str, "Section of credentials_file to use.", "sync_profile"),
+    Setting(
+        "sync",
+        "interval",
+        "10s",
+        parse_duration_ns,
+        "How often the upload queue is retried.",
+        "sync_interval",
+    ),
+    Setting("sync", "concurrency", 2, _positive_int, "Uploads running at once.", "sync_concurrency"),
+    Setting(
+        "sync",
+        "bandwidth_limit",
+        0,
+        parse_size,
+        "Most bytes per second all uploads together may send (0: no limit), for cellular links.",
+        "sync_bandwidth_limit",
+    ),
+    Setting(
+        "sync",
+        "retry_min",
+        "1s",
+        parse_duration_ns,
+        "First delay after a failed upload; doubles with jitter.",
+        "sync_retry_min",
+    ),
+    Setting(
+        "sync",
+        "retry_max",
+        "5m",
+        parse_duration_ns,
+        "Longest delay between retries of one file.",
+        "sync_retry_max",
+    ),
+    Setting(
+        "sync",
+        "stale_after",
+        "1h",
+        parse_duration_ns,
+        "/health reports sync degraded when the oldest file waiting for upload is older than this.",
+        "sync_stale_after",
+    ),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -464,6 +604,25 @@ class Config:
     mqtt_max_inflight: int
     mqtt_max_pending_bytes: int
     mqtt_subscriptions: tuple[Subscription, ...]
+    max_disk_bytes: int
+    compact_target_bytes: int
+    compact_interval: int
+    sync_bucket: str
+    sync_endpoint: str
+    sync_prefix: str
+    sync_region: str
+    sync_path_style: bool
+    sync_allow_http: bool
+    sync_access_key_id: str
+    sync_secret_access_key: str
+    sync_credentials_file: str
+    sync_profile: str
+    sync_interval: int
+    sync_concurrency: int
+    sync_bandwidth_limit: int
+    sync_retry_min: int
+    sync_retry_max: int
+    sync_stale_after: int
     sources: dict[str, str]
 
 
@@ -509,6 +668,11 @@ def load(
     _check_node_id(values["node_id"])
     if not values["mqtt_client_id"]:
         values["mqtt_client_id"] = f"appliance-{values['node_id']}"
+    if values["sync_endpoint"].startswith("http://") and not values["sync_allow_http"]:
+        raise ConfigError(
+            f"sync.endpoint {values['sync_endpoint']} is plain http: set sync.allow_http = true"
+            " (a local MinIO) or use https://"
+        )
     if subscriptions and not values["mqtt_broker"]:
         raise ConfigError("[[mqtt.subscription]] blocks are set but mqtt.broker is empty: set the broker URL")
     return Config(
@@ -546,13 +710,9 @@ def _read_file(path: Path) -> tuple[dict[str, Any], tuple[Subscription, ...]]:
                 subscriptions = _subscriptions(path, value)
             elif name in _BY_NAME:
                 out[name] = value
-            elif section not in _FUTURE_SECTIONS:
+            else:
                 raise ConfigError(f"{path}: unknown setting {name!r}")
     return out, subscriptions
-
-
-# Sections owned by features that parse their own blocks (sync); accepted, not validated here.
-_FUTURE_SECTIONS = {"sync"}
 
 
 def _check_node_id(node_id: str) -> None:
@@ -582,3 +742,61 @@ def _describe_subscription(sub: Subscription) -> str:
         for f in fields(sub)
         if f.name in ("topic", "database") or getattr(sub, f.name) != getattr(default, f.name)
     )
+
+
+_SAMPLE_HEADER = """\
+# appliance configuration: every setting with its default.
+# Precedence: command-line flag > APPLIANCE_<SECTION>_<KEY> environment variable > this file > default.
+# The server reads /etc/appliance/config.toml when present, or the file given by --config / APPLIANCE_CONFIG.
+# Regenerate this file with: appliance config sample > config.toml
+"""
+
+_SECTION_NOTES = {
+    "mqtt": """\
+# MQTT ingest (off while broker is empty). Every QoS 1/2 message is acknowledged to the broker
+# only after the WAL commit that holds it; see README "MQTT ingest".
+""",
+    "sync": """\
+# Object store sync (off while bucket is empty): every Parquet file is queued in LMDB and uploaded to
+# s3://<bucket>/<prefix>/<db>/<table>/date=YYYY-MM-DD/node=<node_id>/<file>; see README "Object store sync".
+""",
+}
+
+_SAMPLE_SUBSCRIPTION = """\
+
+# One block per topic filter; several blocks may be given. Keys and defaults:
+# [[mqtt.subscription]]
+# topic = "sensors/#"            # required; + and # wildcards
+# database = "iot"               # required; created on first write
+# qos = 1                        # 0, 1 or 2 (2 is received as 1 and stored exactly once)
+# format = "line_protocol"       # or "json"
+# precision = "auto"             # line protocol timestamps: auto, s, ms, us, ns
+# topic_parsing = ""             # e.g. "_/{site}/{device}/{measurement}": topic levels as tags
+# topic_tag = ""                 # e.g. "topic": the whole topic as a tag
+# measurement = ""               # json: fixed measurement name
+# measurement_key = ""           # json: key holding the measurement
+# tag_keys = []                  # json: keys stored as tags
+# field_keys = []                # json: keys stored as fields (default: all other values)
+# time_key = ""                  # json: key holding the time (default: arrival time)
+# time_format = "auto"           # json: auto, s, ms, us, ns or rfc3339
+"""
+
+
+def sample() -> str:
+    """A config.toml with every setting at its default, each with its help line."""
+    out = [_SAMPLE_HEADER]
+    for section in dict.fromkeys(s.section for s in SETTINGS):
+        out.append(f"\n[{section}]\n{_SECTION_NOTES.get(section, '')}")
+        for s in (x for x in SETTINGS if x.section == section):
+            out.append(f"# {s.help}\n{s.key} = {_toml_value(s.default)}\n")
+        if section == "mqtt":
+            out.append(_SAMPLE_SUBSCRIPTION)
+    return "".join(out)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int):
+        return str(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'

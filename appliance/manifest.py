@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import enum
 import itertools
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +42,20 @@ class ParquetFile:
         return cls(**msgpack.unpackb(data))
 
 
+class Change(enum.Enum):
+    """Why files enter or leave the manifest; the sync queue treats each differently."""
+
+    PERSIST = "persist"  # new files; removed ones had their rows merged into the new ones
+    COMPACT = "compact"  # removed files' rows are all in the added ones
+    RETENTION = "retention"  # expired: one file removed, at most one added with its newer rows
+    DROP = "drop"  # a deleted database or table
+    EVICT = "evict"  # over the disk budget: the bucket keeps the data
+
+
+#: Called inside the WAL writer's transaction with every change (the sync queue).
+ChangeHook = Callable[[lmdb.Transaction, Change, list["ParquetFile"], list["ParquetFile"]], None]
+
+
 class Manifest:
     """Which Parquet files exist, per table; changed only inside WAL-writer transactions.
 
@@ -58,6 +73,8 @@ class Manifest:
         self._pins: dict[int, int] = {}  # pin id -> generation when the query started
         self._pin_ids = itertools.count()
         self._retired: list[tuple[int, str]] = []  # (generation it left the manifest, path)
+        self.hooks: list[ChangeHook] = []
+        self.applied: list[Callable[[], None]] = []  # told after each committed change
         with wal.read() as txn:
             for _key, value in txn.cursor(db=wal.dbs["files"]):
                 f = ParquetFile.decode(bytes(value))
@@ -75,13 +92,21 @@ class Manifest:
         with self.lock:
             return set(self._files)
 
-    def put(self, txn: lmdb.Transaction, added: list[ParquetFile], removed: list[ParquetFile]) -> None:
+    def put(
+        self, txn: lmdb.Transaction, change: Change, added: list[ParquetFile], removed: list[ParquetFile]
+    ) -> None:
         """Record a change inside the WAL writer's transaction (memory follows via apply)."""
         db = self.wal.dbs["files"]
         for f in removed:
             txn.delete(f.path.encode(), db=db)
         for f in added:
             txn.put(f.path.encode(), f.encode(), db=db)
+        for hook in self.hooks:
+            hook(txn, change, added, removed)
+
+    def total_bytes(self) -> int:
+        with self.lock:
+            return sum(f.size_bytes for f in self._files.values())
 
     def apply(self, added: list[ParquetFile], removed: list[ParquetFile]) -> None:
         """Mirror a committed change in memory; removed files are deleted once unpinned."""
@@ -93,6 +118,8 @@ class Manifest:
             for f in added:
                 self._files[f.path] = f
         self._reap()
+        for listener in self.applied:
+            listener()
 
     @contextmanager
     def pinned(self) -> Iterator[None]:

@@ -27,7 +27,7 @@ from . import overlap
 from .buffer import Buffer, conform, dedupe
 from .catalog import Catalog, TableDef, find_table
 from .fileio import fsync_dir, make_dirs
-from .manifest import Manifest, ParquetFile
+from .manifest import Change, Manifest, ParquetFile
 from .model import TIME_COLUMN, WalSeq
 from .wal import Wal
 
@@ -42,6 +42,8 @@ class PersistArgs:
     node_id: str
     gen1_ns: int
     retention_check_ns: int
+    compact_target_bytes: int = 0  # 0: never compact
+    compact_interval_ns: int = 3600 * 10**9
 
 
 class Persister:
@@ -103,6 +105,7 @@ class Persister:
     # -- the loop -----------------------------------------------------------
     def _run(self) -> None:
         next_retention = time.monotonic()
+        next_compaction = time.monotonic() + self.args.compact_interval_ns / 1e9
         backoff = 1.0
         while not self._stop.is_set():
             self._wake.wait(timeout=min(self._seconds_to_window_end(), 1.0))
@@ -124,6 +127,11 @@ class Persister:
                     self.enforce_retention()
                     ran = True
                     next_retention = time.monotonic() + self.args.retention_check_ns / 1e9
+                if self.args.compact_target_bytes and time.monotonic() >= next_compaction:
+                    day = 86_400 * 10**9
+                    self.compact(self.args.compact_target_bytes, time.time_ns() // day * day)
+                    ran = True
+                    next_compaction = time.monotonic() + self.args.compact_interval_ns / 1e9
                 if ran:  # only a pass that did the work may clear an earlier failure
                     backoff, self.last_error = 1.0, None
             except Exception as e:
@@ -153,7 +161,7 @@ class Persister:
             upto, snapshot = self.buffer.snapshot()
             if not snapshot:
                 if upto > self._trimmed:  # entries replay skipped (deleted tables) still go
-                    self._record([], [], upto)
+                    self._record(Change.PERSIST, [], [], upto)
                     self._trimmed = upto
                 return 0
             started = time.monotonic()
@@ -177,7 +185,7 @@ class Persister:
                     except Exception:
                         self._discard(added)  # never recorded: would only fill the disk
                         raise
-            self._record(added, removed, upto)
+            self._record(Change.PERSIST, added, removed, upto)
             self._trimmed = upto
             rows = sum(f.row_count for f in added)
             log.info(
@@ -193,14 +201,16 @@ class Persister:
         for f in files:
             (self.root / f.path).unlink(missing_ok=True)
 
-    def _record(self, added: list[ParquetFile], removed: list[ParquetFile], upto: WalSeq | None) -> None:
+    def _record(
+        self, change: Change, added: list[ParquetFile], removed: list[ParquetFile], upto: WalSeq | None = None
+    ) -> None:
         """Record the files and trim the WAL up to `upto` in one transaction, then swap the view.
 
         If the commit fails, the new files are deleted: nothing refers to them.
         """
 
         def step(txn: lmdb.Transaction, wal: Wal) -> None:
-            self.manifest.put(txn, added, removed)
+            self.manifest.put(txn, change, added, removed)
             if upto is not None:
                 wal.trim(txn, upto)
 
@@ -253,6 +263,48 @@ class Persister:
             created_ns=time.time_ns(),
         )
 
+    # -- compaction and eviction ---------------------------------------------
+    def compact(self, target_bytes: int, before_ns: int) -> int:
+        """Merge each table's files of one day (days ending before `before_ns`) into files of up to
+        `target_bytes`, so another engine reads few large row groups; returns files merged away.
+
+        Rows move within one transaction (new file in, old files out), so none is lost or
+        counted twice; the sync queue deletes the old objects once the new one is uploaded.
+        """
+        merged = 0
+        for chunk in _compaction_chunks(self.manifest.files(), target_bytes, before_ns):
+            with self._persist_lock:
+                live = self.manifest.paths()
+                if any(f.path not in live for f in chunk):
+                    continue  # changed meanwhile (retention, a late write, a drop)
+                found = find_table(self.catalog, chunk[0].db_id, chunk[0].table_id)
+                if found is None:
+                    continue
+                db, tdef = found
+                schema = tdef.schema()
+                batches = [b for f in chunk for b in read_parquet(self.root / f.path).to_batches()]
+                table = dedupe(conform(batches, schema))
+                g = self.args.gen1_ns
+                new = self._write(db.name, db.id, tdef, chunk[0].min_time // g * g, table)
+                self._record(Change.COMPACT, [new], chunk)
+                merged += len(chunk)
+                log.info(
+                    "compacted table=%s files=%d rows=%d into %s",
+                    tdef.name,
+                    len(chunk),
+                    new.row_count,
+                    new.path,
+                )
+        return merged
+
+    def evict(self, files: list[ParquetFile]) -> None:
+        """Delete local files the bucket holds (over the disk budget); queries stop seeing them."""
+        with self._persist_lock:
+            live = self.manifest.paths()
+            gone = [f for f in files if f.path in live]
+            if gone:
+                self._record(Change.EVICT, [], gone)
+
     # -- retention and deletion ---------------------------------------------
     def enforce_retention(self) -> None:
         """Remove rows older than each database's retention period, from memory and disk."""
@@ -266,22 +318,24 @@ class Persister:
                 self._expire_files(db.id, cutoff)
 
     def _expire_files(self, db_id: int, cutoff: int) -> None:
-        removed: list[ParquetFile] = []
-        added: list[ParquetFile] = []
+        """Remove expired files; rewrite those partly expired (one change per file)."""
+        removed = rewrote = 0
         for f in self.manifest.files(db_id):
-            if f.max_time < cutoff:
-                removed.append(f)
-            elif f.min_time < cutoff:
-                found = find_table(self.catalog, f.db_id, f.table_id)
+            if f.min_time >= cutoff:
+                continue
+            added: list[ParquetFile] = []
+            found = find_table(self.catalog, f.db_id, f.table_id)
+            if f.max_time >= cutoff and found is not None:
                 table = read_parquet(self.root / f.path)
                 kept = table.filter(pc.greater_equal(table.column(TIME_COLUMN).cast(pa.int64()), cutoff))
-                removed.append(f)
-                if found is not None and kept.num_rows:
+                if kept.num_rows:
                     window_start = cutoff - cutoff % self.args.gen1_ns
                     added.append(self._write(f.db, f.db_id, found[1], window_start, kept))
+            self._record(Change.RETENTION, added, [f])
+            removed += 1
+            rewrote += len(added)
         if removed:
-            self._record(added, removed, None)
-            log.info("retention removed files=%d rewrote=%d", len(removed), len(added))
+            log.info("retention removed files=%d rewrote=%d", removed, rewrote)
 
     def drop(self, db_id: int, table_id: int | None) -> None:
         """Delete the files of a deleted database or table (a catalog drop listener)."""
@@ -289,14 +343,14 @@ class Persister:
             self.buffer.drop(db_id, table_id)
             removed = self.manifest.files(db_id, table_id)
             if removed:
-                self._record([], removed, None)
+                self._record(Change.DROP, [], removed)
 
     def remove_dead_files(self) -> None:
         """Forget files of tables deleted before a crash let the drop finish."""
         dead = [f for f in self.manifest.files() if find_table(self.catalog, f.db_id, f.table_id) is None]
         if dead:
             log.info("removing %d file(s) of deleted tables", len(dead))
-            self._record([], dead, None)
+            self._record(Change.DROP, [], dead)
 
     def remove_orphans(self) -> None:
         """Delete files a crash left behind before they reached the manifest."""
@@ -307,6 +361,27 @@ class Persister:
             if p.is_file() and p.relative_to(self.root).as_posix() not in known:
                 log.info("removing orphan file %s", p)
                 p.unlink(missing_ok=True)
+
+
+def _compaction_chunks(
+    files: list[ParquetFile], target_bytes: int, before_ns: int
+) -> list[list[ParquetFile]]:
+    """Runs of two or more files of one table and day folder, each run up to target_bytes."""
+    by_day: dict[tuple[int, int, str], list[ParquetFile]] = {}
+    for f in files:
+        day = f.path.rsplit("/", 3)[-3]  # date=YYYY-MM-DD
+        if f.max_time < before_ns:
+            by_day.setdefault((f.db_id, f.table_id, day), []).append(f)
+    chunks = []
+    for group in by_day.values():
+        run: list[ParquetFile] = []
+        for f in sorted(group, key=lambda f: (f.created_ns, f.path)):  # later files win in dedupe
+            if run and sum(x.size_bytes for x in run) + f.size_bytes > target_bytes:
+                chunks.append(run)
+                run = []
+            run.append(f)
+        chunks.append(run)
+    return [c for c in chunks if len(c) > 1]
 
 
 def _path_part(name: str) -> str:

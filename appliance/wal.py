@@ -31,7 +31,7 @@ from .model import WalSeq
 log = logging.getLogger("appliance.wal")
 
 #: Named LMDB databases inside the one environment.
-DB_NAMES = (b"wal", b"catalog", b"files", b"tokens", b"meta", b"triggers", b"logs")
+DB_NAMES = (b"wal", b"catalog", b"files", b"tokens", b"meta", b"triggers", b"logs", b"sync")
 
 _SEQ = struct.Struct(">Q")  # big-endian so LMDB's byte order is numeric order
 

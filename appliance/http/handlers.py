@@ -20,6 +20,7 @@ from ..errors import (
     CatalogError,
     LimitExceeded,
     MethodDisabled,
+    NotFound,
     NotImplementedYet,
     PartialWrite,
     QueryTimeout,
@@ -417,6 +418,29 @@ async def persist(request: web.Request) -> web.Response:
     started = time.monotonic()
     files = await asyncio.wrap_future(app.persister.request())
     return json_response({"files": files, "seconds": round(time.monotonic() - started, 3)})
+
+
+# -- object store sync ---------------------------------------------------------
+#: Longest POST /api/v3/sync waits for its pass before answering with the status so far.
+SYNC_NOW_SECONDS = 60.0
+
+
+async def sync_status(request: web.Request) -> web.Response:
+    app = request.app[APP_KEY]
+    return json_response(await _in_pool(request, "admin", app.sync_status))
+
+
+async def sync_now(request: web.Request) -> web.Response:
+    app = request.app[APP_KEY]
+    if app.syncer is None:
+        raise NotFound("sync is not configured: set sync.bucket (see README, Object store sync)")
+    raw = request.query.get("timeout")
+    try:
+        timeout = parse_duration_ns(raw) / 1e9 if raw else SYNC_NOW_SECONDS
+    except ValueError as e:
+        raise BadRequest(f"invalid timeout: {e}") from None
+    await _in_pool(request, "admin", app.syncer.sync_now, timeout)
+    return json_response(await _in_pool(request, "admin", app.sync_status))
 
 
 # -- processing engine ---------------------------------------------------------

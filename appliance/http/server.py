@@ -54,6 +54,8 @@ def create(app: App) -> web.Application:
     r.add_post(routes.TOKEN_ADMIN, handlers.create_admin_token)
     r.add_post(routes.TOKEN_ADMIN_REGENERATE, handlers.regenerate_admin_token)
     r.add_post(routes.PERSIST, handlers.persist)
+    r.add_get(routes.SYNC, handlers.sync_status)
+    r.add_post(routes.SYNC, handlers.sync_now)
     r.add_post(routes.TRIGGER, handlers.create_trigger)
     r.add_delete(routes.TRIGGER, handlers.delete_trigger)
     r.add_post(routes.TRIGGER_ENABLE, handlers.enable_trigger)

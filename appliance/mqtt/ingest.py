@@ -18,7 +18,6 @@ from __future__ import annotations
 import bisect
 import collections
 import logging
-import random
 import threading
 import time
 import urllib.parse
@@ -34,6 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from ..backoff import backoff_delay
 from ..config import MQTT_SCHEMES, Config, Subscription
 from ..errors import ApplianceError, ConfigError, WalError
 from ..model import Precision
@@ -132,18 +132,18 @@ def _check_filter(topic: str) -> None:
 
 
 class Backoff:
-    """Exponential delays with full jitter in [delay/2, delay], reset after a success."""
+    """Reconnect delays: exponential with jitter, reset after a successful connection."""
 
-    def __init__(self, low: float, high: float, rand: Callable[[], float] = random.random) -> None:
-        self.low, self.high, self.rand = low, max(high, low), rand
-        self.delay = 0.0
+    def __init__(self, low: float, high: float) -> None:
+        self.low, self.high = low, max(high, low)
+        self.attempt = 0
 
     def next(self) -> float:
-        self.delay = self.low if not self.delay else min(self.delay * 2, self.high)
-        return self.delay * (0.5 + self.rand() / 2)
+        self.attempt += 1
+        return backoff_delay(self.attempt - 1, self.low, self.high)
 
     def reset(self) -> None:
-        self.delay = 0.0
+        self.attempt = 0
 
 
 class _Client(paho.Client):

@@ -164,11 +164,14 @@ def test_table_named_dotdot_survives_restart(server: Server) -> None:
 
 
 def test_config_file_documents_every_setting() -> None:
-    from appliance.config import SETTINGS
+    from appliance import config
+    from appliance.config import SETTINGS, sample
 
     root = Path(__file__).resolve().parents[2]
     config_toml = (root / "config.toml").read_text()
     readme = (root / "README.md").read_text()
+    assert config_toml == sample(), "config.toml is stale: run appliance config sample > config.toml"
+    assert config.load(str(root / "config.toml"), environ={}).sources["mqtt.broker"].startswith("file")
     for s in SETTINGS:
         assert f"{s.key} = " in config_toml and f"[{s.section}]" in config_toml, s.name
         assert f"`{s.name}`" in readme, f"README does not document {s.name}"

@@ -1,0 +1,144 @@
+"""ObjectStore: put, verify and delete Parquet objects in an S3-compatible bucket (pyarrow's S3).
+
+An upload goes to `<key>.partial` first and is copied to `<key>` on the server only once its
+size and Parquet footer check out, so readers globbing `*.parquet` never see a half object,
+and an upload cut half-way is simply sent again whole. Same key, same bytes: idempotent.
+"""
+
+from __future__ import annotations
+
+import configparser
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..errors import ConfigError
+
+#: Bytes read from the local file and written to the object per step (throttling granularity).
+CHUNK = 256 * 1024
+#: Socket timeouts, seconds: an unreachable endpoint fails an attempt instead of hanging it.
+CONNECT_TIMEOUT = 5.0
+REQUEST_TIMEOUT = 30.0
+
+
+class Throttle:
+    """A token bucket shared by all uploads: at most `rate` bytes per second (0: unlimited)."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._lock = threading.Lock()
+        self._next = time.monotonic()
+
+    def take(self, n: int) -> None:
+        if self.rate <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + n / self.rate
+        if start > now:
+            time.sleep(start - now)
+
+
+class ObjectStore:
+    """One bucket and prefix; every method raises OSError (pyarrow's) when the store fails."""
+
+    def __init__(self, config: Config) -> None:
+        self.bucket = config.sync_bucket
+        self.prefix = config.sync_prefix
+        self.endpoint = config.sync_endpoint
+        self.throttle = Throttle(config.sync_bandwidth_limit)
+        self._options = _s3_options(config)
+        self._fs: Any = None
+        self._fs_lock = threading.Lock()
+
+    @property
+    def fs(self) -> Any:
+        """pyarrow's S3FileSystem, made on first use (importing it costs start-up time)."""
+        with self._fs_lock:
+            if self._fs is None:
+                from pyarrow import fs
+
+                self._fs = fs.S3FileSystem(
+                    **self._options,
+                    retry_strategy=fs.AwsStandardS3RetryStrategy(max_attempts=2),
+                )
+            return self._fs
+
+    def key(self, rel: str) -> str:
+        """`<prefix>/<db>/<table>/date=…/node=…/<file>`, the local path relative to parquet/."""
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def url(self, rel: str) -> str:
+        return f"s3://{self.bucket}/{self.key(rel)}"
+
+    def put(self, local: Path, rel: str, rows: int) -> None:
+        """Upload, verify (size and the Parquet footer's row count), then publish under the key."""
+        final = f"{self.bucket}/{self.key(rel)}"
+        partial = final + ".partial"
+        size = local.stat().st_size
+        with local.open("rb") as src, self.fs.open_output_stream(partial) as out:
+            while chunk := src.read(CHUNK):
+                self.throttle.take(len(chunk))
+                out.write(chunk)
+        self._verify(partial, size, rows)
+        self.fs.copy_file(partial, final)
+        self._verify(final, size, rows)
+        self.fs.delete_file(partial)
+
+    def _verify(self, path: str, size: int, rows: int) -> None:
+        import pyarrow.parquet as pq
+
+        info = self.fs.get_file_info(path)
+        if info.size != size:
+            raise OSError(f"verification failed for {path}: {info.size} bytes in the store, {size} local")
+        with self.fs.open_input_file(path) as f:
+            found = pq.ParquetFile(f).metadata.num_rows
+        if found != rows:
+            raise OSError(f"verification failed for {path}: {found} rows in the store, {rows} local")
+
+    def delete(self, rel: str) -> None:
+        """Delete an object; one that is already gone is fine."""
+        from pyarrow import fs
+
+        path = f"{self.bucket}/{self.key(rel)}"
+        if self.fs.get_file_info(path).type != fs.FileType.NotFound:
+            self.fs.delete_file(path)
+
+
+def _s3_options(config: Config) -> dict[str, Any]:
+    """S3FileSystem arguments from the [sync] settings; credentials never leave this dict."""
+    options: dict[str, Any] = {
+        "region": config.sync_region,
+        "connect_timeout": CONNECT_TIMEOUT,
+        "request_timeout": REQUEST_TIMEOUT,
+        "force_virtual_addressing": not config.sync_path_style and bool(config.sync_endpoint),
+    }
+    if config.sync_endpoint:
+        scheme, _, host = config.sync_endpoint.partition("://")
+        options["endpoint_override"] = host
+        options["scheme"] = scheme
+    key, secret = config.sync_access_key_id, config.sync_secret_access_key
+    if not key and config.sync_credentials_file:
+        key, secret = _credentials_file(Path(config.sync_credentials_file), config.sync_profile)
+    if key:
+        if not secret:
+            raise ConfigError("sync.access_key_id is set but sync.secret_access_key is empty")
+        options["access_key"], options["secret_key"] = key, secret
+    # Otherwise the AWS SDK's chain: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws, instance roles.
+    return options
+
+
+def _credentials_file(path: Path, profile: str) -> tuple[str, str]:
+    parser = configparser.ConfigParser()
+    try:
+        parser.read_string(path.read_text())
+        section = parser[profile]
+        return section["aws_access_key_id"].strip(), section["aws_secret_access_key"].strip()
+    except (OSError, configparser.Error, KeyError) as e:
+        raise ConfigError(
+            f"sync.credentials_file {path}: cannot read aws_access_key_id and aws_secret_access_key"
+            f" from profile [{profile}] ({type(e).__name__}: {e})"
+        ) from None

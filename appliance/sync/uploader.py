@@ -1,0 +1,227 @@
+"""Syncer: the background thread that ships queued Parquet files to the bucket.
+
+Each pass takes the due uploads oldest first, `concurrency` at a time; the first failure
+ends the pass (the endpoint is likely down) and the next pass waits a backoff that doubles,
+with jitter, up to `retry_max`, forever. Deletes of replaced objects run once their
+replacements are synced. The state lives in SyncQueue (LMDB), so a restart carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from ..backoff import backoff_delay
+from ..config import Config
+from ..manifest import Manifest
+from .queue import DELETE, QUEUED, SYNCED, SyncQueue, SyncRecord
+from .store import ObjectStore
+
+log = logging.getLogger("appliance.sync")
+
+#: Longest stop() waits for uploads in flight; an unfinished one is sent again after restart.
+STOP_SECONDS = 10.0
+
+
+@dataclass
+class SyncStats:
+    uploaded_files: int = 0
+    uploaded_bytes: int = 0
+    failed_attempts: int = 0
+    deleted_objects: int = 0
+    last_success_ns: int | None = None
+    last_error: str | None = None
+    last_error_ns: int | None = None
+
+
+class Syncer:
+    """Uploads, retries, status, `/health` and `system.sync_queue`."""
+
+    def __init__(self, config: Config, queue: SyncQueue, store: ObjectStore, manifest: Manifest) -> None:
+        self.config = config
+        self.queue = queue
+        self.store = store
+        self.manifest = manifest
+        self.root = Path(config.data_dir) / "parquet"
+        self.stats = SyncStats()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._failures = 0  # consecutive failed passes: the backoff exponent
+        self._not_before = 0.0  # monotonic time of the next pass after a failure
+        self._passes: list[Future[None]] = []
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(config.sync_concurrency, thread_name_prefix="sync-upload")
+        self._thread = threading.Thread(target=self._run, name="sync", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info(
+            "sync to %s (endpoint %s) every %.0fs",
+            self.store.url(""),
+            self.config.sync_endpoint or "AWS",
+            self.config.sync_interval / 1e9,
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(STOP_SECONDS)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def wake(self, *_: Any) -> None:
+        """Try now (new files were queued, or an operator asked)."""
+        self._wake.set()
+
+    def sync_now(self, timeout: float) -> dict[str, Any]:
+        """Run a pass at once, ignoring the backoff, and return the status after it."""
+        done: Future[None] = Future()
+        with self._lock:
+            self._passes.append(done)
+            self._not_before = 0.0
+        self._wake.set()
+        try:
+            done.result(timeout)
+        except TimeoutError:
+            pass
+        return self.status()
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.config.sync_interval / 1e9)
+            self._wake.clear()
+            with self._lock:
+                waiters, self._passes = self._passes, []
+            if waiters or time.monotonic() >= self._not_before:
+                try:
+                    self._pass()
+                except Exception as e:  # the loop must outlive any one pass
+                    log.exception("sync pass failed")
+                    self._failed(str(e))
+            for w in waiters:
+                w.set_result(None)
+
+    def _pass(self) -> None:
+        uploads, _ = self.queue.due(time.time_ns())
+        step = self.config.sync_concurrency
+        for i in range(0, len(uploads), step):  # oldest first; the first failure ends the pass
+            if self._stop.is_set():
+                return
+            running = [self._pool.submit(self._upload, rec) for rec in uploads[i : i + step]]
+            if not all([f.result() for f in running]):
+                return
+        _, deletes = self.queue.due(time.time_ns())  # replacements uploaded just now count
+        for rec in deletes:
+            if not self._delete(rec):
+                return
+        self._failures = 0
+        self._not_before = 0.0
+
+    def _upload(self, rec: SyncRecord) -> bool:
+        try:
+            with self.manifest.pinned():  # the file stays on disk while it is read
+                if rec.path not in self.manifest.paths():
+                    return True  # replaced or dropped meanwhile; the queue already knows
+                started = time.monotonic()
+                self.store.put(self.root / rec.path, rec.path, rec.row_count)
+            self.queue.mark_synced(rec.path)
+        except Exception as e:
+            self._failed(f"upload of {rec.path} failed: {e}", rec)
+            return False
+        self.stats.uploaded_files += 1
+        self.stats.uploaded_bytes += rec.size_bytes
+        self.stats.last_success_ns = time.time_ns()
+        log.debug("uploaded %s (%d bytes, %.2fs)", rec.path, rec.size_bytes, time.monotonic() - started)
+        return True
+
+    def _delete(self, rec: SyncRecord) -> bool:
+        try:
+            self.store.delete(rec.path)
+            self.queue.mark_deleted(rec.path)
+        except Exception as e:
+            self._failed(f"delete of replaced object {rec.path} failed: {e}", rec)
+            return False
+        self.stats.deleted_objects += 1
+        return True
+
+    def _failed(self, error: str, rec: SyncRecord | None = None) -> None:
+        low, high = self.config.sync_retry_min / 1e9, self.config.sync_retry_max / 1e9
+        delay = backoff_delay(self._failures, low, high)
+        self._failures += 1
+        self._not_before = time.monotonic() + delay
+        self.stats.failed_attempts += 1
+        self.stats.last_error, self.stats.last_error_ns = error, time.time_ns()
+        if rec is not None:
+            self.queue.mark_failed(rec.path, error, int(backoff_delay(rec.attempts, low, high) * 1e9))
+        if self._failures <= 3 or self._failures % 20 == 0:  # rate-limited: an outage repeats itself
+            log.warning("sync: %s; retrying in %.1fs (failure %d in a row)", error, delay, self._failures)
+
+    # -- state ---------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Queue depth, oldest unsynced age, last success and last error (GET /api/v3/sync)."""
+        records = self.queue.records()
+        queued = [r for r in records if r.state == QUEUED]
+        now = time.time_ns()
+        oldest = min((r.queued_ns for r in queued), default=None)
+        s = self.stats
+        return {
+            "enabled": True,
+            "bucket": self.config.sync_bucket,
+            "prefix": self.config.sync_prefix,
+            "endpoint": self.config.sync_endpoint or "AWS",
+            "queued_files": len(queued),
+            "queued_bytes": sum(r.size_bytes for r in queued),
+            "oldest_unsynced_age_seconds": round((now - oldest) / 1e9, 3) if oldest is not None else None,
+            "synced_files": sum(r.state == SYNCED for r in records),
+            "synced_bytes": sum(r.size_bytes for r in records if r.state == SYNCED),
+            "deletes_pending": sum(r.state == DELETE for r in records),
+            "uploaded_files": s.uploaded_files,
+            "uploaded_bytes": s.uploaded_bytes,
+            "failed_attempts": s.failed_attempts,
+            "last_success": _iso(s.last_success_ns),
+            "last_error": s.last_error,
+            "last_error_time": _iso(s.last_error_ns),
+        }
+
+    def health(self) -> dict[str, Any]:
+        """Degraded when the oldest file waiting for upload is older than sync.stale_after."""
+        status = self.status()
+        age = status["oldest_unsynced_age_seconds"]
+        stale = age is not None and age > self.config.sync_stale_after / 1e9
+        return {
+            "status": "degraded" if stale or not self._thread.is_alive() else "ok",
+            "queued_files": status["queued_files"],
+            "oldest_unsynced_age_seconds": age,
+            "error": status["last_error"] if stale else None,
+        }
+
+    def system_tables(self, database: str) -> dict[str, pa.Table]:
+        records = sorted(self.queue.records(), key=lambda r: r.queued_ns)
+        return {
+            "sync_queue": pa.table(
+                {
+                    "path": pa.array([r.path for r in records], pa.string()),
+                    "state": pa.array([r.state for r in records], pa.string()),
+                    "size_bytes": pa.array([r.size_bytes for r in records], pa.uint64()),
+                    "row_count": pa.array([r.row_count for r in records], pa.uint64()),
+                    "queued_time": pa.array([r.queued_ns for r in records], pa.timestamp("ns")),
+                    "synced_time": pa.array([r.synced_ns or None for r in records], pa.timestamp("ns")),
+                    "attempts": pa.array([r.attempts for r in records], pa.uint64()),
+                    "next_attempt_time": pa.array([r.next_ns or None for r in records], pa.timestamp("ns")),
+                    "last_error": pa.array([r.error or None for r in records], pa.string()),
+                }
+            )
+        }
+
+
+def _iso(ns: int | None) -> str | None:
+    if ns is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns / 1e9))
