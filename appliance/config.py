@@ -91,10 +91,40 @@ def _broker(v: Any) -> str:
     if not s:
         return ""
     scheme, sep, rest = s.partition("://")
+    if "@" in rest:
+        raise ValueError("put the credentials in mqtt.username and mqtt.password_file, not in the URL")
     host, _, port = rest.rstrip("/").rpartition(":") if ":" in rest else (rest.rstrip("/"), "", "")
     if not sep or scheme.lower() not in MQTT_SCHEMES or not host or (port and not port.isdigit()):
         raise ValueError(f"expected mqtt://HOST:PORT or mqtts://HOST:PORT (also tcp://, ssl://), got {v!r}")
+    if port and not 0 < int(port) < 65536:
+        raise ValueError(f"port {port} is out of range")
     return s
+
+
+def _seconds_between(low: int, high: int) -> Callable[[Any], int]:
+    """A duration of whole seconds within [low, high] (MQTT carries them in 16 or 32 bits)."""
+
+    def parse(v: Any) -> int:
+        ns = parse_duration_ns(v)
+        if not low <= ns // 1_000_000_000 <= high or ns % 1_000_000_000:
+            raise ValueError(f"must be whole seconds between {low}s and {high}s, got {v!r}")
+        return ns
+
+    return parse
+
+
+def _positive_duration(v: Any) -> int:
+    ns = parse_duration_ns(v)
+    if ns <= 0:
+        raise ValueError(f"must be more than 0, got {v!r}")
+    return ns
+
+
+def _positive_size(v: Any) -> int:
+    n = parse_size(v)
+    if n <= 0:
+        raise ValueError(f"must be more than 0, got {v!r}")
+    return n
 
 
 def _mqtt_protocol(v: Any) -> str:
@@ -329,7 +359,7 @@ SETTINGS: tuple[Setting, ...] = (
         "mqtt",
         "keepalive",
         "30s",
-        parse_duration_ns,
+        _seconds_between(1, 65535),
         "Keepalive interval; the broker drops the connection after 1.5 times it without traffic.",
         "mqtt_keepalive",
     ),
@@ -337,7 +367,7 @@ SETTINGS: tuple[Setting, ...] = (
         "mqtt",
         "session_expiry",
         "7d",
-        parse_duration_ns,
+        _seconds_between(1, 0xFFFFFFFF),
         "MQTT 5: how long the broker keeps the session and its queued messages while disconnected.",
         "mqtt_session_expiry",
     ),
@@ -365,7 +395,7 @@ SETTINGS: tuple[Setting, ...] = (
         "mqtt",
         "reconnect_min",
         "1s",
-        parse_duration_ns,
+        _positive_duration,
         "First delay before reconnecting to the broker; doubles (with jitter) up to reconnect_max.",
         "mqtt_reconnect_min",
     ),
@@ -389,7 +419,7 @@ SETTINGS: tuple[Setting, ...] = (
         "mqtt",
         "max_pending_bytes",
         "16MiB",
-        parse_size,
+        _positive_size,
         "Payload bytes received but not yet committed; at the cap the client stops reading.",
         "mqtt_max_pending_bytes",
     ),
@@ -481,7 +511,7 @@ SETTINGS: tuple[Setting, ...] = (
         "sync",
         "retry_min",
         "1s",
-        parse_duration_ns,
+        _positive_duration,
         "First delay after a failed upload; doubles with jitter.",
         "sync_retry_min",
     ),

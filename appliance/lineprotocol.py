@@ -422,6 +422,23 @@ def _use_layout(ent: list[Any], lay: Layout) -> None:
     ent[3].last = lay
 
 
+def ends_open(body: bytes) -> bool:
+    """Whether the body's last record is left open (an unterminated string or a trailing
+    backslash), so text appended after a newline would be read as part of it."""
+    if b'"' not in body and b"\\" not in body:
+        return False
+    fields = quoted = escaped = False
+    depth = 0
+    for line in body.decode("utf-8", errors="replace").split("\n"):
+        if quoted or escaped:
+            fields, quoted, depth, escaped = _split_state(line, fields, quoted, depth)
+            continue
+        line = line.lstrip(" \t")
+        if line and line[0] != "#" and line != "\r":
+            fields, quoted, depth, escaped = _split_state(line, False, False, 0)
+    return quoted or escaped
+
+
 def _split_state(seg: str, fields: bool, quoted: bool, depth: int) -> tuple[bool, bool, int, bool]:
     """Run InfluxDB's line-splitting state machine over one physical line.
 

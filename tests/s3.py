@@ -244,7 +244,7 @@ class S3:
         server.start()
         self._server = server
         if server._server is not None:
-            server._server.handle_error = _ignore_dropped
+            server._server.handle_error = _ignore_dropped  # type: ignore[method-assign]
         RUNNING_S3.append(self)
         try:
             if len(RUNNING_S3) == 1:

@@ -6,17 +6,19 @@ back-pressure reaches the broker, which keeps the rest queued). One batcher thre
 everything queued into one write per database, submits it, and once the WAL commit that
 holds a batch is durable, acknowledges its QoS 1 messages in arrival order (paho's manual
 ack). A kill before the ack makes the broker redeliver; the point's identity (table, tags,
-time) makes the second copy overwrite the first.
+time) makes the second copy overwrite the first, when the lines carry their own timestamps.
 
 QoS 2 is subscribed as QoS 1 on this last hop: paho answers a QoS 2 PUBLISH with PUBREC
 before the application sees it, which would let a crash lose it. At QoS 1 the PUBACK waits
-for the commit, and duplicates are removed by point identity, so storage is exactly-once.
+for the commit, and duplicates are removed by point identity.
 """
 
 from __future__ import annotations
 
 import bisect
 import collections
+import functools
+import itertools
 import logging
 import threading
 import time
@@ -33,9 +35,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from .. import lineprotocol
 from ..backoff import backoff_delay
+from ..catalog import check_database_name
 from ..config import MQTT_SCHEMES, Config, Subscription
-from ..errors import ApplianceError, ConfigError, WalError
+from ..errors import ApplianceError, CatalogError, ConfigError, LimitExceeded, WalError
 from ..model import Precision
 from ..write import WriteRequest, WriteService
 from .payload import NO_MEASUREMENT, JsonOptions, PayloadError, TopicParsing, json_to_lines, retag_lines
@@ -45,13 +49,16 @@ log = logging.getLogger("appliance.mqtt")
 #: Most messages and payload bytes the batcher turns into one write.
 BATCH_MESSAGES = 10_000
 BATCH_BYTES = 8 * 1024 * 1024
-#: Rows kept in system.mqtt_errors, and payload bytes kept per row.
+#: Rows kept in system.mqtt_errors, and payload and topic characters kept per row.
 ERRORS_KEPT = 1000
 PAYLOAD_HEAD = 64
+TOPIC_KEPT = 256
 #: At most this many error lines per minute reach the log; the rest are only counted.
 LOG_ERRORS_PER_MINUTE = 20
 #: Pause before retrying a write the WAL or the buffer refused (full, behind).
 RETRY_SECONDS = 1.0
+#: Times a message goes back to the queue after an unexpected failure before it is given up.
+MAX_ATTEMPTS = 3
 #: Longest stop() waits for queued messages to be committed and acknowledged.
 STOP_SECONDS = 10.0
 
@@ -64,7 +71,7 @@ class Route:
     parsing: TopicParsing
     json: JsonOptions | None
     precision: Precision
-    state: str = "pending"  # pending, subscribed, refused
+    state: str = "pending"  # pending, subscribed, refused, downgraded (granted QoS below asked)
     messages: int = 0
     lines: int = 0
     errors: int = 0
@@ -77,13 +84,16 @@ class Route:
 
 @dataclass
 class _Message:
-    route: Route
+    route: Route | None  # None: the topic matches no subscription (left in the session)
     topic: str
     payload: bytes
     mid: int
     qos: int
     arrival_ns: int
+    seq: int  # arrival order: acknowledgements follow it
     session: int  # connection number: an ack never goes to a later connection
+    attempts: int = 0  # unexpected failures so far
+    delayed: bool = False  # written again after a failure: wait a moment first
 
 
 @dataclass
@@ -98,9 +108,20 @@ class _Part:
     errors: list[str] = field(default_factory=list)
 
 
+@dataclass
+class _Batch:
+    """Messages written together; acknowledged once all their commits are durable."""
+
+    parts: list[_Part]
+    waiting: int
+    ok: bool = True
+    done: bool = False
+
+
 def compile_routes(subscriptions: Iterable[Subscription]) -> list[Route]:
     """Check and compile every subscription; ConfigError names the block and the problem."""
     routes = []
+    seen: set[str] = set()
     for i, sub in enumerate(subscriptions, 1):
         try:
             parsing = TopicParsing.compile(sub.topic_parsing, sub.topic_tag)
@@ -118,13 +139,23 @@ def compile_routes(subscriptions: Iterable[Subscription]) -> list[Route]:
                 )
             precision = Precision.parse(sub.precision, Precision.AUTO)
             _check_filter(sub.topic)
-        except ValueError as e:
+            if sub.topic in seen:
+                raise ValueError(
+                    "the same topic filter is given twice; a message is written once, by the first"
+                )
+            seen.add(sub.topic)
+            check_database_name(sub.database)
+        except (ValueError, CatalogError) as e:
             raise ConfigError(f"[[mqtt.subscription]] number {i} (topic {sub.topic!r}): {e}") from None
         routes.append(Route(sub, parsing, opts, precision))
     return routes
 
 
 def _check_filter(topic: str) -> None:
+    if topic.startswith("$share/"):
+        raise ValueError("shared subscriptions ($share/...) are not supported: subscribe to the topic itself")
+    if "\0" in topic:
+        raise ValueError("a topic filter may not contain NUL")
     levels = topic.split("/")
     for n, level in enumerate(levels):
         if ("#" in level and (level != "#" or n != len(levels) - 1)) or ("+" in level and level != "+"):
@@ -153,29 +184,52 @@ class _Client(paho.Client):
     stopping: threading.Event
 
     def _reconnect_wait(self) -> None:
+        if self.stopping.is_set():
+            self.disconnect()  # makes paho's loop end instead of retrying at once
+            return
         self.stopping.wait(self.backoff.next())
+
+
+def _guarded(fn: Callable[..., None]) -> Callable[..., None]:
+    """A paho callback that logs its exceptions: one escaping would end paho's network thread."""
+
+    def run(*args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("MQTT callback %s failed", fn.__name__)
+
+    run.__name__ = fn.__name__
+    return run
 
 
 class MqttIngest:
     """The MQTT client, its batcher thread and the state `/health` and system tables show."""
 
     def __init__(self, config: Config, clock: Callable[[], int] = time.time_ns) -> None:
-        """Check the subscriptions and credentials (ConfigError); nothing starts yet."""
+        """Check the subscriptions, credentials and TLS files (ConfigError); nothing starts yet."""
         self.config = config
         self.writes: WriteService | None = None
         self.clock = clock
         self.routes = compile_routes(config.mqtt_subscriptions)
+        if not self.routes:
+            raise ConfigError("mqtt.broker is set but there is no [[mqtt.subscription]] block: add one")
         self.url = urllib.parse.urlsplit(config.mqtt_broker)
         self.connected = False
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # of the connection
+        self.write_error: str | None = None  # while writes wait (buffer or disk full, a limit)
+        self.unrouted = 0
         self.errors: collections.deque[tuple[int, str, str, bytes]] = collections.deque(maxlen=ERRORS_KEPT)
         self._session = 0
+        self._seq = itertools.count()
         self._queue: collections.deque[_Message] = collections.deque()
         self._inflight = 0
         self._pending_bytes = 0
+        self._blocked_since: float | None = None
         self._cond = threading.Condition()
         self._stopping = threading.Event()
-        self._acked: Future[None] = _done()
+        self._batches: collections.deque[_Batch] = collections.deque()  # in submission order
+        self._ack_lock = threading.Condition()
         self._log_window = (0.0, 0)
         self._client = self._make_client()
         self._batcher = threading.Thread(target=self._run_batcher, name="mqtt-batcher", daemon=True)
@@ -197,17 +251,23 @@ class MqttIngest:
         if cfg.mqtt_username or password:
             client.username_pw_set(cfg.mqtt_username or None, password or None)
         if MQTT_SCHEMES[self.url.scheme.lower()]:
-            client.tls_set(
-                ca_certs=cfg.mqtt_tls_ca or None,
-                certfile=cfg.mqtt_tls_cert or None,
-                keyfile=cfg.mqtt_tls_key or None,
-            )
+            try:
+                client.tls_set(
+                    ca_certs=cfg.mqtt_tls_ca or None,
+                    certfile=cfg.mqtt_tls_cert or None,
+                    keyfile=cfg.mqtt_tls_key or None,
+                )
+            except (OSError, ValueError) as e:
+                raise ConfigError(
+                    f"mqtt.tls_ca/tls_cert/tls_key ({cfg.mqtt_tls_ca or 'system CAs'}, {cfg.mqtt_tls_cert or '-'},"
+                    f" {cfg.mqtt_tls_key or '-'}): cannot load them: {e}"
+                ) from None
             client.tls_insecure_set(cfg.mqtt_tls_insecure)
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
+        client.on_connect = _guarded(self._on_connect)
+        client.on_connect_fail = _guarded(self._on_connect_fail)
+        client.on_disconnect = _guarded(self._on_disconnect)
+        client.on_subscribe = _guarded(self._on_subscribe)
+        client.on_message = _guarded(self._on_message)
         return client
 
     def _password(self) -> str:
@@ -230,11 +290,12 @@ class MqttIngest:
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = min(cfg.mqtt_session_expiry // 1_000_000_000, 0xFFFFFFFF)
             properties.ReceiveMaximum = min(cfg.mqtt_max_inflight, 65535)
+            properties.MaximumPacketSize = min(cfg.mqtt_max_pending_bytes + 1024, 268_435_455)
         port = self.url.port or (8883 if MQTT_SCHEMES[self.url.scheme.lower()] else 1883)
         self._client.connect_async(
             self.url.hostname or "127.0.0.1",
             port,
-            keepalive=max(1, cfg.mqtt_keepalive // 1_000_000_000),
+            keepalive=cfg.mqtt_keepalive // 1_000_000_000,
             clean_start=False if cfg.mqtt_protocol == "5" else paho.MQTT_CLEAN_START_FIRST_ONLY,
             properties=properties,
         )
@@ -242,7 +303,7 @@ class MqttIngest:
         self._client.loop_start()
         log.info(
             "MQTT connecting to %s as %s, %d subscription(s)",
-            self.config.mqtt_broker,
+            cfg.mqtt_broker,
             cfg.mqtt_client_id,
             len(self.routes),
         )
@@ -254,10 +315,17 @@ class MqttIngest:
             return
         with self._cond:
             self._session += 1
+            reconnect = self._session > 1
             self.connected = True
         self._client.backoff.reset()
         self.last_error = None
         log.info("MQTT connected to %s (session present: %s)", self.config.mqtt_broker, flags.session_present)
+        if reconnect and not flags.session_present:
+            log.warning(
+                "MQTT broker kept no session for %s: messages published while disconnected are lost;"
+                " enable persistence on the broker (and session_expiry for MQTT 5)",
+                self.config.mqtt_client_id,
+            )
         client.subscribe([(r.sub.topic, r.wire_qos) for r in self.routes])
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
@@ -277,29 +345,47 @@ class MqttIngest:
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
         for route, reason in zip(self.routes, reasons, strict=False):
-            route.state = "refused" if reason.is_failure else "subscribed"
             if reason.is_failure:
+                route.state = "refused"
                 self.last_error = f"broker refused subscription {route.sub.topic!r}: {reason}"
                 log.error("MQTT %s", self.last_error)
+            elif reason.value < route.wire_qos:
+                route.state = "downgraded"
+                self.last_error = (
+                    f"broker granted QoS {reason.value} for {route.sub.topic!r}: messages may be lost"
+                )
+                log.error("MQTT %s", self.last_error)
+            else:
+                route.state = "subscribed"
 
     # -- receiving -------------------------------------------------------------------------
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        route = self._route(msg.topic)
+        topic = msg._topic.decode("utf-8", "replace")  # msg.topic raises on invalid UTF-8
+        route = self._route(topic)
         with self._cond:
-            session = self._session
             while (
                 self._inflight >= self.config.mqtt_max_inflight
                 or self._pending_bytes >= self.config.mqtt_max_pending_bytes
             ) and not self._stopping.is_set():
+                if self._blocked_since is None:
+                    self._blocked_since = time.monotonic()
                 self._cond.wait(0.5)  # back-pressure: the network thread stops reading
+            self._blocked_since = None
             if self._stopping.is_set():
                 return  # unacknowledged: the broker sends it again after the restart
-            if route is None:
-                return  # not ours (an old session's subscription): unacknowledged, never stored
             self._inflight += 1
             self._pending_bytes += len(msg.payload)
             self._queue.append(
-                _Message(route, msg.topic, bytes(msg.payload), msg.mid, msg.qos, self.clock(), session)
+                _Message(
+                    route,
+                    topic,
+                    bytes(msg.payload),
+                    msg.mid,
+                    msg.qos,
+                    self.clock(),
+                    next(self._seq),
+                    self._session,
+                )
             )
             self._cond.notify_all()
 
@@ -317,43 +403,80 @@ class MqttIngest:
                 while self._queue and len(batch) < BATCH_MESSAGES and size < BATCH_BYTES:
                     batch.append(self._queue.popleft())
                     size += len(batch[-1].payload)
+            if any(m.delayed for m in batch):  # a retry: give what failed a moment
+                self._stopping.wait(RETRY_SECONDS)
+            for m in batch:
+                m.delayed = False
             try:
                 self._write(batch)
             except _Abandoned:
                 self._release(batch)
-            except Exception:  # a bug here must not stop ingestion: the messages stay unacknowledged
-                log.exception("MQTT batch of %d messages failed", len(batch))
-                self._release(batch)
+            except Exception:
+                log.exception("MQTT batch of %d messages failed; trying it again", len(batch))
+                self._retry(batch)
+
+    def _retry(self, batch: list[_Message]) -> None:
+        """Put messages back at the head of the queue; after MAX_ATTEMPTS, record and ack them."""
+        again: list[_Message] = []
+        given_up: list[_Message] = []
+        for m in batch:
+            m.attempts += 1
+            (again if m.attempts < MAX_ATTEMPTS else given_up).append(m)
+        if given_up:
+            parts = [_Part(m, errors=["internal error while writing it (see the log)"]) for m in given_up]
+            self._record(parts)
+            done = _Batch(parts, 0)
+            with self._ack_lock:
+                self._batches.append(done)
+            self._settle(done)
+        self._requeue(again)
+
+    def _requeue(self, messages: list[_Message]) -> None:
+        for m in messages:
+            m.delayed = True
+        with self._cond:
+            self._queue.extendleft(sorted(messages, key=lambda m: m.seq, reverse=True))
+            self._cond.notify_all()
 
     def _write(self, batch: list[_Message]) -> None:
-        """Submit one write per (database, precision); ack the batch once all are committed."""
-        groups: dict[tuple[str, Precision], tuple[list[_Part], list[bytes]]] = {}
+        """Submit one write per (database, precision); ack the batch once all are committed.
+
+        A line protocol message whose last record is left open (an unterminated string) is
+        written alone, so it cannot swallow the messages joined after it.
+        """
+        groups: dict[tuple[str, Precision, int], tuple[list[_Part], list[bytes]]] = {}
+        loose: list[_Part] = []  # no route or a topic that does not parse: nothing to write
         for msg in batch:
-            precision = msg.route.precision if msg.route.json is None else Precision.NS
-            parts, bodies = groups.setdefault((msg.route.sub.database, precision), ([], []))
             part, body = self._convert(msg)
+            if msg.route is None or not body:
+                loose.append(part)
+                continue
+            precision = msg.route.precision if msg.route.json is None else Precision.NS
+            alone = msg.seq if msg.route.json is None and lineprotocol.ends_open(body) else -1
+            parts, bodies = groups.setdefault((msg.route.sub.database, precision, alone), ([], []))
             part.first_line = parts[-1].first_line + parts[-1].span if parts else 1
             parts.append(part)
             bodies.append(body)
+        self._record(loose)
         futures = []
-        for (db, precision), (parts, bodies) in groups.items():
+        for (db, precision, _), (parts, bodies) in groups.items():
             committed = self._submit(db, precision, b"\n".join(bodies), parts)
             if committed is not None:
                 futures.append(committed)
-        done: Future[None] = Future()
-        previous, self._acked = self._acked, done
-
-        def finish(ok: bool) -> None:  # runs on the WAL writer thread, in commit order
-            try:
-                self._finish([p for parts, _ in groups.values() for p in parts], ok)
-            finally:
-                done.set_result(None)
-
-        _when_all([previous, *futures], finish)
+        every = loose + [p for parts, _ in groups.values() for p in parts]
+        pending = _Batch(every, len(futures))
+        with self._ack_lock:
+            self._batches.append(pending)
+        if not futures:
+            self._settle(pending)
+        for f in futures:
+            f.add_done_callback(functools.partial(self._settle, pending))
 
     def _convert(self, msg: _Message) -> tuple[_Part, bytes]:
         """A message as line protocol lines (its topic parsed into tags), with its own errors."""
         route = msg.route
+        if route is None:
+            return _Part(msg), b""
         try:
             measurement, tags = route.parsing.apply(msg.topic)
         except PayloadError as e:
@@ -373,17 +496,18 @@ class MqttIngest:
             try:
                 report = self.writes.submit(WriteRequest(db, body, precision))
                 break
-            except WalError as e:  # buffer or disk full: keep the messages, hold the broker back
-                self.last_error = e.message
+            except (WalError, LimitExceeded) as e:  # full, or a limit: keep them, hold the broker back
+                self.write_error = e.message
                 self._rate_limited_log(f"MQTT write to {db!r} waits: {e.message}")
                 if self._stopping.wait(RETRY_SECONDS):
                     raise _Abandoned from None
-            except ApplianceError as e:  # the database cannot take it (bad name, a limit)
+            except ApplianceError as e:  # cannot be written as it is
                 for p in parts:
                     p.errors.append(e.message)
                     p.rejected = p.lines
                 self._record(parts)
                 return None
+        self.write_error = None
         starts = [p.first_line for p in parts]
         for err in report.errors:
             part = parts[bisect.bisect_right(starts, err.line_number) - 1]
@@ -395,31 +519,61 @@ class MqttIngest:
     def _record(self, parts: list[_Part]) -> None:
         """Count, log (rate-limited) and keep in system.mqtt_errors every message with errors."""
         for p in parts:
+            if p.msg.route is None:
+                self.unrouted += 1
+                self._rate_limited_log(
+                    f"MQTT message on {p.msg.topic!r} matches no subscription (left from an earlier"
+                    " configuration in the broker's session?); acknowledged and dropped"
+                )
+                continue
             if not p.errors:
                 continue
             reason = "; ".join(p.errors[:3]) + (
                 f"; and {len(p.errors) - 3} more" if len(p.errors) > 3 else ""
             )
-            self.errors.append((p.msg.arrival_ns, p.msg.topic, reason, p.msg.payload[:PAYLOAD_HEAD]))
+            self.errors.append(
+                (p.msg.arrival_ns, p.msg.topic[:TOPIC_KEPT], reason, p.msg.payload[:PAYLOAD_HEAD])
+            )
             self._rate_limited_log(f"MQTT message on {p.msg.topic!r} rejected in part: {reason}")
 
-    def _finish(self, parts: list[_Part], committed: bool) -> None:
+    def _settle(self, batch: _Batch, commit: Future[Any] | None = None) -> None:
+        """Note one commit of `batch`; acknowledge every finished batch at the head, in order."""
+        with self._ack_lock:
+            if commit is not None:
+                batch.waiting -= 1
+                batch.ok = batch.ok and not commit.cancelled() and commit.exception() is None
+            if batch.waiting > 0:
+                return
+            batch.done = True
+            while self._batches and self._batches[0].done:
+                head = self._batches.popleft()
+                try:
+                    self._finish(head)
+                except Exception:
+                    log.exception("MQTT: acknowledging a batch failed")
+                    self._release([p.msg for p in head.parts])
+            self._ack_lock.notify_all()
+
+    def _finish(self, batch: _Batch) -> None:
         """Acknowledge the messages whose data is now durable, count them and free their slots."""
-        if not committed:
-            log.error("MQTT: a WAL commit failed; %d messages stay unacknowledged", len(parts))
-            self._release([p.msg for p in parts])
+        messages = [p.msg for p in batch.parts]
+        if not batch.ok:
+            log.error("MQTT: a WAL commit failed; writing %d messages again", len(messages))
+            self._requeue(messages)
             return
-        with self._cond:
-            session = self._session
-        for p in sorted(parts, key=lambda p: p.msg.arrival_ns):
-            route = p.msg.route
-            route.messages += 1
-            route.lines += p.lines - p.rejected
-            route.errors += bool(p.errors)
-            route.last_message_ns = p.msg.arrival_ns
-            if p.msg.qos and p.msg.session == session:
-                self._client.ack(p.msg.mid, p.msg.qos)
-        self._release([p.msg for p in parts])
+        with self._cond:  # held across the acks: no reconnect can slip in between check and ack
+            for p in sorted(batch.parts, key=lambda p: p.msg.seq):
+                route = p.msg.route
+                if route is not None:
+                    route.messages += 1
+                    route.lines += p.lines - p.rejected
+                    route.errors += bool(p.errors)
+                    route.last_message_ns = p.msg.arrival_ns
+                if p.msg.qos and p.msg.session == self._session:
+                    self._client.ack(p.msg.mid, p.msg.qos)
+            self._inflight -= len(messages)
+            self._pending_bytes -= sum(len(m.payload) for m in messages)
+            self._cond.notify_all()
 
     def _release(self, batch: list[_Message]) -> None:
         with self._cond:
@@ -448,23 +602,32 @@ class MqttIngest:
         with self._cond:
             self._cond.notify_all()
         self._batcher.join(STOP_SECONDS)
-        try:
-            self._acked.result(STOP_SECONDS)
-        except TimeoutError:
-            log.warning("MQTT: stopping before every commit was acknowledged; the broker will redeliver")
+        with self._ack_lock:
+            if not self._ack_lock.wait_for(lambda: not self._batches, STOP_SECONDS):
+                log.warning("MQTT: stopping before every commit was acknowledged; the broker will redeliver")
         self._client.disconnect()
         self._client.loop_stop()
         log.info("MQTT stopped")
 
     def health(self) -> dict[str, Any]:
-        """The MQTT part of /health: degraded while disconnected or a subscription is refused."""
-        ok = self.connected and all(r.state == "subscribed" for r in self.routes)
+        """The MQTT part of /health: degraded while disconnected, refused, or not reading for long."""
+        blocked = self._blocked_since
+        stalled = blocked is not None and time.monotonic() - blocked > self.config.mqtt_keepalive / 1e9
+        ok = (
+            self.connected
+            and not stalled
+            and not self.write_error
+            and all(r.state == "subscribed" for r in self.routes)
+        )
+        error = self.last_error or self.write_error
+        if stalled:
+            error = f"not reading from the broker for longer than the keepalive: {self.write_error or 'writes are slow'}"
         return {
             "status": "ok" if ok else "degraded",
-            "broker": self.config.mqtt_broker,
             "connected": self.connected,
             "inflight": self._inflight,
-            "error": self.last_error,
+            "unrouted_messages": self.unrouted,
+            "error": error,
         }
 
     def system_tables(self, database: str) -> dict[str, pa.Table]:
@@ -498,25 +661,3 @@ class MqttIngest:
 
 class _Abandoned(Exception):
     """Stopping while a write waited for room: its messages stay unacknowledged."""
-
-
-def _done() -> Future[None]:
-    f: Future[None] = Future()
-    f.set_result(None)
-    return f
-
-
-def _when_all(futures: list[Future[Any]], then: Callable[[bool], None]) -> None:
-    """Call `then(all succeeded)` once, when the last of `futures` completes."""
-    remaining = [len(futures)]
-    lock = threading.Lock()
-
-    def one_done(_: Future[Any]) -> None:
-        with lock:
-            remaining[0] -= 1
-            last = remaining[0] == 0
-        if last:
-            then(all(not f.cancelled() and f.exception() is None for f in futures))
-
-    for f in futures:
-        f.add_done_callback(one_done)
