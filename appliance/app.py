@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import platform
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -12,14 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import __version__
+from . import log as log_module
 from .auth import Tokens, bootstrap_admin
 from .buffer import Buffer
 from .catalog import Catalog, CatalogLimits
-from .config import Config
+from .config import SETTINGS, Config
 from .engine.pool import DaemonPool
 from .engine.runner import Engine, EngineArgs
 from .errors import ConfigError
 from .manifest import Manifest
+from .metrics import REGISTRY
 from .mqtt.ingest import MqttIngest
 from .persist import PersistArgs, Persister
 from .query import QueryLimits, QueryService
@@ -31,6 +35,23 @@ from .wal import Wal
 from .write import WriteService
 
 log = logging.getLogger("appliance.app")
+
+#: Settings SIGHUP applies without a restart.
+RELOADABLE = frozenset(
+    {
+        "server.log_filter",
+        "server.log_format",
+        "query.memory_limit",
+        "query.timeout",
+        "query.max_result_bytes",
+        "sync.bandwidth_limit",
+        "sync.interval",
+        "sync.retry_min",
+        "sync.retry_max",
+        "sync.stale_after",
+        "storage.max_disk_bytes",
+    }
+)
 
 #: Longest a write waits for the persister to drain a full buffer before it gets 503.
 ADMIT_TIMEOUT_SECONDS = 30.0
@@ -72,6 +93,7 @@ class App:
                 "last_seq": self.wal.last_seq,
                 "commits": self.wal.stats.commits,
                 "largest_group": self.wal.stats.max_group,
+                "replay_seconds": round(self.replay_seconds, 3),
             },
             "persist": {
                 "status": persist,
@@ -89,6 +111,166 @@ class App:
         states = {c["status"] for c in components.values()}
         overall = next(s for s in ("failed", "degraded", "ok") if s in states)
         return {"status": overall, "components": components}
+
+    def register_metrics(self) -> None:
+        """The gauges /metrics reads from this App's components when it is scraped."""
+        g = REGISTRY.gauge
+        g(
+            "appliance_build_info",
+            "Version of the appliance and of Python.",
+            lambda: [((__version__, platform.python_version()), 1)],
+            ["version", "python"],
+        )
+        g("appliance_process_resident_memory_bytes", "Resident memory of the process.", _rss_bytes)
+        g(
+            "appliance_process_cpu_seconds_total",
+            "CPU time of the process.",
+            lambda: sum(os.times()[:2]),
+            kind="counter",
+        )
+        g(
+            "appliance_process_start_time_seconds",
+            "Start time of the process (Unix seconds).",
+            lambda: self.started_at,
+        )
+        g(
+            "appliance_wal_replay_seconds",
+            "Time the last start-up spent replaying the WAL.",
+            lambda: self.replay_seconds,
+        )
+        g(
+            "appliance_wal_last_sequence",
+            "Sequence number of the newest WAL entry.",
+            lambda: self.wal.last_seq,
+        )
+        g("appliance_buffer_bytes", "Bytes held in the in-memory buffer.", lambda: self.buffer.nbytes)
+        g("appliance_parquet_files", "Parquet files on local disk.", lambda: len(self.manifest.paths()))
+        g("appliance_parquet_bytes", "Bytes of Parquet on local disk.", self.manifest.total_bytes)
+        cache = self.engine.cache
+        g("appliance_plugin_cache_bytes", "Bytes held by the plugin cache.", lambda: cache.stats()["bytes"])
+        g(
+            "appliance_plugin_cache_evictions_total",
+            "Plugin cache entries evicted at the cap.",
+            lambda: cache.stats()["evictions"],
+            kind="counter",
+        )
+        g(
+            "appliance_plugin_batches_dropped_total",
+            "WAL batches dropped by triggers that fell behind.",
+            lambda: self.engine.health()["batches_dropped"],
+            kind="counter",
+        )
+        levels = {"ok": 0, "degraded": 1, "failed": 2}
+        g(
+            "appliance_component_status",
+            "State of each component: 0 ok, 1 degraded, 2 failed.",
+            lambda: [((name,), levels[c["status"]]) for name, c in self.health()["components"].items()],
+            ["component"],
+        )
+        if self.mqtt is not None:
+            mqtt = self.mqtt
+            g("appliance_mqtt_connected", "1 while connected to the broker.", lambda: float(mqtt.connected))
+            g(
+                "appliance_mqtt_inflight_messages",
+                "Messages received and not yet committed.",
+                lambda: mqtt.health()["inflight"],
+            )
+            g(
+                "appliance_mqtt_unrouted_messages_total",
+                "Messages no subscription matched.",
+                lambda: mqtt.unrouted,
+                kind="counter",
+            )
+            for name, attr, help in (
+                ("messages", "messages", "Messages written, by subscription."),
+                ("lines", "lines", "Lines stored, by subscription."),
+                ("errors", "errors", "Messages with rejected content, by subscription."),
+            ):
+                g(
+                    f"appliance_mqtt_{name}_total",
+                    help,
+                    lambda attr=attr: [((r.sub.topic,), getattr(r, attr)) for r in mqtt.routes],  # type: ignore[misc]
+                    ["subscription"],
+                    kind="counter",
+                )
+        if self.syncer is not None:
+            syncer = self.syncer
+            g(
+                "appliance_sync_queued_files",
+                "Parquet files waiting for upload.",
+                lambda: syncer.status()["queued_files"],
+            )
+            g(
+                "appliance_sync_queued_bytes",
+                "Bytes waiting for upload.",
+                lambda: syncer.status()["queued_bytes"],
+            )
+            g(
+                "appliance_sync_oldest_unsynced_age_seconds",
+                "Age of the oldest file waiting for upload.",
+                lambda: syncer.status()["oldest_unsynced_age_seconds"] or 0,
+            )
+            g(
+                "appliance_sync_uploaded_files_total",
+                "Files uploaded and verified.",
+                lambda: syncer.stats.uploaded_files,
+                kind="counter",
+            )
+            g(
+                "appliance_sync_uploaded_bytes_total",
+                "Bytes uploaded and verified.",
+                lambda: syncer.stats.uploaded_bytes,
+                kind="counter",
+            )
+            g(
+                "appliance_sync_failures_total",
+                "Failed upload or delete attempts.",
+                lambda: syncer.stats.failed_attempts,
+                kind="counter",
+            )
+            g(
+                "appliance_sync_deleted_objects_total",
+                "Replaced objects deleted from the bucket.",
+                lambda: syncer.stats.deleted_objects,
+                kind="counter",
+            )
+        if self.budget is not None:
+            budget = self.budget
+            g("appliance_disk_budget_bytes", "storage.max_disk_bytes.", lambda: budget.max_bytes)
+            g(
+                "appliance_disk_evicted_files_total",
+                "Local Parquet files evicted for the disk budget.",
+                lambda: budget.evicted_files,
+                kind="counter",
+            )
+            g(
+                "appliance_disk_refusing_writes",
+                "1 while writes are refused with 507.",
+                lambda: float(budget.refusing is not None),
+            )
+
+    def reload(self, new: Config) -> None:
+        """SIGHUP: apply the settings that can change at runtime (RELOADABLE); log the rest."""
+        old = self.config
+        changed = [s.name for s in SETTINGS if getattr(old, s.field) != getattr(new, s.field)]
+        if new.mqtt_subscriptions != old.mqtt_subscriptions:
+            changed.append("mqtt.subscription")
+        log_module.setup(new.log_filter, new.log_format)
+        self.queries.limits = QueryLimits(new.memory_limit, new.timeout, new.max_result_bytes)
+        if self.syncer is not None:
+            self.syncer.config = new
+            self.syncer.store.throttle.rate = new.sync_bandwidth_limit
+        if self.budget is not None and new.max_disk_bytes:
+            self.budget.max_bytes = new.max_disk_bytes
+            self.budget.wake()
+        applied = [n for n in changed if n in RELOADABLE and (n != "storage.max_disk_bytes" or self.budget)]
+        pending = [n for n in changed if n not in applied]
+        self.config = new
+        log.info(
+            "reloaded configuration: applied %s; %s",
+            ", ".join(applied) or "nothing changed",
+            f"restart to apply {', '.join(pending)}" if pending else "nothing needs a restart",
+        )
 
     def sync_status(self) -> dict[str, Any]:
         """GET /api/v3/sync: the upload queue and the local disk budget."""
@@ -203,7 +385,7 @@ def build(config: Config) -> App:
     if mqtt is not None:
         queries.system_providers.append(mqtt.system_tables)
         mqtt.start(writes)
-    return App(
+    app = App(
         config=config,
         wal=wal,
         catalog=catalog,
@@ -226,6 +408,17 @@ def build(config: Config) -> App:
         replay_seconds=replay_seconds,
         lock_fd=lock,
     )
+    app.register_metrics()
+    return app
+
+
+def _rss_bytes() -> float:
+    """Resident set size from /proc (Linux); 0 elsewhere."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return float(pages * os.sysconf("SC_PAGE_SIZE"))
 
 
 def lock_data_dir(data_dir: Path) -> int:

@@ -24,6 +24,7 @@ SERVE_FLAGS: dict[str, str] = {
     "--data-dir": "server.data_dir",
     "--plugin-dir": "engine.plugin_dir",
     "--log-filter": "server.log_filter",
+    "--log-format": "server.log_format",
     "--http-bind": "http.bind",
     "--max-http-request-size": "http.max_request_size",
     "--wal-flush-interval": "wal.flush_interval",
@@ -31,6 +32,7 @@ SERVE_FLAGS: dict[str, str] = {
     "--max-buffer-bytes": "storage.max_buffer_bytes",
     "--query-memory-limit": "query.memory_limit",
     "--query-timeout": "query.timeout",
+    "--disable-authz": "auth.disable_authz",
     "--mqtt-broker": "mqtt.broker",
     "--mqtt-client-id": "mqtt.client_id",
     "--mqtt-username": "mqtt.username",
@@ -282,7 +284,7 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in SERVE_FLAGS.values()}
     if args.without_auth:
         overrides["auth.enabled"] = False
-    return serve(config.load(args.config, overrides))
+    return serve(config.load(args.config, overrides), lambda: config.load(args.config, overrides))
 
 
 def _config_check(args: argparse.Namespace) -> int:

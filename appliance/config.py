@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .log import parse_filter
 from .units import parse_duration_ns, parse_size
 
 DEFAULT_CONFIG_PATHS = (Path("/etc/appliance/config.toml"),)
@@ -63,6 +64,14 @@ def _package_manager(v: Any) -> str:
     return s
 
 
+def _disable_authz(v: Any) -> tuple[str, ...]:
+    items = tuple(sorted({x.strip().lower() for x in str(v).split(",") if x.strip()}))
+    unknown = set(items) - {"health", "ping", "metrics"}
+    if unknown:
+        raise ValueError(f"unknown endpoint(s) {', '.join(sorted(unknown))}: use health, ping or metrics")
+    return items
+
+
 def _endpoint(v: Any) -> str:
     s = str(v).strip().rstrip("/")
     if s and not (s.startswith("http://") or s.startswith("https://")):
@@ -78,8 +87,20 @@ def _path_or_empty(v: Any) -> str:
     return _path(v) if str(v).strip() else ""
 
 
+def _log_format(v: Any) -> str:
+    s = str(v).strip().lower()
+    if s not in ("text", "json"):
+        raise ValueError(f"expected text or json, got {v!r}")
+    return s
+
+
 def _log_filter(v: Any) -> str:
-    return str(v).strip()
+    s = str(v).strip()
+    try:
+        parse_filter(s)
+    except ConfigError as e:
+        raise ValueError(e.message) from None
+    return s
 
 
 #: Broker URL schemes: Mosquitto's and Telegraf's spellings; the value says whether TLS is on.
@@ -177,6 +198,13 @@ SETTINGS: tuple[Setting, ...] = (
         _log_filter,
         "Log level, optionally per component: info or info,appliance.wal=debug.",
     ),
+    Setting(
+        "server",
+        "log_format",
+        "text",
+        _log_format,
+        "Log lines on stderr: text (LEVEL component: message; journald priorities under systemd) or json.",
+    ),
     Setting("http", "bind", "127.0.0.1:8181", _bind, "Address and port the HTTP API listens on."),
     Setting(
         "http",
@@ -192,6 +220,13 @@ SETTINGS: tuple[Setting, ...] = (
         _bool,
         "Require a token on every endpoint except /health and /ping.",
         "auth_enabled",
+    ),
+    Setting(
+        "auth",
+        "disable_authz",
+        "",
+        _disable_authz,
+        "Endpoints reachable without a token besides /health and /ping: metrics (for a Prometheus scraper).",
     ),
     Setting(
         "wal",
@@ -596,9 +631,11 @@ class Config:
     node_id: str
     data_dir: str
     log_filter: str
+    log_format: str
     bind: str
     max_request_size: int
     auth_enabled: bool
+    disable_authz: tuple[str, ...]
     flush_interval: int
     map_size: int
     gen1_duration: int

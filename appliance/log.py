@@ -1,9 +1,20 @@
-"""Logging to stderr (journald) with per-component levels: `info,appliance.wal=debug`."""
+"""Logging to stderr (journald) with per-component levels: `info,appliance.wal=debug`.
+
+Text lines are `LEVEL component: message`, with a timestamp unless journald reads them
+(JOURNAL_STREAM set: journald stamps lines itself and takes the `<N>` prefix as the syslog
+priority). `json` writes one object per line. Every line passes a filter that masks tokens
+and passwords, whatever logged them.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
 import sys
+import time
+from typing import Any
 
 from .errors import ConfigError
 
@@ -15,17 +26,91 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+FORMATS = ("text", "json")
+
+#: syslog priorities journald reads from a `<N>` line prefix.
+_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+#: Secrets that must never reach a log line: API tokens, credentials in headers and URLs, passwords.
+_SECRETS = [
+    (re.compile(r"apiv3_[A-Za-z0-9_\-]+"), "apiv3_***"),
+    (re.compile(r"\b(Bearer|Token|Basic) +[A-Za-z0-9_\-=+/.]{8,}", re.IGNORECASE), r"\1 ***"),
+    (re.compile(r"(://[^/\s:@]+:)[^@\s/]+@"), r"\1***@"),
+    (
+        re.compile(r"\b(password|secret_access_key)([\"']?\s*[=:]\s*[\"']?)[^\s\"',}]+", re.IGNORECASE),
+        r"\1\2***",
+    ),
+]
 
 
-def setup(log_filter: str) -> None:
-    """Configure the root handler and levels from a filter like `info,appliance.wal=debug`."""
+def redact(text: str) -> str:
+    """Mask anything that looks like a token or password."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class _Redacting(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+class _Text(logging.Formatter):
+    def __init__(self, journald: bool) -> None:
+        super().__init__(
+            "%(levelname)s %(name)s: %(message)s"
+            if journald
+            else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        self.journald = journald
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = redact(super().format(record))  # tracebacks too
+        if self.journald:
+            prefix = f"<{_PRIORITY.get(record.levelno, 6)}>"
+            text = "\n".join(prefix + line for line in text.split("\n"))
+        return text
+
+
+class _Json(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "component": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return redact(json.dumps(doc, ensure_ascii=False))
+
+
+def setup(log_filter: str, log_format: str = "text") -> None:
+    """Configure the root handler and levels from a filter like `info,appliance.wal=debug`.
+
+    Called again on SIGHUP: levels and format change in place.
+    """
+    levels = parse_filter(log_filter)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_Json() if log_format == "json" else _Text(journald="JOURNAL_STREAM" in os.environ))
+    handler.addFilter(_Redacting())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("appliance").setLevel(logging.INFO)
     logging.getLogger("appliance.access").setLevel(logging.WARNING)
+    for name, level in levels:
+        logging.getLogger(name).setLevel(level)
+
+
+def parse_filter(log_filter: str) -> list[tuple[str, int]]:
+    """`info,appliance.wal=debug` as (logger, level) pairs; ConfigError names a bad part."""
+    out = []
     for part in filter(None, (p.strip() for p in log_filter.split(","))):
         name, _, level = part.rpartition("=")
         if level.lower() not in _LEVELS:
@@ -33,4 +118,5 @@ def setup(log_filter: str) -> None:
                 f"invalid log filter {part!r}: use a level (debug, info, warn, error),"
                 " optionally as component=level"
             )
-        logging.getLogger(name or "appliance").setLevel(_LEVELS[level.lower()])
+        out.append((name or "appliance", _LEVELS[level.lower()]))
+    return out

@@ -28,6 +28,7 @@ from .buffer import Buffer, conform, dedupe
 from .catalog import Catalog, TableDef, find_table
 from .fileio import fsync_dir, make_dirs
 from .manifest import Change, Manifest, ParquetFile
+from .metrics import PERSISTS
 from .model import TIME_COLUMN, WalSeq
 from .wal import Wal
 
@@ -186,6 +187,7 @@ class Persister:
                         self._discard(added)  # never recorded: would only fill the disk
                         raise
             self._record(Change.PERSIST, added, removed, upto)
+            PERSISTS.inc(len(added))
             self._trimmed = upto
             rows = sum(f.row_count for f in added)
             log.info(

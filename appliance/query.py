@@ -24,6 +24,7 @@ from .buffer import Buffer, TableKey
 from .catalog import Catalog, DatabaseDef, TableDef
 from .errors import ApplianceError, DatabaseNotFound, QueryError, QueryTimeout, QueryTooLarge
 from .manifest import Manifest, ParquetFile
+from .metrics import QUERIES, QUERY_SECONDS
 from .model import TIME_COLUMN
 
 if TYPE_CHECKING:
@@ -68,17 +69,24 @@ class QueryService:
         db = self.catalog.get(db_name)
         if db is None:
             raise DatabaseNotFound(f"query error: database not found: {db_name}")
-        deadline = time.monotonic() + self.limits.timeout_ns / 1e9
+        started = time.monotonic()
+        deadline = started + self.limits.timeout_ns / 1e9
+        outcome = "error"
         try:
             # Pinned: DataFusion opens the files while it runs, after the view was taken.
             with self.manifest.pinned():
                 ctx = self._context(db)
                 df = ctx.sql(sql, param_values=_bind(params)) if params else ctx.sql(sql)
-                return self._collect(df, deadline)
+                result = self._collect(df, deadline)
+                outcome = "ok"
+                return result
         except ApplianceError:
             raise
         except Exception as e:  # DataFusion raises plain Exceptions for plan and run errors
             raise _query_error(e, self.limits) from None
+        finally:
+            QUERIES.inc(outcome=outcome)
+            QUERY_SECONDS.observe(time.monotonic() - started)
 
     def _collect(self, df: Any, deadline: float) -> pa.Table:
         schema = df.schema()

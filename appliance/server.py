@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -20,22 +21,33 @@ log = logging.getLogger("appliance.server")
 SHUTDOWN_GRACE_SECONDS = 10.0
 
 
-def serve(config: Config) -> int:
-    """Serve until a stop signal; returns the process exit code."""
-    log_module.setup(config.log_filter)
+def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
+    """Serve until a stop signal; returns the process exit code. `reload` re-reads the
+    configuration on SIGHUP."""
+    log_module.setup(config.log_filter, config.log_format)
     app = app_module.build(config)
     try:
-        asyncio.run(_run_http(app))
+        asyncio.run(_run_http(app, reload))
     finally:
         app.stop()
     return 0
 
 
-async def _run_http(app: app_module.App) -> None:
+def _reload(app: app_module.App, reload: Callable[[], Config] | None) -> None:
+    if reload is None:
+        return
+    try:
+        app.reload(reload())
+    except ConfigError as e:
+        log.error("reload failed, keeping the running configuration: %s", e)
+
+
+async def _run_http(app: app_module.App, reload: Callable[[], Config] | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload, app, reload)
     runner = web.AppRunner(
         http_server.create(app),
         access_log=logging.getLogger("appliance.access"),  # quiet unless --log-filter enables it

@@ -26,6 +26,7 @@ import msgpack
 import pyarrow as pa
 
 from .errors import WalError
+from .metrics import WAL_COMMIT_SECONDS, WAL_COMMITS, WAL_ENTRIES
 from .model import WalSeq
 
 log = logging.getLogger("appliance.wal")
@@ -244,6 +245,9 @@ class Wal:
                 req.future.set_result(result)
 
     def _note_commit(self, started: float, entries: int) -> None:
+        WAL_COMMITS.inc()
+        WAL_ENTRIES.inc(entries)
+        WAL_COMMIT_SECONDS.observe(time.monotonic() - started)
         self.stats.commits += 1
         self.stats.entries += entries
         self.stats.last_commit_seconds = time.monotonic() - started

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from . import lineprotocol
 from .catalog import Catalog, DatabaseDef, SchemaChange
 from .errors import CatalogError, LimitExceeded, LineProtocolError
+from .metrics import BYTES, LINES, REJECTED
 from .model import TIME_COLUMN, ColumnType, LineError, ParsedTable, Precision
 from .wal import TableRows, Wal, WalEntry, WalSeq
 
@@ -32,6 +33,7 @@ class WriteRequest:
     accept_partial: bool = True
     no_sync: bool = False
     origin: str = ""  # the plugin trigger writing, "" for users
+    protocol: str = "http"  # for metrics: http, mqtt or plugin
 
 
 @dataclass
@@ -71,13 +73,16 @@ class WriteService:
             req.body, req.precision, self.clock(), known=_KnownColumns(self.catalog.get(req.db))
         )
         report = WriteReport(lines=parsed.lines, errors=list(parsed.errors))
+        BYTES.inc(len(req.body), protocol=req.protocol)
         if report.errors and not req.accept_partial:
+            REJECTED.inc(parsed.lines, protocol=req.protocol)
             raise _first_error(report.errors)
         with self.catalog.lock:
             change = self.catalog.begin()
             db = self.catalog.ensure_database(req.db, change)
             batches = [self._validate(db, t, req.body, report, change) for t in parsed.tables]
             if report.errors and not req.accept_partial:
+                REJECTED.inc(parsed.lines, protocol=req.protocol)
                 raise _first_error(report.errors)  # nothing staged is kept
             self.catalog.commit(change)  # durable before any write can depend on it
             rows = [
@@ -89,6 +94,8 @@ class WriteService:
         if rows:
             report.committed = self.wal.submit(entry=WalEntry(db.id, db.name, rows, req.origin))
         report.errors.sort(key=lambda e: e.line_number)
+        LINES.inc(report.rows, protocol=req.protocol)
+        REJECTED.inc(len(report.errors), protocol=req.protocol)
         if req.no_sync and report.committed is not None:
             done: Future[WalSeq] = Future()
             done.set_result(WalSeq(0))

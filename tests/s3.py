@@ -4,7 +4,8 @@
 and creates the bucket. `S3(proxied=True)` also puts a `Proxy` in front of it: `endpoint` is then
 the proxy's, and `down()` / `up()` take it away and bring it back (moto keeps its state in memory,
 so stopping moto itself would lose every object). The inspection helpers (`keys`, `get`,
-`download`) talk to moto directly, so they work during an outage too.
+`download`) talk to moto directly, so they work during an outage too, and also on an unstarted
+`S3(port=...)` handle for a moto that another process runs (bench/sync.py does that).
 
 moto's backends are global to the process: every `S3` in one process sees the same buckets.
 `start()` therefore resets moto's state only when no other `S3` of this process is running.

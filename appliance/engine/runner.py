@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from ..catalog import Catalog
 from ..errors import BadRequest, Conflict, NotFound
+from ..metrics import PLUGIN_ERRORS, PLUGIN_RUNS, PLUGIN_SECONDS
 from ..model import TIME_COLUMN, Precision, WalSeq
 from ..query import QueryService
 from ..wal import Wal, WalEntry
@@ -443,12 +444,15 @@ class Engine:
             result = fn(api, *self._arguments(run, event), trigger.arguments)
         except BaseException as e:  # SystemExit and friends too: a plugin never stops the server
             api.discard_writes()
+            PLUGIN_ERRORS.inc(trigger=trigger.key)
             text = _error_text(e)
             self.logs.add(trigger.database, trigger.name, "ERROR", text)
             return _Failure(("Python function call failed: " if event.kind == "request" else "") + text)
         finally:
             with self._watch_lock:
                 self._active.pop(call_id, None)
+            PLUGIN_RUNS.inc(trigger=trigger.key)
+            PLUGIN_SECONDS.observe(time.monotonic() - started, trigger=trigger.key)
         self._write_back(trigger, api.take_writes())
         self.logs.add(
             trigger.database,
@@ -484,7 +488,13 @@ class Engine:
     def _write(self, trigger: TriggerDef, db: str, lines: str, no_sync: bool) -> None:
         report = self.writes.submit(
             WriteRequest(
-                db, lines.encode(), Precision.NS, accept_partial=False, no_sync=no_sync, origin=trigger.key
+                db,
+                lines.encode(),
+                Precision.NS,
+                accept_partial=False,
+                no_sync=no_sync,
+                origin=trigger.key,
+                protocol="plugin",
             )
         )
         if report.committed is not None:

@@ -27,6 +27,7 @@ from ..errors import (
     TooLarge,
     UnsupportedMediaType,
 )
+from ..metrics import REGISTRY
 from ..model import ColumnType, Precision
 from ..query import timeout_message
 from ..units import parse_duration_ns
@@ -418,6 +419,15 @@ async def persist(request: web.Request) -> web.Response:
     started = time.monotonic()
     files = await asyncio.wrap_future(app.persister.request())
     return json_response({"files": files, "seconds": round(time.monotonic() - started, 3)})
+
+
+# -- metrics -------------------------------------------------------------------
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text; gauges read live state, so render off the event loop."""
+    text = await _in_pool(request, "admin", REGISTRY.render)
+    return web.Response(
+        body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+    )
 
 
 # -- object store sync ---------------------------------------------------------

@@ -54,6 +54,7 @@ def create(app: App) -> web.Application:
     r.add_post(routes.TOKEN_ADMIN, handlers.create_admin_token)
     r.add_post(routes.TOKEN_ADMIN_REGENERATE, handlers.regenerate_admin_token)
     r.add_post(routes.PERSIST, handlers.persist)
+    r.add_get(routes.METRICS, handlers.metrics)
     r.add_get(routes.SYNC, handlers.sync_status)
     r.add_post(routes.SYNC, handlers.sync_now)
     r.add_post(routes.TRIGGER, handlers.create_trigger)
@@ -129,6 +130,8 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.method == "OPTIONS":
         return handlers.options()  # CORS pre-flight on any path, before routing and auth
     if not app.config.auth_enabled or request.path in routes.PUBLIC:
+        return await handler(request)
+    if request.path == routes.METRICS and "metrics" in app.config.disable_authz:
         return await handler(request)
     if request.path.startswith(routes.ENGINE_PREFIX) and app.engine.is_public(
         request.path[len(routes.ENGINE_PREFIX) :]

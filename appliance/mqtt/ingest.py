@@ -494,7 +494,7 @@ class MqttIngest:
         assert self.writes is not None, "start() first"
         while True:
             try:
-                report = self.writes.submit(WriteRequest(db, body, precision))
+                report = self.writes.submit(WriteRequest(db, body, precision, protocol="mqtt"))
                 break
             except (WalError, LimitExceeded) as e:  # full, or a limit: keep them, hold the broker back
                 self.write_error = e.message

@@ -115,6 +115,7 @@ def _s3_options(config: Config) -> dict[str, Any]:
         "connect_timeout": CONNECT_TIMEOUT,
         "request_timeout": REQUEST_TIMEOUT,
         "force_virtual_addressing": not config.sync_path_style and bool(config.sync_endpoint),
+        "allow_delayed_open": True,  # a small object goes as one PUT, not a three-request multipart upload
     }
     if config.sync_endpoint:
         scheme, _, host = config.sync_endpoint.partition("://")
