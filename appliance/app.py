@@ -310,11 +310,10 @@ def build(config: Config) -> App:
     catalog = Catalog(wal, CatalogLimits(config.max_databases, config.max_tables, config.max_columns))
     manifest = Manifest(wal, data_dir / "parquet")
     buffer = Buffer(config.max_buffer_bytes)
-    queue = None
-    if store is not None:
-        queue = SyncQueue(wal)
+    queue = SyncQueue(wal)
+    if store is not None or queue.in_use():  # once used, it follows every change, even while off
         manifest.hooks.append(queue.on_change)  # queued in the transaction that records a file
-        queue.backfill(manifest.files())
+        queue.reconcile(manifest.files())
     persister = Persister(
         PersistArgs(
             data_dir,
@@ -346,7 +345,9 @@ def build(config: Config) -> App:
         persister.view_lock,
         QueryLimits(config.memory_limit, config.timeout, config.max_result_bytes),
     )
-    budget = DiskBudget(config.max_disk_bytes, manifest, persister, queue) if config.max_disk_bytes else None
+    budget = None
+    if config.max_disk_bytes:
+        budget = DiskBudget(config.max_disk_bytes, manifest, persister, queue if store is not None else None)
 
     def admit() -> None:
         if budget is not None:
@@ -374,7 +375,7 @@ def build(config: Config) -> App:
     queries.system_providers.append(engine.system_tables)
     engine.start()
     syncer = None
-    if store is not None and queue is not None:
+    if store is not None:
         syncer = Syncer(config, queue, store, manifest)
         manifest.applied.append(syncer.wake)
         queries.system_providers.append(syncer.system_tables)

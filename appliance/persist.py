@@ -372,7 +372,7 @@ def _compaction_chunks(
     by_day: dict[tuple[int, int, str], list[ParquetFile]] = {}
     for f in files:
         day = f.path.rsplit("/", 3)[-3]  # date=YYYY-MM-DD
-        if f.max_time < before_ns:
+        if f.max_time < before_ns and f.size_bytes < target_bytes // 2:  # big enough: left alone
             by_day.setdefault((f.db_id, f.table_id, day), []).append(f)
     chunks = []
     for group in by_day.values():

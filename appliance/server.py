@@ -14,40 +14,51 @@ from . import log as log_module
 from .config import Config
 from .errors import ConfigError
 from .http import server as http_server
+from .notify import LoopHeartbeat, Notifier
 
 log = logging.getLogger("appliance.server")
 
 #: How long in-flight requests get at shutdown; a plugin still running after that is abandoned.
 SHUTDOWN_GRACE_SECONDS = 10.0
 
+#: The systemd watchdog is fed only while the event loop has run within this many seconds.
+LOOP_STALL_SECONDS = 10.0
+
 
 def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
     """Serve until a stop signal; returns the process exit code. `reload` re-reads the
     configuration on SIGHUP."""
     log_module.setup(config.log_filter, config.log_format)
+    notifier = Notifier()
+    notifier.status("replaying the WAL")
     app = app_module.build(config)
     try:
-        asyncio.run(_run_http(app, reload))
+        asyncio.run(_run_http(app, notifier, reload))
     finally:
+        notifier.status("stopping: persisting the buffer")
         app.stop()
     return 0
 
 
-def _reload(app: app_module.App, reload: Callable[[], Config] | None) -> None:
-    if reload is None:
-        return
+def _reload(app: app_module.App, notifier: Notifier, reload: Callable[[], Config] | None) -> None:
+    notifier.reloading("reloading the configuration")
     try:
-        app.reload(reload())
+        if reload is not None:
+            app.reload(reload())
     except ConfigError as e:
         log.error("reload failed, keeping the running configuration: %s", e)
+    finally:
+        notifier.reloaded(f"listening on http://{app.config.bind}")
 
 
-async def _run_http(app: app_module.App, reload: Callable[[], Config] | None = None) -> None:
+async def _run_http(
+    app: app_module.App, notifier: Notifier, reload: Callable[[], Config] | None = None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _reload, app, reload)
+    loop.add_signal_handler(signal.SIGHUP, _reload, app, notifier, reload)
     runner = web.AppRunner(
         http_server.create(app),
         access_log=logging.getLogger("appliance.access"),  # quiet unless --log-filter enables it
@@ -70,6 +81,13 @@ async def _run_http(app: app_module.App, reload: Callable[[], Config] | None = N
         app.config.data_dir,
         "on" if app.config.auth_enabled else "off",
     )
+    heartbeat = LoopHeartbeat()
+    beat = asyncio.create_task(heartbeat.run())
+    notifier.ready(f"listening on http://{app.config.bind}")
+    notifier.start_watchdog(lambda: app.wal.alive and heartbeat.alive(LOOP_STALL_SECONDS))
     await stop.wait()
+    notifier.stop()  # the watchdog thread: systemd does not enforce it while stopping
+    notifier.stopping("stopping: finishing in-flight requests")
+    beat.cancel()
     log.info("stopping: no new requests; finishing in-flight writes")
     await runner.cleanup()

@@ -32,7 +32,18 @@ from .model import WalSeq
 log = logging.getLogger("appliance.wal")
 
 #: Named LMDB databases inside the one environment.
-DB_NAMES = (b"wal", b"catalog", b"files", b"tokens", b"meta", b"triggers", b"logs", b"sync")
+DB_NAMES = (
+    b"wal",
+    b"catalog",
+    b"files",
+    b"tokens",
+    b"meta",
+    b"triggers",
+    b"logs",
+    b"sync",
+    b"synced",
+    b"sync_del",
+)
 
 _SEQ = struct.Struct(">Q")  # big-endian so LMDB's byte order is numeric order
 

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import WalError
 from ..manifest import Manifest, ParquetFile
 from ..persist import Persister
-from .queue import SYNCED, SyncQueue
+from .queue import QUEUED, SYNCED, SyncQueue
 
 log = logging.getLogger("appliance.budget")
 
@@ -111,11 +111,12 @@ class DiskBudget:
             self.refusing = None
 
     def _evictable(self) -> list[ParquetFile]:
+        """Files the bucket holds: synced, or a compaction of synced files (its inputs stay there)."""
         files = self.manifest.files()
         if self.queue is None:
             return files
-        synced = {r.path for r in self.queue.records() if r.state == SYNCED}
-        return [f for f in files if f.path in synced]
+        held = {r.path for r in self.queue.records(SYNCED, QUEUED) if r.state == SYNCED or r.covered}
+        return [f for f in files if f.path in held]
 
     def status(self) -> dict[str, Any]:
         return {

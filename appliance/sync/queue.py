@@ -1,16 +1,20 @@
-"""SyncQueue: the store-and-forward state of every Parquet file, kept in LMDB ("sync").
+"""SyncQueue: the store-and-forward state of every Parquet file, kept in LMDB.
 
-One record per local path, changed only inside WAL-writer transactions, so it survives
-kill -9 at any moment together with the manifest it follows:
+Records change only inside WAL-writer transactions, so they survive kill -9 at any moment
+together with the manifest they follow. One LMDB database per state, keyed by the file's
+path relative to parquet/ (which is also its key in the bucket under the prefix):
 
-- `queued`: the file is to be uploaded (attempts, next try, last error);
-- `synced`: the bucket holds it (the file may be evicted locally);
-- `delete`: the local file was replaced by files whose rows include its own (a late write
-  merged, a compaction); its object is deleted once every path in `after` is synced, so
-  the bucket never counts a row twice and never lacks one.
+- `sync` (queued): the file is to be uploaded (attempts, next try, last error). `covered`
+  marks a compaction of files the bucket already holds: it may be evicted unsent.
+- `synced`: the bucket holds it; the local copy may be evicted.
+- `sync_del`: an object to delete once every path in `after` is synced (or gone), because
+  the local file was replaced by files holding its rows: a late write merged, a compaction,
+  a retention rewrite. Its object may exist even if it was never marked synced (a crash
+  between publishing and recording), so a replaced queued file gets one too.
 
-Retention, drops and evictions never delete objects: the bucket is the fleet's long-term
-store and keeps what the gateway let go.
+Whole-file retention, drops and evictions never delete objects: the bucket keeps what the
+gateway let go. A file that expires or is dropped before it was uploaded is not uploaded,
+and deletes waiting for it are cancelled so the bucket keeps the rows it has.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ..manifest import Change, ParquetFile
 from ..wal import Wal
 
 QUEUED, SYNCED, DELETE = "queued", "synced", "delete"
+_DBS = {QUEUED: "sync", SYNCED: "synced", DELETE: "sync_del"}
 
 
 @dataclass
@@ -40,6 +45,7 @@ class SyncRecord:
     error: str = ""
     synced_ns: int = 0
     after: list[str] = field(default_factory=list)
+    covered: bool = False
 
     def encode(self) -> bytes:
         return msgpack.packb(asdict(self))
@@ -50,81 +56,101 @@ class SyncRecord:
 
 
 class SyncQueue:
-    """Reads and transaction steps over the "sync" database."""
+    """Reads and transaction steps over the sync databases."""
 
     def __init__(self, wal: Wal) -> None:
         self.wal = wal
-        self.db = wal.dbs["sync"]
+        self.dbs = {state: wal.dbs[name] for state, name in _DBS.items()}
 
     # -- reads -----------------------------------------------------------------------------
-    def records(self) -> list[SyncRecord]:
+    def in_use(self) -> bool:
+        """Whether sync ever ran here (its state must then follow every change, even with sync off)."""
         with self.wal.read() as txn:
-            return list(self._scan(txn))
+            return any(txn.stat(db)["entries"] for db in self.dbs.values())
 
-    def _scan(self, txn: lmdb.Transaction) -> Iterator[SyncRecord]:
-        for _key, value in txn.cursor(db=self.db):
+    def records(self, *states: str) -> list[SyncRecord]:
+        with self.wal.read() as txn:
+            return [r for s in states or _DBS for r in self._scan(txn, s)]
+
+    def count(self, state: str) -> int:
+        with self.wal.read() as txn:
+            return int(txn.stat(self.dbs[state])["entries"])
+
+    def _scan(self, txn: lmdb.Transaction, state: str) -> Iterator[SyncRecord]:
+        for _key, value in txn.cursor(db=self.dbs[state]):
             yield SyncRecord.decode(bytes(value))
 
     def _get(self, txn: lmdb.Transaction, path: str) -> SyncRecord | None:
-        raw = txn.get(path.encode(), db=self.db)
-        return SyncRecord.decode(bytes(raw)) if raw is not None else None
+        for state, db in self.dbs.items():
+            if state != DELETE and (raw := txn.get(path.encode(), db=db)) is not None:
+                return SyncRecord.decode(bytes(raw))
+        return None
 
     def _put(self, txn: lmdb.Transaction, rec: SyncRecord) -> None:
-        txn.put(rec.path.encode(), rec.encode(), db=self.db)
+        for state, db in self.dbs.items():
+            if state != rec.state and state != DELETE:
+                txn.delete(rec.path.encode(), db=db)
+        txn.put(rec.path.encode(), rec.encode(), db=self.dbs[rec.state])
+
+    def _drop(self, txn: lmdb.Transaction, path: str) -> None:
+        txn.delete(path.encode(), db=self.dbs[QUEUED])
+        txn.delete(path.encode(), db=self.dbs[SYNCED])
 
     # -- the manifest hook (inside the writer's transaction) ---------------------------------
     def on_change(
         self, txn: lmdb.Transaction, change: Change, added: list[ParquetFile], removed: list[ParquetFile]
     ) -> None:
         now = time.time_ns()
-        new = [a.path for a in added]
-        covered = False
+        covered = change is Change.COMPACT and bool(removed)
         for f in removed:
             rec = self._get(txn, f.path)
+            self._drop(txn, f.path)
             if rec is None:
+                covered = False
                 continue
-            txn.delete(f.path.encode(), db=self.db)
-            if change in (Change.PERSIST, Change.COMPACT):
-                if rec.state == SYNCED:
-                    self._put(txn, SyncRecord(f.path, DELETE, rec.size_bytes, queued_ns=now, after=new))
-                else:
-                    self._retarget(txn, f.path, new)
-            elif change is Change.RETENTION:
-                # The rewrite holds a subset of the file's rows: a synced object already covers it.
-                covered = rec.state == SYNCED
-                if rec.state != SYNCED:
-                    self._retarget(txn, f.path, new)
-            elif change is Change.DROP and rec.state != SYNCED:
+            covered = covered and rec.state == SYNCED
+            # Its rows moved into the added files of the same table (a merge, a compaction, a
+            # retention rewrite): its object goes once they are in the bucket.
+            into = [a.path for a in added if (a.db_id, a.table_id) == (f.db_id, f.table_id)]
+            if into and change in (Change.PERSIST, Change.COMPACT, Change.RETENTION):
+                self._put(txn, SyncRecord(f.path, DELETE, rec.size_bytes, queued_ns=now, after=into))
+                if rec.state == QUEUED:
+                    self._retarget(txn, f.path, into)
+            elif rec.state == QUEUED:
+                # Expired, dropped or evicted before it was sent: it will not be; the deletes
+                # waiting for it are cancelled so the bucket keeps the rows it holds.
                 self._retarget(txn, f.path, None)
         for f in added:
-            state = SYNCED if covered else QUEUED
-            self._put(
-                txn,
-                SyncRecord(f.path, state, f.size_bytes, f.row_count, now, synced_ns=now if covered else 0),
-            )
+            self._put(txn, SyncRecord(f.path, QUEUED, f.size_bytes, f.row_count, now, covered=covered))
 
     def _retarget(self, txn: lmdb.Transaction, old: str, new: list[str] | None) -> None:
-        """Deletes waiting for `old` now wait for `new`; None (a drop) cancels them."""
-        for rec in list(self._scan(txn)):
-            if rec.state == DELETE and old in rec.after:
+        """Deletes waiting for `old` now wait for `new`; None cancels them."""
+        for rec in list(self._scan(txn, DELETE)):
+            if old in rec.after:
                 if new is None:
-                    txn.delete(rec.path.encode(), db=self.db)
+                    txn.delete(rec.path.encode(), db=self.dbs[DELETE])
                 else:
                     rec.after = [p for p in rec.after if p != old] + new
                     self._put(txn, rec)
 
-    def backfill(self, files: list[ParquetFile]) -> None:
-        """Queue files that have no record: written before sync was configured."""
+    def reconcile(self, files: list[ParquetFile]) -> None:
+        """At start: queue local files that have no record (written before sync was configured)
+        and forget records of files that are gone (as if evicted)."""
 
-        def step(txn: lmdb.Transaction, wal: Wal) -> int:
+        def step(txn: lmdb.Transaction, wal: Wal) -> None:
             now = time.time_ns()
-            missing = [f for f in files if txn.get(f.path.encode(), db=self.db) is None]
-            for f in missing:
-                self._put(txn, SyncRecord(f.path, QUEUED, f.size_bytes, f.row_count, now))
-            return len(missing)
+            local = {f.path for f in files}
+            for f in files:
+                if self._get(txn, f.path) is None:
+                    self._put(txn, SyncRecord(f.path, QUEUED, f.size_bytes, f.row_count, now))
+            for state in (QUEUED, SYNCED):
+                for rec in list(self._scan(txn, state)):
+                    if rec.path not in local:
+                        self._drop(txn, rec.path)
+                        if state == QUEUED:
+                            self._retarget(txn, rec.path, None)
 
-        if files:
-            self.wal.submit(fn=step)  # the writer thread starts later; it commits first
+        self.wal.submit(fn=step)  # the writer thread starts later; this commits first
 
     # -- uploader steps -----------------------------------------------------------------------
     def mark_synced(self, path: str) -> None:
@@ -136,43 +162,45 @@ class SyncQueue:
             if rec is not None and rec.state == QUEUED:
                 rec.state, rec.synced_ns, rec.error = SYNCED, now, ""
                 self._put(txn, rec)
-            elif rec is None:
+            elif rec is None and txn.get(path.encode(), db=self.dbs[DELETE]) is None:
                 self._put(txn, SyncRecord(path, DELETE, queued_ns=now))
 
         self.wal.submit(fn=step).result()
 
-    def mark_failed(self, path: str, error: str, retry_in_ns: int) -> None:
+    def mark_failed(self, rec: SyncRecord, error: str, retry_in_ns: int) -> None:
         def step(txn: lmdb.Transaction, wal: Wal) -> None:
-            rec = self._get(txn, path)
-            if rec is not None and rec.state in (QUEUED, DELETE):
-                rec.attempts += 1
-                rec.error = error[:500]
-                rec.next_ns = time.time_ns() + retry_in_ns
-                self._put(txn, rec)
+            raw = txn.get(rec.path.encode(), db=self.dbs[rec.state])
+            if raw is not None:
+                cur = SyncRecord.decode(bytes(raw))
+                cur.attempts += 1
+                cur.error = error[:500]
+                cur.next_ns = time.time_ns() + retry_in_ns
+                self._put(txn, cur)
 
         self.wal.submit(fn=step).result()
 
     def mark_deleted(self, path: str) -> None:
         def step(txn: lmdb.Transaction, wal: Wal) -> None:
-            rec = self._get(txn, path)
-            if rec is not None and rec.state == DELETE:
-                txn.delete(path.encode(), db=self.db)
+            txn.delete(path.encode(), db=self.dbs[DELETE])
 
         self.wal.submit(fn=step).result()
 
-    def due(self, now_ns: int) -> tuple[list[SyncRecord], list[SyncRecord]]:
-        """Uploads whose retry time has come (oldest first), and deletes that may run now."""
+    def due(
+        self, now_ns: int, max_wait_ns: int, ignore_backoff: bool = False
+    ) -> tuple[list[SyncRecord], list[SyncRecord]]:
+        """Uploads whose retry time has come (oldest first), and deletes that may run now.
+
+        A retry time further away than `max_wait_ns` counts as due (the clock stepped back).
+        """
+
+        def ready(r: SyncRecord) -> bool:
+            return ignore_backoff or r.next_ns <= now_ns or r.next_ns - now_ns > max_wait_ns
+
         with self.wal.read() as txn:
-            records = {r.path: r for r in self._scan(txn)}
-        uploads = sorted(
-            (r for r in records.values() if r.state == QUEUED and r.next_ns <= now_ns),
-            key=lambda r: r.queued_ns,
-        )
-        deletes = [
-            r
-            for r in records.values()
-            if r.state == DELETE
-            and r.next_ns <= now_ns
-            and all(records.get(p) is None or records[p].state == SYNCED for p in r.after)
-        ]
+            uploads = sorted((r for r in self._scan(txn, QUEUED) if ready(r)), key=lambda r: r.queued_ns)
+            deletes = [
+                r
+                for r in self._scan(txn, DELETE)
+                if ready(r) and all(txn.get(p.encode(), db=self.dbs[QUEUED]) is None for p in r.after)
+            ]
         return uploads, deletes

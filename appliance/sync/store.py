@@ -1,13 +1,17 @@
 """ObjectStore: put, verify and delete Parquet objects in an S3-compatible bucket (pyarrow's S3).
 
-An upload goes to `<key>.partial` first and is copied to `<key>` on the server only once its
-size and Parquet footer check out, so readers globbing `*.parquet` never see a half object,
-and an upload cut half-way is simply sent again whole. Same key, same bytes: idempotent.
+An upload goes to `<prefix>/_staging/<path>` first and is copied to its key on the server only
+once its size and Parquet footer check out, so no reader ever sees half an object (pyarrow
+publishes whatever was written when a stream is closed, even after an error, and cannot
+abort one), and the staging area sits outside the table folders (Hive-style readers skip
+`_`-prefixed folders anyway). An upload cut half-way is sent again whole: same key, same
+bytes, idempotent.
 """
 
 from __future__ import annotations
 
 import configparser
+import os
 import threading
 import time
 from pathlib import Path
@@ -21,6 +25,10 @@ CHUNK = 256 * 1024
 #: Socket timeouts, seconds: an unreachable endpoint fails an attempt instead of hanging it.
 CONNECT_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 30.0
+
+
+class Stopped(Exception):
+    """The appliance is stopping: the upload was cut short (and will be sent again)."""
 
 
 class Throttle:
@@ -74,19 +82,24 @@ class ObjectStore:
     def url(self, rel: str) -> str:
         return f"s3://{self.bucket}/{self.key(rel)}"
 
-    def put(self, local: Path, rel: str, rows: int) -> None:
+    def staging(self, rel: str) -> str:
+        return f"{self.bucket}/{self.key('_staging/' + rel)}"
+
+    def put(self, local: Path, rel: str, rows: int, stop: threading.Event) -> None:
         """Upload, verify (size and the Parquet footer's row count), then publish under the key."""
         final = f"{self.bucket}/{self.key(rel)}"
-        partial = final + ".partial"
+        staged = self.staging(rel)
         size = local.stat().st_size
-        with local.open("rb") as src, self.fs.open_output_stream(partial) as out:
+        with local.open("rb") as src, self.fs.open_output_stream(staged) as out:
             while chunk := src.read(CHUNK):
+                if stop.is_set():
+                    raise Stopped(rel)  # what was written is published under the staging key only
                 self.throttle.take(len(chunk))
                 out.write(chunk)
-        self._verify(partial, size, rows)
-        self.fs.copy_file(partial, final)
+        self._verify(staged, size, rows)
+        self.fs.copy_file(staged, final)
         self._verify(final, size, rows)
-        self.fs.delete_file(partial)
+        self.fs.delete_file(staged)
 
     def _verify(self, path: str, size: int, rows: int) -> None:
         import pyarrow.parquet as pq
@@ -100,12 +113,12 @@ class ObjectStore:
             raise OSError(f"verification failed for {path}: {found} rows in the store, {rows} local")
 
     def delete(self, rel: str) -> None:
-        """Delete an object; one that is already gone is fine."""
+        """Delete an object and any staged copy of it; one that is already gone is fine."""
         from pyarrow import fs
 
-        path = f"{self.bucket}/{self.key(rel)}"
-        if self.fs.get_file_info(path).type != fs.FileType.NotFound:
-            self.fs.delete_file(path)
+        for path in (f"{self.bucket}/{self.key(rel)}", self.staging(rel)):
+            if self.fs.get_file_info(path).type != fs.FileType.NotFound:
+                self.fs.delete_file(path)
 
 
 def _s3_options(config: Config) -> dict[str, Any]:
@@ -121,25 +134,34 @@ def _s3_options(config: Config) -> dict[str, Any]:
         scheme, _, host = config.sync_endpoint.partition("://")
         options["endpoint_override"] = host
         options["scheme"] = scheme
-    key, secret = config.sync_access_key_id, config.sync_secret_access_key
-    if not key and config.sync_credentials_file:
-        key, secret = _credentials_file(Path(config.sync_credentials_file), config.sync_profile)
+    key, secret, token = config.sync_access_key_id, config.sync_secret_access_key, ""
+    if not key and config.sync_credentials_file and "AWS_ACCESS_KEY_ID" not in os.environ:
+        key, secret, token = _credentials_file(Path(config.sync_credentials_file), config.sync_profile)
     if key:
         if not secret:
             raise ConfigError("sync.access_key_id is set but sync.secret_access_key is empty")
         options["access_key"], options["secret_key"] = key, secret
+        if token:
+            options["session_token"] = token
     # Otherwise the AWS SDK's chain: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws, instance roles.
     return options
 
 
-def _credentials_file(path: Path, profile: str) -> tuple[str, str]:
-    parser = configparser.ConfigParser()
+def _credentials_file(path: Path, profile: str) -> tuple[str, str, str]:
+    """Keys of one profile of an AWS shared credentials file; errors never echo its content."""
+    parser = configparser.RawConfigParser()
     try:
         parser.read_string(path.read_text())
         section = parser[profile]
-        return section["aws_access_key_id"].strip(), section["aws_secret_access_key"].strip()
-    except (OSError, configparser.Error, KeyError) as e:
+        key, secret = section["aws_access_key_id"].strip(), section["aws_secret_access_key"].strip()
+    except OSError as e:
+        raise ConfigError(f"sync.credentials_file {path}: cannot read it ({e.strerror})") from None
+    except configparser.Error as e:
+        line = getattr(e, "lineno", None)
+        where = f" near line {line}" if line else ""
+        raise ConfigError(f"sync.credentials_file {path}: not an INI credentials file{where}") from None
+    except KeyError:
         raise ConfigError(
-            f"sync.credentials_file {path}: cannot read aws_access_key_id and aws_secret_access_key"
-            f" from profile [{profile}] ({type(e).__name__}: {e})"
+            f"sync.credentials_file {path}: profile [{profile}] needs aws_access_key_id and aws_secret_access_key"
         ) from None
+    return key, secret, section.get("aws_session_token", "").strip()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,14 +20,15 @@ import pyarrow as pa
 
 from ..backoff import backoff_delay
 from ..config import Config
+from ..engine.pool import DaemonPool
 from ..manifest import Manifest
 from .queue import DELETE, QUEUED, SYNCED, SyncQueue, SyncRecord
-from .store import ObjectStore
+from .store import ObjectStore, Stopped
 
 log = logging.getLogger("appliance.sync")
 
-#: Longest stop() waits for uploads in flight; an unfinished one is sent again after restart.
-STOP_SECONDS = 10.0
+#: Longest stop() waits for the loop; an upload cut short is sent again after the restart.
+STOP_SECONDS = 5.0
 
 
 @dataclass
@@ -51,16 +52,19 @@ class Syncer:
         self.manifest = manifest
         self.root = Path(config.data_dir) / "parquet"
         self.stats = SyncStats()
+        self._stats_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._failures = 0  # consecutive failed passes: the backoff exponent
         self._not_before = 0.0  # monotonic time of the next pass after a failure
         self._passes: list[Future[None]] = []
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(config.sync_concurrency, thread_name_prefix="sync-upload")
+        self._pool = DaemonPool(config.sync_concurrency, "sync-upload")  # never holds up exit
         self._thread = threading.Thread(target=self._run, name="sync", daemon=True)
+        self._oldest_ns: int | None = None  # of the queued files, refreshed by each pass
 
     def start(self) -> None:
+        self._refresh()
         self._thread.start()
         log.info(
             "sync to %s (endpoint %s) every %.0fs",
@@ -70,27 +74,25 @@ class Syncer:
         )
 
     def stop(self) -> None:
+        """Stop the loop and cut uploads short (never publishing them); the queue stays in LMDB."""
         self._stop.set()
         self._wake.set()
         self._thread.join(STOP_SECONDS)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown()
 
     def wake(self, *_: Any) -> None:
         """Try now (new files were queued, or an operator asked)."""
         self._wake.set()
 
-    def sync_now(self, timeout: float) -> dict[str, Any]:
-        """Run a pass at once, ignoring the backoff, and return the status after it."""
+    def sync_now(self) -> Future[None]:
+        """Run a pass at once, ignoring every backoff; the future resolves when it is done."""
         done: Future[None] = Future()
+        done.set_running_or_notify_cancel()
         with self._lock:
             self._passes.append(done)
             self._not_before = 0.0
         self._wake.set()
-        try:
-            done.result(timeout)
-        except TimeoutError:
-            pass
-        return self.status()
+        return done
 
     # -- the loop ------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -101,28 +103,31 @@ class Syncer:
                 waiters, self._passes = self._passes, []
             if waiters or time.monotonic() >= self._not_before:
                 try:
-                    self._pass()
+                    if self._pass(ignore_backoff=bool(waiters)):
+                        self._failures, self._not_before = 0, 0.0
+                    else:
+                        self._back_off()
                 except Exception as e:  # the loop must outlive any one pass
                     log.exception("sync pass failed")
-                    self._failed(str(e))
+                    self._note_error(str(e))
+                    self._back_off()
+            self._refresh()
             for w in waiters:
                 w.set_result(None)
 
-    def _pass(self) -> None:
-        uploads, _ = self.queue.due(time.time_ns())
+    def _pass(self, ignore_backoff: bool) -> bool:
+        """Upload what is due, then run the deletes that may run; False at the first failure."""
+        max_wait = self.config.sync_retry_max
+        uploads, _ = self.queue.due(time.time_ns(), max_wait, ignore_backoff)
         step = self.config.sync_concurrency
-        for i in range(0, len(uploads), step):  # oldest first; the first failure ends the pass
+        for i in range(0, len(uploads), step):  # oldest first
             if self._stop.is_set():
-                return
+                return True
             running = [self._pool.submit(self._upload, rec) for rec in uploads[i : i + step]]
             if not all([f.result() for f in running]):
-                return
-        _, deletes = self.queue.due(time.time_ns())  # replacements uploaded just now count
-        for rec in deletes:
-            if not self._delete(rec):
-                return
-        self._failures = 0
-        self._not_before = 0.0
+                return False
+        _, deletes = self.queue.due(time.time_ns(), max_wait, ignore_backoff)  # after this pass's uploads
+        return all(self._delete(rec) for rec in deletes if not self._stop.is_set())
 
     def _upload(self, rec: SyncRecord) -> bool:
         try:
@@ -130,14 +135,17 @@ class Syncer:
                 if rec.path not in self.manifest.paths():
                     return True  # replaced or dropped meanwhile; the queue already knows
                 started = time.monotonic()
-                self.store.put(self.root / rec.path, rec.path, rec.row_count)
+                self.store.put(self.root / rec.path, rec.path, rec.row_count, self._stop)
             self.queue.mark_synced(rec.path)
+        except Stopped:
+            return True
         except Exception as e:
-            self._failed(f"upload of {rec.path} failed: {e}", rec)
+            self._fail(f"upload of {rec.path} failed: {e}", rec)
             return False
-        self.stats.uploaded_files += 1
-        self.stats.uploaded_bytes += rec.size_bytes
-        self.stats.last_success_ns = time.time_ns()
+        with self._stats_lock:
+            self.stats.uploaded_files += 1
+            self.stats.uploaded_bytes += rec.size_bytes
+            self.stats.last_success_ns = time.time_ns()
         log.debug("uploaded %s (%d bytes, %.2fs)", rec.path, rec.size_bytes, time.monotonic() - started)
         return True
 
@@ -146,31 +154,49 @@ class Syncer:
             self.store.delete(rec.path)
             self.queue.mark_deleted(rec.path)
         except Exception as e:
-            self._failed(f"delete of replaced object {rec.path} failed: {e}", rec)
+            self._fail(f"delete of replaced object {rec.path} failed: {e}", rec)
             return False
-        self.stats.deleted_objects += 1
+        with self._stats_lock:
+            self.stats.deleted_objects += 1
         return True
 
-    def _failed(self, error: str, rec: SyncRecord | None = None) -> None:
+    def _fail(self, error: str, rec: SyncRecord) -> None:
+        low, high = self.config.sync_retry_min / 1e9, self.config.sync_retry_max / 1e9
+        self._note_error(error)
+        self.queue.mark_failed(rec, error, int(backoff_delay(rec.attempts, low, high) * 1e9))
+
+    def _note_error(self, error: str) -> None:
+        with self._stats_lock:
+            self.stats.failed_attempts += 1
+            self.stats.last_error, self.stats.last_error_ns = error, time.time_ns()
+
+    def _back_off(self) -> None:
         low, high = self.config.sync_retry_min / 1e9, self.config.sync_retry_max / 1e9
         delay = backoff_delay(self._failures, low, high)
         self._failures += 1
         self._not_before = time.monotonic() + delay
-        self.stats.failed_attempts += 1
-        self.stats.last_error, self.stats.last_error_ns = error, time.time_ns()
-        if rec is not None:
-            self.queue.mark_failed(rec.path, error, int(backoff_delay(rec.attempts, low, high) * 1e9))
         if self._failures <= 3 or self._failures % 20 == 0:  # rate-limited: an outage repeats itself
-            log.warning("sync: %s; retrying in %.1fs (failure %d in a row)", error, delay, self._failures)
+            log.warning(
+                "sync: %s; next attempt in %.1fs (failed pass %d in a row)",
+                self.stats.last_error,
+                delay,
+                self._failures,
+            )
+
+    def _refresh(self) -> None:
+        """Recompute the oldest waiting file (for /health, which must not scan LMDB)."""
+        queued = self.queue.records(QUEUED)
+        self._oldest_ns = min((r.queued_ns for r in queued), default=None)
 
     # -- state ---------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """Queue depth, oldest unsynced age, last success and last error (GET /api/v3/sync)."""
-        records = self.queue.records()
-        queued = [r for r in records if r.state == QUEUED]
+        queued = self.queue.records(QUEUED)
+        synced = self.queue.records(SYNCED)
         now = time.time_ns()
         oldest = min((r.queued_ns for r in queued), default=None)
-        s = self.stats
+        with self._stats_lock:
+            s = SyncStats(**vars(self.stats))
         return {
             "enabled": True,
             "bucket": self.config.sync_bucket,
@@ -179,9 +205,9 @@ class Syncer:
             "queued_files": len(queued),
             "queued_bytes": sum(r.size_bytes for r in queued),
             "oldest_unsynced_age_seconds": round((now - oldest) / 1e9, 3) if oldest is not None else None,
-            "synced_files": sum(r.state == SYNCED for r in records),
-            "synced_bytes": sum(r.size_bytes for r in records if r.state == SYNCED),
-            "deletes_pending": sum(r.state == DELETE for r in records),
+            "synced_files": len(synced),
+            "synced_bytes": sum(r.size_bytes for r in synced),
+            "deletes_pending": self.queue.count(DELETE),
             "uploaded_files": s.uploaded_files,
             "uploaded_bytes": s.uploaded_bytes,
             "failed_attempts": s.failed_attempts,
@@ -190,16 +216,22 @@ class Syncer:
             "last_error_time": _iso(s.last_error_ns),
         }
 
+    def oldest_age_seconds(self) -> float | None:
+        oldest = self._oldest_ns
+        return (time.time_ns() - oldest) / 1e9 if oldest is not None else None
+
     def health(self) -> dict[str, Any]:
-        """Degraded when the oldest file waiting for upload is older than sync.stale_after."""
-        status = self.status()
-        age = status["oldest_unsynced_age_seconds"]
+        """Degraded when the oldest file waiting for upload is older than sync.stale_after.
+
+        Cheap (no LMDB scan): it uses the figures the last pass left.
+        """
+        age = self.oldest_age_seconds()
         stale = age is not None and age > self.config.sync_stale_after / 1e9
         return {
             "status": "degraded" if stale or not self._thread.is_alive() else "ok",
-            "queued_files": status["queued_files"],
-            "oldest_unsynced_age_seconds": age,
-            "error": status["last_error"] if stale else None,
+            "queued_files": self.queue.count(QUEUED),
+            "oldest_unsynced_age_seconds": round(age, 3) if age is not None else None,
+            "error": self.stats.last_error if stale else None,
         }
 
     def system_tables(self, database: str) -> dict[str, pa.Table]:
