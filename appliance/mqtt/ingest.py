@@ -59,6 +59,8 @@ LOG_ERRORS_PER_MINUTE = 20
 RETRY_SECONDS = 1.0
 #: Times a message goes back to the queue after an unexpected failure before it is given up.
 MAX_ATTEMPTS = 3
+#: Topics whose subscription is remembered (the cache starts over when full).
+ROUTE_CACHE = 10_000
 #: Longest stop() waits for queued messages to be committed and acknowledged.
 STOP_SECONDS = 10.0
 
@@ -231,6 +233,7 @@ class MqttIngest:
         self._batches: collections.deque[_Batch] = collections.deque()  # in submission order
         self._ack_lock = threading.Condition()
         self._log_window = (0.0, 0)
+        self._routes_by_topic: dict[str, Route | None] = {}
         self._client = self._make_client()
         self._batcher = threading.Thread(target=self._run_batcher, name="mqtt-batcher", daemon=True)
 
@@ -390,7 +393,16 @@ class MqttIngest:
             self._cond.notify_all()
 
     def _route(self, topic: str) -> Route | None:
-        return next((r for r in self.routes if paho.topic_matches_sub(r.sub.topic, topic)), None)
+        """The first subscription whose filter matches (cached: devices repeat their topics)."""
+        try:
+            return self._routes_by_topic[topic]
+        except KeyError:
+            pass
+        route = next((r for r in self.routes if paho.topic_matches_sub(r.sub.topic, topic)), None)
+        if len(self._routes_by_topic) >= ROUTE_CACHE:
+            self._routes_by_topic.clear()
+        self._routes_by_topic[topic] = route
+        return route
 
     def _run_batcher(self) -> None:
         while True:
