@@ -6,13 +6,12 @@ import json
 import shutil
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.server import REPO, Server
+from tests.server import REPO, Server, wait_for
 
 JSON = {"Content-Type": "application/json"}
 
@@ -42,16 +41,6 @@ def create(server: Server, db: str, name: str, filename: str, spec: str, **extra
     return server.request(
         "POST", "/api/v3/configure/processing_engine_trigger", body=json.dumps(body), headers=JSON
     )
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def logs(server: Server, db: str) -> list[dict[str, Any]]:

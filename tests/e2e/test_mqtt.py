@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import pytest
 
 from tests import mosquitto
 from tests.mosquitto import Broker
-from tests.server import REPO, Server
+from tests.server import REPO, Server, wait_for
 
 BASE_NS = 1_764_000_000_000_000_000
 
@@ -44,17 +44,6 @@ def start_server(tmp_path: Path, config: str, **kw: Any) -> Server:
     path = tmp_path / "config.toml"
     path.write_text(config)
     return Server(tmp_path / "data", args=["--config", str(path)], **kw).start()
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last value {value!r}")
-        time.sleep(0.1)
 
 
 def count(server: Server, db: str, table: str) -> int:

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import pytest
 
 from tests import s3 as s3_module
 from tests.s3 import S3
-from tests.server import REPO, Server
+from tests.server import REPO, Server, wait_for
 
 DAY_NS = 86_400 * 10**9
 PREFIX = "fleet"
@@ -57,17 +57,6 @@ def start(tmp_path: Path, s3: S3, config: str | None = None, **kw: Any) -> Serve
     path = tmp_path / "config.toml"
     path.write_text(config if config is not None else sync_config(s3))
     return Server(tmp_path / "data", args=["--config", str(path)], env=s3.env(), **kw).start()
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last value {value!r}")
-        time.sleep(0.1)
 
 
 def status(server: Server) -> dict[str, Any]:
