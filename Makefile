@@ -33,5 +33,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/query.py
 
+# The frozen executable (PyInstaller), for this machine's architecture: dist/appliance and
+# dist/appliance-onedir/. MODE=onefile|onedir|both (default both); see packaging/README.md.
+.PHONY: binary
+binary: $(STAMP)
+	sh packaging/build.sh
+
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -39,6 +39,8 @@ class PackageInstaller:
             raise BadRequest("nothing to install: give package names or a requirements file")
         self.target.mkdir(parents=True, exist_ok=True)
         args = ["install", "--disable-pip-version-check", "--target", str(self.target), "--upgrade"]
+        if getattr(sys, "frozen", False):
+            args.append("--only-binary=:all:")  # no interpreter here to build a source package with
         args += ["-r", requirements] if requirements else list(packages)
         log.info("installing plugin packages: %s", " ".join(args[5:]))
         try:
