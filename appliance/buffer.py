@@ -166,19 +166,30 @@ class Buffer:
 
 
 def conform(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
-    """Cast chunks with differing column sets to one schema; absent columns become null."""
-    out = []
+    """Cast chunks with differing column sets to one schema; absent columns become null.
+
+    Runs of chunks with the same schema (many small writes of one shape) are cast together,
+    one kernel call per column instead of one per chunk. Order is kept: later writes win.
+    """
+    runs: list[list[pa.RecordBatch]] = []
     for b in batches:
+        if runs and runs[-1][0].schema.equals(b.schema):
+            runs[-1].append(b)
+        else:
+            runs.append([b])
+    out = []
+    for run in runs:
+        part = pa.Table.from_batches(run).combine_chunks()  # one chunk: one cast, a faster sort later
         cols = []
         for f in schema:
-            i = b.schema.get_field_index(f.name)
+            i = part.schema.get_field_index(f.name)
             if i < 0:
-                cols.append(pa.nulls(b.num_rows, f.type))
+                cols.append(pa.nulls(part.num_rows, f.type))
             else:
-                col = b.column(i)
+                col = part.column(i)
                 cols.append(col if col.type == f.type else col.cast(f.type))
-        out.append(pa.RecordBatch.from_arrays(cols, schema=schema))
-    return pa.Table.from_batches(out, schema=schema)
+        out.append(pa.Table.from_arrays(cols, schema=schema))
+    return pa.concat_tables(out) if out else schema.empty_table()
 
 
 def tag_columns(schema: pa.Schema) -> list[str]:
