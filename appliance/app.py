@@ -181,13 +181,13 @@ class App:
                 lambda: mqtt.unrouted,
                 kind="counter",
             )
-            for name, attr, help in (
-                ("messages", "messages", "Messages written, by subscription."),
-                ("lines", "lines", "Lines stored, by subscription."),
-                ("errors", "errors", "Messages with rejected content, by subscription."),
+            for attr, help in (
+                ("messages", "Messages written, by subscription."),
+                ("lines", "Lines stored, by subscription."),
+                ("errors", "Messages with rejected content, by subscription."),
             ):
                 g(
-                    f"appliance_mqtt_{name}_total",
+                    f"appliance_mqtt_{attr}_total",
                     help,
                     lambda attr=attr: [((r.sub.topic,), getattr(r, attr)) for r in mqtt.routes],  # type: ignore[misc]
                     ["subscription"],

@@ -243,3 +243,22 @@ def test_rewrite_after_gen1_change_stays_one_row(tmp_path: Path) -> None:
     s.request("POST", "/api/v3/persist")
     assert s.query("db", "SELECT v FROM m ORDER BY time") == [{"v": 10.0}, {"v": 20.0}]
     s.stop()
+
+
+def test_readme_config_examples_load(tmp_path: Path) -> None:
+    """Every ```toml block in the README is a valid configuration (a lone subscription gets a broker)."""
+    import re
+
+    from appliance import config
+    from appliance.mqtt.ingest import compile_routes
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 3
+    for i, block in enumerate(blocks):
+        if "[[mqtt.subscription]]" in block and "[mqtt]" not in block:
+            block = '[mqtt]\nbroker = "mqtt://127.0.0.1:1883"\n' + block
+        path = tmp_path / f"example{i}.toml"
+        path.write_text(block)
+        cfg = config.load(str(path), environ={})
+        compile_routes(cfg.mqtt_subscriptions)
