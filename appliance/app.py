@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import os
@@ -28,7 +29,7 @@ from .mqtt.ingest import MqttIngest
 from .persist import PersistArgs, Persister
 from .query import QueryLimits, QueryService
 from .sync.budget import DiskBudget
-from .sync.queue import SyncQueue
+from .sync.queue import QUEUED, SyncQueue
 from .sync.store import ObjectStore
 from .sync.uploader import Syncer
 from .wal import Wal
@@ -198,17 +199,17 @@ class App:
             g(
                 "appliance_sync_queued_files",
                 "Parquet files waiting for upload.",
-                lambda: syncer.status()["queued_files"],
+                lambda: syncer.queue.count(QUEUED),
             )
             g(
                 "appliance_sync_queued_bytes",
                 "Bytes waiting for upload.",
-                lambda: syncer.status()["queued_bytes"],
+                lambda: syncer.queued_bytes,
             )
             g(
                 "appliance_sync_oldest_unsynced_age_seconds",
                 "Age of the oldest file waiting for upload.",
-                lambda: syncer.status()["oldest_unsynced_age_seconds"] or 0,
+                lambda: syncer.oldest_age_seconds() or 0,
             )
             g(
                 "appliance_sync_uploaded_files_total",
@@ -255,16 +256,20 @@ class App:
         changed = [s.name for s in SETTINGS if getattr(old, s.field) != getattr(new, s.field)]
         if new.mqtt_subscriptions != old.mqtt_subscriptions:
             changed.append("mqtt.subscription")
+        budget_ok = self.budget is not None and new.max_disk_bytes > 0
+        applied = [n for n in changed if n in RELOADABLE and (n != "storage.max_disk_bytes" or budget_ok)]
+        pending = [n for n in changed if n not in applied]
+        # Only what was applied: everything else keeps running as it started (auth, binds, paths).
+        by_name = {s.name: s for s in SETTINGS}
+        new = dataclasses.replace(old, **{by_name[n].field: getattr(new, by_name[n].field) for n in applied})
         log_module.setup(new.log_filter, new.log_format)
         self.queries.limits = QueryLimits(new.memory_limit, new.timeout, new.max_result_bytes)
         if self.syncer is not None:
             self.syncer.config = new
             self.syncer.store.throttle.rate = new.sync_bandwidth_limit
-        if self.budget is not None and new.max_disk_bytes:
+        if self.budget is not None and budget_ok:
             self.budget.max_bytes = new.max_disk_bytes
             self.budget.wake()
-        applied = [n for n in changed if n in RELOADABLE and (n != "storage.max_disk_bytes" or self.budget)]
-        pending = [n for n in changed if n not in applied]
         self.config = new
         log.info(
             "reloaded configuration: applied %s; %s",

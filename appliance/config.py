@@ -76,6 +76,8 @@ def _endpoint(v: Any) -> str:
     s = str(v).strip().rstrip("/")
     if s and not (s.startswith("http://") or s.startswith("https://")):
         raise ValueError(f"expected http://HOST:PORT or https://HOST, got {v!r}")
+    if "@" in s:
+        raise ValueError("put the credentials in the environment or sync.credentials_file, not in the URL")
     return s
 
 

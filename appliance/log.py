@@ -34,10 +34,15 @@ _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERRO
 #: Secrets that must never reach a log line: API tokens, credentials in headers and URLs, passwords.
 _SECRETS = [
     (re.compile(r"apiv3_[A-Za-z0-9_\-]+"), "apiv3_***"),
-    (re.compile(r"\b(Bearer|Token|Basic) +[A-Za-z0-9_\-=+/.]{8,}", re.IGNORECASE), r"\1 ***"),
-    (re.compile(r"(://[^/\s:@]+:)[^@\s/]+@"), r"\1***@"),
+    (re.compile(r"\b(Bearer|bearer|Token|Basic) +[A-Za-z0-9_\-=+/.]+"), r"\1 ***"),  # HTTP credentials
+    (re.compile(r"(\w+://)[^\s/?#@]*(?::[^\s@]*)?@"), r"\1***@"),  # user:password@ in URLs
+    (re.compile(r"([?&](?:p|u|password|token)=)[^&\s\"']*"), r"\1***"),  # v1 `p=` query parameters
     (
-        re.compile(r"\b(password|secret_access_key)([\"']?\s*[=:]\s*[\"']?)[^\s\"',}]+", re.IGNORECASE),
+        re.compile(
+            r"(?<![A-Za-z0-9])((?:[A-Za-z0-9]+_)*(?:password|passwd|secret(?:_access)?_key|session_token|token))"
+            r"([\"']?\s*[=:]\s*[\"']?)[^\s\"',}&]+",
+            re.IGNORECASE,
+        ),
         r"\1\2***",
     ),
 ]
@@ -87,7 +92,7 @@ class _Json(logging.Formatter):
         }
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
-        return redact(json.dumps(doc, ensure_ascii=False))
+        return json.dumps({k: redact(v) for k, v in doc.items()}, ensure_ascii=False)
 
 
 def setup(log_filter: str, log_format: str = "text") -> None:
@@ -101,11 +106,18 @@ def setup(log_filter: str, log_format: str = "text") -> None:
     handler.addFilter(_Redacting())
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    for name in _configured:  # a reload forgets levels the new filter no longer sets
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    _configured.clear()
     root.setLevel(logging.WARNING)
     logging.getLogger("appliance").setLevel(logging.INFO)
     logging.getLogger("appliance.access").setLevel(logging.WARNING)
     for name, level in levels:
         logging.getLogger(name).setLevel(level)
+        _configured.add(name)
+
+
+_configured: set[str] = set()
 
 
 def parse_filter(log_filter: str) -> list[tuple[str, int]]:

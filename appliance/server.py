@@ -23,18 +23,23 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 
 #: The systemd watchdog is fed only while the event loop has run within this many seconds.
 LOOP_STALL_SECONDS = 10.0
+#: ... and while no WAL commit (fsync included) has been running for longer than this.
+WAL_STALL_SECONDS = 30.0
 
 
 def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
     """Serve until a stop signal; returns the process exit code. `reload` re-reads the
     configuration on SIGHUP."""
     log_module.setup(config.log_filter, config.log_format)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # no reload (and no death) during the WAL replay
     notifier = Notifier()
     notifier.status("replaying the WAL")
     app = app_module.build(config)
     try:
         asyncio.run(_run_http(app, notifier, reload))
     finally:
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # the final persist is not interrupted (Ctrl-C still is)
         notifier.status("stopping: persisting the buffer")
         app.stop()
     return 0
@@ -84,7 +89,9 @@ async def _run_http(
     heartbeat = LoopHeartbeat()
     beat = asyncio.create_task(heartbeat.run())
     notifier.ready(f"listening on http://{app.config.bind}")
-    notifier.start_watchdog(lambda: app.wal.alive and heartbeat.alive(LOOP_STALL_SECONDS))
+    notifier.start_watchdog(
+        lambda: app.wal.responsive(WAL_STALL_SECONDS) and heartbeat.alive(LOOP_STALL_SECONDS)
+    )
     await stop.wait()
     notifier.stop()  # the watchdog thread: systemd does not enforce it while stopping
     notifier.stopping("stopping: finishing in-flight requests")

@@ -136,6 +136,7 @@ class Wal:
         self.dbs = {name.decode(): self.env.open_db(name) for name in DB_NAMES}
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._listeners: list[WalListener] = []
+        self._busy_since: float | None = None  # monotonic start of the commit in progress
         self._next_seq = self._last_seq() + 1
         self.stats = WalStats()
         self._thread: threading.Thread | None = None
@@ -157,6 +158,11 @@ class Wal:
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def responsive(self, within: float) -> bool:
+        """Alive, and not stuck in one commit (a hung fsync) for more than `within` seconds."""
+        busy = self._busy_since
+        return self.alive and (busy is None or time.monotonic() - busy < within)
 
     def add_listener(self, listener: WalListener) -> None:
         self._listeners.append(listener)
@@ -197,12 +203,14 @@ class Wal:
             reqs = [r for r in batch if r is not None]
             if reqs:
                 try:
+                    self._busy_since = time.monotonic()
                     self._commit(reqs)
                 except Exception as e:  # the writer thread must outlive any one group
                     log.exception("WAL group failed")
                     for req in reqs:
                         if not req.future.done():
                             req.future.set_exception(WalError(f"write-ahead log failure: {e}"))
+            self._busy_since = None
             if stop:
                 self._stopped.set()
                 return

@@ -53,9 +53,14 @@ if ! "$VENV/bin/python" -c 'import appliance' 2>/dev/null; then
 fi
 if ! "$VENV/bin/python" -c 'import PyInstaller, sys; sys.exit(int(PyInstaller.__version__.split(".")[0]) < 6)' 2>/dev/null; then
     echo "build.sh: installing PyInstaller into $VENV" >&2
-    "$VENV/bin/pip" install --quiet 'pyinstaller>=6'
+    "$VENV/bin/pip" install --quiet 'pyinstaller>=6,<7'
 fi
-command -v strip >/dev/null 2>&1 || echo "build.sh: warning: no 'strip' (binutils): the build will be larger" >&2
+for tool in objdump objcopy strip; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "build.sh: PyInstaller needs '$tool' from binutils: install it (Debian: apt-get install binutils)" >&2
+        exit 1
+    fi
+done
 
 arch=$(uname -m)
 echo "build.sh: building MODE=$MODE for $arch with $("$VENV/bin/python" -c 'import PyInstaller; print("PyInstaller", PyInstaller.__version__)') and $("$VENV/bin/python" -V)"

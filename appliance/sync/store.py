@@ -40,12 +40,13 @@ class Throttle:
         self._next = time.monotonic()
 
     def take(self, n: int) -> None:
-        if self.rate <= 0:
+        rate = self.rate  # SIGHUP may change it meanwhile
+        if rate <= 0:
             return
         with self._lock:
             now = time.monotonic()
             start = max(now, self._next)
-            self._next = start + n / self.rate
+            self._next = start + n / rate
         if start > now:
             time.sleep(start - now)
 

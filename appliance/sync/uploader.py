@@ -62,6 +62,7 @@ class Syncer:
         self._pool = DaemonPool(config.sync_concurrency, "sync-upload")  # never holds up exit
         self._thread = threading.Thread(target=self._run, name="sync", daemon=True)
         self._oldest_ns: int | None = None  # of the queued files, refreshed by each pass
+        self.queued_bytes = 0  # likewise
 
     def start(self) -> None:
         self._refresh()
@@ -184,9 +185,11 @@ class Syncer:
             )
 
     def _refresh(self) -> None:
-        """Recompute the oldest waiting file (for /health, which must not scan LMDB)."""
+        """Recompute the oldest waiting file and the bytes waiting (for /health and /metrics,
+        which must not scan LMDB)."""
         queued = self.queue.records(QUEUED)
         self._oldest_ns = min((r.queued_ns for r in queued), default=None)
+        self.queued_bytes = sum(r.size_bytes for r in queued)
 
     # -- state ---------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -112,6 +112,7 @@ def test_frozen_binary_cli_without_server(binary: Path) -> None:
     assert r.returncode == 1 and "cannot reach" in r.stderr, (r.returncode, r.stderr)
 
 
+@pytest.mark.timeout(900)
 def test_frozen_binary_end_to_end(binary: Path, tmp_path: Path) -> None:
     """serve with auth, write, query, a WAL and a request trigger, install package, SIGTERM."""
     server = _start(binary, tmp_path / "data")

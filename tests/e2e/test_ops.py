@@ -173,3 +173,18 @@ def test_health_reports_replay_time_and_components(tmp_path: Path) -> None:
     assert set(health["components"]) >= {"http", "wal", "persist", "engine"}
     assert health["components"]["wal"]["replay_seconds"] >= 0
     assert "replayed WAL entries=1" in server.log()
+
+
+def test_sighup_never_applies_a_setting_that_needs_a_restart(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[auth]\nenabled = true\n")
+    server = Server(tmp_path / "data", auth=True, args=["--config", str(config)]).start()
+    config.write_text("[auth]\nenabled = false\n")
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "reloaded configuration" not in server.log():
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.05)
+    assert "restart to apply auth.enabled" in server.log()
+    assert server.request("GET", "/api/v3/configure/database", token="").status == 401
