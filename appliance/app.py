@@ -292,7 +292,7 @@ class App:
         self.engine_pool.shutdown()
         self.write_pool.shutdown(wait=True)
         self.admin_pool.shutdown(wait=True)
-        self.query_pool.shutdown(wait=True, cancel_futures=True)
+        self.query_pool.shutdown(wait=False, cancel_futures=True)  # a long query must not delay the persist
         if self.syncer is not None:
             self.syncer.stop()  # the queue is in LMDB: what is left is sent after the restart
         if self.budget is not None:
