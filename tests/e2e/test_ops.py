@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server import Server
+from tests.server import Server, wait_for
 
 
 def families(
@@ -99,10 +99,7 @@ def test_sighup_reloads_what_can_change_and_says_what_needs_a_restart(tmp_path: 
     config.write_text('[server]\nlog_filter = "debug"\n[query]\ntimeout = "5s"\n[catalog]\nmax_tables = 10\n')
     assert server.proc is not None
     server.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while "reloaded configuration" not in server.log():
-        assert time.monotonic() < deadline, server.log()
-        time.sleep(0.05)
+    wait_for(lambda: "reloaded configuration" in server.log(), 10, "the reload")
     line = next(x for x in server.log().splitlines() if "reloaded configuration" in x)
     assert (
         "server.log_filter" in line
@@ -111,10 +108,7 @@ def test_sighup_reloads_what_can_change_and_says_what_needs_a_restart(tmp_path: 
     )
     config.write_text("[query]\ntimeout = \n")  # broken: the running configuration stays
     server.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while "reload failed" not in server.log():
-        assert time.monotonic() < deadline, server.log()
-        time.sleep(0.05)
+    wait_for(lambda: "reload failed" in server.log(), 10, "the failed reload")
     assert server.request("GET", "/health").status == 200
     assert server.stop() == 0
 
@@ -182,9 +176,6 @@ def test_sighup_never_applies_a_setting_that_needs_a_restart(tmp_path: Path) -> 
     config.write_text("[auth]\nenabled = false\n")
     assert server.proc is not None
     server.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while "reloaded configuration" not in server.log():
-        assert time.monotonic() < deadline, server.log()
-        time.sleep(0.05)
+    wait_for(lambda: "reloaded configuration" in server.log(), 10, "the reload")
     assert "restart to apply auth.enabled" in server.log()
     assert server.request("GET", "/api/v3/configure/database", token="").status == 401
