@@ -340,3 +340,28 @@ def test_retention_with_sync_never_double_counts(tmp_path: Path, s3: S3) -> None
     seqs = bucket_rows(s3, "cpu")
     assert len(seqs) == len(set(seqs)), "a row is in the bucket twice"
     assert kept <= set(seqs), "a row the appliance still holds is missing from the bucket"
+
+
+def test_duckdb_reads_the_bucket_as_the_readme_shows(tmp_path: Path, s3: S3) -> None:
+    import duckdb
+
+    server = start(tmp_path, s3)
+    write_rows(server, "iot", "weather", 0, 500, base_ns=1_764_000_000_000_000_000)
+    write_rows(server, "iot", "weather", 500, 250, base_ns=1_764_000_000_000_000_000 + DAY_NS)
+    persist(server)
+    wait_for(lambda: drained(server), what="the upload")
+    s3.download(PREFIX + "/", tmp_path / "fleet")
+    glob = str(tmp_path / "fleet" / "iot" / "weather" / "*" / "*" / "*.parquet")
+    con = duckdb.connect()
+    rows = con.execute(
+        "SELECT node, date, count(*) AS n, sum(v) AS s FROM read_parquet(?, hive_partitioning = true)"
+        " WHERE date >= '2025-11-01' GROUP BY node, date ORDER BY node, date",
+        [glob],
+    ).fetchall()
+    con.close()
+    assert [(node, str(date), n) for node, date, n, _ in rows] == [
+        ("test-node", "2025-11-24", 500),
+        ("test-node", "2025-11-25", 250),
+    ]
+    ours = server.query("iot", "SELECT sum(v) AS s FROM weather")[0]["s"]
+    assert sum(s for *_, s in rows) == ours
