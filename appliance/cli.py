@@ -549,14 +549,14 @@ def _sync(args: argparse.Namespace) -> int:
         doc = json.loads(client.request("GET", "/api/v3/sync"))
     if not doc.get("enabled"):
         print("sync is not configured (set sync.bucket in the config file)")
-    width = max(len(k) for k in doc)
-    for key, value in doc.items():
-        if isinstance(value, dict):
-            for k, v in value.items():
-                print(f"{key + '.' + k:<{width + 16}}  {v}")
-        else:
-            print(f"{key:<{width + 16}}  {value}")
-    return 0 if doc.get("enabled", True) else 1
+    rows: list[tuple[str, Any]] = []
+    for key, value in doc.items():  # the disk budget is a nested object: disk.used_bytes...
+        items = value.items() if isinstance(value, dict) else [("", value)]
+        rows += [(f"{key}.{k}" if k else key, v) for k, v in items]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0 if doc.get("enabled") else 1
 
 
 def _persist(args: argparse.Namespace) -> int:
