@@ -32,6 +32,8 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/query.py
+	$(BIN)/python bench/mqtt.py
+	$(BIN)/python bench/sync.py --repeat 3
 
 # The frozen executable (PyInstaller), for this machine's architecture: dist/appliance and
 # dist/appliance-onedir/. MODE=onefile|onedir|both (default both); see packaging/README.md.
