@@ -155,12 +155,6 @@ class App:
             lambda: cache.stats()["evictions"],
             kind="counter",
         )
-        g(
-            "appliance_plugin_batches_dropped_total",
-            "WAL batches dropped by triggers that fell behind.",
-            lambda: self.engine.health()["batches_dropped"],
-            kind="counter",
-        )
         levels = {"ok": 0, "degraded": 1, "failed": 2}
         g(
             "appliance_component_status",

@@ -203,4 +203,9 @@ PLUGIN_ERRORS = REGISTRY.counter(
 PLUGIN_SECONDS = REGISTRY.histogram(
     "appliance_plugin_seconds", "Plugin call duration, by trigger.", ["trigger"]
 )
+PLUGIN_DROPPED = REGISTRY.counter(
+    "appliance_plugin_batches_dropped_total",
+    "Events dropped by triggers that fell behind, by trigger.",
+    ["trigger"],
+)
 PERSISTS = REGISTRY.counter("appliance_persist_files_total", "Parquet files written by persists.")

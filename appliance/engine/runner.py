@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from ..catalog import Catalog
 from ..errors import BadRequest, Conflict, NotFound
-from ..metrics import PLUGIN_ERRORS, PLUGIN_RUNS, PLUGIN_SECONDS
+from ..metrics import PLUGIN_DROPPED, PLUGIN_ERRORS, PLUGIN_RUNS, PLUGIN_SECONDS
 from ..model import TIME_COLUMN, Precision, WalSeq
 from ..query import QueryService
 from ..wal import Wal, WalEntry
@@ -266,6 +266,7 @@ class Engine:
             with run.cond:
                 if run.in_flight >= self.args.queue_size:  # bounded backlog for async triggers too
                     run.dropped += 1
+                    PLUGIN_DROPPED.inc(trigger=run.trigger.key)
                     return
                 run.in_flight += 1
             self._pool.submit(self._call_async, run, event)
@@ -278,6 +279,7 @@ class Engine:
             if len(run.queue) >= self.args.queue_size:
                 run.queue.popleft()
                 run.dropped += 1  # logged by the flusher thread, not on the WAL writer thread
+                PLUGIN_DROPPED.inc(trigger=run.trigger.key)
             run.queue.append(event)
             run.cond.notify()
 
