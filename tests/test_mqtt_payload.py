@@ -827,3 +827,10 @@ def test_every_short_string_of_escape_characters_round_trips() -> None:
         expected.append({"_table": "m" + text, "_time": ARRIVAL, "k" + text: "v" + text, "f" + text: text})
     assert len(expected) > 2000
     assert read(b"\n".join(bodies)) == expected
+
+
+def test_retag_lines_reports_lines_it_cannot_retag() -> None:
+    errors: list[str] = []
+    out = retag_lines(b"m,t,=v f=1 1\ncpu,h=a u=1 2", None, {"site": "x"}, errors)
+    assert out == b"m,t,=v f=1 1\ncpu,h=a,site=x u=1 2"
+    assert errors == ["line 1: its series key could not be read, so the topic tags were not added"]

@@ -496,7 +496,8 @@ class MqttIngest:
         if route.json is not None:
             body, errors = json_to_lines(msg.payload, route.json, measurement, tags, msg.arrival_ns)
         else:
-            body, errors = retag_lines(msg.payload, measurement, tags), []
+            errors = []
+            body = retag_lines(msg.payload, measurement, tags, errors)
         body = body.rstrip(b"\n")
         lines = sum(1 for line in body.split(b"\n") if line.strip() and not line.lstrip().startswith(b"#"))
         return _Part(msg, span=body.count(b"\n") + 1, lines=lines, errors=list(errors)), body

@@ -493,9 +493,12 @@ def _rfc3339_ns(text: str) -> int:
 # -- line protocol payloads ---------------------------------------------------------------
 
 
-def retag_lines(body: bytes, measurement: str | None, tags: Mapping[str, str]) -> bytes:
+def retag_lines(
+    body: bytes, measurement: str | None, tags: Mapping[str, str], errors: list[str] | None = None
+) -> bytes:
     """Each line with its measurement replaced (if given) and the topic tags added where the line
     has no tag of that name; lines that do not parse, comments and continuations are kept as is.
+    A line kept as is because its series key could not be read is reported in `errors`.
 
     Never raises: TopicParsing.apply refuses topic values that line protocol cannot carry, and
     any such measurement or tag passed here anyway is ignored.
@@ -514,7 +517,7 @@ def retag_lines(body: bytes, measurement: str | None, tags: Mapping[str, str]) -
         return body
     out = []
     state: tuple[bool, bool, int] | None = None  # quoting state while a record spans lines
-    for line in body.decode("utf-8", "surrogateescape").split("\n"):
+    for number, line in enumerate(body.decode("utf-8", "surrogateescape").split("\n"), 1):
         if state is not None:
             out.append(line)
             state = _continued(line, state)
@@ -523,7 +526,12 @@ def retag_lines(body: bytes, measurement: str | None, tags: Mapping[str, str]) -
         if not content or content[0] == "#" or content == "\r":
             out.append(line)
             continue
-        out.append(line[: len(line) - len(content)] + _retag(content, new, extra))
+        retagged = _retag(content, new, extra)
+        if retagged is content and errors is not None:
+            errors.append(
+                f"line {number}: its series key could not be read, so the topic tags were not added"
+            )
+        out.append(line[: len(line) - len(content)] + retagged)
         if '"' in content or content.endswith("\\"):
             state = _continued(content, (False, False, 0))
     return "\n".join(out).encode("utf-8", "surrogateescape")
