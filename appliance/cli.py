@@ -44,6 +44,9 @@ class CliError(Exception):
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["_pip"]:  # pip's own flags (--version, -q...) must not meet argparse
+        return run_pip(args_in[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -211,9 +214,6 @@ def _parser() -> argparse.ArgumentParser:
     ip.add_argument("packages", nargs="*", help="package specifiers, e.g. requests==2.32.3")
     ip.add_argument("-r", "--requirements", help="a requirements file on the server")
     ip.set_defaults(func=_install_package)
-    pip = sub.add_parser("_pip", add_help=False)  # internal: pip inside this executable
-    pip.add_argument("argv", nargs=argparse.REMAINDER)
-    pip.set_defaults(func=lambda a: run_pip(a.argv))
 
     pe = sub.add_parser("persist", help="persist the in-memory buffer to Parquet now")
     _client_flags(pe)
