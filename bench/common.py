@@ -448,10 +448,27 @@ def run_load(
     label: str,
     progress_every: float = 2.0,
 ) -> LoadResult:
-    """POST every body once over `connections` keep-alive connections (one thread each).
+    """POST every body once over `connections` keep-alive connections (one thread each)."""
 
-    The threads take the next body from a shared counter; a batch's latency runs from sending
-    the request to reading the whole response (the acknowledgement)."""
+    def body(i: int) -> tuple[bytes, int] | None:
+        return (bodies[i], counts[i]) if i < len(bodies) else None
+
+    return drive_load(port, path, body, connections, label, progress_every)
+
+
+def drive_load(
+    port: int,
+    path: str,
+    body: Callable[[int], tuple[bytes, int] | None],
+    connections: int,
+    label: str,
+    progress_every: float = 2.0,
+) -> LoadResult:
+    """POST `body(0)`, `body(1)`... (bytes and their line count) until it gives None, over
+    `connections` keep-alive connections (one thread each).
+
+    The threads take the next body number from a shared counter; a batch's latency runs from
+    sending the request to reading the whole response (the acknowledgement)."""
     next_index = itertools.count()
     lock = threading.Lock()
     latencies: list[float] = []
@@ -463,10 +480,11 @@ def run_load(
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
         headers = {"Content-Type": "text/plain; charset=utf-8"}
         try:
-            while (i := next(next_index)) < len(bodies):
+            while (item := body(i := next(next_index))) is not None:
+                data, count = item
                 began = time.perf_counter()
                 try:
-                    conn.request("POST", path, body=bodies[i], headers=headers)
+                    conn.request("POST", path, body=data, headers=headers)
                     resp = conn.getresponse()
                     answer = resp.read()
                 except (OSError, http.client.HTTPException) as exc:
@@ -479,7 +497,7 @@ def run_load(
                 with lock:
                     latencies.append(took)
                     if resp.status in (200, 204):
-                        done[0] += counts[i]
+                        done[0] += count
                     else:
                         errors.append(f"batch {i}: HTTP {resp.status} {answer[:300]!r}")
         finally:
@@ -488,7 +506,7 @@ def run_load(
     def progress(began: float) -> None:
         while not stop.wait(progress_every):
             elapsed = time.perf_counter() - began
-            print(f"    {label}: {done[0]:>10,} lines in {elapsed:5.1f} s ({done[0] / elapsed:,.0f} lines/s)")
+            print(f"    {label}: {done[0]:>12,} lines in {elapsed:5.1f} s ({done[0] / elapsed:,.0f} lines/s)")
 
     cpu_before = time.process_time()
     began = time.perf_counter()

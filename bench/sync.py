@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import itertools
 import json
 import os
 import shlex
@@ -59,6 +58,7 @@ from common import (
     Server,
     Workload,
     check_appliance,
+    drive_load,
     free_port,
     generate_bodies,
     install_signal_handlers,
@@ -119,64 +119,14 @@ class Pool:
 
 
 def run_for(port: int, path: str, pool: Pool, connections: int, seconds: float, label: str) -> LoadResult:
-    """POST the pool's endless stream over `connections` keep-alive connections for `seconds`.
+    """POST the pool's endless stream over `connections` keep-alive connections for `seconds`;
+    no request starts after the deadline (those running finish and count)."""
+    deadline = time.perf_counter() + seconds
 
-    Each thread takes the next body number from a shared counter; no request starts after the
-    deadline (those running finish and count). Latency: request sent to response read."""
-    next_index = itertools.count()
-    lock = threading.Lock()
-    latencies: list[float] = []
-    errors: list[str] = []
-    done = [0]
-    stop = threading.Event()
-    began = time.perf_counter()
-    deadline = began + seconds
+    def body(i: int) -> tuple[bytes, int] | None:
+        return pool.body(i) if time.perf_counter() < deadline else None
 
-    def worker() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-        headers = {"Content-Type": "text/plain; charset=utf-8"}
-        try:
-            while time.perf_counter() < deadline:
-                i = next(next_index)
-                body, count = pool.body(i)
-                sent = time.perf_counter()
-                try:
-                    conn.request("POST", path, body=body, headers=headers)
-                    resp = conn.getresponse()
-                    answer = resp.read()
-                except (OSError, http.client.HTTPException) as exc:
-                    conn.close()
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-                    with lock:
-                        errors.append(f"batch {i}: {exc!r}")
-                    continue
-                took = time.perf_counter() - sent
-                with lock:
-                    latencies.append(took)
-                    if resp.status in (200, 204):
-                        done[0] += count
-                    else:
-                        errors.append(f"batch {i}: HTTP {resp.status} {answer[:300]!r}")
-        finally:
-            conn.close()
-
-    def progress() -> None:
-        while not stop.wait(5.0):
-            elapsed = time.perf_counter() - began
-            print(f"    {label}: {done[0]:>12,} lines in {elapsed:5.1f} s ({done[0] / elapsed:,.0f} lines/s)")
-
-    cpu_before = time.process_time()
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(connections)]
-    reporter = threading.Thread(target=progress, daemon=True)
-    reporter.start()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - began
-    stop.set()
-    reporter.join()
-    return LoadResult(done[0], elapsed, latencies, errors, time.process_time() - cpu_before)
+    return drive_load(port, path, body, connections, label, progress_every=5.0)
 
 
 # --- moto ---------------------------------------------------------------------------------------
