@@ -445,6 +445,11 @@ def ends_open(body: bytes) -> bool:
     backslash), so text appended after a newline would be read as part of it."""
     if (b'"' not in body and b"\\" not in body) or _CLOSED_BODY.fullmatch(body):
         return False
+    return _ends_open_exact(body)
+
+
+def _ends_open_exact(body: bytes) -> bool:
+    """ends_open by the line-splitting state machine, line by line (the reference)."""
     fields = quoted = escaped = False
     depth = 0
     for line in body.decode("utf-8", errors="replace").split("\n"):

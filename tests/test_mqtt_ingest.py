@@ -276,22 +276,8 @@ def test_ends_open(body: bytes, open_: bool) -> None:
     assert lineprotocol.ends_open(body) is open_
 
 
-def _ends_open_exact(body: bytes) -> bool:
-    """The line-splitting state machine run over every line: the reference for the fast path."""
-    fields = quoted = escaped = False
-    depth = 0
-    for line in body.decode("utf-8", errors="replace").split("\n"):
-        if quoted or escaped:
-            fields, quoted, depth, escaped = lineprotocol._split_state(line, fields, quoted, depth)
-            continue
-        line = line.lstrip(" \t")
-        if line and line[0] != "#" and line != "\r":
-            fields, quoted, depth, escaped = lineprotocol._split_state(line, False, False, 0)
-    return quoted or escaped
-
-
 @given(st.text(alphabet='m ,="\\\nab#\t1\r', max_size=24))
 @settings(max_examples=3000, deadline=None)
 def test_ends_open_fast_path_agrees_with_the_state_machine(text: str) -> None:
     body = text.encode()
-    assert lineprotocol.ends_open(body) is _ends_open_exact(body)
+    assert lineprotocol.ends_open(body) is lineprotocol._ends_open_exact(body)

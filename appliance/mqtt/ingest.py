@@ -584,15 +584,17 @@ class MqttIngest:
                     route.last_message_ns = p.msg.arrival_ns
                 if p.msg.qos and p.msg.session == self._session:
                     self._client.ack(p.msg.mid, p.msg.qos)
-            self._inflight -= len(messages)
-            self._pending_bytes -= sum(len(m.payload) for m in messages)
-            self._cond.notify_all()
+            self._free(messages)
 
     def _release(self, batch: list[_Message]) -> None:
         with self._cond:
-            self._inflight -= len(batch)
-            self._pending_bytes -= sum(len(m.payload) for m in batch)
-            self._cond.notify_all()
+            self._free(batch)
+
+    def _free(self, messages: list[_Message]) -> None:
+        """Give back the messages' in-flight slots and bytes (with _cond held): reading resumes."""
+        self._inflight -= len(messages)
+        self._pending_bytes -= sum(len(m.payload) for m in messages)
+        self._cond.notify_all()
 
     def _rate_limited_log(self, text: str) -> None:
         start, count = self._log_window

@@ -272,16 +272,21 @@ def _load(payload: bytes) -> tuple[Any, str | None]:
 
 
 def _topic_tags(tags: Mapping[str, str], errors: list[str]) -> dict[str, str]:
-    out = {}
+    out: dict[str, str] = {}
     for key, value in tags.items():
-        if value == "":
-            continue
-        problem = _problem(key, _TAG_KEY) or _problem(value, _TAG_VALUE)
-        if problem is not None:
-            errors.append(f"topic tag {_show(key)}: {problem}; tag left out")
-        else:
-            out[key] = value
+        _add_tag(out, key, value, errors, "topic tag")
     return out
+
+
+def _add_tag(tags: dict[str, str], key: str, value: str, errors: list[str], what: str) -> None:
+    """Set tags[key] unless the value is empty (line protocol has no empty tag) or cannot be written."""
+    if value == "":
+        return
+    problem = _problem(key, _TAG_KEY) or _problem(value, _TAG_VALUE)
+    if problem is not None:
+        errors.append(f"{what} {_show(key)}: {problem}; tag left out")
+    else:
+        tags[key] = value
 
 
 def _point_line(
@@ -349,14 +354,7 @@ def _point_tags(
         value = flat.get(key)
         if value is None:
             continue
-        text = value if isinstance(value, str) else json.dumps(value)
-        if text == "":
-            continue
-        problem = _problem(key, _TAG_KEY) or _problem(text, _TAG_VALUE)
-        if problem is not None:
-            errors.append(f"key {_show(key)}: {problem}; tag left out")
-        else:
-            tags[key] = text
+        _add_tag(tags, key, value if isinstance(value, str) else json.dumps(value), errors, "key")
     return tags
 
 
