@@ -211,8 +211,16 @@ def _parser() -> argparse.ArgumentParser:
         description="Install packages on the server, into <plugin-dir>/.packages.",
     )
     _client_flags(ip)
-    ip.add_argument("packages", nargs="*", help="package specifiers, e.g. requests==2.32.3")
-    ip.add_argument("-r", "--requirements", help="a requirements file on the server")
+    ip.add_argument(
+        "packages",
+        nargs="*",
+        help="package requirements (PEP 508), e.g. requests==2.32.3 or requests[socks]>=2",
+    )
+    ip.add_argument(
+        "-r",
+        "--requirements",
+        help="a requirements file in the server's plugin directory (its name relative to that directory)",
+    )
     ip.set_defaults(func=_install_package)
 
     pe = sub.add_parser("persist", help="persist the in-memory buffer to Parquet now")
@@ -305,7 +313,11 @@ class Client:
 
     def __init__(self, host: str, token: str | None) -> None:
         self.host = host.rstrip("/")
-        self.token = token if token is not None else _local_token()
+        if token is not None:
+            self.token: str | None = token
+            self.token_source = "the token given with --token or APPLIANCE_TOKEN"
+        else:
+            self.token, self.token_source = _local_token()
 
     def request(
         self,
@@ -326,11 +338,25 @@ class Client:
             with urllib.request.urlopen(req, timeout=300) as resp:
                 return resp.read()
         except urllib.error.HTTPError as e:
-            raise CliError(f"{e.code} {_error_text(e.read())}") from None
+            text = _error_text(e.read())
+            if e.code == 401:
+                raise CliError(f"401 {text}\n{self._token_hint()}") from None
+            raise CliError(f"{e.code} {text}") from None
         except urllib.error.URLError as e:
             raise CliError(
                 f"cannot reach {self.host}: {e.reason}; is `appliance serve` running? (set --host or APPLIANCE_HOST)"
             ) from None
+
+    def _token_hint(self) -> str:
+        """What a 401 means here: which token was sent, or where the CLI looked for one."""
+        fix = (
+            "pass the admin token with --token TOKEN or set APPLIANCE_TOKEN (the server keeps it in"
+            " <data-dir>/admin-token; for a server started with --data-dir DIR, set"
+            " APPLIANCE_SERVER_DATA_DIR=DIR so the CLI finds DIR/admin-token)"
+        )
+        if self.token is None:
+            return f"no token was sent: {self.token_source}; {fix}"
+        return f"the server refused {self.token_source}; {fix}"
 
     def json(self, method: str, path: str, payload: dict[str, Any]) -> bytes:
         return self.request(method, path, body=json.dumps(payload).encode(), content_type="application/json")
@@ -353,16 +379,20 @@ def _error_text(body: bytes) -> str:
     return text
 
 
-def _local_token() -> str | None:
-    """The admin token of the local server's default data dir, when readable."""
+def _local_token() -> tuple[str | None, str]:
+    """The admin token of the local server's data dir when readable, and where it came from (or was sought)."""
     try:
         data_dir = config.load().data_dir
-    except ApplianceError:
-        return None
+    except ApplianceError as e:
+        return None, f"the CLI could not read the configuration to find the admin-token file ({e})"
+    path = Path(data_dir).expanduser() / "admin-token"
     try:
-        return (Path(data_dir) / "admin-token").read_text().strip() or None
-    except OSError:
-        return None
+        token = path.read_text().strip()
+    except OSError as e:
+        return None, f"the CLI looked for the admin token in {path} ({e.strerror or e})"
+    if not token:
+        return None, f"the admin-token file {path} is empty"
+    return token, f"the admin token read from {path}"
 
 
 def _client(args: argparse.Namespace) -> Client:

@@ -196,16 +196,19 @@ WAL_COMMIT_SECONDS = REGISTRY.histogram(
 )
 QUERIES = REGISTRY.counter("appliance_queries_total", "SQL queries, by outcome.", ["outcome"])
 QUERY_SECONDS = REGISTRY.histogram("appliance_query_seconds", "SQL query latency.")
-PLUGIN_RUNS = REGISTRY.counter("appliance_plugin_runs_total", "Plugin calls, by trigger.", ["trigger"])
+# Triggers are named per database: both labels identify one.
+PLUGIN_RUNS = REGISTRY.counter(
+    "appliance_plugin_runs_total", "Plugin calls, by trigger.", ["database", "trigger"]
+)
 PLUGIN_ERRORS = REGISTRY.counter(
-    "appliance_plugin_errors_total", "Plugin calls that raised, by trigger.", ["trigger"]
+    "appliance_plugin_errors_total", "Plugin calls that raised, by trigger.", ["database", "trigger"]
 )
 PLUGIN_SECONDS = REGISTRY.histogram(
-    "appliance_plugin_seconds", "Plugin call duration, by trigger.", ["trigger"]
+    "appliance_plugin_seconds", "Plugin call duration, by trigger.", ["database", "trigger"]
 )
 PLUGIN_DROPPED = REGISTRY.counter(
     "appliance_plugin_batches_dropped_total",
     "Events dropped by triggers that fell behind, by trigger.",
-    ["trigger"],
+    ["database", "trigger"],
 )
 PERSISTS = REGISTRY.counter("appliance_persist_files_total", "Parquet files written by persists.")

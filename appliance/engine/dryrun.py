@@ -101,7 +101,9 @@ class DryRun:
             fn = getattr(module, entry, None)
             if not callable(fn):
                 raise AttributeError(f"the {entry} function is not present in the plugin")
-            fn(api, *inputs, arguments)
+            fn(
+                api, *inputs, None if arguments is None else dict(arguments)
+            )  # its own copy, as a trigger call
         except BaseException as e:  # a test run reports what a real run would log
             api.discard_writes()
             errors.append(f"{type(e).__name__}: {e}")

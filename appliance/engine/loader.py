@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,36 @@ from ..errors import BadRequest, NotFound
 
 GH_PREFIX = "gh:"
 GH_CACHE = ".gh"  # downloaded gh: plugins live here, so triggers start without network
+#: Longest plugin filename (characters) and path component (bytes, the file system's NAME_MAX).
+MAX_FILENAME = 1024
+MAX_COMPONENT_BYTES = 255
+#: Largest gh: plugin file downloaded (a plugin is source code; this bounds memory and disk).
+MAX_PLUGIN_BYTES = 16 * 1024 * 1024
+
+
+def check_filename(filename: str, what: str = "plugin filename") -> None:
+    """Refuse, with a clear BadRequest, a name no file could have: empty, control characters, too long.
+
+    Checked before the name touches the file system, where a NUL byte or a 5,000-character name
+    would raise an OSError or ValueError instead of a clear answer.
+    """
+    if not filename:
+        raise BadRequest(f"invalid {what}: it is empty")
+    if len(filename) > MAX_FILENAME:
+        raise BadRequest(
+            f"invalid {what} {filename[:40]!r}...: it has {len(filename)} characters, at most {MAX_FILENAME} are allowed"
+        )
+    for c in filename:
+        if not c.isprintable():
+            raise BadRequest(
+                f"invalid {what} {filename!r}: it contains the control or invisible character U+{ord(c):04X}"
+            )
+    for part in filename.split("/"):
+        if len(part.encode()) > MAX_COMPONENT_BYTES:
+            raise BadRequest(
+                f"invalid {what} {filename[:40]!r}...: the part {part[:40]!r}... is longer than"
+                f" {MAX_COMPONENT_BYTES} bytes"
+            )
 
 
 @dataclass
@@ -51,6 +82,7 @@ class PluginLoader:
 
     def resolve(self, filename: str) -> Path:
         """The file or package directory a trigger names, refusing anything outside the plugin dir."""
+        check_filename(filename)
         if filename.startswith(GH_PREFIX):
             return self._gh_path(filename)
         name = filename.rstrip("/")
@@ -72,20 +104,29 @@ class PluginLoader:
         """Download a gh: plugin into the cache (at trigger creation); other names just resolve."""
         if not filename.startswith(GH_PREFIX):
             return self.resolve(filename)
+        check_filename(filename)
         rel = filename[len(GH_PREFIX) :].lstrip("/")
-        if ".." in Path(rel).parts:
+        if not rel or ".." in Path(rel).parts:
             raise BadRequest(f"Path traversal detected: plugin filename '{filename}' is not allowed")
-        url = f"{self.repo}/{rel}"
+        self._gh_path(filename, must_exist=False)  # refuses names that would leave the cache folder
+        # Quoted: a '?', '#' or space in the name must stay part of the path, not change the URL.
+        url = f"{self.repo}/{urllib.parse.quote(rel)}"
         try:
             with urllib.request.urlopen(url, timeout=30) as resp:
-                body = resp.read()
+                body = resp.read(MAX_PLUGIN_BYTES + 1)
         except urllib.error.HTTPError as e:
             raise BadRequest(f"error fetching plugin from repository: {e.code} {url}") from None
+        except ValueError as e:  # a URL http.client refuses
+            raise BadRequest(f"error fetching plugin from repository: invalid URL {url!r} ({e})") from None
         except (urllib.error.URLError, OSError) as e:
             raise BadRequest(
                 f"error fetching plugin from repository: {url} is unreachable ({getattr(e, 'reason', e)});"
                 " check engine.plugin_repo and the network, or copy the file into the plugin directory"
             ) from None
+        if len(body) > MAX_PLUGIN_BYTES:
+            raise BadRequest(
+                f"error fetching plugin from repository: {url} is larger than {MAX_PLUGIN_BYTES} bytes"
+            )
         path = self._gh_path(filename, must_exist=False)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")

@@ -13,6 +13,7 @@ import heapq
 import itertools
 import json
 import logging
+import stat
 import threading
 import time
 import traceback
@@ -34,11 +35,18 @@ from ..wal import Wal, WalEntry
 from ..write import WriteRequest, WriteService
 from .api import PluginApi, PluginCache, api_globals
 from .dryrun import DryRun
-from .loader import PluginLoader
+from .loader import PluginLoader, check_filename
 from .packages import PackageInstaller
 from .pool import DaemonPool
-from .store import EngineLog, TriggerDef, TriggerStore
-from .triggers import Schedule, TriggerSpec, flask_response, parse_spec
+from .store import LOG_SCHEMA, EngineLog, TriggerDef, TriggerStore
+from .triggers import (
+    Schedule,
+    TriggerSpec,
+    check_arguments,
+    check_trigger_name,
+    flask_response,
+    parse_spec,
+)
 
 log = logging.getLogger("appliance.engine")
 
@@ -154,6 +162,9 @@ class Engine:
     # -- trigger management --------------------------------------------------
     def create_trigger(self, trigger: TriggerDef) -> None:
         """Validate, persist and (unless disabled) start a trigger."""
+        check_trigger_name(trigger.name)
+        check_filename(trigger.plugin_filename)
+        check_arguments(trigger.arguments)
         spec = parse_spec(trigger.spec)
         if trigger.error_behavior not in ERROR_BEHAVIORS:
             raise BadRequest(f"invalid error_behavior {trigger.error_behavior!r}: use log, retry or disable")
@@ -164,10 +175,22 @@ class Engine:
         with self._lock:
             if trigger.key in self._triggers:
                 raise Conflict("attempted to create a resource that already exists")
+            self._check_path_free(spec)
             self.store.put(trigger)
             self._triggers[trigger.key] = trigger
             if not trigger.disabled:
                 self._start(trigger)
+
+    def _check_path_free(self, spec: TriggerSpec) -> None:
+        """One request path, one trigger: a second one would silently take the path over."""
+        if spec.path is None:
+            return
+        for other in self._triggers.values():
+            if parse_spec(other.spec).path == spec.path:
+                raise Conflict(
+                    f"request path {spec.path!r} is already served by trigger {other.name!r} in database"
+                    f" {other.database!r}; delete that trigger or choose another path"
+                )
 
     def set_disabled(self, database: str, name: str, disabled: bool) -> None:
         """Enable or disable a trigger; the catalog and the running state agree afterwards."""
@@ -209,7 +232,7 @@ class Engine:
             )
 
     def _require(self, database: str, name: str) -> TriggerDef:
-        trigger = self._triggers.get(f"{database}/{name}")
+        trigger = self._triggers.get(TriggerDef(name, database, "", "").key)
         if trigger is None:
             raise NotFound(f"trigger {name!r} not found in database {database!r}")
         return trigger
@@ -217,6 +240,12 @@ class Engine:
     def _start(self, trigger: TriggerDef) -> None:
         spec = parse_spec(trigger.spec)
         self.loader.resolve(trigger.plugin_filename)
+        holder = self._paths.get(spec.path) if spec.path is not None else None
+        if holder is not None and holder.trigger.key != trigger.key:  # stored by an older version
+            raise Conflict(
+                f"request path {spec.path!r} is already served by trigger {holder.trigger.name!r}"
+                f" in database {holder.trigger.database!r}"
+            )
         run = _Running(trigger, spec)
         self._running[trigger.key] = run
         if spec.kind == "request":
@@ -266,7 +295,7 @@ class Engine:
             with run.cond:
                 if run.in_flight >= self.args.queue_size:  # bounded backlog for async triggers too
                     run.dropped += 1
-                    PLUGIN_DROPPED.inc(trigger=run.trigger.key)
+                    PLUGIN_DROPPED.inc(1, **_labels(run.trigger))
                     return
                 run.in_flight += 1
             self._pool.submit(self._call_async, run, event)
@@ -279,7 +308,7 @@ class Engine:
             if len(run.queue) >= self.args.queue_size:
                 run.queue.popleft()
                 run.dropped += 1  # logged by the flusher thread, not on the WAL writer thread
-                PLUGIN_DROPPED.inc(trigger=run.trigger.key)
+                PLUGIN_DROPPED.inc(1, **_labels(run.trigger))
             run.queue.append(event)
             run.cond.notify()
 
@@ -370,10 +399,24 @@ class Engine:
             self.logs.add(run.trigger.database, run.trigger.name, "ERROR", str(e))
             return 500, {"Content-Type": "application/json"}, _error_json(str(e))
 
-    def test_plugin(self, kind: str, *args: Any) -> dict[str, Any]:
+    def test_plugin(
+        self,
+        kind: str,
+        filename: str,
+        database: str,
+        given: str | None,
+        arguments: dict[str, str] | None,
+        cache_name: Any = None,
+    ) -> dict[str, Any]:
         """A dry run (`wal` or `schedule`) on the request pool, within engine.call_timeout."""
+        check_filename(filename)
+        check_arguments(arguments)
+        if cache_name is not None and not isinstance(cache_name, str):
+            raise BadRequest("'cache_name' must be a string")
+        if cache_name:
+            check_trigger_name(cache_name, "cache_name")
         run = self.dry_run.wal if kind == "wal" else self.dry_run.schedule
-        future = self.request_pool.submit(run, *args)
+        future = self.request_pool.submit(run, filename, database, given, arguments, cache_name)
         try:
             result: dict[str, Any] = future.result(timeout=self.args.call_timeout_s)
         except FutureTimeout:
@@ -443,18 +486,21 @@ class Engine:
                     f"the {fn_name} function is not present in the plugin. Should be defined as: {signature}"
                 )
             self.logs.add(trigger.database, trigger.name, "INFO", _start_text(event))
-            result = fn(api, *self._arguments(run, event), trigger.arguments)
+            # A copy per call, as InfluxDB 3 does: plugins change their args (the public
+            # downsampler sets args["use_config_file"] = True) and that must not reach the
+            # stored definition or the next call.
+            result = fn(api, *self._arguments(run, event), _own_copy(trigger.arguments))
         except BaseException as e:  # SystemExit and friends too: a plugin never stops the server
             api.discard_writes()
-            PLUGIN_ERRORS.inc(trigger=trigger.key)
+            PLUGIN_ERRORS.inc(1, **_labels(trigger))
             text = _error_text(e)
             self.logs.add(trigger.database, trigger.name, "ERROR", text)
             return _Failure(("Python function call failed: " if event.kind == "request" else "") + text)
         finally:
             with self._watch_lock:
                 self._active.pop(call_id, None)
-            PLUGIN_RUNS.inc(trigger=trigger.key)
-            PLUGIN_SECONDS.observe(time.monotonic() - started, trigger=trigger.key)
+            PLUGIN_RUNS.inc(1, **_labels(trigger))
+            PLUGIN_SECONDS.observe(time.monotonic() - started, **_labels(trigger))
         self._write_back(trigger, api.take_writes())
         self.logs.add(
             trigger.database,
@@ -504,52 +550,47 @@ class Engine:
 
     # -- system tables and the log flusher -----------------------------------
     def system_tables(self, database: str) -> dict[str, pa.Table]:
-        """`processing_engine_logs`, `_triggers` and `_trigger_arguments` of one database."""
+        """`processing_engine_logs`, `_triggers` and `_trigger_arguments` of one database.
+
+        Every query of the database builds these, so they never raise: a value a trigger holds
+        is rendered as text, and a table that still cannot be built is logged and left empty.
+        """
         triggers = self.triggers(database)
-        return {
-            "plugin_files": self.plugin_files(),
-            "processing_engine_logs": self.logs.table(database),
-            "processing_engine_triggers": pa.table(
-                {
-                    "trigger_name": pa.array([t.name for t in triggers], pa.string()),
-                    "plugin_filename": pa.array([t.plugin_filename for t in triggers], pa.string()),
-                    "trigger_specification": pa.array(
-                        [parse_spec(t.spec).to_json() for t in triggers], pa.string()
-                    ),
-                    "disabled": pa.array([t.disabled for t in triggers], pa.bool_()),
-                    "error_behavior": pa.array([t.error_behavior for t in triggers], pa.string()),
-                    "run_async": pa.array([t.run_async for t in triggers], pa.bool_()),
-                }
-            ),
-            "processing_engine_trigger_arguments": pa.table(
-                {
-                    "trigger_name": pa.array(
-                        [t.name for t in triggers for _ in (t.arguments or {})], pa.string()
-                    ),
-                    "argument_key": pa.array([k for t in triggers for k in (t.arguments or {})], pa.string()),
-                    "argument_value": pa.array(
-                        [v for t in triggers for v in (t.arguments or {}).values()], pa.string()
-                    ),
-                }
-            ),
+        builders = {
+            "plugin_files": self.plugin_files,
+            "processing_engine_logs": lambda: self.logs.table(database),
+            "processing_engine_triggers": lambda: _triggers_table(triggers),
+            "processing_engine_trigger_arguments": lambda: _arguments_table(triggers),
         }
+        tables: dict[str, pa.Table] = {}
+        for name, build in builders.items():
+            try:
+                tables[name] = build()
+            except Exception:
+                log.exception("could not build system.%s; it is shown empty", name)
+                tables[name] = _EMPTY_SYSTEM_TABLES[name]
+        return tables
 
     def plugin_files(self) -> pa.Table:
         """`system.plugin_files`: every plugin file in the plugin directory (installed packages excluded)."""
         root = self.args.plugin_dir
-        files = sorted(
-            p
-            for p in root.rglob("*.py")
-            if p.is_file() and not ({"__pycache__", ".packages"} & set(p.relative_to(root).parts))
-        )
+        rows: list[tuple[str, str, str, int, int]] = []
+        for p in sorted(root.rglob("*.py")):
+            parts = p.relative_to(root).parts
+            if {"__pycache__", ".packages"} & set(parts):
+                continue
+            try:
+                st = p.stat()
+            except OSError:  # removed meanwhile, or a dangling link
+                continue
+            if stat.S_ISREG(st.st_mode):
+                rows.append(
+                    (parts[0], p.name, str(p.relative_to(root)), st.st_size, st.st_mtime_ns // 1_000_000)
+                )
+        cols: list[Any] = list(zip(*rows, strict=True)) if rows else [[] for _ in range(5)]
         return pa.table(
-            {
-                "plugin_name": pa.array([p.relative_to(root).parts[0] for p in files], pa.string()),
-                "file_name": pa.array([p.name for p in files], pa.string()),
-                "file_path": pa.array([str(p.relative_to(root)) for p in files], pa.string()),
-                "size_bytes": pa.array([p.stat().st_size for p in files], pa.int64()),
-                "last_modified": pa.array([p.stat().st_mtime_ns // 1_000_000 for p in files], pa.int64()),
-            }
+            [pa.array(c, t) for c, t in zip(cols, _PLUGIN_FILES_SCHEMA.types, strict=True)],
+            schema=_PLUGIN_FILES_SCHEMA,
         )
 
     def health(self) -> dict[str, Any]:
@@ -603,6 +644,71 @@ class Engine:
                 self.logs.flush()
             except Exception:
                 log.exception("could not store engine log lines")
+
+
+_PLUGIN_FILES_SCHEMA = pa.schema(
+    [
+        ("plugin_name", pa.string()),
+        ("file_name", pa.string()),
+        ("file_path", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("last_modified", pa.int64()),
+    ]
+)
+_TRIGGERS_SCHEMA = pa.schema(
+    [
+        ("trigger_name", pa.string()),
+        ("plugin_filename", pa.string()),
+        ("trigger_specification", pa.string()),
+        ("disabled", pa.bool_()),
+        ("error_behavior", pa.string()),
+        ("run_async", pa.bool_()),
+    ]
+)
+_ARGUMENTS_SCHEMA = pa.schema(
+    [("trigger_name", pa.string()), ("argument_key", pa.string()), ("argument_value", pa.string())]
+)
+_EMPTY_SYSTEM_TABLES = {
+    "plugin_files": _PLUGIN_FILES_SCHEMA.empty_table(),
+    "processing_engine_logs": LOG_SCHEMA.empty_table(),
+    "processing_engine_triggers": _TRIGGERS_SCHEMA.empty_table(),
+    "processing_engine_trigger_arguments": _ARGUMENTS_SCHEMA.empty_table(),
+}
+
+
+def _spec_json(spec: str) -> str:
+    try:
+        return parse_spec(spec).to_json()
+    except Exception:  # a spec stored by a version that parsed it differently
+        return str(spec)
+
+
+def _triggers_table(triggers: list[TriggerDef]) -> pa.Table:
+    """`system.processing_engine_triggers`, every value rendered as its column's type."""
+    rows = [
+        (
+            str(t.name),
+            str(t.plugin_filename),
+            _spec_json(t.spec),
+            bool(t.disabled),
+            str(t.error_behavior),
+            bool(t.run_async),
+        )
+        for t in triggers
+    ]
+    cols: list[Any] = list(zip(*rows, strict=True)) if rows else [[] for _ in _TRIGGERS_SCHEMA]
+    return pa.table(
+        [pa.array(c, t) for c, t in zip(cols, _TRIGGERS_SCHEMA.types, strict=True)], schema=_TRIGGERS_SCHEMA
+    )
+
+
+def _arguments_table(triggers: list[TriggerDef]) -> pa.Table:
+    """`system.processing_engine_trigger_arguments`: one row per argument, keys and values as text."""
+    rows = [(str(t.name), str(k), str(v)) for t in triggers for k, v in dict(t.arguments or {}).items()]
+    cols: list[Any] = list(zip(*rows, strict=True)) if rows else [[] for _ in _ARGUMENTS_SCHEMA]
+    return pa.table(
+        [pa.array(c, t) for c, t in zip(cols, _ARGUMENTS_SCHEMA.types, strict=True)], schema=_ARGUMENTS_SCHEMA
+    )
 
 
 class _Hooks:
@@ -668,6 +774,16 @@ def _error_text(e: BaseException) -> str:
     frames = traceback.extract_tb(e.__traceback__)
     where = f" (at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
     return f"{type(e).__name__}: {e}{where}"
+
+
+def _own_copy(arguments: dict[str, str] | None) -> dict[str, str] | None:
+    """The arguments one plugin call gets: its own dict (None stays None, as InfluxDB 3 passes it)."""
+    return None if arguments is None else dict(arguments)
+
+
+def _labels(trigger: TriggerDef) -> dict[str, str]:
+    """Metric labels of a trigger: database and name apart, so `x/y`+`z` and `x`+`y/z` stay two series."""
+    return {"database": trigger.database, "trigger": trigger.name}
 
 
 def _error_json(message: str) -> bytes:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import hashlib
+import json
 import logging
 import struct
 import threading
@@ -20,6 +22,8 @@ log = logging.getLogger("appliance.engine")
 
 LOG_RING_SIZE = 10_000
 _SEQ = struct.Struct(">Q")
+#: Trigger keys start with a NUL byte; the `db/name` keys of older versions start with a letter or digit.
+_STORE_PREFIX = b"\x00"
 
 
 @dataclass
@@ -38,14 +42,30 @@ class TriggerDef:
 
     @property
     def key(self) -> str:
-        return f"{self.database}/{self.name}"
+        """The trigger's identity as one string: unambiguous even when names contain '/'.
+
+        `db/name` would make database `x/y` + trigger `z` the same as database `x` + trigger `y/z`;
+        a JSON pair cannot collide. It keys the engine's maps, the plugin cache namespace and the
+        `origin` of the trigger's own writes.
+        """
+        return json.dumps([self.database, self.name], ensure_ascii=False)
+
+    @property
+    def store_key(self) -> bytes:
+        """The LMDB key: a digest of `key`, so any name length fits LMDB's 511-byte key limit."""
+        return _STORE_PREFIX + hashlib.sha256(self.key.encode()).digest()
 
     def encode(self) -> bytes:
         return msgpack.packb(asdict(self))
 
     @classmethod
     def decode(cls, data: bytes) -> TriggerDef:
-        return cls(**msgpack.unpackb(data))
+        trigger = cls(**msgpack.unpackb(data))
+        if trigger.arguments is not None:
+            # Older versions could store what a plugin put into its args dict (a bool, say):
+            # arguments are strings, whatever was stored.
+            trigger.arguments = {str(k): str(v) for k, v in dict(trigger.arguments).items()}
+        return trigger
 
 
 class TriggerStore:
@@ -55,18 +75,32 @@ class TriggerStore:
         self.wal = wal
 
     def load(self) -> list[TriggerDef]:
+        """Every stored trigger; definitions stored under older `db/name` keys are re-keyed first."""
         with self.wal.read() as txn:
-            return [TriggerDef.decode(bytes(v)) for _, v in txn.cursor(db=self.wal.dbs["triggers"])]
+            stored = [
+                (bytes(k), TriggerDef.decode(bytes(v))) for k, v in txn.cursor(db=self.wal.dbs["triggers"])
+            ]
+        old = [(k, t) for k, t in stored if k != t.store_key]
+        if old:
+
+            def step(txn: lmdb.Transaction, wal: Wal) -> None:
+                for k, t in old:
+                    txn.delete(k, db=wal.dbs["triggers"])
+                    txn.put(t.store_key, t.encode(), db=wal.dbs["triggers"])
+
+            self.wal.submit(fn=step).result()
+            log.info("re-keyed %d stored trigger definition(s) to the current format", len(old))
+        return [t for _, t in stored]
 
     def put(self, trigger: TriggerDef) -> None:
         def step(txn: lmdb.Transaction, wal: Wal) -> None:
-            txn.put(trigger.key.encode(), trigger.encode(), db=wal.dbs["triggers"])
+            txn.put(trigger.store_key, trigger.encode(), db=wal.dbs["triggers"])
 
         self.wal.submit(fn=step).result()
 
     def delete(self, trigger: TriggerDef) -> None:
         def step(txn: lmdb.Transaction, wal: Wal) -> None:
-            txn.delete(trigger.key.encode(), db=wal.dbs["triggers"])
+            txn.delete(trigger.store_key, db=wal.dbs["triggers"])
 
         self.wal.submit(fn=step).result()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,10 +25,16 @@ from croniter import CroniterBadDateError, CroniterError, croniter
 from appliance.errors import BadRequest
 
 __all__ = [
+    "MAX_ARGUMENTS",
+    "MAX_ARGUMENT_KEY",
+    "MAX_ARGUMENT_VALUE",
+    "MAX_TRIGGER_NAME",
     "NEVER",
     "Schedule",
     "TriggerKind",
     "TriggerSpec",
+    "check_arguments",
+    "check_trigger_name",
     "flask_response",
     "parse_humantime_ns",
     "parse_spec",
@@ -402,6 +409,63 @@ def parse_spec(text: str) -> TriggerSpec:
             raise _bad_spec(spec, "a request path cannot contain whitespace, '?' or '#'")
         return TriggerSpec("request", f"request:{path}", path=path)
     raise _bad_spec(spec)
+
+
+#: Longest trigger name, in characters.
+MAX_TRIGGER_NAME = 255
+#: At most this many trigger arguments, keys of at most MAX_ARGUMENT_KEY characters and values of at
+#: most MAX_ARGUMENT_VALUE: a definition stays small enough to list, log and store.
+MAX_ARGUMENTS = 256
+MAX_ARGUMENT_KEY = 255
+MAX_ARGUMENT_VALUE = 65_536
+
+
+def _control(text: str, names: bool = True) -> str | None:
+    """The first character not allowed in `text`, as U+XXXX, or None.
+
+    Names must be printable (no control characters, no invisible ones such as a zero-width space,
+    which would make two names look alike); values may hold any character but control characters.
+    """
+    for c in text:
+        if (not c.isprintable()) if names else unicodedata.category(c) == "Cc":
+            return f"U+{ord(c):04X}"
+    return None
+
+
+def check_trigger_name(name: str, what: str = "trigger name") -> None:
+    """A trigger name is 1 to MAX_TRIGGER_NAME printable characters; BadRequest naming the problem if not."""
+    if not name:
+        raise BadRequest(f"invalid {what}: it is empty")
+    if len(name) > MAX_TRIGGER_NAME:
+        raise BadRequest(
+            f"invalid {what} {name[:40]!r}...: it has {len(name)} characters, at most {MAX_TRIGGER_NAME} are allowed"
+        )
+    bad = _control(name)
+    if bad is not None:
+        raise BadRequest(f"invalid {what} {name!r}: it contains the control or invisible character {bad}")
+
+
+def check_arguments(args: Mapping[str, str] | None) -> None:
+    """Trigger or dry-run arguments: bounded count and sizes, no control characters (BadRequest if not)."""
+    if not args:
+        return
+    if len(args) > MAX_ARGUMENTS:
+        raise BadRequest(f"too many trigger arguments: {len(args)}, at most {MAX_ARGUMENTS} are allowed")
+    for key, value in args.items():
+        if not key or len(key) > MAX_ARGUMENT_KEY:
+            raise BadRequest(
+                f"invalid trigger argument name {key[:40]!r}: it must have 1 to {MAX_ARGUMENT_KEY} characters"
+            )
+        if len(value) > MAX_ARGUMENT_VALUE:
+            raise BadRequest(
+                f"trigger argument {key!r} is {len(value)} characters long, at most {MAX_ARGUMENT_VALUE} are allowed"
+            )
+        for what, text in (("name", key), ("value", value)):
+            bad = _control(text, names=what == "name")
+            if bad is not None:
+                raise BadRequest(
+                    f"invalid trigger argument {key!r}: its {what} contains the control or invisible character {bad}"
+                )
 
 
 def parse_trigger_arguments(text: str | None) -> dict[str, str] | None:
