@@ -118,7 +118,8 @@ class PackageInstaller:
         except InvalidRequirement:
             raise BadRequest(
                 f"invalid package {shown!r}: not a package requirement (PEP 508), such as"
-                " requests==2.32.3, requests[socks]>=2 or name @ https://host/name.whl"
+                " requests==2.32.3, requests[socks]>=2, name @ https://host/name.whl or"
+                f" name @ file://{self.plugin_dir}/name.whl"
             ) from None
         if req.url is not None:
             self._check_url(req.url, shown)

@@ -443,11 +443,13 @@ def _wheel(tmp: Path) -> Path:
 
 def test_installed_packages_are_importable_by_plugins(server: Server, tmp_path: Path) -> None:
     server.write("db", "m v=0 1", precision="ns")
-    wheel = _wheel(tmp_path)
+    plugins = server.data_dir / "plugins"
+    plugins.mkdir(parents=True, exist_ok=True)
+    wheel = _wheel(plugins)  # a local wheel is installed from the plugin directory, by file: URL
     r = server.request(
         "POST",
         "/api/v3/configure/plugin_environment/install_packages",
-        body=json.dumps({"packages": [str(wheel)]}),
+        body=json.dumps({"packages": [f"appliance-test-pkg @ {wheel.as_uri()}"]}),
         headers=JSON,
         timeout=300,
     )
@@ -462,7 +464,7 @@ def test_installed_packages_are_importable_by_plugins(server: Server, tmp_path: 
     r = server.request(
         "POST",
         "/api/v3/configure/plugin_environment/install_packages",
-        body=json.dumps({"packages": [str(tmp_path / "missing.whl")]}),
+        body=json.dumps({"packages": [f"appliance-test-pkg @ {(plugins / 'missing.whl').as_uri()}"]}),
         headers=JSON,
         timeout=300,
     )

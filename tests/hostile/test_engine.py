@@ -1,0 +1,288 @@
+"""Hostile input to the processing engine: names that collide, plugins that change their args, admin extras."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgpack
+
+from tests.e2e.test_engine import create, plugin
+from tests.server import Server, wait_for
+
+JSON = {"Content-Type": "application/json"}
+TRIGGER = "/api/v3/configure/processing_engine_trigger"
+
+
+def _post(server: Server, path: str, body: Any) -> Any:
+    return server.request("POST", path, body=json.dumps(body), headers=JSON)
+
+
+def _make_db(server: Server, name: str) -> None:
+    r = _post(server, "/api/v3/configure/database", {"db": name})
+    assert r.status == 200, r.text
+
+
+COUNTER = """
+def process_request(influxdb3_local, query_parameters, request_headers, request_body, args=None):
+    n = influxdb3_local.cache.get("n", 0) + 1
+    influxdb3_local.cache.put("n", n)
+    return {"who": args["who"], "calls": n}
+"""
+
+
+def test_triggers_whose_db_name_pairs_would_join_alike_stay_apart(server: Server) -> None:
+    """Database `x/y` + trigger `z` and database `x` + trigger `y/z` are two triggers, with two caches."""
+    _make_db(server, "x/y")
+    _make_db(server, "x")
+    name = plugin(server, "counter.py", COUNTER)
+    assert create(server, "x/y", "z", name, "request:one", arguments={"who": "x/y z"}).status == 200
+    assert create(server, "x", "y/z", name, "request:two", arguments={"who": "x y/z"}).status == 200
+    assert server.request("GET", "/api/v3/engine/one").json() == {"who": "x/y z", "calls": 1}
+    assert server.request("GET", "/api/v3/engine/two").json() == {"who": "x y/z", "calls": 1}
+    for db, trigger in (("x/y", "z"), ("x", "y/z")):
+        rows = server.query(db, "SELECT trigger_name FROM system.processing_engine_triggers")
+        assert rows == [{"trigger_name": trigger}]
+
+    server.stop()
+    server.start()
+    assert server.request("GET", "/api/v3/engine/one").json()["who"] == "x/y z"
+    assert server.request("GET", "/api/v3/engine/two").json()["who"] == "x y/z"
+
+    r = server.request("DELETE", TRIGGER, {"db": "x", "trigger_name": "y/z", "force": "true"})
+    assert r.status == 200, r.text
+    assert server.request("GET", "/api/v3/engine/two").status == 404
+    assert server.request("GET", "/api/v3/engine/one").json()["who"] == "x/y z"
+    server.stop()
+    server.start()
+    assert server.request("GET", "/api/v3/engine/two").status == 404
+    assert server.query("x/y", "SELECT trigger_name FROM system.processing_engine_triggers") == [
+        {"trigger_name": "z"}
+    ]
+
+
+def test_a_second_trigger_on_a_taken_request_path_is_refused(server: Server) -> None:
+    _make_db(server, "a")
+    _make_db(server, "b")
+    name = plugin(server, "counter.py", COUNTER)
+    assert create(server, "a", "t", name, "request:hook", arguments={"who": "a"}).status == 200
+    r = create(server, "b", "t", name, "request:hook", arguments={"who": "b"})
+    assert r.status == 409 and "already served by trigger 't' in database 'a'" in r.text
+    assert server.request("GET", "/api/v3/engine/hook").json()["who"] == "a"
+
+
+def test_triggers_stored_by_older_versions_still_load(tmp_path: Path) -> None:
+    """A definition under the old `db/name` key, holding a bool a plugin leaked into its args, loads and lists."""
+    s = Server(tmp_path / "d").start()
+    _make_db(s, "db")
+    name = plugin(s, "counter.py", COUNTER)
+    assert create(s, "db", "old", name, "request:old", arguments={"who": "old"}).status == 200
+    s.stop()
+    env = lmdb.open(str(s.data_dir / "lmdb"), max_dbs=20)
+    triggers = env.open_db(b"triggers")
+    with env.begin(write=True, db=triggers) as txn:
+        ((key, value),) = list(txn.cursor())
+        record = msgpack.unpackb(value)
+        record["arguments"]["use_config_file"] = True  # what the downsampler did to older versions
+        txn.delete(key)
+        txn.put(b"db/old", msgpack.packb(record))
+    env.close()
+    s.start()
+    assert s.request("GET", "/api/v3/engine/old").json() == {"who": "old", "calls": 1}
+    args = s.query(
+        "db", "SELECT argument_key, argument_value FROM system.processing_engine_trigger_arguments"
+    )
+    assert sorted(args, key=lambda r: r["argument_key"]) == [
+        {"argument_key": "use_config_file", "argument_value": "True"},
+        {"argument_key": "who", "argument_value": "old"},
+    ]
+    r = s.request("DELETE", TRIGGER, {"db": "db", "trigger_name": "old", "force": "true"})
+    assert r.status == 200, r.text
+    s.stop()
+    s.start()
+    assert s.query("db", "SELECT count(*) AS n FROM system.processing_engine_triggers") == [{"n": 0}]
+    s.stop()
+
+
+MUTATOR = """
+def _mutate(influxdb3_local, kind, args):
+    influxdb3_local.info(kind, "saw", sorted(args.items()))
+    args["use_config_file"] = True        # what influxdata/downsampler does
+    del args["keep"]
+    args.clear()
+    args.update({"replaced": b"bytes", 1: None})
+
+def process_writes(influxdb3_local, table_batches, args=None):
+    _mutate(influxdb3_local, "wal", args)
+
+def process_scheduled_call(influxdb3_local, call_time, args=None):
+    _mutate(influxdb3_local, "schedule", args)
+
+def process_request(influxdb3_local, query_parameters, request_headers, request_body, args=None):
+    seen = sorted(args.items())
+    _mutate(influxdb3_local, "request", args)
+    return {"saw": seen}
+"""
+
+
+def test_a_plugin_that_changes_its_args_changes_nothing_stored(server: Server) -> None:
+    from tests.e2e.test_cli import cli
+
+    server.write("db", "m v=1 1", precision="ns")
+    name = plugin(server, "mutator.py", MUTATOR)
+    args = {"keep": "1", "window": "5m"}
+    original = "[('keep', '1'), ('window', '5m')]"
+    assert create(server, "db", "req", name, "request:mut", arguments=args).status == 200
+    assert create(server, "db", "wal", name, "table:m", arguments=args).status == 200
+    assert create(server, "db", "tick", name, "every:1s", arguments=args).status == 200
+    for _ in range(2):
+        r = server.request("GET", "/api/v3/engine/mut")
+        assert r.status == 200 and r.json() == {"saw": [["keep", "1"], ["window", "5m"]]}
+    assert server.write("db", "m v=2 2", precision="ns").status == 204
+    assert server.write("db", "m v=3 3", precision="ns").status == 204
+
+    def saw(kind: str) -> list[str]:
+        rows = server.query("db", "SELECT log_text FROM system.processing_engine_logs")
+        return [r["log_text"] for r in rows if r["log_text"].startswith(f"{kind} saw")]
+
+    for kind in ("wal", "schedule"):
+        texts = wait_for(lambda k=kind: len(saw(k)) >= 2 and saw(k), what=f"two {kind} calls")
+        assert set(texts) == {f"{kind} saw {original}"}
+    stored = server.query(
+        "db",
+        "SELECT trigger_name, argument_key, argument_value FROM system.processing_engine_trigger_arguments"
+        " ORDER BY trigger_name, argument_key",
+    )
+    assert stored == [
+        {"trigger_name": t, "argument_key": k, "argument_value": v}
+        for t in ("req", "tick", "wal")
+        for k, v in sorted(args.items())
+    ]
+    assert server.query("db", "SELECT count(*) AS n FROM m") == [{"n": 3}]
+    shown = cli(server, "show", "triggers", "-d", "db")
+    assert shown.returncode == 0 and "tick" in shown.stdout, shown.stderr
+    # A disable stores the definition again: what is stored is still the original.
+    r = server.request("POST", f"{TRIGGER}/disable", {"db": "db", "trigger_name": "req"})
+    assert r.status == 200
+    server.stop()
+    server.start()
+    assert server.query(
+        "db",
+        "SELECT argument_key, argument_value FROM system.processing_engine_trigger_arguments"
+        " WHERE trigger_name = 'req' ORDER BY argument_key",
+    ) == [{"argument_key": k, "argument_value": v} for k, v in sorted(args.items())]
+
+    body = {"filename": name, "database": "db", "input_lp": "m v=1 1", "input_arguments": args}
+    for _ in range(2):
+        doc = _post(server, "/api/v3/plugin_test/wal", body).json()
+        assert f"INFO: wal saw {original}" in doc["log_lines"], doc
+
+
+def test_install_packages_refuses_options_and_echoes_no_file(server: Server, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:TOPSECRET-7731:19000:0:99999:7:::\n")
+    install = "/api/v3/configure/plugin_environment/install_packages"
+    for packages in (
+        ["-r", str(secret)],
+        ["--requirement", str(secret)],
+        [f"--requirement={secret}"],
+        ["-c", str(secret)],
+        [str(secret)],
+        [f"x @ {secret.as_uri()}"],
+        ["x @ ftp://host/x.whl"],
+        ["requests\u0000"],
+        ["a" * 2000],
+        [""],
+        [f"pkg{i}" for i in range(101)],
+    ):
+        r = _post(server, install, {"packages": packages})
+        assert r.status == 400, (packages, r.text)
+        assert "TOPSECRET" not in r.text and "Traceback" not in r.text
+        assert len(r.body) < 1000
+    assert "pip options are not accepted" in _post(server, install, {"packages": ["-r", str(secret)]}).text
+
+    plugins = server.data_dir / "plugins"
+    plugins.mkdir(parents=True, exist_ok=True)
+    # pip fails on a wheel that is not there: the client gets one line, not pip's whole output.
+    r = _post(server, install, {"packages": [f"x @ {(plugins / 'x-1.0-py3-none-any.whl').as_uri()}"]})
+    assert r.status == 400 and r.text.count("\n") == 0 and "pip failed installing x @ file:" in r.text, r.text
+
+    requirements = "/api/v3/configure/plugin_environment/install_requirements"
+    for location in (
+        str(secret),
+        "../secret.txt",
+        f"../../{secret.name}",
+        "/etc/shadow",
+        "bad\u0000name",
+        "x" * 5000,
+    ):
+        r = _post(server, requirements, {"requirements_location": location})
+        assert r.status == 400, (location, r.text)
+        assert "TOPSECRET" not in r.text
+    r = _post(server, requirements, {"requirements_location": str(secret)})
+    assert "outside the plugin directory" in r.text
+    (plugins / "link.txt").symlink_to(secret)
+    r = _post(server, requirements, {"requirements_location": "link.txt"})
+    assert r.status == 400 and "outside the plugin directory" in r.text and "TOPSECRET" not in r.text
+    (plugins / "requirements.txt").write_text(f"# plugins\nrequests>=2\n-r {secret}\n")
+    r = _post(server, requirements, {"requirements_location": "requirements.txt"})
+    assert r.status == 400 and "line 3" in r.text and "pip options are not accepted" in r.text, r.text
+    assert "TOPSECRET" not in r.text
+    r = _post(server, requirements, {"requirements_location": "missing.txt"})
+    assert r.status == 404 and "not found in the plugin directory" in r.text
+    assert server.request("GET", "/health").status == 200
+
+
+def test_bad_plugin_filenames_trigger_names_and_arguments_get_400(server: Server) -> None:
+    server.write("db", "m v=1 1", precision="ns")
+    name = plugin(server, "ok.py", COUNTER)
+    bad_files = {
+        "bad\u0000name.py": "control or invisible character U+0000",
+        "x" * 5000 + ".py": "at most 1024 are allowed",
+        "d/" + "x" * 300 + ".py": "longer than 255 bytes",
+        "../outside.py": "Path traversal detected",
+        "/etc/passwd": "Path traversal detected",
+        "gh:ok\u0000.py": "control or invisible character U+0000",
+        "gh:../../etc/passwd": "Path traversal detected",
+        "gh:" + "y" * 5000: "at most 1024 are allowed",
+        "": "missing or invalid 'plugin_filename'",
+    }
+    for filename, message in bad_files.items():
+        r = create(server, "db", "t", filename, "request:t")
+        assert r.status == 400 and message in r.text, (filename[:20], r.status, r.text[:300])
+        for kind in ("wal", "schedule"):
+            body = {"filename": filename, "database": "db", "input_lp": "m v=1 1"}
+            r = _post(server, f"/api/v3/plugin_test/{kind}", body)
+            # A name no file can have is a 400; a traversal is reported like any failed dry run.
+            refused = r.status == 400 or (
+                r.status == 200 and any("traversal" in e for e in r.json()["errors"])
+            )
+            assert refused and "Traceback" not in r.text, (kind, filename[:20], r.status, r.text[:300])
+    bad_triggers: list[tuple[str, Any, str]] = [
+        ("tab\tname", None, "invalid trigger name 'tab\\tname'"),
+        ("nul\u0000", None, "U+0000"),
+        ("zero\u200bwidth", None, "U+200B"),
+        ("n" * 256, None, "at most 255 are allowed"),
+        ("t", {"k": "v\u0000"}, "its value contains the control or invisible character U+0000"),
+        ("t", {"k\n": "v"}, "its name contains"),
+        ("t", {"k": "v" * 70_000}, "at most 65536 are allowed"),
+        ("t", {f"k{i}": "v" for i in range(300)}, "too many trigger arguments"),
+    ]
+    for trigger, arguments, message in bad_triggers:
+        r = create(server, "db", trigger, name, "request:t", arguments=arguments)
+        assert r.status == 400 and message in r.json()["error"], (trigger[:20], r.status, r.text[:300])
+    r = _post(
+        server,
+        "/api/v3/plugin_test/wal",
+        {"filename": name, "database": "db", "input_lp": "m v=1", "input_arguments": {"k": "\u0007"}},
+    )
+    assert r.status == 400 and "U+0007" in r.text
+    assert server.query("db", "SELECT count(*) AS n FROM system.processing_engine_triggers") == [{"n": 0}]
+    # Names that are merely unusual are fine.
+    assert (
+        create(server, "db", "ünïcode name/with slash", name, "request:u", arguments={"k": "a b"}).status
+        == 200
+    )
+    assert server.request("GET", "/health").status == 200
