@@ -127,3 +127,33 @@ def test_config_check_names_bad_settings(tmp_path: Path) -> None:
     lines = {ln.split()[0]: ln for ln in r.stdout.splitlines()}
     assert "300000000000" in lines["storage.gen1_duration"] and "file" in lines["storage.gen1_duration"]
     assert "env APPLIANCE_QUERY_TIMEOUT" in lines["query.timeout"]
+
+
+def test_401_says_where_the_cli_looked_for_the_token(auth_server: Server, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    r = cli(auth_server, "query", "-d", "a", "SELECT 1", home=elsewhere)
+    assert r.returncode == 1 and "401" in r.stderr, r.stderr
+    assert f"looked for the admin token in {elsewhere / 'admin-token'}" in r.stderr
+    assert "--token" in r.stderr and "APPLIANCE_TOKEN" in r.stderr and "APPLIANCE_SERVER_DATA_DIR" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = cli(auth_server, "show", "databases", "--token", "apiv3_nope")
+    assert r.returncode == 1 and "refused the token given with --token or APPLIANCE_TOKEN" in r.stderr
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / "admin-token").write_text("apiv3_stale\n")
+    r = cli(auth_server, "show", "databases", home=stale)
+    assert r.returncode == 1 and f"refused the admin token read from {stale / 'admin-token'}" in r.stderr
+
+
+def test_readme_mqtt_block_starts_as_pasted(tmp_path: Path) -> None:
+    """The README's first [mqtt] block passes `config check` (which reads credential files as serve does)."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    block = next(b for b in re.findall(r"```toml\n(.*?)```", readme, re.S) if "[mqtt]" in b)
+    path = tmp_path / "config.toml"
+    path.write_text(block)
+    r = run("config", "check", "--config", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "mqtt.broker" in r.stdout
+    assert "appliance serve --config config.toml" in readme
