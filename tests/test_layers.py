@@ -32,7 +32,7 @@ LAYERS: list[set[str]] = [
     {"persist", "system_tables", "sync.queue"},
     {"sync.budget", "sync.store"},
     {"query"},
-    {"engine.dryrun"},
+    {"engine.dryrun", "engine.tables"},
     {"engine.runner"},
     {"mqtt.ingest", "sync.uploader"},
     {"app"},

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadRequest, Forbidden, NotFound
-from .loader import check_filename
 
 log = logging.getLogger("appliance.engine")
 
@@ -31,6 +30,7 @@ PIP_TIMEOUT_S = 900
 MAX_PACKAGES = 100
 MAX_REQUIREMENT = 1000
 MAX_REQUIREMENTS_FILE = 1024 * 1024
+MAX_LOCATION = 1024
 _URL_SCHEMES = ("http", "https")
 
 
@@ -142,7 +142,11 @@ class PackageInstaller:
 
     def read_requirements(self, location: str) -> list[str]:
         """The requirements in a file inside the plugin directory (relative to it, or absolute)."""
-        check_filename(location, "requirements_location")
+        if len(location) > MAX_LOCATION or not location.isprintable():
+            raise BadRequest(
+                f"invalid requirements_location {_shorten(location, 80)!r}: at most {MAX_LOCATION}"
+                " printable characters, no control characters"
+            )
         given = Path(location)
         path = (given if given.is_absolute() else self.plugin_dir / given).resolve()
         if not path.is_relative_to(self.plugin_dir):

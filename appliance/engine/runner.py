@@ -13,7 +13,6 @@ import heapq
 import itertools
 import json
 import logging
-import stat
 import threading
 import time
 import traceback
@@ -33,12 +32,13 @@ from ..model import TIME_COLUMN, Precision, WalSeq
 from ..query import QueryService
 from ..wal import Wal, WalEntry
 from ..write import WriteRequest, WriteService
+from . import tables
 from .api import PluginApi, PluginCache, api_globals
 from .dryrun import DryRun
 from .loader import PluginLoader, check_filename
 from .packages import PackageInstaller
 from .pool import DaemonPool
-from .store import LOG_SCHEMA, EngineLog, TriggerDef, TriggerStore
+from .store import EngineLog, TriggerDef, TriggerStore, trigger_key
 from .triggers import (
     Schedule,
     TriggerSpec,
@@ -228,11 +228,12 @@ class Engine:
     def triggers(self, database: str | None = None) -> list[TriggerDef]:
         with self._lock:
             return sorted(
-                (t for t in self._triggers.values() if database in (None, t.database)), key=lambda t: t.key
+                (t for t in self._triggers.values() if database in (None, t.database)),
+                key=lambda t: (t.database, t.name),
             )
 
     def _require(self, database: str, name: str) -> TriggerDef:
-        trigger = self._triggers.get(TriggerDef(name, database, "", "").key)
+        trigger = self._triggers.get(trigger_key(database, name))
         if trigger is None:
             raise NotFound(f"trigger {name!r} not found in database {database!r}")
         return trigger
@@ -550,48 +551,8 @@ class Engine:
 
     # -- system tables and the log flusher -----------------------------------
     def system_tables(self, database: str) -> dict[str, pa.Table]:
-        """`processing_engine_logs`, `_triggers` and `_trigger_arguments` of one database.
-
-        Every query of the database builds these, so they never raise: a value a trigger holds
-        is rendered as text, and a table that still cannot be built is logged and left empty.
-        """
-        triggers = self.triggers(database)
-        builders = {
-            "plugin_files": self.plugin_files,
-            "processing_engine_logs": lambda: self.logs.table(database),
-            "processing_engine_triggers": lambda: _triggers_table(triggers),
-            "processing_engine_trigger_arguments": lambda: _arguments_table(triggers),
-        }
-        tables: dict[str, pa.Table] = {}
-        for name, build in builders.items():
-            try:
-                tables[name] = build()
-            except Exception:
-                log.exception("could not build system.%s; it is shown empty", name)
-                tables[name] = _EMPTY_SYSTEM_TABLES[name]
-        return tables
-
-    def plugin_files(self) -> pa.Table:
-        """`system.plugin_files`: every plugin file in the plugin directory (installed packages excluded)."""
-        root = self.args.plugin_dir
-        rows: list[tuple[str, str, str, int, int]] = []
-        for p in sorted(root.rglob("*.py")):
-            parts = p.relative_to(root).parts
-            if {"__pycache__", ".packages"} & set(parts):
-                continue
-            try:
-                st = p.stat()
-            except OSError:  # removed meanwhile, or a dangling link
-                continue
-            if stat.S_ISREG(st.st_mode):
-                rows.append(
-                    (parts[0], p.name, str(p.relative_to(root)), st.st_size, st.st_mtime_ns // 1_000_000)
-                )
-        cols: list[Any] = list(zip(*rows, strict=True)) if rows else [[] for _ in range(5)]
-        return pa.table(
-            [pa.array(c, t) for c, t in zip(cols, _PLUGIN_FILES_SCHEMA.types, strict=True)],
-            schema=_PLUGIN_FILES_SCHEMA,
-        )
+        """`plugin_files`, `processing_engine_logs`, `_triggers` and `_trigger_arguments` of one database."""
+        return tables.build(self.args.plugin_dir, self.triggers(database), lambda: self.logs.table(database))
 
     def health(self) -> dict[str, Any]:
         """The engine's part of /health: triggers running, dropped batches, cache use."""
@@ -644,71 +605,6 @@ class Engine:
                 self.logs.flush()
             except Exception:
                 log.exception("could not store engine log lines")
-
-
-_PLUGIN_FILES_SCHEMA = pa.schema(
-    [
-        ("plugin_name", pa.string()),
-        ("file_name", pa.string()),
-        ("file_path", pa.string()),
-        ("size_bytes", pa.int64()),
-        ("last_modified", pa.int64()),
-    ]
-)
-_TRIGGERS_SCHEMA = pa.schema(
-    [
-        ("trigger_name", pa.string()),
-        ("plugin_filename", pa.string()),
-        ("trigger_specification", pa.string()),
-        ("disabled", pa.bool_()),
-        ("error_behavior", pa.string()),
-        ("run_async", pa.bool_()),
-    ]
-)
-_ARGUMENTS_SCHEMA = pa.schema(
-    [("trigger_name", pa.string()), ("argument_key", pa.string()), ("argument_value", pa.string())]
-)
-_EMPTY_SYSTEM_TABLES = {
-    "plugin_files": _PLUGIN_FILES_SCHEMA.empty_table(),
-    "processing_engine_logs": LOG_SCHEMA.empty_table(),
-    "processing_engine_triggers": _TRIGGERS_SCHEMA.empty_table(),
-    "processing_engine_trigger_arguments": _ARGUMENTS_SCHEMA.empty_table(),
-}
-
-
-def _spec_json(spec: str) -> str:
-    try:
-        return parse_spec(spec).to_json()
-    except Exception:  # a spec stored by a version that parsed it differently
-        return str(spec)
-
-
-def _triggers_table(triggers: list[TriggerDef]) -> pa.Table:
-    """`system.processing_engine_triggers`, every value rendered as its column's type."""
-    rows = [
-        (
-            str(t.name),
-            str(t.plugin_filename),
-            _spec_json(t.spec),
-            bool(t.disabled),
-            str(t.error_behavior),
-            bool(t.run_async),
-        )
-        for t in triggers
-    ]
-    cols: list[Any] = list(zip(*rows, strict=True)) if rows else [[] for _ in _TRIGGERS_SCHEMA]
-    return pa.table(
-        [pa.array(c, t) for c, t in zip(cols, _TRIGGERS_SCHEMA.types, strict=True)], schema=_TRIGGERS_SCHEMA
-    )
-
-
-def _arguments_table(triggers: list[TriggerDef]) -> pa.Table:
-    """`system.processing_engine_trigger_arguments`: one row per argument, keys and values as text."""
-    rows = [(str(t.name), str(k), str(v)) for t in triggers for k, v in dict(t.arguments or {}).items()]
-    cols: list[Any] = list(zip(*rows, strict=True)) if rows else [[] for _ in _ARGUMENTS_SCHEMA]
-    return pa.table(
-        [pa.array(c, t) for c, t in zip(cols, _ARGUMENTS_SCHEMA.types, strict=True)], schema=_ARGUMENTS_SCHEMA
-    )
 
 
 class _Hooks:

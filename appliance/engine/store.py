@@ -26,6 +26,11 @@ _SEQ = struct.Struct(">Q")
 _STORE_PREFIX = b"\x00"
 
 
+def trigger_key(database: str, name: str) -> str:
+    """The identity string of trigger `name` in `database` (see `TriggerDef.key`)."""
+    return json.dumps([database, name], ensure_ascii=False)
+
+
 @dataclass
 class TriggerDef:
     """One trigger as created by the user; `disabled` is the state a restart honours."""
@@ -48,7 +53,7 @@ class TriggerDef:
         a JSON pair cannot collide. It keys the engine's maps, the plugin cache namespace and the
         `origin` of the trigger's own writes.
         """
-        return json.dumps([self.database, self.name], ensure_ascii=False)
+        return trigger_key(self.database, self.name)
 
     @property
     def store_key(self) -> bytes:
