@@ -13,7 +13,7 @@ from appliance.engine import tables
 from appliance.engine.loader import PluginLoader, check_filename
 from appliance.engine.packages import PackageInstaller, _last_error, _logical_lines
 from appliance.engine.store import TriggerDef, TriggerStore
-from appliance.engine.triggers import check_arguments, check_trigger_name
+from appliance.engine.triggers import check_arguments, check_trigger_name, parse_spec
 from appliance.errors import BadRequest, NotFound
 from appliance.wal import Wal
 
@@ -179,3 +179,14 @@ def test_system_tables_render_whatever_a_trigger_holds(tmp_path: Path) -> None:
 
     built = tables.build(tmp_path, [odd], broken)  # type: ignore[arg-type]
     assert built["processing_engine_logs"].num_rows == 0
+
+
+def test_specs_with_control_characters_or_too_long_are_refused() -> None:
+    for spec, reason in (
+        ("table:a\x00", "U+0000"),
+        ("request:a\x1fb", "U+001F"),
+        ("cron:" + "1," * 3000 + "1 * * * * *", "at most 4096"),
+    ):
+        with pytest.raises(BadRequest, match=re.escape(reason)) as info:
+            parse_spec(spec)
+        assert len(info.value.message) < 600

@@ -365,14 +365,24 @@ class TriggerSpec:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+#: Longest trigger specification (a cron expression with long lists stays far below it).
+MAX_SPEC = 4096
+
+
 def _bad_spec(spec: str, reason: str | None = None) -> BadRequest:
-    message = f"failed to parse trigger from {spec}: {_SPEC_FORMS}"
+    shown = spec if len(spec) <= 200 else spec[:200] + "..."
+    message = f"failed to parse trigger from {shown}: {_SPEC_FORMS}"
     return BadRequest(f"{message} ({reason})" if reason else message)
 
 
 def parse_spec(text: str) -> TriggerSpec:
     """Parse a trigger specification string; raises BadRequest with InfluxDB 3's message if invalid."""
     spec = text.strip()
+    if len(spec) > MAX_SPEC:
+        raise _bad_spec(spec, f"it has {len(spec)} characters, at most {MAX_SPEC} are allowed")
+    bad = _control(spec)
+    if bad is not None:
+        raise _bad_spec(repr(spec)[1:-1], f"it contains the control or invisible character {bad}")
     if spec == "all_tables":
         return TriggerSpec("wal", spec)
     prefix, sep, rest = spec.partition(":")

@@ -273,6 +273,9 @@ def test_bad_plugin_filenames_trigger_names_and_arguments_get_400(server: Server
     for trigger, arguments, message in bad_triggers:
         r = create(server, "db", trigger, name, "request:t", arguments=arguments)
         assert r.status == 400 and message in r.json()["error"], (trigger[:20], r.status, r.text[:300])
+    for spec in ("table:m\u0000", "request:a\u0001b", "every:" + "1s " * 3000):
+        r = create(server, "db", "t", name, spec)
+        assert r.status == 400 and "failed to parse trigger" in r.text and len(r.body) < 1000, r.text[:300]
     r = _post(
         server,
         "/api/v3/plugin_test/wal",
