@@ -90,7 +90,9 @@ class App:
         components: dict[str, dict[str, Any]] = {
             "http": {"status": "ok"},
             "wal": {
-                "status": "ok" if self.wal.alive else "failed",
+                # Out of space (disk or map): the server runs and answers reads, writes get 507.
+                "status": "failed" if not self.wal.alive else "degraded" if self.wal.full else "ok",
+                "error": self.wal.full,
                 "last_seq": self.wal.last_seq,
                 "commits": self.wal.stats.commits,
                 "largest_group": self.wal.stats.max_group,
@@ -328,6 +330,7 @@ def build(config: Config) -> App:
         manifest,
     )
     buffer.on_full = persister.wake
+    wal.on_map_full.append(persister.wake)  # persisting trims the WAL, which frees map pages
     replay_seconds = _replay(wal, catalog, buffer)
     wal.add_listener(buffer)
     catalog.add_drop_listener(persister.drop)

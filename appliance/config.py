@@ -242,7 +242,8 @@ SETTINGS: tuple[Setting, ...] = (
         "map_size",
         "4GiB",
         parse_size,
-        "LMDB map size: the most the WAL, catalog and queues may occupy on disk.",
+        "Most the WAL, catalog and queues may hold; at it writes get 507 and a persist starts to free"
+        " the WAL (the LMDB map is a 16th larger, at least 16 MiB, so that persist can commit).",
     ),
     Setting(
         "storage",

@@ -98,6 +98,17 @@ class WalError(ApplianceError):
     http_status = 503
 
 
+class StorageFull(WalError):
+    """Nothing could be stored for lack of space: 507. `kind` is "disk" or "map" (the WAL's LMDB map)."""
+
+    code = "unavailable"  # the InfluxDB v2 code closest to "retry once there is room"
+    http_status = 507
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 class QueryError(ApplianceError):
     code = "invalid"
     http_status = 400

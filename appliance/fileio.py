@@ -26,6 +26,15 @@ def make_dirs(path: Path) -> None:
         fsync_dir(d.parent)
 
 
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer may still use on the file system holding `path`; -1 if unknown."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return -1
+    return st.f_bavail * st.f_frsize
+
+
 def write_private(path: Path, text: str) -> Path:
     """Write `text` to `path` readable by its owner only (mode 0600), and fsync it."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

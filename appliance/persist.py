@@ -26,15 +26,18 @@ import pyarrow.compute as pc
 from . import overlap
 from .buffer import Buffer, conform, dedupe
 from .catalog import Catalog, TableDef, find_table
+from .errors import ApplianceError
 from .fileio import fsync_dir, make_dirs
 from .manifest import Change, Manifest, ParquetFile
 from .metrics import PERSISTS
 from .model import TIME_COLUMN, WalSeq
-from .wal import Wal
+from .wal import Wal, disk_full_error
 
 log = logging.getLogger("appliance.persist")
 
 ROW_GROUP_ROWS = 1_000_000
+#: What a failed persist leaves behind (for the out-of-space message).
+_KEPT = "nothing was persisted; the rows stay in memory and in the write-ahead log"
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,7 @@ class Persister:
         next_retention = time.monotonic()
         next_compaction = time.monotonic() + self.args.compact_interval_ns / 1e9
         backoff = 1.0
+        retry = False  # the last pass failed: persist again after the backoff (a full disk freed)
         while not self._stop.is_set():
             self._wake.wait(timeout=min(self._seconds_to_window_end(), 1.0))
             if self._stop.is_set():
@@ -118,9 +122,9 @@ class Persister:
                 waiters, self._waiters = self._waiters, []
             try:
                 ran = False
-                if woke or waiters or self._window_passed():
+                if woke or waiters or retry or self._window_passed():
                     written = self.persist()
-                    ran = True
+                    ran, retry = True, False
                     for w in waiters:
                         w.set_result(written)
                     waiters = []
@@ -135,9 +139,14 @@ class Persister:
                     next_compaction = time.monotonic() + self.args.compact_interval_ns / 1e9
                 if ran:  # only a pass that did the work may clear an earlier failure
                     backoff, self.last_error = 1.0, None
-            except Exception as e:
-                self.last_error = str(e)
-                log.exception("persist failed; retrying in %.0fs", backoff)
+            except Exception as exc:
+                full = disk_full_error(self.args.data_dir, exc, _KEPT)
+                e = full if full is not None else exc
+                self.last_error, retry = str(e), True
+                if isinstance(e, ApplianceError):  # out of space: one line, no traceback
+                    log.error("persist failed: %s; retrying in %.0fs", e, backoff)
+                else:
+                    log.exception("persist failed; retrying in %.0fs", backoff)
                 for w in waiters:
                     w.set_exception(e)
                 self._stop.wait(backoff)

@@ -5,10 +5,15 @@ one fsync per group: the thread takes every request waiting at that moment, runs
 in one transaction, commits it (LMDB fsyncs on commit), tells listeners about the new
 WAL entries, and only then resolves the callers' futures. An idle server commits at
 once; a busy one batches naturally.
+
+Out of space (the disk holding the data dir, or the LMDB map) is a state, not just an
+error: `full` says why while commits fail for lack of space (for /health), and a full
+map tells `on_map_full` listeners (the persister), since persisting trims the WAL.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -25,7 +30,8 @@ import lmdb
 import msgpack
 import pyarrow as pa
 
-from .errors import WalError
+from .errors import StorageFull, WalError
+from .fileio import free_bytes
 from .metrics import WAL_COMMIT_SECONDS, WAL_COMMITS, WAL_ENTRIES
 from .model import WalSeq
 
@@ -130,13 +136,27 @@ class Wal:
 
     def __init__(self, path: Path, map_size: int) -> None:
         path.mkdir(parents=True, exist_ok=True)
+        #: WAL entries are refused (507) once the stored data reaches this; the map is larger by
+        #: a reserve, so the persist that trims the WAL (and other bookkeeping) still commits.
+        self.map_size = map_size
         self.env = lmdb.open(
-            str(path), map_size=map_size, max_dbs=len(DB_NAMES) + 2, sync=True, metasync=True
+            str(path),
+            map_size=map_size + map_reserve(map_size),
+            max_dbs=len(DB_NAMES) + 2,
+            sync=True,
+            metasync=True,
         )
         self.dbs = {name.decode(): self.env.open_db(name) for name in DB_NAMES}
+        self._page_size = int(self.env.stat()["psize"])
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         self._listeners: list[WalListener] = []
         self._busy_since: float | None = None  # monotonic start of the commit in progress
+        self.data_dir = path.parent
+        #: Why commits fail for lack of space (disk or map), until one succeeds again.
+        self.full: str | None = None
+        self._full_kind = ""
+        #: Called on the writer thread when the map is full (persisting frees WAL pages).
+        self.on_map_full: list[Callable[[], None]] = []
         self._next_seq = self._last_seq() + 1
         self.stats = WalStats()
         self._thread: threading.Thread | None = None
@@ -222,9 +242,13 @@ class Wal:
         seq = self._next_seq
         try:
             with self.env.begin(write=True) as txn:
+                used = self._used_bytes(txn)
                 for req in reqs:
                     result: Any = None
                     error: BaseException | None = None
+                    if req.encoded is not None and used + len(req.encoded) > self.map_size:
+                        results.append((req, None, _map_full()))  # the reserve is for persisting
+                        continue
                     try:
                         with self.env.begin(write=True, parent=txn) as child:
                             if req.fn is not None:
@@ -232,20 +256,25 @@ class Wal:
                             if req.entry is not None and req.encoded is not None:
                                 child.put(_SEQ.pack(seq), req.encoded, db=self.dbs["wal"])
                                 committed.append((WalSeq(seq), req.entry))
+                                used += len(req.encoded)
                                 if req.fn is None:
                                     result = WalSeq(seq)
                                 seq += 1
                     except lmdb.Error as e:
-                        error = _storage_error(e)
+                        error = self._storage_error(e, [req])
                     except Exception as e:  # one request's failure must not sink the group
                         error = e
                     results.append((req, result, error))
+                used = self._used_bytes(txn)
         except lmdb.Error as e:
-            log.error("WAL commit failed: %s", e)
-            failure = _storage_error(e)
+            failure = self._storage_error(e, reqs)
+            self._note_space(failure, None)
+            if not isinstance(failure, StorageFull):
+                log.error("WAL commit failed: %s", e)
             for req in reqs:
                 req.future.set_exception(failure)
             return
+        self._note_space(next((r[2] for r in results if isinstance(r[2], StorageFull)), None), used)
         self._next_seq = seq
         self._note_commit(started, len(committed))
         if committed:
@@ -297,13 +326,76 @@ class Wal:
             removed += 1
         return removed
 
+    def _used_bytes(self, txn: lmdb.Transaction) -> int:
+        """Bytes of pages the named databases hold in `txn` (free pages not counted)."""
+        pages = 0
+        for db in self.dbs.values():
+            st = txn.stat(db)
+            pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+        return pages * self._page_size
 
-def _storage_error(e: lmdb.Error) -> WalError:
-    """A user-facing error for an LMDB failure; a full map is 507, like a full disk."""
-    if isinstance(e, lmdb.MapFullError):
+    def _note_space(self, failure: BaseException | None, used: int | None) -> None:
+        """Enter or leave the out-of-space state (logged once each way); a full map wakes a persist.
+
+        A full disk ends with any commit that succeeds; a full map once the data fits again.
+        """
+        if isinstance(failure, StorageFull):
+            if self.full is None:
+                log.error("writes refused with 507: %s", failure.message)
+            self.full, self._full_kind = failure.message, failure.kind
+            if failure.kind == "map":
+                for listener in self.on_map_full:
+                    try:
+                        listener()
+                    except Exception:
+                        log.exception("map-full listener failed")
+        elif self.full is not None and (self._full_kind == "disk" or (used or 0) < self.map_size):
+            log.warning("storage has room again: WAL commits succeed")
+            self.full = None
+
+    def _storage_error(self, e: lmdb.Error, reqs: list[_Request]) -> WalError:
+        """A user-facing error for an LMDB failure: no room (disk or map) is 507, the rest 503."""
+        if isinstance(e, lmdb.MapFullError):
+            return _map_full()
+        # ENOSPC is lmdb.DiskError; a write the disk took only part of is LMDB's EIO ("short
+        # write, filesystem full?"): an EIO is a full disk when the disk has (almost) no room left.
+        needed = sum(len(r.encoded or b"") for r in reqs) + DISK_HEADROOM
+        free = free_bytes(self.data_dir)
+        if isinstance(e, lmdb.DiskError) or ("Input/output error" in str(e) and 0 <= free < needed):
+            return StorageFull(disk_full_message(self.data_dir, free), kind="disk")
         return WalError(
-            "the write-ahead log is full (wal.map_size); nothing was stored. Persisting frees it:"
-            " retry shortly, or raise wal.map_size",
-            http_status=507,
+            f"write-ahead log commit failed: {e} (disk holding {self.data_dir}); nothing was stored"
         )
-    return WalError(f"write-ahead log commit failed: {e}; nothing was stored")
+
+
+def map_reserve(map_size: int) -> int:
+    """LMDB map room beyond wal.map_size, for the transactions that free it (a 16th, at least 16 MiB)."""
+    return max(16 << 20, map_size // 16)
+
+
+def _map_full() -> StorageFull:
+    return StorageFull(
+        "the write-ahead log is full (wal.map_size); nothing was stored. A persist has been"
+        " started to free it: retry shortly, or raise wal.map_size",
+        kind="map",
+    )
+
+
+#: An EIO on commit with less free space than the group plus this is taken for a full disk.
+DISK_HEADROOM = 1 << 20
+
+
+def disk_full_message(data_dir: Path, free: int, outcome: str = "nothing was stored") -> str:
+    """The 507 text for a full disk: which disk, what happened, and what to do."""
+    room = f"{free} bytes free" if free >= 0 else "free space unknown"
+    return (
+        f"the disk holding {data_dir} is full ({room}); {outcome}. Free space on that disk (or move"
+        " server.data_dir to a larger disk); it carries on by itself once there is room"
+    )
+
+
+def disk_full_error(data_dir: Path, e: BaseException, outcome: str) -> StorageFull | None:
+    """A StorageFull for an ENOSPC/EDQUOT OSError (Parquet writer, mkdir, fsync); None for anything else."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(disk_full_message(data_dir, free_bytes(data_dir), outcome), kind="disk")
+    return None

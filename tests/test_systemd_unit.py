@@ -110,6 +110,38 @@ def test_unit_leaves_memory_deny_write_execute_off_and_explains_why(service: dic
     assert "MemoryDenyWriteExecute= is deliberately NOT set" in UNIT.read_text()
 
 
+#: The sum in the unit's MemoryMax= comment, in MiB: what does not come from a setting.
+BASELINE_MIB = 300  # pyarrow + DataFusion loaded, after a query and a persist (VmRSS)
+QUERIES_AT_ONCE = 2  # the query pool's threads (app.py)
+BODIES_AT_ONCE = 8  # handlers.WRITE_CONCURRENCY
+PARSE_FACTOR = 4  # memory of a body while it is parsed and committed, per body byte (measured)
+SYNC_UPLOAD_MIB = 13  # a file read whole (up to 8 MiB) plus pyarrow's 5 MiB part buffer
+
+
+def _systemd_bytes(value: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    return int(value[:-1]) * units[value[-1]] if value[-1] in units else int(value)
+
+
+def test_unit_caps_memory_at_the_sum_of_the_default_caps(service: dict[str, list[str]]) -> None:
+    cap = _systemd_bytes(_one(service, "MemoryMax"))
+    c = config_module.load(None, environ={})
+    bodies = getattr(c, "max_buffered_bytes", BODIES_AT_ONCE * c.max_request_size)
+    needed = (
+        BASELINE_MIB * (1 << 20)
+        + 3 * c.max_buffer_bytes
+        + PARSE_FACTOR * bodies
+        + QUERIES_AT_ONCE * (c.memory_limit + c.max_result_bytes)
+        + c.cache_max_bytes
+        + c.mqtt_max_pending_bytes
+        + c.sync_concurrency * SYNC_UPLOAD_MIB * (1 << 20)
+    )
+    assert needed <= cap <= needed * 1.5, (
+        f"MemoryMax={cap >> 20} MiB, the default caps add up to {needed >> 20} MiB"
+    )
+    assert "When you change those caps" in UNIT.read_text()
+
+
 def test_unit_installs_into_multi_user_target() -> None:
     unit = read_unit(UNIT.read_text())
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]

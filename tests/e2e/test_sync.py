@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import time
@@ -83,8 +84,8 @@ def parquet_keys(s3: S3) -> list[str]:
 
 
 def object_keys(s3: S3) -> list[str]:
-    """Every key but pyarrow's zero-byte folder markers (`.../`), which readers skip."""
-    return [k for k in s3.keys(PREFIX + "/") if not k.endswith("/")]
+    """Every key under the prefix."""
+    return s3.keys(PREFIX + "/")
 
 
 def bucket_rows(s3: S3, table: str) -> list[int]:
@@ -98,6 +99,19 @@ def bucket_rows(s3: S3, table: str) -> list[int]:
 
 def local_count(server: Server, db: str, table: str) -> int:
     return int(server.query(db, f"SELECT count(*) AS n FROM {table}")[0]["n"])
+
+
+#: The only keys the bucket may hold (README: "Sync"): no staging copies, no folder markers.
+DATA_KEY = re.compile(
+    rf"{PREFIX}/[^/]+/[^/]+/date=\d{{4}}-\d{{2}}-\d{{2}}/node=test-node/\d{{4}}-\d+\.parquet"
+)
+
+
+def assert_only_data_objects(s3: S3) -> None:
+    """Every object in the whole bucket is a documented data object (checked on every key)."""
+    keys = s3.keys("")
+    stray = [k for k in keys if not DATA_KEY.fullmatch(k)]
+    assert not stray, f"non-data objects in the bucket: {stray}"
 
 
 def drained(server: Server) -> bool:
@@ -122,6 +136,7 @@ def test_files_appear_in_the_bucket_at_the_documented_keys(tmp_path: Path, s3: S
         ["iot", "mem", "date=2025-11-24", "node=test-node"],
     ]
     assert object_keys(s3) == parquet_keys(s3)  # no .partial objects left behind
+    assert_only_data_objects(s3)
     assert sorted(bucket_rows(s3, "cpu")) == list(range(100))
     st = status(server)
     assert st["enabled"] and st["synced_files"] == 2 and st["last_success"] and st["last_error"] is None
@@ -182,7 +197,7 @@ def test_kill9_during_uploads_then_restart_uploads_everything_once(tmp_path: Pat
     wait_for(lambda: drained(server), timeout=60, what="the queue to drain after the restart")
     seqs = bucket_rows(s3, "big")
     assert len(seqs) == 120_000 and len(set(seqs)) == 120_000
-    assert object_keys(s3) == parquet_keys(s3)
+    assert_only_data_objects(s3)
 
 
 # -- disk budget ----------------------------------------------------------------------------------
@@ -254,6 +269,7 @@ def test_compaction_merges_a_closed_day_and_replaces_its_objects(tmp_path: Path,
     assert local_count(server, "iot", "cpu") == 2000
     merged = pq.ParquetFile(io.BytesIO(s3.get(parquet_keys(s3)[0])))
     assert merged.metadata.num_rows == 2000 and merged.metadata.num_row_groups == 1
+    assert_only_data_objects(s3)
 
 
 def test_another_engine_reads_the_bucket_with_hive_partitions(tmp_path: Path, s3: S3) -> None:
@@ -296,6 +312,7 @@ def test_a_late_write_into_a_synced_file_leaves_one_copy_in_the_bucket(tmp_path:
     wait_for(lambda: drained(server), what="the replacement and the delete")
     assert parquet_keys(s3) != first and len(parquet_keys(s3)) == 1
     assert sorted(bucket_rows(s3, "cpu")) == list(range(100))
+    assert_only_data_objects(s3)
 
 
 def test_compaction_during_an_outage_keeps_the_old_objects_until_the_merged_one_is_up(
@@ -314,6 +331,7 @@ def test_compaction_during_an_outage_keeps_the_old_objects_until_the_merged_one_
     s3.up()
     wait_for(lambda: drained(server) and len(parquet_keys(s3)) == 1, timeout=60, what="the swap")
     assert sorted(bucket_rows(s3, "cpu")) == list(range(300))
+    assert_only_data_objects(s3)
 
 
 def test_retention_with_sync_never_double_counts(tmp_path: Path, s3: S3) -> None:
@@ -340,6 +358,7 @@ def test_retention_with_sync_never_double_counts(tmp_path: Path, s3: S3) -> None
     seqs = bucket_rows(s3, "cpu")
     assert len(seqs) == len(set(seqs)), "a row is in the bucket twice"
     assert kept <= set(seqs), "a row the appliance still holds is missing from the bucket"
+    assert_only_data_objects(s3)
 
 
 def test_duckdb_reads_the_bucket_as_the_readme_shows(tmp_path: Path, s3: S3) -> None:
@@ -365,3 +384,49 @@ def test_duckdb_reads_the_bucket_as_the_readme_shows(tmp_path: Path, s3: S3) -> 
     ]
     ours = server.query("iot", "SELECT sum(v) AS s FROM weather")[0]["s"]
     assert sum(s for *_, s in rows) == ours
+
+
+# -- what the bucket holds --------------------------------------------------------------------------
+def test_a_stop_during_an_upload_never_publishes_part_of_a_file(tmp_path: Path, s3: S3) -> None:
+    server = start(tmp_path, s3, sync_config(s3, bandwidth_limit="128KiB"))  # uploads take seconds
+    for batch in range(3):
+        body = "\n".join(
+            f'big,dev=d{i % 50} seq={i}i,pad="{"x" * 40}{i}" {1_764_000_000_000_000_000 + i * 1000}'
+            for i in range(batch * 20000, (batch + 1) * 20000)
+        )
+        assert server.write("iot", body).status == 204
+        persist(server)
+    assert s3.proxy is not None
+    wait_for(lambda: s3.proxy.connections and status(server)["queued_files"], what="an upload under way")
+    server.stop()  # SIGTERM while files are on their way
+    assert_only_data_objects(s3)
+    for key in parquet_keys(s3):  # whatever got there is whole
+        assert pq.ParquetFile(io.BytesIO(s3.get(key))).metadata.num_rows == 20000
+    server.start()
+    wait_for(lambda: drained(server), timeout=60, what="the queue to drain after the restart")
+    seqs = bucket_rows(s3, "big")
+    assert len(seqs) == 60_000 and len(set(seqs)) == 60_000
+    assert_only_data_objects(s3)
+
+
+def test_deletes_are_signed_as_the_aws_sdk_signs_them() -> None:
+    """Our one-request SigV4 signer against botocore's, on a key that needs escaping."""
+    import datetime as dt
+
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from appliance.sync.store import _sign
+
+    host, path = (
+        "edge.s3.eu-west-1.amazonaws.com",
+        "/fleet/i%3Dot/cpu/date%3D2025-11-24/node%3Dn/1600-1.parquet",
+    )
+    for token in ("", "session-token"):
+        creds = ("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
+        request = AWSRequest(method="DELETE", url=f"https://{host}{path}", headers={})
+        S3SigV4Auth(Credentials(*creds[:2], token or None), "s3", "eu-west-1").add_auth(request)
+        when = dt.datetime.strptime(request.headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+        ours = _sign("DELETE", host, path, "eu-west-1", creds, when)
+        assert ours["authorization"] == request.headers["Authorization"]
