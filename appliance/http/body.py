@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import BadRequest, BodyTimeout, Busy, TooLarge, UnsupportedMediaType
+from ..metrics import HTTP_REFUSED
 from .connections import parser_reason
 
 #: Most gzip members one body may hold; clients that append a member per batch stay far below.
@@ -51,6 +52,7 @@ class ByteBudget:
                     self._room.clear()
                     await self._room.wait()
         except TimeoutError:
+            HTTP_REFUSED.inc(reason="max_buffered_bytes")
             raise Busy(
                 "too many request bodies are in memory at once (http.max_buffered_bytes); retry shortly"
             ) from None
@@ -144,6 +146,7 @@ def gunzip(raw: bytes, limit: int, max_members: int = MAX_GZIP_MEMBERS) -> bytes
             if inflater is None:
                 members += 1
                 if members > max_members:
+                    HTTP_REFUSED.inc(reason="gzip_members")
                     raise BadRequest(
                         f"request body has more than {max_members} gzip members; send one gzip stream"
                     )
@@ -168,6 +171,7 @@ def gunzip(raw: bytes, limit: int, max_members: int = MAX_GZIP_MEMBERS) -> bytes
 
 
 def _too_large(limit: int, after_decoding: bool = False) -> TooLarge:
+    HTTP_REFUSED.inc(reason="max_request_size")
     when = " after decompression" if after_decoding else ""
     return TooLarge(
         f"request body is larger than the limit of {limit} bytes{when} (http.max_request_size);"
@@ -176,6 +180,7 @@ def _too_large(limit: int, after_decoding: bool = False) -> TooLarge:
 
 
 def _timed_out(limits: BodyLimits, size: int) -> BodyTimeout:
+    HTTP_REFUSED.inc(reason="body_timeout")
     return BodyTimeout(
         f"request body not received in time: {size} bytes arrived; a body must arrive within"
         f" {limits.timeout:g} s (http.body_timeout) plus one second per {limits.min_rate} bytes"

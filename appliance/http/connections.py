@@ -20,6 +20,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, InvalidURLError, LineTooLong
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
+from ..metrics import HTTP_REFUSED
+
 log = logging.getLogger("appliance.http")
 
 #: A refused connection gets its 503, then this long to read it before the socket is dropped.
@@ -69,8 +71,10 @@ class ConnectionGuard:
     def admit(self, peer: str) -> str | None:
         """Count a new connection; or, over a cap, say why it is refused (and count nothing)."""
         if self.total >= self.limits.max_connections:
+            HTTP_REFUSED.inc(reason="max_connections")
             return f"the server has {self.total} connections open (http.max_connections)"
         if self.per_peer[peer] >= self.limits.max_per_peer:
+            HTTP_REFUSED.inc(reason="max_connections_per_ip")
             return f"{peer} has {self.per_peer[peer]} connections open (http.max_connections_per_ip)"
         self.total += 1
         self.per_peer[peer] += 1
@@ -161,6 +165,7 @@ class GuardedHandler(RequestHandler):
         if request.writer.output_size > 0:
             raise ConnectionError("the response has started; cannot send an error instead")
         status, text = client_error(exc)
+        HTTP_REFUSED.inc(reason="bad_request")
         self._guard.quiet.info("bad-request", f"bad request from {self._peer}: {text}")
         response = web.Response(status=status, text=text + "\n")
         response.force_close()
@@ -184,6 +189,7 @@ class GuardedHandler(RequestHandler):
 
     def _head_timed_out(self) -> None:
         self._timer = None
+        HTTP_REFUSED.inc(reason="header_timeout")
         self._guard.quiet.info(
             "slow-head",
             f"closed a connection from {self._peer}: no complete request head within"

@@ -21,6 +21,7 @@ from ..errors import (
     TooLarge,
     Unauthorized,
 )
+from ..metrics import HTTP_REFUSED
 from . import handlers, routes
 from .body import READER as BODY_READER
 from .body import BodyLimits, BodyReader, ByteBudget
@@ -199,6 +200,7 @@ async def _check_host(request: web.Request, handler: Handler) -> web.StreamRespo
         and (config.allowed_hosts or _loopback_bind(config.bind))
         and not host_allowed(host, config.allowed_hosts)
     ):
+        HTTP_REFUSED.inc(reason="allowed_hosts")
         raise MisdirectedHost(
             f"Host {host[:100]!r} is not served here: use localhost or an IP address, or add the name"
             " to http.allowed_hosts"
@@ -233,7 +235,7 @@ def _token_of(request: web.Request) -> str | None:
         scheme, _, value = header.strip().partition(" ")
         value = value.strip()
         if scheme.lower() in ("bearer", "token"):
-            if not value:
+            if not value or not value.isascii():  # no token, or bytes no token is made of
                 raise Unauthorized("the request was not authenticated")  # as a missing header
             return value
         if scheme.lower() == "basic" and value:

@@ -235,6 +235,8 @@ def test_connections_over_the_per_address_cap_are_refused(guarded: Server) -> No
         refused = exchange(s, b"", source="127.0.0.5")
         assert refused.startswith(b"HTTP/1.1 503") and b"http.max_connections_per_ip" in refused
         assert health_answers(s)  # another address is not affected
+        metrics = s.request("GET", "/metrics").text
+        assert 'appliance_http_refused_total{reason="max_connections_per_ip"} 1' in metrics, metrics
         for c in held:
             assert closed_by_server(c, 8)
     finally:
@@ -387,3 +389,7 @@ def test_influxdb_clients_handshake(auth_server: Server) -> None:
         "GET", "/api/v3/configure/database", {"format": "json"}, headers={"Authorization": "Bearer "}
     )
     assert r.status == 401
+    bad_bytes = b"Authorization: Bearer \xff\xfe\r\nConnection: close\r\n"
+    raw = b"GET /api/v3/configure/database?format=json HTTP/1.1\r\nHost: localhost\r\n" + bad_bytes + b"\r\n"
+    assert exchange(s, raw).startswith(b"HTTP/1.1 401")
+    assert "Traceback" not in s.log()
