@@ -281,7 +281,8 @@ SETTINGS: tuple[Setting, ...] = (
         "max_connections",
         512,
         _positive_int,
-        "Open HTTP connections in total; more are answered 503 and closed.",
+        "Open HTTP connections in total; more are answered 503 and closed"
+        " (clients on 127.0.0.1 and ::1 are held only to max_connections_per_ip).",
     ),
     Setting(
         "http",

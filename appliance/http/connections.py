@@ -28,6 +28,8 @@ log = logging.getLogger("appliance.http")
 _REFUSED_LINGER_SECONDS = 1.0
 #: Where an aiohttp parser message starts quoting the client's bytes.
 _QUOTED = re.compile(r"\s+b?['\"]|:\s*$")
+#: Client addresses of this machine's own processes, exempt from the total cap.
+_LOCAL_PEERS = frozenset({"127.0.0.1", "::1"})
 #: At most one log line per this many seconds for each kind of client misbehaviour.
 _LOG_INTERVAL_SECONDS = 10.0
 
@@ -69,8 +71,10 @@ class ConnectionGuard:
         self.quiet = QuietLog()
 
     def admit(self, peer: str) -> str | None:
-        """Count a new connection; or, over a cap, say why it is refused (and count nothing)."""
-        if self.total >= self.limits.max_connections:
+        """Count a new connection; or, over a cap, say why it is refused (and count nothing).
+        This machine's own clients (health checks, plugins calling the API) are held only to the
+        per-address cap, so remote clients filling the server cannot lock them out."""
+        if self.total >= self.limits.max_connections and peer not in _LOCAL_PEERS:
             HTTP_REFUSED.inc(reason="max_connections")
             return f"the server has {self.total} connections open (http.max_connections)"
         if self.per_peer[peer] >= self.limits.max_per_peer:

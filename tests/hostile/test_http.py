@@ -248,6 +248,22 @@ def test_connections_over_the_per_address_cap_are_refused(guarded: Server) -> No
     ).startswith(b"HTTP/1.1 200")
 
 
+def test_connections_over_the_total_cap_are_refused_but_local_clients_are_served(tmp_path: Path) -> None:
+    env = {"APPLIANCE_HTTP_MAX_CONNECTIONS": "40", "APPLIANCE_HTTP_HEADER_TIMEOUT": "3s"}
+    s = Server(tmp_path / "data", env=env).start()
+    held = [connect(s, f"127.0.0.{2 + i % 4}") for i in range(40)]
+    try:
+        time.sleep(0.2)
+        refused = exchange(s, b"", source="127.0.0.7")
+        assert refused.startswith(b"HTTP/1.1 503") and b"http.max_connections" in refused
+        assert health_answers(s)  # 127.0.0.1: this machine's own clients are still served
+        assert s.write("db", "m v=1 1", precision="ns", timeout=5).status == 204
+    finally:
+        for c in held:
+            c.close()
+    s.stop()
+
+
 def test_idle_keepalive_connections_are_closed(guarded: Server) -> None:
     with connect(guarded) as c:
         c.sendall(b"GET /ping HTTP/1.1\r\nHost: localhost\r\n\r\n")
