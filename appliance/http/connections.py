@@ -178,7 +178,10 @@ class GuardedHandler(RequestHandler):
     def log_exception(self, *args: Any, **kw: Any) -> None:
         """Client-caused failures (a broken body, a dropped connection) are one quiet line."""
         exc = kw.get("exc_info")
-        if isinstance(exc, HttpProcessingError | ConnectionError):
+        if isinstance(exc, ConnectionError):
+            log.debug("client %s went away: %s", self._peer, exc)
+            return
+        if isinstance(exc, HttpProcessingError):
             self._guard.quiet.info("bad-request", f"bad request from {self._peer}: {parser_reason(exc)}")
             return
         super().log_exception(*args, **kw)

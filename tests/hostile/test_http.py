@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import resource
 import select
 import socket
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server import Response, Server, wait_for
+from tests.server import REPO, Response, Server, wait_for
 
 JSON = {"Content-Type": "application/json"}
 GZ = {"Content-Encoding": "gzip"}
@@ -361,6 +364,12 @@ def test_malformed_requests_get_one_clean_line_and_no_traceback(server: Server) 
             assert 400 <= status < 500, (name, answer[:300])
             text = body.decode()
             assert text.count("\n") <= 1 and "Traceback" not in text and "b'" not in text, (name, text)
+    for _ in range(3):  # a body cut short by the client going away
+        with connect(server) as c:
+            c.sendall(
+                b"POST /api/v3/write_lp?db=x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nm v="
+            )
+            time.sleep(0.2)
     late = exchange_in_two_parts(server)
     assert b" 400 " in late.split(b"\r\n")[0] and b"malformed" in late, late
     assert health_answers(server)
@@ -409,3 +418,17 @@ def test_influxdb_clients_handshake(auth_server: Server) -> None:
     raw = b"GET /api/v3/configure/database?format=json HTTP/1.1\r\nHost: localhost\r\n" + bad_bytes + b"\r\n"
     assert exchange(s, raw).startswith(b"HTTP/1.1 401")
     assert "Traceback" not in s.log()
+
+
+def test_connection_cap_fits_a_low_open_file_limit() -> None:
+    """With LimitNOFILE=400 the server serves at most 400 - FD_RESERVE connections, logged."""
+    code = "from appliance.server import _fit_fd_limit; print(_fit_fd_limit(512))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (400, 400)),
+        check=True,
+    )
+    assert out.stdout.strip() == "144"
