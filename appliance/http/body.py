@@ -19,12 +19,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import BadRequest, BodyTimeout, Busy, TooLarge, UnsupportedMediaType
 from ..metrics import HTTP_REFUSED
-from .connections import parser_reason
+from .connections import QuietLog, parser_reason
 
 #: Most gzip members one body may hold; clients that append a member per batch stay far below.
 MAX_GZIP_MEMBERS = 1000
 #: Input fed to zlib per call, so what a finished member leaves over is never more than this.
 _GZIP_PIECE = 64 * 1024
+
+_QUIET = QuietLog()
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,9 @@ class ByteBudget:
                     await self._room.wait()
         except TimeoutError:
             HTTP_REFUSED.inc(reason="max_buffered_bytes")
+            _QUIET.info(
+                "budget", f"answered 503: request bodies hold {self.capacity} bytes (http.max_buffered_bytes)"
+            )
             raise Busy(
                 "too many request bodies are in memory at once (http.max_buffered_bytes); retry shortly"
             ) from None
@@ -181,8 +186,10 @@ def _too_large(limit: int, after_decoding: bool = False) -> TooLarge:
 
 def _timed_out(limits: BodyLimits, size: int) -> BodyTimeout:
     HTTP_REFUSED.inc(reason="body_timeout")
-    return BodyTimeout(
+    error = BodyTimeout(
         f"request body not received in time: {size} bytes arrived; a body must arrive within"
         f" {limits.timeout:g} s (http.body_timeout) plus one second per {limits.min_rate} bytes"
         " (http.body_min_rate)"
     )
+    _QUIET.info("body-timeout", f"answered 408: {error.message}")
+    return error

@@ -166,7 +166,11 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except ApplianceError as e:
         response = error_response(request, e)
         if isinstance(e, BodyTimeout) or request.content.exception() is not None:
-            response.force_close()  # the rest of the body is not worth waiting for, or unreadable
+            # The rest of the body is not worth waiting for (nor reading for 10 s, as aiohttp
+            # does before closing a connection with an unread body), or cannot be read.
+            await response.prepare(request)
+            await response.write_eof()
+            request.protocol.force_close()
         return response
     except web.HTTPRequestEntityTooLarge as e:
         limit = request.app[APP_KEY].config.max_request_size

@@ -179,6 +179,23 @@ def test_slow_writers_hold_no_write_slot_and_get_408(tmp_path: Path) -> None:
         for c in slow:
             c.close()
     assert s.query("db", "SELECT v FROM m") == [{"v": 1.0}]
+    assert "http.body_timeout" in s.log() and "Traceback" not in s.log()
+    s.stop()
+
+
+def test_bodies_in_memory_are_bounded_in_bytes(tmp_path: Path) -> None:
+    env = {"APPLIANCE_HTTP_MAX_BUFFERED_BYTES": "64KiB", "APPLIANCE_HTTP_BODY_TIMEOUT": "2s"}
+    s = Server(tmp_path / "data", args=["--max-http-request-size", "65536"], env=env).start()
+    with connect(s) as hog:  # 60 KiB of a 64 KiB body sent, the rest held back
+        hog.sendall(
+            b"POST /api/v3/write_lp?db=db HTTP/1.1\r\nHost: localhost\r\nContent-Length: 65536\r\n\r\n"
+        )
+        hog.sendall(b"m v=1 1\n" * (60 * 1024 // 8))
+        time.sleep(0.5)
+        assert s.write("db", "m v=2 2", precision="ns", timeout=5).status == 204  # fits in what is left
+        r = s.write("db", "m v=3 3\n" * 2000, precision="ns", timeout=10)  # 16 KiB does not
+        assert r.status == 503 and "http.max_buffered_bytes" in r.text, (r.status, r.body)
+    assert s.write("db", "m v=3 3\n" * 2000, precision="ns", timeout=10).status == 204  # room again
     s.stop()
 
 
