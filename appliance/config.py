@@ -70,8 +70,8 @@ def _origins(v: Any) -> tuple[str, ...]:
 def _hosts(v: Any) -> tuple[str, ...]:
     hosts = tuple(h.lower() for h in _list(v))
     for h in hosts:
-        if not all(c.isalnum() or c in "-._[]:" for c in h):
-            raise ValueError(f"expected host names or addresses like gateway.lan or 192.168.1.5, got {h!r}")
+        if not all(c.isalnum() or c in "-._" for c in h):  # IP addresses are always accepted
+            raise ValueError(f"expected host names without a port, like gateway.lan, got {h!r}")
     return hosts
 
 
@@ -303,8 +303,8 @@ SETTINGS: tuple[Setting, ...] = (
         "allowed_hosts",
         (),
         _hosts,
-        "Host header names accepted besides loopback names while bound to loopback (DNS rebinding guard);"
-        " when set, enforced on any bind address.",
+        "Host names accepted besides localhost and IP addresses (DNS rebinding guard, on while bound to"
+        " loopback; when set, on for any bind address).",
     ),
     Setting(
         "auth",
