@@ -127,10 +127,10 @@ class BodyReader:
                 await self.budget.take(len(chunk), deadline)
                 size += len(chunk)
                 chunks.append(chunk)
-        except HttpProcessingError as e:
-            raise BadRequest(f"request body is malformed: {parser_reason(e)}") from None
-        except BaseException:
+        except BaseException as e:
             self.budget.give(size)
+            if isinstance(e, HttpProcessingError):  # a broken chunked encoding
+                raise BadRequest(f"request body is malformed: {parser_reason(e)}") from None
             raise
 
 

@@ -196,6 +196,16 @@ def test_bodies_in_memory_are_bounded_in_bytes(tmp_path: Path) -> None:
         r = s.write("db", "m v=3 3\n" * 2000, precision="ns", timeout=10)  # 16 KiB does not
         assert r.status == 503 and "http.max_buffered_bytes" in r.text, (r.status, r.body)
     assert s.write("db", "m v=3 3\n" * 2000, precision="ns", timeout=10).status == 204  # room again
+    for _ in range(3):  # bodies that fail half-way give their bytes back
+        with connect(s) as c:
+            c.sendall(
+                b"POST /api/v3/write_lp?db=db HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            c.sendall(b"%x\r\n%s\r\n" % (40 * 1024, b"m v=4 4\n" * (5 * 1024)))
+            time.sleep(0.3)
+            c.sendall(b"zz\r\n")
+            assert read_all(c).startswith(b"HTTP/1.1 400")
+    assert s.write("db", "m v=5 5\n" * 2000, precision="ns", timeout=10).status == 204
     s.stop()
 
 
