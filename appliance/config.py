@@ -50,6 +50,31 @@ def _bind(v: Any) -> str:
     return str(v)
 
 
+def _list(v: Any) -> tuple[str, ...]:
+    """A TOML list of strings, or one string of comma-separated items (environment, flags)."""
+    items = v if isinstance(v, list | tuple) else str(v).split(",")
+    if not all(isinstance(x, str) for x in items):
+        raise ValueError(f"expected a list of strings, got {v!r}")
+    return tuple(x.strip() for x in items if x.strip())
+
+
+def _origins(v: Any) -> tuple[str, ...]:
+    origins = tuple(o.rstrip("/").lower() for o in _list(v))
+    for o in origins:
+        scheme, sep, host = o.partition("://")
+        if o != "*" and (scheme not in ("http", "https") or not sep or not host or "/" in host):
+            raise ValueError(f"expected origins like https://dash.example:3000 (or *), got {o!r}")
+    return origins
+
+
+def _hosts(v: Any) -> tuple[str, ...]:
+    hosts = tuple(h.lower() for h in _list(v))
+    for h in hosts:
+        if not all(c.isalnum() or c in "-._" for c in h):  # IP addresses are always accepted
+            raise ValueError(f"expected host names without a port, like gateway.lan, got {h!r}")
+    return hosts
+
+
 def _gen1(v: Any) -> int:
     ns = parse_duration_ns(v)
     if ns < 1_000_000_000:
@@ -214,6 +239,72 @@ SETTINGS: tuple[Setting, ...] = (
         10 * 1024 * 1024,
         parse_size,
         "Largest request body accepted, after gzip decoding (413 above it).",
+    ),
+    Setting(
+        "http",
+        "max_buffered_bytes",
+        "64MiB",
+        _positive_size,
+        "Request bodies held in memory at once, all connections together (at least max_request_size);"
+        " a body that finds it full waits, then 503.",
+    ),
+    Setting(
+        "http",
+        "body_timeout",
+        "30s",
+        _positive_duration,
+        "Time a client has to send a request body, plus one second per body_min_rate bytes sent (408).",
+    ),
+    Setting(
+        "http",
+        "body_min_rate",
+        "16KiB",
+        _positive_size,
+        "Bytes per second a long body must keep arriving at, beyond body_timeout.",
+    ),
+    Setting(
+        "http",
+        "header_timeout",
+        "10s",
+        _positive_duration,
+        "A connection that does not send a complete request head within this time is closed.",
+    ),
+    Setting(
+        "http",
+        "keepalive_timeout",
+        "60s",
+        _positive_duration,
+        "An idle keep-alive connection is closed after this time.",
+    ),
+    Setting(
+        "http",
+        "max_connections",
+        512,
+        _positive_int,
+        "Open HTTP connections in total; more are answered 503 and closed"
+        " (clients on 127.0.0.1 and ::1 are held only to max_connections_per_ip).",
+    ),
+    Setting(
+        "http",
+        "max_connections_per_ip",
+        128,
+        _positive_int,
+        "Open HTTP connections from one client address; more are answered 503 and closed.",
+    ),
+    Setting(
+        "http",
+        "cors_origins",
+        (),
+        _origins,
+        'Web origins allowed to call the API from a browser (CORS), e.g. ["https://dash.lan:3000"]; "*" for any.',
+    ),
+    Setting(
+        "http",
+        "allowed_hosts",
+        (),
+        _hosts,
+        "Host names accepted besides localhost and IP addresses (DNS rebinding guard, on while bound to"
+        " loopback; when set, on for any bind address).",
     ),
     Setting(
         "auth",
@@ -637,6 +728,15 @@ class Config:
     log_format: str
     bind: str
     max_request_size: int
+    max_buffered_bytes: int
+    body_timeout: int
+    body_min_rate: int
+    header_timeout: int
+    keepalive_timeout: int
+    max_connections: int
+    max_connections_per_ip: int
+    cors_origins: tuple[str, ...]
+    allowed_hosts: tuple[str, ...]
     auth_enabled: bool
     disable_authz: tuple[str, ...]
     flush_interval: int
@@ -742,6 +842,11 @@ def load(
         raise ConfigError(
             f"sync.endpoint {values['sync_endpoint']} is plain http: set sync.allow_http = true"
             " (a local MinIO) or use https://"
+        )
+    if values["max_buffered_bytes"] < values["max_request_size"]:
+        raise ConfigError(
+            f"http.max_buffered_bytes ({values['max_buffered_bytes']}) is smaller than http.max_request_size"
+            f" ({values['max_request_size']}): one body must fit; raise it or lower max_request_size"
         )
     if subscriptions and not values["mqtt_broker"]:
         raise ConfigError("[[mqtt.subscription]] blocks are set but mqtt.broker is empty: set the broker URL")
@@ -865,6 +970,8 @@ def sample() -> str:
 
 
 def _toml_value(v: Any) -> str:
+    if isinstance(v, tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     if isinstance(v, bool):
         return str(v).lower()
     if isinstance(v, int):

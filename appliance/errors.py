@@ -69,6 +69,28 @@ class TooLarge(ApplianceError):
     http_status = 413
 
 
+class BodyTimeout(ApplianceError):
+    """A request body that did not arrive in time (http.body_timeout); the connection is closed."""
+
+    code = "request timeout"
+    http_status = 408
+
+
+class Busy(ApplianceError):
+    """The server is at a capacity limit (request bodies in memory); the client should retry."""
+
+    code = "unavailable"
+    http_status = 503
+
+
+class MisdirectedHost(ApplianceError):
+    """A Host header the server does not answer for (DNS rebinding guard)."""
+
+    code = "forbidden"
+    http_status = 421
+    body_kind = "text"
+
+
 class LineProtocolError(ApplianceError):
     """A write whose lines were (partly) rejected; `data` lists the per-line errors."""
 

@@ -212,3 +212,8 @@ PLUGIN_DROPPED = REGISTRY.counter(
     ["database", "trigger"],
 )
 PERSISTS = REGISTRY.counter("appliance_persist_files_total", "Parquet files written by persists.")
+HTTP_REFUSED = REGISTRY.counter(
+    "appliance_http_refused_total",
+    "Connections and requests refused by an HTTP limit, by reason (the setting that was hit).",
+    ["reason"],
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 from collections.abc import Callable
 
@@ -14,12 +15,16 @@ from . import log as log_module
 from .config import Config
 from .errors import ConfigError
 from .http import server as http_server
+from .http.connections import ConnectionGuard, ConnectionLimits, GuardedRunner
 from .notify import LoopHeartbeat, Notifier
 
 log = logging.getLogger("appliance.server")
 
 #: How long in-flight requests get at shutdown; a plugin still running after that is abandoned.
 SHUTDOWN_GRACE_SECONDS = 10.0
+
+#: File descriptors kept free of HTTP connections: LMDB, Parquet files, plugins, MQTT, S3.
+FD_RESERVE = 256
 
 #: The systemd watchdog is fed only while the event loop has run within this many seconds.
 LOOP_STALL_SECONDS = 10.0
@@ -45,6 +50,30 @@ def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
     return 0
 
 
+def _fit_fd_limit(max_connections: int) -> int:
+    """Raise the open-file limit to fit max_connections plus FD_RESERVE; if the hard limit is too
+    low, serve fewer connections (logged) rather than run out of descriptors for the data files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, e)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        fitted = max(soft - FD_RESERVE, 16)
+        log.warning(
+            "http.max_connections %d lowered to %d: the open-file limit is %d (raise LimitNOFILE)",
+            max_connections,
+            fitted,
+            soft,
+        )
+        return fitted
+    return max_connections
+
+
 def _reload(app: app_module.App, notifier: Notifier, reload: Callable[[], Config] | None) -> None:
     notifier.reloading("reloading the configuration")
     try:
@@ -64,11 +93,17 @@ async def _run_http(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, _reload, app, notifier, reload)
-    runner = web.AppRunner(
+    config = app.config
+    limits = ConnectionLimits(
+        _fit_fd_limit(config.max_connections), config.max_connections_per_ip, config.header_timeout / 1e9
+    )
+    runner = GuardedRunner(
         http_server.create(app),
+        ConnectionGuard(limits),
         access_log=logging.getLogger("appliance.access"),  # quiet unless --log-filter enables it
         handle_signals=False,
         shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+        keepalive_timeout=config.keepalive_timeout / 1e9,
     )
     await runner.setup()
     host, _, port = app.config.bind.rpartition(":")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import zlib
 from typing import Any
 
 import pyarrow as pa
@@ -18,13 +17,13 @@ from ..engine.store import TriggerDef
 from ..errors import (
     BadRequest,
     CatalogError,
+    Forbidden,
     LimitExceeded,
     MethodDisabled,
     NotFound,
     NotImplementedYet,
     PartialWrite,
     QueryTimeout,
-    TooLarge,
     UnsupportedMediaType,
 )
 from ..metrics import REGISTRY
@@ -33,9 +32,10 @@ from ..query import timeout_message
 from ..units import parse_duration_ns
 from ..write import WriteRequest
 from . import routes
+from .body import READER as BODY_READER
 
 APP_KEY: web.AppKey[App] = web.AppKey("app", App)
-#: Writes holding a body in memory at once; more wait unread (TCP back-pressure).
+#: Writes being parsed and committed at once; more wait with their body read (http.max_buffered_bytes).
 WRITE_SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("write_slots", asyncio.Semaphore)
 WRITE_CONCURRENCY = 8
 
@@ -83,33 +83,10 @@ def _precision(request: web.Request, default: Precision) -> Precision:
 
 
 async def read_body(request: web.Request) -> bytes:
-    """The request body, gunzipped when sent with Content-Encoding: gzip, within the size limit."""
-    raw = await request.read()  # aiohttp enforces the limit on the bytes as sent
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding in ("", "identity"):
-        return raw
-    if encoding != "gzip":
-        raise UnsupportedMediaType(f"unsupported Content-Encoding {encoding!r}: send gzip or identity")
-    limit = request.app[APP_KEY].config.max_request_size
-    body = b""
-    rest = raw
-    try:
-        while rest:  # a gzip stream may hold several members, one after the other
-            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            body += inflater.decompress(rest, limit + 1 - len(body))
-            if len(body) > limit:
-                break
-            if not inflater.eof:
-                raise BadRequest("request body is truncated gzip data; nothing was stored")
-            rest = inflater.unused_data
-    except zlib.error as e:
-        raise BadRequest(f"request body is not valid gzip data: {e}") from None
-    if len(body) > limit:
-        raise TooLarge(
-            f"request body is larger than the limit of {limit} bytes after decompression"
-            " (http.max_request_size); split the write into smaller batches"
-        )
-    return body
+    """The request body, gunzipped when sent with Content-Encoding: gzip, within the size limit
+    and http.body_timeout (body.BodyReader)."""
+    async with request.app[BODY_READER].received(request) as data:
+        return data
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -140,14 +117,14 @@ async def _in_pool(request: web.Request, pool: str, fn: Any, *args: Any) -> Any:
 async def _write(
     request: web.Request, db: str, precision: Precision, accept_partial: bool, no_sync: bool = False
 ) -> web.Response:
-    """One write: at most WRITE_SLOTS at a time hold a body in memory; the rest wait unread."""
+    """One write. The body is read first (a slow client holds no slot, only the bytes it sent,
+    within http.max_buffered_bytes); then at most WRITE_SLOTS writes are processed at a time."""
     app = request.app[APP_KEY]
-    async with request.app[WRITE_SLOTS]:
-        await _admit(app)
-        body = await read_body(request)
-        if not body.strip():
+    await _admit(app)
+    async with request.app[BODY_READER].received(request) as data, request.app[WRITE_SLOTS]:
+        if not data.strip():
             raise BadRequest("incoming write was empty")
-        req = WriteRequest(db, body, precision, accept_partial, no_sync)
+        req = WriteRequest(db, data, precision, accept_partial, no_sync)
         try:
             report = await _in_pool(request, "write", app.writes.submit, req)
         except LimitExceeded:
@@ -246,25 +223,80 @@ async def influxql(request: web.Request) -> web.Response:
 
 
 # -- health --------------------------------------------------------------------
+#: What /health and /ping call the product (InfluxDB 2 clients read `name`, v3 ones `product_name`).
+PRODUCT = "appliance"
+_CORS_METHODS = "GET, POST, PUT, DELETE"
+_CORS_HEADERS = "Authorization, Content-Type, Content-Encoding, Accept"
+
+
 async def health(request: web.Request) -> web.Response:
+    """Each component's state, shaped as InfluxDB 2's /health too (name, message, status pass or
+    fail, checks, version), so its clients' health() works; `state` is ok, degraded or failed."""
     report = request.app[APP_KEY].health()
-    return json_response(report, status=503 if report["status"] == "failed" else 200)
+    state = report.pop("status")
+    problems = [
+        f"{name}: {c.get('error') or c['status']}"
+        for name, c in report["components"].items()
+        if c["status"] != "ok"
+    ]
+    shaped = {
+        "name": PRODUCT,
+        "message": "; ".join(problems) or "ready for queries and writes",
+        "status": "fail" if state == "failed" else "pass",
+        "state": state,
+        "version": __version__,
+        "commit": "",
+        "checks": [
+            {"name": name, "status": "fail" if c["status"] == "failed" else "pass"}
+            for name, c in report["components"].items()
+        ],
+        **report,
+    }
+    return json_response(shaped, status=503 if state == "failed" else 200)
 
 
 async def ping(request: web.Request) -> web.Response:
+    """InfluxDB 3's 200 JSON; 204 (as InfluxDB 1 and 2) for HEAD and for a client that does not
+    accept JSON, such as the v1 `influxdb` client (Accept: application/x-msgpack)."""
     app = request.app[APP_KEY]
+    headers = {"X-Influxdb-Version": __version__, "X-Influxdb-Build": PRODUCT}
+    if request.method == "HEAD" or not _accepts_json(request.headers.get("Accept")):
+        return web.Response(status=204, headers=headers)
     return json_response(
-        {"product_name": "appliance", "version": __version__, "revision": "", "process_id": app.process_id},
-        headers={"X-Influxdb-Version": __version__, "X-Influxdb-Build": "appliance"},
+        {"product_name": PRODUCT, "version": __version__, "revision": "", "process_id": app.process_id},
+        headers=headers,
     )
 
 
-def options() -> web.Response:
+def _accepts_json(accept: str | None) -> bool:
+    if accept is None:
+        return True
+    kinds = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    return bool(kinds & {"application/json", "application/*", "*/*", ""})
+
+
+def cors_allows(allowed: tuple[str, ...], origin: str) -> bool:
+    """Whether a browser page from `origin` may call the API (http.cors_origins)."""
+    return "*" in allowed or origin.rstrip("/").lower() in allowed
+
+
+def options(request: web.Request) -> web.Response:
+    """CORS pre-flight: answered only for origins in http.cors_origins (403 for others)."""
+    origin = request.headers.get("Origin")
+    allowed = request.app[APP_KEY].config.cors_origins
+    if origin is None:
+        return web.Response(status=204, headers={"Allow": f"{_CORS_METHODS}, OPTIONS"})
+    if not cors_allows(allowed, origin):
+        raise Forbidden(
+            f"cross-origin requests from {origin[:100]!r} are not allowed; list the origin in"
+            " http.cors_origins to let a web page call the API"
+        )
     return web.Response(
         status=204,
         headers={
-            "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS",
-            "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding",
+            "Access-Control-Allow-Methods": _CORS_METHODS,
+            "Access-Control-Allow-Headers": _CORS_HEADERS,
+            "Access-Control-Max-Age": "600",
         },
     )
 

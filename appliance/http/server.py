@@ -1,17 +1,31 @@
-"""The aiohttp application: middleware for errors, auth and CORS, and the route table."""
+"""The aiohttp application: middleware for errors, Host checks, auth and CORS, and the route table."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
 from ..app import App
-from ..errors import ApplianceError, BadRequest, LineProtocolError, TooLarge, Unauthorized
+from ..errors import (
+    ApplianceError,
+    BadRequest,
+    BodyTimeout,
+    LineProtocolError,
+    MisdirectedHost,
+    TooLarge,
+    Unauthorized,
+)
+from ..metrics import HTTP_REFUSED
 from . import handlers, routes
+from .body import READER as BODY_READER
+from .body import BodyLimits, BodyReader, ByteBudget
+from .connections import track_requests
 
 log = logging.getLogger("appliance.http")
 
@@ -21,15 +35,27 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def create(app: App) -> web.Application:
     """Build the web application around a running App."""
+    config = app.config
     web_app = web.Application(
-        middlewares=[_errors, _auth],
-        client_max_size=app.config.max_request_size,
-        # Bodies are gunzipped in handlers.read_body: a clear 400 for bad gzip, and the size
+        middlewares=[track_requests, _errors, _check_host, _auth],
+        client_max_size=config.max_request_size,
+        # Bodies are gunzipped in body.BodyReader: a clear 400 for bad gzip, and the size
         # limit applies after decompression.
         handler_args={"auto_decompress": False},
     )
     web_app[APP_KEY] = app
     web_app[handlers.WRITE_SLOTS] = asyncio.Semaphore(handlers.WRITE_CONCURRENCY)
+    decode_pool = ThreadPoolExecutor(2, thread_name_prefix="http-gunzip")
+    web_app[BODY_READER] = BodyReader(
+        BodyLimits(config.max_request_size, config.body_timeout / 1e9, config.body_min_rate),
+        ByteBudget(config.max_buffered_bytes),
+        decode_pool,
+    )
+
+    async def stop_pool(_: web.Application) -> None:
+        decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    web_app.on_cleanup.append(stop_pool)
     r = web_app.router
     r.add_post(routes.WRITE_LP, handlers.write_lp)
     r.add_post(routes.WRITE_V2, handlers.write_v2)
@@ -72,7 +98,42 @@ def create(app: App) -> web.Application:
 
 
 async def _cors(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers.setdefault("Access-Control-Allow-Origin", "*")
+    """CORS headers only for the origins listed in http.cors_origins (none by default)."""
+    allowed = request.app[APP_KEY].config.cors_origins
+    if not allowed:
+        return
+    response.headers.add("Vary", "Origin")
+    origin = request.headers.get("Origin")
+    if origin and handlers.cors_allows(allowed, origin):
+        response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
+
+
+def host_allowed(host_header: str, allowed_hosts: tuple[str, ...]) -> bool:
+    """Whether a Host header is one the server answers for: an IP address, a loopback name or
+    a name in http.allowed_hosts. A DNS rebinding attack always sends a name of its own."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        host = host[1 : host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    host = host.rstrip(".")
+    if host == "localhost" or host.endswith(".localhost") or host in allowed_hosts:
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _loopback_bind(bind: str) -> bool:
+    host = bind.rpartition(":")[0].strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def error_response(request: web.Request, err: ApplianceError) -> web.Response:
@@ -103,7 +164,14 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApplianceError as e:
-        return error_response(request, e)
+        response = error_response(request, e)
+        if isinstance(e, BodyTimeout) or request.content.exception() is not None:
+            # The rest of the body is not worth waiting for (nor reading for 10 s, as aiohttp
+            # does before closing a connection with an unread body), or cannot be read.
+            await response.prepare(request)
+            await response.write_eof()
+            request.protocol.force_close()
+        return response
     except web.HTTPRequestEntityTooLarge as e:
         limit = request.app[APP_KEY].config.max_request_size
         return error_response(
@@ -113,6 +181,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
                 f" split the write into smaller batches ({e.text})"
             ),
         )
+    except ConnectionError:
+        raise  # the client went away: aiohttp drops the connection quietly (GuardedHandler)
     except web.HTTPNotFound:
         return web.Response(text="Not found", status=404)
     except web.HTTPException:
@@ -125,10 +195,28 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 @web.middleware
+async def _check_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bound to loopback (or with http.allowed_hosts set), answer only Host names of our own."""
+    config = request.app[APP_KEY].config
+    host = request.headers.get("Host")
+    if (
+        host is not None
+        and (config.allowed_hosts or _loopback_bind(config.bind))
+        and not host_allowed(host, config.allowed_hosts)
+    ):
+        HTTP_REFUSED.inc(reason="allowed_hosts")
+        raise MisdirectedHost(
+            f"Host {host[:100]!r} is not served here: use localhost or an IP address, or add the name"
+            " to http.allowed_hosts"
+        )
+    return await handler(request)
+
+
+@web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     app = request.app[APP_KEY]
     if request.method == "OPTIONS":
-        return handlers.options()  # CORS pre-flight on any path, before routing and auth
+        return handlers.options(request)  # CORS pre-flight on any path, before routing and auth
     if not app.config.auth_enabled or request.path in routes.PUBLIC:
         return await handler(request)
     if request.path == routes.METRICS and "metrics" in app.config.disable_authz:
@@ -150,7 +238,9 @@ def _token_of(request: web.Request) -> str | None:
     if header:
         scheme, _, value = header.strip().partition(" ")
         value = value.strip()
-        if scheme.lower() in ("bearer", "token") and value:
+        if scheme.lower() in ("bearer", "token"):
+            if not value or not value.isascii():  # no token, or bytes no token is made of
+                raise Unauthorized("the request was not authenticated")  # as a missing header
             return value
         if scheme.lower() == "basic" and value:
             try:

@@ -307,12 +307,15 @@ def test_auth_is_on_by_default(auth_server: Server) -> None:
     )
     assert r.status == 204
     assert auth_server.request("POST", "/write", {"db": "a", "p": token}, "m f=3 3", token="").status == 204
-    assert (
-        auth_server.request(
-            "GET", "/api/v3/query_sql", {"db": "a", "q": "SELECT 1"}, headers={"Authorization": "Bearer"}
-        ).status
-        == 400
+    for empty in ("Bearer", "Bearer ", "Token "):  # no token at all: 401, as without the header
+        r = auth_server.request(
+            "GET", "/api/v3/query_sql", {"db": "a", "q": "SELECT 1"}, headers={"Authorization": empty}
+        )
+        assert r.status == 401, (empty, r.body)
+    r = auth_server.request(
+        "GET", "/api/v3/query_sql", {"db": "a", "q": "x"}, headers={"Authorization": "Foo x"}
     )
+    assert r.status == 400 and "malformed" in r.text
 
 
 def test_regenerated_admin_token_replaces_the_old_one(auth_server: Server) -> None:

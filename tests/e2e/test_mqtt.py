@@ -218,7 +218,7 @@ def test_wrong_password_shows_degraded_health_and_http_keeps_working(tmp_path: P
     health = wait_for(lambda: (h := mqtt_health(server))["error"] and h, what="a connection error")
     assert health["status"] == "degraded" and not health["connected"]
     assert "refused" in health["error"] or "not authorized" in health["error"].lower()
-    assert server.request("GET", "/health").json()["status"] == "degraded"
+    assert server.request("GET", "/health").json()["state"] == "degraded"
     assert server.write("iot", f"m v=1 {BASE_NS}").status == 204
     assert "Wr0ngPa55" not in server.log()
 

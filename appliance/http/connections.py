@@ -1,0 +1,288 @@
+"""HTTP connections: caps in total and per client address, a deadline for every request head, and
+one quiet log line (never a traceback) for a malformed request.
+
+aiohttp has an idle timeout (keepalive_timeout) but no deadline for a request head that arrives
+one byte at a time, and it logs a traceback for every request its parser rejects. GuardedHandler
+adds both; GuardedRunner makes aiohttp build GuardedHandlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, InvalidURLError, LineTooLong
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
+
+from ..metrics import HTTP_REFUSED
+
+log = logging.getLogger("appliance.http")
+
+#: A refused connection gets its 503, then this long to read it before the socket is dropped.
+_REFUSED_LINGER_SECONDS = 1.0
+#: Where an aiohttp parser message starts quoting the client's bytes.
+_QUOTED = re.compile(r"\s+b?['\"]|:\s*$")
+#: Client addresses of this machine's own processes, exempt from the total cap.
+_LOCAL_PEERS = frozenset({"127.0.0.1", "::1"})
+#: At most one log line per this many seconds for each kind of client misbehaviour.
+_LOG_INTERVAL_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """Settings http.max_connections, http.max_connections_per_ip and http.header_timeout."""
+
+    max_connections: int
+    max_per_peer: int
+    header_timeout: float
+
+
+class QuietLog:
+    """One INFO line per interval for a kind of client error, saying how many were not logged."""
+
+    def __init__(self, interval: float = _LOG_INTERVAL_SECONDS) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._skipped: Counter[str] = Counter()
+
+    def info(self, kind: str, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -self.interval) < self.interval:
+            self._skipped[kind] += 1
+            return
+        skipped = self._skipped.pop(kind, 0)
+        self._last[kind] = now
+        log.info("%s%s", message, f" ({skipped} more since the last such line)" if skipped else "")
+
+
+class ConnectionGuard:
+    """Counts open connections in total and per client address, and refuses those over a cap."""
+
+    def __init__(self, limits: ConnectionLimits) -> None:
+        self.limits = limits
+        self.total = 0
+        self.per_peer: Counter[str] = Counter()
+        self.quiet = QuietLog()
+
+    def admit(self, peer: str) -> str | None:
+        """Count a new connection; or, over a cap, say why it is refused (and count nothing).
+        This machine's own clients (health checks, plugins calling the API) are held only to the
+        per-address cap, so remote clients filling the server cannot lock them out."""
+        if self.total >= self.limits.max_connections and peer not in _LOCAL_PEERS:
+            HTTP_REFUSED.inc(reason="max_connections")
+            return f"the server has {self.total} connections open (http.max_connections)"
+        if self.per_peer[peer] >= self.limits.max_per_peer:
+            HTTP_REFUSED.inc(reason="max_connections_per_ip")
+            return f"{peer} has {self.per_peer[peer]} connections open (http.max_connections_per_ip)"
+        self.total += 1
+        self.per_peer[peer] += 1
+        return None
+
+    def release(self, peer: str) -> None:
+        self.total -= 1
+        self.per_peer[peer] -= 1
+        if self.per_peer[peer] <= 0:
+            del self.per_peer[peer]
+
+
+class GuardedHandler(RequestHandler):
+    """aiohttp's connection handler, plus the caps, the head deadline and quiet client errors."""
+
+    __slots__ = ("_guard", "_peer", "_timer", "_busy", "_refused", "_current")
+
+    def __init__(self, manager: web.Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._guard = guard
+        self._peer: str | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._busy = 0
+        self._refused = False
+        self._current: web.BaseRequest | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = _peer_of(transport)
+        refusal = self._guard.admit(peer)
+        if refusal is not None:
+            self._refuse(transport, refusal)
+            return
+        self._peer = peer
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # read and dropped, so that closing sends no reset before the 503 is read
+        if data and not self._busy and self._timer is None:
+            self._arm()  # the first byte of the next request head on a kept-alive connection
+        super().data_received(data)
+        if self._current is not None and self._messages:
+            self._fail_body()
+
+    def _fail_body(self) -> None:
+        """aiohttp queues a body's parse error (a bad chunk) as the next request and leaves the
+        current body waiting forever; hand the error to the reader of that body instead."""
+        assert self._current is not None
+        for message, _ in self._messages:
+            if isinstance(message, _ErrInfo) and not self._current.content.is_eof():
+                self._current.content.set_exception(message.exc)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel()
+        if self._refused:
+            return
+        if self._peer is not None:
+            self._guard.release(self._peer)
+            self._peer = None
+        super().connection_lost(exc)
+
+    def request_started(self, request: web.BaseRequest) -> None:
+        """The head of a request is complete and its handler runs: no deadline while it does."""
+        self._busy += 1
+        self._current = request
+        self._cancel()
+
+    def request_finished(self) -> None:
+        self._busy -= 1
+        self._current = None
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A request aiohttp's parser rejected: a one-line 4xx and at most one log line."""
+        if isinstance(exc, ConnectionError):
+            log.debug("client %s went away: %s", self._peer, exc)
+            response = web.Response(status=400)
+            response.force_close()
+            return response
+        if not isinstance(exc, HttpProcessingError) or status >= 500:
+            return super().handle_error(request, status, exc, message)
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response has started; cannot send an error instead")
+        status, text = client_error(exc)
+        HTTP_REFUSED.inc(reason="bad_request")
+        self._guard.quiet.info("bad-request", f"bad request from {self._peer}: {text}")
+        response = web.Response(status=status, text=text + "\n")
+        response.force_close()
+        return response
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """Client-caused failures (a broken body, a dropped connection) are one quiet line."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, ConnectionError):
+            log.debug("client %s went away: %s", self._peer, exc)
+            return
+        if isinstance(exc, HttpProcessingError):
+            self._guard.quiet.info("bad-request", f"bad request from {self._peer}: {parser_reason(exc)}")
+            return
+        super().log_exception(*args, **kw)
+
+    def _arm(self) -> None:
+        self._timer = self._loop.call_later(self._guard.limits.header_timeout, self._head_timed_out)
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _head_timed_out(self) -> None:
+        self._timer = None
+        HTTP_REFUSED.inc(reason="header_timeout")
+        self._guard.quiet.info(
+            "slow-head",
+            f"closed a connection from {self._peer}: no complete request head within"
+            f" {self._guard.limits.header_timeout:g} s (http.header_timeout)",
+        )
+        self.force_close()
+
+    def _refuse(self, transport: asyncio.BaseTransport, reason: str) -> None:
+        self._refused = True
+        self._guard.quiet.info("refused", f"refused a connection: {reason}")
+        text = f"too many connections: {reason}; retry later\n".encode()
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Connection: close\r\nRetry-After: 5\r\nContent-Length: %d\r\n\r\n%s" % (len(text), text)
+        )
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._timer = self._loop.call_later(_REFUSED_LINGER_SECONDS, transport.abort)
+
+
+def client_error(exc: HttpProcessingError) -> tuple[int, str]:
+    """Status and one clean line for a request aiohttp's parser rejected."""
+    if isinstance(exc, LineTooLong):
+        return 431, f"request line or header field is longer than {exc.args[1]} bytes"
+    if isinstance(exc, InvalidURLError):
+        return 400, "bad request: invalid URL"
+    reason = parser_reason(exc)
+    if reason == "Too many headers received":
+        return 431, "too many header fields"
+    return 400, f"bad request: {reason}"
+
+
+def parser_reason(exc: BaseException) -> str:
+    """The parser's reason without the client's bytes it quotes: one printable line."""
+    text = str(getattr(exc, "message", "") or exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Bad status line"):
+        lines = lines[1:]
+    line = _QUOTED.split(lines[0] if lines else "", maxsplit=1)[0].rstrip(": ")
+    return "".join(c for c in line if c.isprintable())[:120] or type(exc).__name__
+
+
+def _peer_of(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    host = str(peer[0]) if isinstance(peer, tuple) and peer else "local"
+    return host.removeprefix("::ffff:")  # an IPv4 client of a dual-stack socket is that IPv4 address
+
+
+class _GuardedServer(web.Server):
+    """aiohttp's low-level server, building GuardedHandlers."""
+
+    guard: ConnectionGuard
+
+    def __call__(self) -> RequestHandler:
+        return GuardedHandler(self, guard=self.guard, loop=self._loop, **self._kwargs)
+
+
+class GuardedRunner(web.AppRunner):
+    """An AppRunner whose connections are GuardedHandlers sharing one ConnectionGuard."""
+
+    def __init__(self, app: web.Application, guard: ConnectionGuard, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.guard = guard
+
+    async def _make_server(self) -> web.Server:
+        plain = await super()._make_server()
+        server = _GuardedServer(
+            plain.request_handler,
+            request_factory=plain.request_factory,
+            handler_cancellation=plain.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            **plain._kwargs,
+        )
+        server.guard = self.guard
+        return server
+
+
+@web.middleware
+async def track_requests(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Tell the connection a request is being handled (its head deadline does not apply)."""
+    protocol = request.protocol
+    if not isinstance(protocol, GuardedHandler):
+        return await handler(request)  # type: ignore[no-any-return]
+    protocol.request_started(request)
+    try:
+        return await handler(request)  # type: ignore[no-any-return]
+    finally:
+        protocol.request_finished()

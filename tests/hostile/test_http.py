@@ -1,0 +1,461 @@
+"""Hostile HTTP clients, black-box against a real server: compressed-body tricks, slow bodies,
+idle and slowloris connections, cross-origin pages, malformed requests, and the handshakes of
+real InfluxDB client libraries."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import resource
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.server import REPO, Response, Server, wait_for
+
+JSON = {"Content-Type": "application/json"}
+GZ = {"Content-Encoding": "gzip"}
+
+
+def vm_hwm_mib(server: Server) -> float:
+    """Peak resident memory of the server process so far (VmHWM), in MiB."""
+    assert server.proc is not None
+    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc/<pid>/status")
+
+
+def connect(server: Server, source: str = "127.0.0.1") -> socket.socket:
+    """A raw TCP connection to the server from a given loopback address (127.0.0.x)."""
+    s = socket.socket()
+    s.bind((source, 0))
+    s.connect(("127.0.0.1", server.port))
+    s.settimeout(10)
+    return s
+
+
+def exchange(server: Server, data: bytes, source: str = "127.0.0.1") -> bytes:
+    """Send raw bytes; everything the server answers until it closes (or 10 s pass)."""
+    with connect(server, source) as s:
+        s.sendall(data)
+        return read_all(s)
+
+
+def read_all(s: socket.socket) -> bytes:
+    out = b""
+    try:
+        while chunk := s.recv(65536):
+            out += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return out
+
+
+def closed_by_server(s: socket.socket, wait: float) -> bool:
+    """Whether the server closes this (silent) connection within `wait` seconds."""
+    readable, _, _ = select.select([s], [], [], wait)
+    if not readable:
+        return False
+    try:
+        return s.recv(65536) == b"" or True  # EOF, or a final response before EOF
+    except ConnectionResetError:
+        return True
+
+
+def health_answers(server: Server) -> bool:
+    return server.request("GET", "/health", timeout=5).status == 200
+
+
+def in_thread(fn, *args) -> tuple[threading.Thread, list]:  # type: ignore[no-untyped-def]
+    result: list = []
+    t = threading.Thread(target=lambda: result.append(fn(*args)), daemon=True)
+    t.start()
+    return t, result
+
+
+def request_trigger(server: Server, name: str) -> None:
+    """A no_auth request trigger at /api/v3/engine/<name> whose plugin echoes the body length."""
+    plugins = server.data_dir / "plugins"
+    plugins.mkdir(parents=True, exist_ok=True)
+    (plugins / "echo.py").write_text(
+        "def process_request(influxdb3_local, query_parameters, request_headers, request_body, args):\n"
+        "    return {'length': len(request_body)}\n"
+    )
+    assert server.write("db", "m v=1 1", precision="ns").status == 204
+    body = {
+        "db": "db",
+        "trigger_name": name,
+        "plugin_filename": "echo.py",
+        "trigger_specification": f"request:{name}",
+        "trigger_settings": {"run_async": False, "error_behavior": "log"},
+        "no_auth": True,
+    }
+    r = server.request(
+        "POST", "/api/v3/configure/processing_engine_trigger", body=json.dumps(body), headers=JSON
+    )
+    assert r.status == 200, r.body
+
+
+# -- item 6: gzip members and bombs ----------------------------------------------------
+def test_many_gzip_members_are_refused_while_health_answers(auth_server: Server) -> None:
+    s = auth_server
+    request_trigger(s, "hook")
+    empty = gzip.compress(b"")
+    members = empty * ((10 * 1024 * 1024 - 1024) // len(empty))  # ~500k empty members, under 10 MiB
+    for path, params, token in (("/api/v3/write_lp", {"db": "db"}, None), ("/api/v3/engine/hook", None, "")):
+        t, result = in_thread(s.request, "POST", path, params, members, GZ, token, 60.0)
+        started = time.monotonic()
+        while t.is_alive() and time.monotonic() - started < 30:
+            assert health_answers(s)  # the event loop is never blocked by the decoding
+            time.sleep(0.1)
+        t.join(30)
+        r: Response = result[0]
+        assert r.status == 400 and "more than 1000 gzip members" in r.text, (path, r.status, r.body)
+    a, b, c = (f"m,i={i} v={i} {i}\n".encode() for i in range(3))
+    three = gzip.compress(a) + gzip.compress(b) + gzip.compress(c)
+    assert s.request("POST", "/api/v3/write_lp", {"db": "db", "precision": "ns"}, three, GZ).status == 204
+    r = s.request("POST", "/api/v3/engine/hook", body=three, headers=GZ, token="")
+    assert r.status == 200 and r.json() == {"length": len(a + b + c)}
+    assert s.query("db", "SELECT count(*) AS n FROM m WHERE i IS NOT NULL") == [{"n": 3}]
+
+
+def test_gzip_bomb_gets_413_with_bounded_memory(server: Server) -> None:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = b"\0" * (1024 * 1024)
+    bomb = b"".join(packer.compress(zeros) for _ in range(512)) + packer.flush()  # 512 MiB inflated
+    assert len(bomb) < 1024 * 1024
+    assert health_answers(server)
+    before = vm_hwm_mib(server)
+    send = (server.request, "POST", "/api/v3/write_lp", {"db": "db"}, bomb, GZ)
+    threads = [in_thread(*send)[1] for _ in range(4)]
+    for result in wait_for(lambda: all(threads) and threads, timeout=60, what="four 413s"):
+        r = result[0]
+        assert r.status == 413 and "http.max_request_size" in r.text, (r.status, r.body)
+    assert health_answers(server)
+    # each bomb is decoded only up to the 10 MiB limit; 512 MiB each without the bound
+    assert vm_hwm_mib(server) - before < 150
+
+
+# -- item 9: slow bodies -----------------------------------------------------------
+def test_slow_writers_hold_no_write_slot_and_get_408(tmp_path: Path) -> None:
+    s = Server(tmp_path / "data", env={"APPLIANCE_HTTP_BODY_TIMEOUT": "3s"}).start()
+    head = b"POST /api/v3/write_lp?db=db HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n"
+    slow = [connect(s) for _ in range(12)]
+    for c in slow:
+        c.sendall(head + b"m")
+    stop = threading.Event()
+
+    def trickle() -> None:  # one byte per connection every half second
+        while not stop.wait(0.5):
+            for c in slow:
+                try:
+                    c.send(b"x")
+                except OSError:
+                    pass
+
+    threading.Thread(target=trickle, daemon=True).start()
+    try:
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert s.write("db", "m v=1 1", precision="ns", timeout=5).status == 204
+        assert time.monotonic() - started < 2.5  # before any slow body timed out
+        assert health_answers(s)
+        for c in slow:
+            answer = read_all(c)
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+            assert b"http.body_timeout" in answer
+    finally:
+        stop.set()
+        for c in slow:
+            c.close()
+    assert s.query("db", "SELECT v FROM m") == [{"v": 1.0}]
+    assert "http.body_timeout" in s.log() and "Traceback" not in s.log()
+    s.stop()
+
+
+def test_bodies_in_memory_are_bounded_in_bytes(tmp_path: Path) -> None:
+    env = {"APPLIANCE_HTTP_MAX_BUFFERED_BYTES": "64KiB", "APPLIANCE_HTTP_BODY_TIMEOUT": "2s"}
+    s = Server(tmp_path / "data", args=["--max-http-request-size", "65536"], env=env).start()
+    with connect(s) as hog:  # 60 KiB of a 64 KiB body sent, the rest held back
+        hog.sendall(
+            b"POST /api/v3/write_lp?db=db HTTP/1.1\r\nHost: localhost\r\nContent-Length: 65536\r\n\r\n"
+        )
+        hog.sendall(b"m v=1 1\n" * (60 * 1024 // 8))
+        time.sleep(0.5)
+        assert s.write("db", "m v=2 2", precision="ns", timeout=5).status == 204  # fits in what is left
+        r = s.write("db", "m v=3 3\n" * 2000, precision="ns", timeout=10)  # 16 KiB does not
+        assert r.status == 503 and "http.max_buffered_bytes" in r.text, (r.status, r.body)
+    assert s.write("db", "m v=3 3\n" * 2000, precision="ns", timeout=10).status == 204  # room again
+    for _ in range(3):  # bodies that fail half-way give their bytes back
+        with connect(s) as c:
+            c.sendall(
+                b"POST /api/v3/write_lp?db=db HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            c.sendall(b"%x\r\n%s\r\n" % (40 * 1024, b"m v=4 4\n" * (5 * 1024)))
+            time.sleep(0.3)
+            c.sendall(b"zz\r\n")
+            assert read_all(c).startswith(b"HTTP/1.1 400")
+    assert s.write("db", "m v=5 5\n" * 2000, precision="ns", timeout=10).status == 204
+    s.stop()
+
+
+# -- item 10: idle, slowloris, caps --------------------------------------------------
+@pytest.fixture
+def guarded(tmp_path: Path) -> Iterator[Server]:
+    env = {
+        "APPLIANCE_HTTP_HEADER_TIMEOUT": "2s",
+        "APPLIANCE_HTTP_KEEPALIVE_TIMEOUT": "2s",
+        "APPLIANCE_HTTP_MAX_CONNECTIONS": "600",
+        "APPLIANCE_HTTP_MAX_CONNECTIONS_PER_IP": "60",
+    }
+    s = Server(tmp_path / "data", env=env).start()
+    yield s
+    if s.proc is not None:
+        s.stop()
+
+
+def test_idle_and_slowloris_connections_are_closed_while_the_server_answers(guarded: Server) -> None:
+    s = guarded
+    idle = [connect(s, f"127.0.0.{2 + i // 50}") for i in range(300)]  # 50 from each of 6 addresses
+    loris = [connect(s, "127.0.0.9") for _ in range(20)]
+    stop = threading.Event()
+
+    def drip() -> None:  # one header byte per connection every second
+        head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        for i in range(len(head)):
+            if stop.wait(1.0 if i else 0):
+                return
+            for c in loris:
+                try:
+                    c.send(head[i : i + 1])
+                except OSError:
+                    pass
+
+    threading.Thread(target=drip, daemon=True).start()
+    try:
+        time.sleep(0.5)
+        assert health_answers(s)
+        assert s.write("db", "m v=1 1", precision="ns", timeout=5).status == 204
+        deadline = time.monotonic() + 8
+        for c in idle + loris:
+            assert closed_by_server(c, max(deadline - time.monotonic(), 0.1)), "a connection stayed open"
+        assert health_answers(s)
+    finally:
+        stop.set()
+        for c in idle + loris:
+            c.close()
+    assert "http.header_timeout" in s.log() and "Traceback" not in s.log()
+
+
+def test_connections_over_the_per_address_cap_are_refused(guarded: Server) -> None:
+    s = guarded
+    held = [connect(s, "127.0.0.5") for _ in range(60)]
+    try:
+        time.sleep(0.2)
+        refused = exchange(s, b"", source="127.0.0.5")
+        assert refused.startswith(b"HTTP/1.1 503") and b"http.max_connections_per_ip" in refused
+        assert health_answers(s)  # another address is not affected
+        metrics = s.request("GET", "/metrics").text
+        assert 'appliance_http_refused_total{reason="max_connections_per_ip"} 1' in metrics, metrics
+        for c in held:
+            assert closed_by_server(c, 8)
+    finally:
+        for c in held:
+            c.close()
+    time.sleep(0.2)
+    assert exchange(
+        s, b"GET /ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "127.0.0.5"
+    ).startswith(b"HTTP/1.1 200")
+
+
+def test_connections_over_the_total_cap_are_refused_but_local_clients_are_served(tmp_path: Path) -> None:
+    env = {"APPLIANCE_HTTP_MAX_CONNECTIONS": "40", "APPLIANCE_HTTP_HEADER_TIMEOUT": "3s"}
+    s = Server(tmp_path / "data", env=env).start()
+    held = [connect(s, f"127.0.0.{2 + i % 4}") for i in range(40)]
+    try:
+        time.sleep(0.2)
+        refused = exchange(s, b"", source="127.0.0.7")
+        assert refused.startswith(b"HTTP/1.1 503") and b"http.max_connections" in refused
+        assert health_answers(s)  # 127.0.0.1: this machine's own clients are still served
+        assert s.write("db", "m v=1 1", precision="ns", timeout=5).status == 204
+    finally:
+        for c in held:
+            c.close()
+    s.stop()
+
+
+def test_idle_keepalive_connections_are_closed(guarded: Server) -> None:
+    with connect(guarded) as c:
+        c.sendall(b"GET /ping HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert c.recv(65536).startswith(b"HTTP/1.1 200")
+        assert not closed_by_server(c, 1.0)  # kept alive for a while ...
+        assert closed_by_server(c, 5.0)  # ... then closed (http.keepalive_timeout = 2 s)
+
+
+# -- item 11: CORS and Host ----------------------------------------------------------
+def preflight(server: Server, origin: str) -> Response:
+    headers = {"Origin": origin, "Access-Control-Request-Method": "POST"}
+    return server.request("OPTIONS", "/api/v3/write_lp", headers=headers)
+
+
+def test_no_cors_by_default(server: Server) -> None:
+    r = server.request(
+        "GET", "/api/v3/configure/database", {"format": "json"}, headers={"Origin": "https://evil.example"}
+    )
+    assert r.status == 200 and not any(k.lower().startswith("access-control") for k in r.headers)
+    r = preflight(server, "https://evil.example")
+    assert r.status == 403 and "http.cors_origins" in r.text
+    assert not any(k.lower().startswith("access-control") for k in r.headers)
+
+
+def test_cors_allow_list(tmp_path: Path) -> None:
+    s = Server(tmp_path / "data", env={"APPLIANCE_HTTP_CORS_ORIGINS": "https://dash.lan:3000"}).start()
+    ok = {"Origin": "https://dash.lan:3000"}
+    r = s.request("GET", "/health", headers=ok)
+    assert (
+        r.headers.get("Access-Control-Allow-Origin") == "https://dash.lan:3000"
+        and "Origin" in r.headers["Vary"]
+    )
+    r = preflight(s, "https://dash.lan:3000")
+    assert r.status == 204 and r.headers["Access-Control-Allow-Origin"] == "https://dash.lan:3000"
+    assert "POST" in r.headers["Access-Control-Allow-Methods"]
+    assert "Authorization" in r.headers["Access-Control-Allow-Headers"]
+    r = s.request("GET", "/health", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in r.headers
+    assert preflight(s, "https://evil.example").status == 403
+    s.stop()
+
+
+def test_unexpected_host_is_refused_on_loopback(tmp_path: Path) -> None:
+    s = Server(tmp_path / "data", env={"APPLIANCE_HTTP_ALLOWED_HOSTS": "gateway.lan"}).start()
+
+    def status(host: str) -> int:
+        return s.request(
+            "GET", "/api/v3/configure/database", {"format": "json"}, headers={"Host": host}
+        ).status
+
+    for good in (
+        "localhost",
+        f"localhost:{s.port}",
+        f"127.0.0.1:{s.port}",
+        "127.0.0.2",
+        "[::1]:8181",
+        "gateway.lan:8181",
+    ):
+        assert status(good) == 200, good
+    for bad in ("evil.example", f"evil.example:{s.port}", "localhost.evil.example", "127.0.0.1.nip.io"):
+        assert status(bad) == 421, bad
+    r = s.request("POST", "/api/v3/write_lp", {"db": "x"}, "m v=1", headers={"Host": "rebind.evil.example"})
+    assert r.status == 421 and "http.allowed_hosts" in r.text
+    s.stop()
+    s = Server(tmp_path / "data2").start()  # without the setting, only loopback names and addresses
+    assert s.request("GET", "/health", headers={"Host": "gateway.lan"}).status == 421
+    s.stop()
+
+
+# -- item 13: malformed requests ---------------------------------------------------
+MALFORMED = {
+    "request line too long": b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    "header too long": b"GET / HTTP/1.1\r\nHost: localhost\r\nX-A: " + b"a" * 9000 + b"\r\n\r\n",
+    "too many headers": b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n",
+    "bad method": b"G@T / HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    "bad method, second request": b"GET /ping HTTP/1.1\r\nHost: localhost\r\n\r\nG@T / HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    "bad version": b"GET / HTTP/9.9\r\nHost: localhost\r\n\r\n",
+    "bad chunked encoding": b"POST /api/v3/write_lp?db=x HTTP/1.1\r\nHost: localhost\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    "invalid URL": b"GET http://[::1 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    "non-UTF-8 path": b"GET /\xff\xfe HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    "non-UTF-8 query": b"GET /api/v3/query_sql?db=\xff HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    "NUL in header": b"GET / HTTP/1.1\r\nHost: localhost\r\nX-A: a\x00b\r\n\r\n",
+    "duplicate Content-Length": b"POST /ping HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    "TLS on the HTTP port": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 50,
+}
+
+
+def test_malformed_requests_get_one_clean_line_and_no_traceback(server: Server) -> None:
+    for name, data in MALFORMED.items():
+        for _ in range(3):
+            answer = exchange(server, data)
+            head, _, body = answer.rpartition(b"\r\n\r\n")
+            status = int(answer.split(b" ")[1]) if answer.startswith(b"HTTP/") else 0
+            assert 400 <= status < 500, (name, answer[:300])
+            text = body.decode()
+            assert text.count("\n") <= 1 and "Traceback" not in text and "b'" not in text, (name, text)
+    for _ in range(3):  # a body cut short by the client going away
+        with connect(server) as c:
+            c.sendall(
+                b"POST /api/v3/write_lp?db=x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nm v="
+            )
+            time.sleep(0.2)
+    late = exchange_in_two_parts(server)
+    assert b" 400 " in late.split(b"\r\n")[0] and b"malformed" in late, late
+    assert health_answers(server)
+    log = server.log()
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+    assert sum("bad request from" in line for line in log.splitlines()) <= 2  # rate-limited
+
+
+def exchange_in_two_parts(server: Server) -> bytes:
+    """A chunked write whose broken chunk arrives after the handler started reading."""
+    with connect(server) as c:
+        c.sendall(
+            b"POST /api/v3/write_lp?db=x HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nm v=1\r\n"
+        )
+        time.sleep(0.3)
+        c.sendall(b"zz\r\nabc\r\n0\r\n\r\n")
+        return read_all(c)
+
+
+# -- item 20: real client handshakes -------------------------------------------------
+def test_influxdb_clients_handshake(auth_server: Server) -> None:
+    influxdb_client = pytest.importorskip("influxdb_client")
+    influxdb = pytest.importorskip("influxdb")
+    s = auth_server
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # health() is deprecated in favour of ping()
+        with influxdb_client.InfluxDBClient(url=s.url, token=s.token, org="o") as v2:
+            health = v2.health()
+            assert health.status == "pass" and health.name == "appliance", health
+            assert v2.ping() is True and v2.version()
+        v1 = influxdb.InfluxDBClient("127.0.0.1", s.port)
+        assert v1.ping()  # expects 204 with X-Influxdb-Version
+        v1.close()
+    report = s.request("GET", "/health", token="").json()
+    assert report["status"] == "pass" and report["state"] == "ok" and "wal" in report["components"]
+    assert {c["name"] for c in report["checks"]} >= {"http", "wal", "persist", "engine"}
+    r = s.request("GET", "/ping", token="", headers={"Accept": "*/*"})
+    assert r.status == 200 and r.json()["version"] and r.headers["X-Influxdb-Version"]
+    r = s.request("HEAD", "/ping", token="")
+    assert r.status == 204 and r.headers["X-Influxdb-Version"]
+    r = s.request(
+        "GET", "/api/v3/configure/database", {"format": "json"}, headers={"Authorization": "Bearer "}
+    )
+    assert r.status == 401
+    bad_bytes = b"Authorization: Bearer \xff\xfe\r\nConnection: close\r\n"
+    raw = b"GET /api/v3/configure/database?format=json HTTP/1.1\r\nHost: localhost\r\n" + bad_bytes + b"\r\n"
+    assert exchange(s, raw).startswith(b"HTTP/1.1 401")
+    assert "Traceback" not in s.log()
+
+
+def test_connection_cap_fits_a_low_open_file_limit() -> None:
+    """With LimitNOFILE=400 the server serves at most 400 - FD_RESERVE connections, logged."""
+    code = "from appliance.server import _fit_fd_limit; print(_fit_fd_limit(512))"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (400, 400)),
+        check=True,
+    )
+    assert out.stdout.strip() == "144"
