@@ -35,6 +35,8 @@ from . import routes
 from .body import READER as BODY_READER
 
 APP_KEY: web.AppKey[App] = web.AppKey("app", App)
+#: Set by the auth middleware on endpoints that need no token: whether a valid one came anyway.
+AUTHENTICATED: web.RequestKey[bool] = web.RequestKey("authenticated", bool)
 #: Writes being parsed and committed at once; more wait with their body read (http.max_buffered_bytes).
 WRITE_SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("write_slots", asyncio.Semaphore)
 WRITE_CONCURRENCY = 8
@@ -231,11 +233,13 @@ _CORS_HEADERS = "Authorization, Content-Type, Content-Encoding, Accept"
 
 async def health(request: web.Request) -> web.Response:
     """Each component's state, shaped as InfluxDB 2's /health too (name, message, status pass or
-    fail, checks, version), so its clients' health() works; `state` is ok, degraded or failed."""
+    fail, checks, version), so its clients' health() works; `state` is ok, degraded or failed.
+    Without a valid token (auth on) it tells the state only: no component details or errors."""
     report = request.app[APP_KEY].health()
     state = report.pop("status")
+    details = request.get(AUTHENTICATED, True)
     problems = [
-        f"{name}: {c.get('error') or c['status']}"
+        f"{name}: {c.get('error') or c['status']}" if details else f"{name}: {c['status']}"
         for name, c in report["components"].items()
         if c["status"] != "ok"
     ]
@@ -250,7 +254,7 @@ async def health(request: web.Request) -> web.Response:
             {"name": name, "status": "fail" if c["status"] == "failed" else "pass"}
             for name, c in report["components"].items()
         ],
-        **report,
+        **(report if details else {}),
     }
     return json_response(shaped, status=503 if state == "failed" else 200)
 

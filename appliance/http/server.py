@@ -217,7 +217,10 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     app = request.app[APP_KEY]
     if request.method == "OPTIONS":
         return handlers.options(request)  # CORS pre-flight on any path, before routing and auth
-    if not app.config.auth_enabled or request.path in routes.PUBLIC:
+    if not app.config.auth_enabled:
+        return await handler(request)
+    if request.path in routes.PUBLIC:
+        request[handlers.AUTHENTICATED] = _verified(app, request)  # /health shows details only then
         return await handler(request)
     if request.path == routes.METRICS and "metrics" in app.config.disable_authz:
         return await handler(request)
@@ -231,6 +234,15 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if token is None or not app.tokens.verify(token):
         raise Unauthorized("the request was not authenticated")
     return await handler(request)
+
+
+def _verified(app: App, request: web.Request) -> bool:
+    """Whether the request carries a valid token (for endpoints that need none)."""
+    try:
+        token = _token_of(request)
+    except ApplianceError:
+        return False
+    return token is not None and app.tokens.verify(token)
 
 
 def _token_of(request: web.Request) -> str | None:

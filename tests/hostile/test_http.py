@@ -430,9 +430,13 @@ def test_influxdb_clients_handshake(auth_server: Server) -> None:
         v1 = influxdb.InfluxDBClient("127.0.0.1", s.port)
         assert v1.ping()  # expects 204 with X-Influxdb-Version
         v1.close()
-    report = s.request("GET", "/health", token="").json()
+    report = s.request("GET", "/health").json()
     assert report["status"] == "pass" and report["state"] == "ok" and "wal" in report["components"]
     assert {c["name"] for c in report["checks"]} >= {"http", "wal", "persist", "engine"}
+    anonymous = s.request("GET", "/health", token="").json()  # state, not internals
+    assert anonymous["status"] == "pass" and anonymous["state"] == "ok" and "components" not in anonymous
+    assert {c["name"] for c in anonymous["checks"]} == {c["name"] for c in report["checks"]}
+    assert s.request("GET", "/health", token="wrong").json().keys() == anonymous.keys()
     r = s.request("GET", "/ping", token="", headers={"Accept": "*/*"})
     assert r.status == 200 and r.json()["version"] and r.headers["X-Influxdb-Version"]
     r = s.request("HEAD", "/ping", token="")
