@@ -74,7 +74,12 @@ def test_a_second_trigger_on_a_taken_request_path_is_refused(server: Server) -> 
 
 
 def test_triggers_stored_by_older_versions_still_load(tmp_path: Path) -> None:
-    """A definition under the old `db/name` key, holding a bool a plugin leaked into its args, loads and lists."""
+    """Definitions older versions stored load and list, and none of them stops the server or new triggers.
+
+    Under the old `db/name` key: one whose args got a bool, an int key and bytes from a plugin
+    (msgpack refuses int map keys by default), one with a spec that no longer parses, and bytes
+    that are no definition at all (skipped with a log line, left in place).
+    """
     s = Server(tmp_path / "d").start()
     _make_db(s, "db")
     name = plugin(s, "counter.py", COUNTER)
@@ -82,28 +87,53 @@ def test_triggers_stored_by_older_versions_still_load(tmp_path: Path) -> None:
     s.stop()
     env = lmdb.open(str(s.data_dir / "lmdb"), max_dbs=20)
     triggers = env.open_db(b"triggers")
+    garbage = b"\xc1 not a definition"
     with env.begin(write=True, db=triggers) as txn:
         ((key, value),) = list(txn.cursor())
         record = msgpack.unpackb(value)
         record["arguments"]["use_config_file"] = True  # what the downsampler did to older versions
+        record["arguments"][7] = b"seven"
         txn.delete(key)
         txn.put(b"db/old", msgpack.packb(record))
+        broken = {**record, "name": "broken", "spec": "request:bad path?x", "arguments": None}
+        txn.put(b"db/broken", msgpack.packb(broken))
+        txn.put(b"db/garbage", garbage)
     env.close()
     s.start()
     assert s.request("GET", "/api/v3/engine/old").json() == {"who": "old", "calls": 1}
+    assert "skipped stored trigger definition b'db/garbage'" in s.log()
     args = s.query(
         "db", "SELECT argument_key, argument_value FROM system.processing_engine_trigger_arguments"
     )
     assert sorted(args, key=lambda r: r["argument_key"]) == [
+        {"argument_key": "7", "argument_value": "seven"},
         {"argument_key": "use_config_file", "argument_value": "True"},
         {"argument_key": "who", "argument_value": "old"},
     ]
-    r = s.request("DELETE", TRIGGER, {"db": "db", "trigger_name": "old", "force": "true"})
-    assert r.status == 200, r.text
+    specs = s.query(
+        "db",
+        "SELECT trigger_name, trigger_specification FROM system.processing_engine_triggers"
+        " ORDER BY trigger_name",
+    )
+    assert specs[0] == {"trigger_name": "broken", "trigger_specification": "request:bad path?x"}
+    # The definition that no longer parses holds no path: new request triggers can still be created.
+    assert create(s, "db", "new", name, "request:new", arguments={"who": "new"}).status == 200
+    assert s.request("GET", "/api/v3/engine/new").json() == {"who": "new", "calls": 1}
+    r = create(s, "db", "again", name, "request:old", arguments={"who": "x"})
+    assert r.status == 409 and "already served by trigger 'old'" in r.text
+    for trigger in ("old", "broken"):
+        r = s.request("DELETE", TRIGGER, {"db": "db", "trigger_name": trigger, "force": "true"})
+        assert r.status == 200, r.text
     s.stop()
     s.start()
-    assert s.query("db", "SELECT count(*) AS n FROM system.processing_engine_triggers") == [{"n": 0}]
+    assert s.query("db", "SELECT trigger_name FROM system.processing_engine_triggers") == [
+        {"trigger_name": "new"}
+    ]
     s.stop()
+    env = lmdb.open(str(s.data_dir / "lmdb"), max_dbs=20)
+    with env.begin(db=env.open_db(b"triggers")) as txn:
+        assert txn.get(b"db/garbage") == garbage  # left for inspection
+    env.close()
 
 
 MUTATOR = """
