@@ -330,3 +330,90 @@ def test_specs_with_control_characters_or_too_long_are_refused() -> None:
         with pytest.raises(BadRequest, match=re.escape(reason)) as info:
             parse_spec(spec)
         assert len(info.value.message) < 600
+
+
+def test_store_loads_int_keys_and_bytes_and_skips_what_it_cannot_decode(
+    wal: Wal, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = _trigger("db", "ok", arguments={"k": "v"})
+    record = msgpack.unpackb(good.encode())
+    record["arguments"].update({7: b"seven", "flag": True, "raw": b"\xff"})
+    unknown_field = {**record, "name": "future", "added_in_v9": 1}
+    junk = {
+        b"db/junk": b"\xc1\xc1",
+        b"db/future": msgpack.packb(unknown_field),
+        b"db/list": msgpack.packb([1]),
+    }
+
+    def put_old(txn, w):  # type: ignore[no-untyped-def]
+        txn.put(b"db/ok", msgpack.packb(record), db=w.dbs["triggers"])
+        for k, v in junk.items():
+            txn.put(k, v, db=w.dbs["triggers"])
+
+    wal.submit(fn=put_old).result()
+    with caplog.at_level("ERROR", logger="appliance.engine"):
+        loaded = TriggerStore(wal).load()
+    assert [t.name for t in loaded] == ["ok"]
+    assert loaded[0].arguments == {"k": "v", "7": "seven", "flag": "True", "raw": "\ufffd"}
+    skipped = [r.getMessage() for r in caplog.records if "skipped stored trigger" in r.getMessage()]
+    assert len(skipped) == 3 and all(m.count("\n") == 0 for m in skipped)
+    with wal.read() as txn:
+        for k, v in junk.items():
+            assert bytes(txn.get(k, db=wal.dbs["triggers"])) == v  # left as they were
+        assert txn.get(b"db/ok", db=wal.dbs["triggers"]) is None  # re-keyed
+    assert [t.name for t in TriggerStore(wal).load()] == ["ok"]
+
+
+def test_plugin_files_lists_plugins_without_walking_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for rel in ("a.py", "pkg/__init__.py", "pkg/sub/b.py", "notes.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x = 1\n")
+    for skipped in (".packages/numpy/core", ".gh/examples", "__pycache__", "pkg/__pycache__"):
+        (tmp_path / skipped).mkdir(parents=True)
+        (tmp_path / skipped / "m.py").write_text("")
+    real_walk, visited = tables.os.walk, []
+
+    def walk(*args, **kwargs):  # type: ignore[no-untyped-def]
+        for item in real_walk(*args, **kwargs):
+            visited.append(Path(item[0]).relative_to(tmp_path).as_posix())
+            yield item
+
+    monkeypatch.setattr(tables.os, "walk", walk)
+    table = tables.plugin_files(tmp_path)
+    assert table.column("file_path").to_pylist() == ["a.py", "pkg/__init__.py", "pkg/sub/b.py"]
+    assert table.column("plugin_name").to_pylist() == ["a.py", "pkg", "pkg"]
+    assert sorted(visited) == [".", "pkg", "pkg/sub"]
+
+
+def test_gh_fetch_stores_names_up_to_name_max_and_reports_disk_errors(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    long_name = "p" * 252 + ".py"  # 255 bytes: a valid name, but name + ".tmp" is not
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / long_name).write_text("X = 1\n")
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(repo))  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        plugins = tmp_path / "plugins"
+        loader = PluginLoader(plugins, f"http://127.0.0.1:{httpd.server_address[1]}", {})
+        path = loader.fetch("gh:" + long_name)
+        assert path.read_text() == "X = 1\n" and path.name == long_name
+        assert sorted(p.name for p in path.parent.iterdir()) == [long_name]  # no temp file left
+        assert loader.resolve("gh:" + long_name) == path
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / ".gh").write_text("a file where the cache folder should be")
+        blocked = PluginLoader(other, loader.repo, {})
+        with pytest.raises(BadRequest, match="cannot store plugin"):
+            blocked.fetch("gh:" + long_name)
+        for bad in ("gh:", "gh:.", "gh:a/../../x.py"):
+            with pytest.raises(BadRequest, match="Path traversal"):
+                loader.fetch(bad)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

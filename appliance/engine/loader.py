@@ -47,7 +47,7 @@ def check_filename(filename: str, what: str = "plugin filename") -> None:
     name can hold (NBSP, an emoji sequence with a zero-width joiner) is fine.
     """
     check_text(filename, what, _FILENAME)
-    for part in filename.split("/"):
+    for part in filename.removeprefix(GH_PREFIX).split("/"):
         if len(part.encode()) > MAX_COMPONENT_BYTES:
             raise BadRequest(
                 f"invalid {what} {filename[:40]!r}...: the part {part[:40]!r}... is longer than"

@@ -269,12 +269,13 @@ def test_bad_plugin_filenames_trigger_names_and_arguments_get_400(server: Server
     server.write("db", "m v=1 1", precision="ns")
     name = plugin(server, "ok.py", COUNTER)
     bad_files = {
-        "bad\u0000name.py": "control or invisible character U+0000",
+        "bad\u0000name.py": "control character U+0000",
+        "esc\u001b[2J.py": "control character U+001B",
         "x" * 5000 + ".py": "at most 1024 are allowed",
         "d/" + "x" * 300 + ".py": "longer than 255 bytes",
         "../outside.py": "Path traversal detected",
         "/etc/passwd": "Path traversal detected",
-        "gh:ok\u0000.py": "control or invisible character U+0000",
+        "gh:ok\u0000.py": "control character U+0000",
         "gh:../../etc/passwd": "Path traversal detected",
         "gh:" + "y" * 5000: "at most 1024 are allowed",
         "": "missing or invalid 'plugin_filename'",
@@ -295,8 +296,8 @@ def test_bad_plugin_filenames_trigger_names_and_arguments_get_400(server: Server
         ("nul\u0000", None, "U+0000"),
         ("zero\u200bwidth", None, "U+200B"),
         ("n" * 256, None, "at most 255 are allowed"),
-        ("t", {"k": "v\u0000"}, "its value contains the control or invisible character U+0000"),
-        ("t", {"k\n": "v"}, "its name contains"),
+        ("t", {"k": "v\u0000"}, "value of trigger argument 'k': it contains the control character U+0000"),
+        ("t", {"k\n": "v"}, "invalid trigger argument name 'k\\n'"),
         ("t", {"k": "v" * 70_000}, "at most 65536 are allowed"),
         ("t", {f"k{i}": "v" for i in range(300)}, "too many trigger arguments"),
     ]
@@ -313,9 +314,56 @@ def test_bad_plugin_filenames_trigger_names_and_arguments_get_400(server: Server
     )
     assert r.status == 400 and "U+0007" in r.text
     assert server.query("db", "SELECT count(*) AS n FROM system.processing_engine_triggers") == [{"n": 0}]
-    # Names that are merely unusual are fine.
+    # Names that are merely unusual are fine, and so are plugin files named with NBSP, an
+    # ideographic space or a ZWJ emoji sequence, and multi-line argument values (SQL, JSON, PEM).
     assert (
         create(server, "db", "ünïcode name/with slash", name, "request:u", arguments={"k": "a b"}).status
         == 200
     )
+    pem = "-----BEGIN CERTIFICATE-----\r\nMIIB\n-----END CERTIFICATE-----\n"
+    values = {"sql": "SELECT *\n\tFROM m\n\tWHERE v > 1", "json": '{\n  "a": 1\n}', "pem": pem}
+    echo = "def process_request(influxdb3_local, query_parameters, request_headers, request_body, args=None):\n    return args\n"
+    for i, filename in enumerate(
+        ("my\u00a0plugin.py", "日本\u3000語.py", "\U0001f468\u200d\U0001f469\u200d\U0001f467.py")
+    ):
+        plugin(server, filename, echo)
+        r = create(server, "db", f"echo{i}", filename, f"request:echo{i}", arguments=values)
+        assert r.status == 200, (filename, r.text)
+        assert server.request("GET", f"/api/v3/engine/echo{i}").json() == values
+    files = server.query("db", "SELECT file_name FROM system.plugin_files WHERE file_name <> 'ok.py'")
+    assert sorted(f["file_name"] for f in files) == sorted(
+        ["my\u00a0plugin.py", "日本\u3000語.py", "\U0001f468\u200d\U0001f469\u200d\U0001f467.py"]
+    )
     assert server.request("GET", "/health").status == 200
+
+
+def test_gh_plugins_with_names_near_the_file_system_limit_download(tmp_path: Path) -> None:
+    """A gh: name whose parts pass the 255-byte check is stored (the temp file once made it a 500)."""
+    import http.server
+    import threading
+
+    long_name = "d/" + "p" * 252 + ".py"  # the last part is 255 bytes: + ".tmp" would not fit
+    repo = tmp_path / "repo"
+    (repo / "d").mkdir(parents=True)
+    (repo / long_name).write_text(COUNTER)
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(repo))  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    s = Server(tmp_path / "d", env={"APPLIANCE_ENGINE_PLUGIN_REPO": url}).start()
+    try:
+        _make_db(s, "db")
+        r = create(s, "db", "long", "gh:" + long_name, "request:long", arguments={"who": "gh"})
+        assert r.status == 200, r.text
+        assert s.request("GET", "/api/v3/engine/long").json() == {"who": "gh", "calls": 1}
+        cached = s.data_dir / "plugins" / ".gh" / "d"
+        assert [p.name for p in cached.iterdir()] == ["p" * 252 + ".py"]
+        (s.data_dir / "plugins" / ".gh").rename(s.data_dir / "plugins" / "gh-moved")
+        (s.data_dir / "plugins" / ".gh").write_text("not a folder")
+        r = create(s, "db", "blocked", "gh:" + long_name, "request:blocked")
+        assert r.status == 400 and "cannot store plugin" in r.text and "Traceback" not in r.text, r.text
+        assert s.request("GET", "/health").status == 200
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        s.stop()
