@@ -133,6 +133,7 @@ class Engine:
         for t in list(self._triggers.values()):
             if not t.disabled:
                 try:
+                    self.loader.resolve(t.plugin_filename)
                     self._start(t)
                 except Exception as e:
                     self.logs.add(t.database, t.name, "ERROR", f"trigger did not start: {e}")
@@ -220,6 +221,7 @@ class Engine:
             if disabled:
                 self._stop_trigger(trigger.key)
             elif trigger.key not in self._running:
+                self.loader.resolve(trigger.plugin_filename)
                 self._start(trigger)
 
     def delete_trigger(self, database: str, name: str, force: bool) -> None:
@@ -258,8 +260,8 @@ class Engine:
         return trigger
 
     def _start(self, trigger: TriggerDef) -> None:
+        """Run a trigger whose plugin file the caller has resolved (or fetched) just before."""
         spec = parse_spec(trigger.spec)
-        self.loader.resolve(trigger.plugin_filename)
         owner = self._path_owners.get(spec.path) if spec.path is not None else None
         if owner is not None and owner != trigger.key:  # two definitions stored by an older version
             holder = self._triggers[owner]

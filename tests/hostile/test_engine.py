@@ -222,6 +222,10 @@ def test_install_packages_refuses_options_and_echoes_no_file(server: Server, tmp
         [str(secret)],
         [f"x @ {secret.as_uri()}"],
         ["x @ ftp://host/x.whl"],
+        [f"git+file://{secret.parent}"],
+        ["git+https://host/r.git@--upload-pack=touch"],
+        ["x @ https://host/${APPLIANCE_TOKEN}.whl"],
+        [secret.with_suffix(".whl").as_uri()],
         ["requests\u0000"],
         ["a" * 2000],
         [""],
@@ -260,6 +264,14 @@ def test_install_packages_refuses_options_and_echoes_no_file(server: Server, tmp
     r = _post(server, requirements, {"requirements_location": "requirements.txt"})
     assert r.status == 400 and "line 3" in r.text and "pip options are not accepted" in r.text, r.text
     assert "TOPSECRET" not in r.text
+    # Any file of the plugin directory can be named: an error gives its line number and reason, never the line.
+    (plugins / "secrets.toml").write_text('token = "TOPSECRET-7731"\n')
+    r = _post(server, requirements, {"requirements_location": "secrets.toml"})
+    assert r.status == 400 and "'secrets.toml', line 1: not a package requirement" in r.text, r.text
+    assert "TOPSECRET" not in r.text
+    (plugins / "secrets.toml").write_text("requests\n--index-url TOPSECRET-7731\n")
+    r = _post(server, requirements, {"requirements_location": "secrets.toml"})
+    assert r.status == 400 and "line 2" in r.text and "TOPSECRET" not in r.text, r.text
     r = _post(server, requirements, {"requirements_location": "missing.txt"})
     assert r.status == 404 and "not found in the plugin directory" in r.text
     assert server.request("GET", "/health").status == 200
