@@ -208,8 +208,10 @@ def _download(url: str) -> bytes:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename, fsync the folder. The temp name is short: `path.name` + ".tmp"
-    could pass NAME_MAX when the name itself is close to it."""
+    """Write `data` to `path` as the house rule says: temp file, fsync, rename, fsync the folder.
+
+    The temp name is short (mkstemp's): `path.name` + ".tmp" passes NAME_MAX when the name is close to it.
+    """
     make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
     try:

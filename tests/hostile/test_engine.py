@@ -124,11 +124,14 @@ def test_triggers_stored_by_older_versions_still_load(tmp_path: Path) -> None:
     for trigger in ("old", "broken"):
         r = s.request("DELETE", TRIGGER, {"db": "db", "trigger_name": trigger, "force": "true"})
         assert r.status == 200, r.text
+    # A deleted trigger's path is free again.
+    assert create(s, "db", "again", name, "request:old", arguments={"who": "again"}).status == 200
     s.stop()
     s.start()
-    assert s.query("db", "SELECT trigger_name FROM system.processing_engine_triggers") == [
-        {"trigger_name": "new"}
-    ]
+    assert s.query(
+        "db", "SELECT trigger_name FROM system.processing_engine_triggers ORDER BY trigger_name"
+    ) == [{"trigger_name": "again"}, {"trigger_name": "new"}]
+    assert s.request("GET", "/api/v3/engine/old").json() == {"who": "again", "calls": 1}
     s.stop()
     env = lmdb.open(str(s.data_dir / "lmdb"), max_dbs=20)
     with env.begin(db=env.open_db(b"triggers")) as txn:
