@@ -214,7 +214,8 @@ def _parser() -> argparse.ArgumentParser:
     ip.add_argument(
         "packages",
         nargs="*",
-        help="package requirements (PEP 508), e.g. requests==2.32.3 or requests[socks]>=2",
+        help="package requirements, e.g. requests==2.32.3, requests[socks]>=2, git+https://host/repo.git@tag"
+        " or a wheel in the server's plugin directory",
     )
     ip.add_argument(
         "-r",

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
 import pytest
 
-from appliance.engine import tables
+from appliance.engine import packages, tables
 from appliance.engine.loader import PluginLoader, check_filename
 from appliance.engine.packages import PackageInstaller, _last_error, _logical_lines
 from appliance.engine.store import TriggerDef, TriggerStore
@@ -82,12 +83,32 @@ def test_trigger_names_and_arguments_accepted() -> None:
     check_arguments(None)
 
 
+def test_multiline_values_and_unusual_but_valid_names_are_accepted() -> None:
+    """Only control characters and surrogates are refused outside trigger names: NBSP, CJK space, ZWJ emoji pass."""
+    pem = "-----BEGIN CERTIFICATE-----\r\nMIIB\tIjAN\n-----END CERTIFICATE-----\n"
+    sql = "SELECT *\n\tFROM cpu\n\tWHERE host = 'a'"
+    check_arguments({"pem": pem, "sql": sql, "json": '{\n  "a": 1\n}', "nbsp\u00a0key": "v"})
+    for filename in (
+        "my\u00a0plugin.py",
+        "日本\u3000語.py",
+        "fam\U0001f468\u200d\U0001f469\u200d\U0001f467.py",
+    ):
+        check_filename(filename)
+    for name in ("look\u200dalike", "nb\u00a0sp", "ideo\u3000space"):
+        with pytest.raises(BadRequest, match="control or invisible character"):
+            check_trigger_name(name)
+
+
 @pytest.mark.parametrize(
     ("args", "reason"),
     [
-        ({"k": "a\x00"}, "value contains"),
-        ({"k\t": "v"}, "name contains"),
-        ({"": "v"}, "1 to 255"),
+        ({"k": "a\x00"}, "value of trigger argument 'k': it contains the control character U+0000"),
+        ({"k": "a\x1b[2J"}, "U+001B"),
+        ({"k": "a\ud800"}, "U+D800"),
+        ({"k\t": "v"}, "trigger argument name 'k\\t': it contains the control character U+0009"),
+        ({"k\n": "v"}, "U+000A"),
+        ({"": "v"}, "trigger argument name: it is empty"),
+        ({"k" * 256: "v"}, "at most 255"),
         ({"k": "x" * 65_537}, "at most 65536"),
         ({f"k{i}": "" for i in range(257)}, "too many"),
     ],
@@ -101,7 +122,9 @@ def test_arguments_refused(args: dict[str, str], reason: str) -> None:
     ("filename", "reason"),
     [
         ("", "empty"),
-        ("a\x00.py", "U+0000"),
+        ("a\x00.py", "the control character U+0000"),
+        ("a\x7f.py", "U+007F"),
+        ("a\ud83d.py", "U+D83D"),
         ("x" * 1025, "at most 1024"),
         ("d/" + "x" * 256, "longer than 255 bytes"),
         ("d/" + "é" * 128, "longer than 255 bytes"),
@@ -123,20 +146,44 @@ def test_loader_refuses_escapes_before_touching_files(tmp_path: Path) -> None:
         loader.resolve("missing.py")
 
 
-def test_requirements_are_pep508_only(tmp_path: Path) -> None:
+def test_requirements_accept_what_pip_users_type(tmp_path: Path) -> None:
     pkgs = PackageInstaller(tmp_path, "pip")
-    for ok in ("requests", "requests[socks]>=2,<3", "foo; python_version>'3'", "x @ https://h/x.whl"):
-        pkgs.check_requirement(ok)
-    pkgs.check_requirement(f"x @ {(tmp_path / 'x.whl').as_uri()}")
-    for bad in (
-        "-r",
-        "--requirement=/etc/shadow",
-        "/etc/shadow",
-        "a b",
-        "x @ file:///etc/x.whl",
-        "x @ ftp://h/x",
+    wheel = tmp_path / "x-1.0-py3-none-any.whl"
+    as_given = (
+        "requests",
+        "requests[socks]>=2,<3",
+        "foo; python_version>'3'",
+        "x @ https://h/x.whl",
+        f"x @ {(tmp_path / 'x.whl').as_uri()}",
+        "git+https://github.com/psf/requests.git@v2.32.3",
+        "git+http://git.local/r.git#egg=r",
+        "requests @ git+https://github.com/psf/requests.git@v2.32.3",
+        "https://files.example/x-1.0-py3-none-any.whl",
+    )
+    for ok in as_given:
+        assert pkgs.check_requirement(ok) == ok
+    # A local wheel, by path (absolute or relative to the plugin directory) or file: URL, goes to pip by URL.
+    for local in (str(wheel), wheel.name, "./" + wheel.name, wheel.as_uri()):
+        assert pkgs.check_requirement(local) == wheel.as_uri()
+    for bad, reason in (
+        ("-r", "pip options are not accepted"),
+        ("--requirement=/etc/shadow", "pip options are not accepted"),
+        ("/etc/shadow", "must be a wheel (.whl) inside the plugin directory"),
+        ("/etc/x-1.0-py3-none-any.whl", "inside the plugin directory"),
+        (f"{tmp_path}/../x-1.0-py3-none-any.whl", "inside the plugin directory"),
+        ("file:///etc/x-1.0-py3-none-any.whl", "inside the plugin directory"),
+        (str(tmp_path / "sdist.tar.gz"), "must be a wheel"),
+        ("a b", "not a package requirement"),
+        ("x @ file:///etc/x.whl", "must point into the plugin directory"),
+        ("x @ ftp://h/x", "the URL must be"),
+        ("git+ssh://git@h/r.git", "the URL must be"),
+        ("git+file:///srv/r.git", "the URL must be"),
+        ("git+https://h/r.git@--upload-pack=touch", "cannot start with '-'"),
+        ("x @ https://h/${AWS_SECRET_ACCESS_KEY}.whl", "environment"),
+        ("requests --index-url=http://evil/", "would be read by pip as an option"),
+        ("requests\n-r /etc/shadow", "U+000A"),
     ):
-        with pytest.raises(BadRequest):
+        with pytest.raises(BadRequest, match=re.escape(reason)):
             pkgs.check_requirement(bad)
 
 
@@ -146,15 +193,108 @@ def test_requirements_file_stays_in_the_plugin_dir(tmp_path: Path) -> None:
     (tmp_path / "outside.txt").write_text("requests\n")
     (plugins / "req.txt").write_text("# c\nrequests>=2  # pinned\n\nfoo \\\n  >=1\n")
     pkgs = PackageInstaller(plugins, "pip")
-    assert pkgs.read_requirements("req.txt") == ["requests>=2", "foo   >=1"]
-    assert pkgs.read_requirements(str(plugins / "req.txt")) == ["requests>=2", "foo   >=1"]
+    assert pkgs.read_requirements("req.txt") == [(2, "requests>=2"), (4, "foo >=1")]
+    assert pkgs.read_requirements(str(plugins / "req.txt")) == [(2, "requests>=2"), (4, "foo >=1")]
     for location in ("../outside.txt", str(tmp_path / "outside.txt")):
         with pytest.raises(BadRequest, match="outside the plugin directory"):
             pkgs.read_requirements(location)
-    (plugins / "opts.txt").write_text("requests\n--index-url http://evil/\n")
+    (plugins / "opts.txt").write_text("requests\n--index-url file:///etc/\n")
     with pytest.raises(BadRequest, match="line 2"):
         pkgs.read_requirements("opts.txt")
     assert _logical_lines("a @ https://h/a.whl#sha256=1 # c") == [(1, "a @ https://h/a.whl#sha256=1")]
+
+
+PIP_COMPILE = """\
+#
+# This file is autogenerated by pip-compile with Python 3.11
+#
+--index-url https://pypi.org/simple
+--extra-index-url=https://mirror.local/simple
+-i https://pypi.org/simple
+-f https://mirror.local/links
+--pre
+--only-binary :all:
+--only-binary=scikit-learn,numpy
+--prefer-binary
+--require-hashes
+
+certifi==2024.2.2 \\
+    --hash=sha256:0569859f95fc761b18b45ef421b1290a0f65f147e92a1e5eb3e635f9a5e4e66f \\
+    --hash=sha256:dc383c07b76109f368f6106eee2b593b04a011ea4d55f652c6ca24a754d1cdd1
+    # via requests
+requests==2.32.3 --hash sha256:70761cfe03c773ceb22aa2f671b4757976145175cdfca038c02654d061d6dcc6
+x-1.0-py3-none-any.whl
+"""
+
+
+def test_pip_compile_files_with_hashes_and_index_options_reach_pip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What pip-compile --generate-hashes writes installs: pip gets -r of OUR file, lines at their numbers."""
+    (tmp_path / "requirements.txt").write_text(PIP_COMPILE)
+    pkgs = PackageInstaller(tmp_path, "pip")
+    seen: dict[str, object] = {}
+
+    def fake_pip(args: list[str], cwd: str) -> subprocess.CompletedProcess[str]:
+        ours = Path(args[args.index("-r") + 1])
+        seen.update(args=args, cwd=cwd, text=ours.read_text())
+        return subprocess.CompletedProcess(args, 0, "ok", "")
+
+    monkeypatch.setattr(packages, "_run_pip", fake_pip)
+    pkgs.install([], "requirements.txt")
+    args, text = seen["args"], str(seen["text"])
+    assert isinstance(args, list) and str(tmp_path / "requirements.txt") not in args
+    assert Path(args[args.index("-r") + 1]).parent == Path(str(seen["cwd"]))
+    lines = text.splitlines()
+    assert lines[3:12] == [
+        "--index-url https://pypi.org/simple",
+        "--extra-index-url https://mirror.local/simple",
+        "--index-url https://pypi.org/simple",
+        "--find-links https://mirror.local/links",
+        "--pre",
+        "--only-binary=:all:",
+        "--only-binary=scikit-learn,numpy",
+        "--prefer-binary",
+        "--require-hashes",
+    ]
+    assert lines[13] == (
+        "certifi==2024.2.2"
+        " --hash=sha256:0569859f95fc761b18b45ef421b1290a0f65f147e92a1e5eb3e635f9a5e4e66f"
+        " --hash=sha256:dc383c07b76109f368f6106eee2b593b04a011ea4d55f652c6ca24a754d1cdd1"
+    )
+    assert lines[17] == (
+        "requests==2.32.3 --hash=sha256:70761cfe03c773ceb22aa2f671b4757976145175cdfca038c02654d061d6dcc6"
+    )
+    assert lines[18] == (tmp_path / "x-1.0-py3-none-any.whl").as_uri()
+    pkgs.install(["git+https://github.com/psf/requests.git@v2.32.3", "x-1.0-py3-none-any.whl"])
+    assert str(seen["text"]).splitlines() == [
+        "git+https://github.com/psf/requests.git@v2.32.3",
+        (tmp_path / "x-1.0-py3-none-any.whl").as_uri(),
+    ]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'token = "TOPSECRET-1"',
+        "-r /etc/TOPSECRET",
+        "--index-url file:///TOPSECRET",
+        "-f /srv/TOPSECRET",
+        "-c TOPSECRET.txt",
+        "-e git+https://h/TOPSECRET.git",
+        "--trusted-host TOPSECRET",
+        "pkg==1 --hash=md5:TOPSECRET",
+        "pkg==1 --config-settings=TOPSECRET",
+        "TOPSECRET @ https://h/${HOME}",
+        "TOPSECRET\x1b[2J",
+    ],
+)
+def test_requirements_file_errors_name_the_line_never_quote_it(tmp_path: Path, line: str) -> None:
+    (tmp_path / "secrets.toml").write_text(f"requests\n{line}\n")
+    with pytest.raises(BadRequest) as info:
+        PackageInstaller(tmp_path, "pip").read_requirements("secrets.toml")
+    message = info.value.message
+    assert message.startswith("requirements file 'secrets.toml', line 2: ") and "TOPSECRET" not in message
 
 
 def test_pip_failure_summary_is_its_last_error_line() -> None:
@@ -190,3 +330,90 @@ def test_specs_with_control_characters_or_too_long_are_refused() -> None:
         with pytest.raises(BadRequest, match=re.escape(reason)) as info:
             parse_spec(spec)
         assert len(info.value.message) < 600
+
+
+def test_store_loads_int_keys_and_bytes_and_skips_what_it_cannot_decode(
+    wal: Wal, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = _trigger("db", "ok", arguments={"k": "v"})
+    record = msgpack.unpackb(good.encode())
+    record["arguments"].update({7: b"seven", "flag": True, "raw": b"\xff"})
+    unknown_field = {**record, "name": "future", "added_in_v9": 1}
+    junk = {
+        b"db/junk": b"\xc1\xc1",
+        b"db/future": msgpack.packb(unknown_field),
+        b"db/list": msgpack.packb([1]),
+    }
+
+    def put_old(txn, w):  # type: ignore[no-untyped-def]
+        txn.put(b"db/ok", msgpack.packb(record), db=w.dbs["triggers"])
+        for k, v in junk.items():
+            txn.put(k, v, db=w.dbs["triggers"])
+
+    wal.submit(fn=put_old).result()
+    with caplog.at_level("ERROR", logger="appliance.engine"):
+        loaded = TriggerStore(wal).load()
+    assert [t.name for t in loaded] == ["ok"]
+    assert loaded[0].arguments == {"k": "v", "7": "seven", "flag": "True", "raw": "\ufffd"}
+    skipped = [r.getMessage() for r in caplog.records if "skipped stored trigger" in r.getMessage()]
+    assert len(skipped) == 3 and all(m.count("\n") == 0 for m in skipped)
+    with wal.read() as txn:
+        for k, v in junk.items():
+            assert bytes(txn.get(k, db=wal.dbs["triggers"])) == v  # left as they were
+        assert txn.get(b"db/ok", db=wal.dbs["triggers"]) is None  # re-keyed
+    assert [t.name for t in TriggerStore(wal).load()] == ["ok"]
+
+
+def test_plugin_files_lists_plugins_without_walking_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for rel in ("a.py", "pkg/__init__.py", "pkg/sub/b.py", "notes.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x = 1\n")
+    for skipped in (".packages/numpy/core", ".gh/examples", "__pycache__", "pkg/__pycache__"):
+        (tmp_path / skipped).mkdir(parents=True)
+        (tmp_path / skipped / "m.py").write_text("")
+    real_walk, visited = tables.os.walk, []
+
+    def walk(*args, **kwargs):  # type: ignore[no-untyped-def]
+        for item in real_walk(*args, **kwargs):
+            visited.append(Path(item[0]).relative_to(tmp_path).as_posix())
+            yield item
+
+    monkeypatch.setattr(tables.os, "walk", walk)
+    table = tables.plugin_files(tmp_path)
+    assert table.column("file_path").to_pylist() == ["a.py", "pkg/__init__.py", "pkg/sub/b.py"]
+    assert table.column("plugin_name").to_pylist() == ["a.py", "pkg", "pkg"]
+    assert sorted(visited) == [".", "pkg", "pkg/sub"]
+
+
+def test_gh_fetch_stores_names_up_to_name_max_and_reports_disk_errors(tmp_path: Path) -> None:
+    import http.server
+    import threading
+
+    long_name = "p" * 252 + ".py"  # 255 bytes: a valid name, but name + ".tmp" is not
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / long_name).write_text("X = 1\n")
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(repo))  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        plugins = tmp_path / "plugins"
+        loader = PluginLoader(plugins, f"http://127.0.0.1:{httpd.server_address[1]}", {})
+        path = loader.fetch("gh:" + long_name)
+        assert path.read_text() == "X = 1\n" and path.name == long_name
+        assert sorted(p.name for p in path.parent.iterdir()) == [long_name]  # no temp file left
+        assert loader.resolve("gh:" + long_name) == path
+        other = tmp_path / "other"
+        other.mkdir()
+        (other / ".gh").write_text("a file where the cache folder should be")
+        blocked = PluginLoader(other, loader.repo, {})
+        with pytest.raises(BadRequest, match="cannot store plugin"):
+            blocked.fetch("gh:" + long_name)
+        for bad in ("gh:", "gh:.", "gh:a/../../x.py"):
+            with pytest.raises(BadRequest, match="Path traversal"):
+                loader.fetch(bad)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -716,6 +716,15 @@ class PluginApi:
         return table_to_rows(table)
 
 
+def own_copy(arguments: Mapping[str, str] | None) -> dict[str, str] | None:
+    """The args one plugin call gets: its own dict, as InfluxDB 3 passes it (None stays None).
+
+    Plugins change their args (the public downsampler sets args["use_config_file"] = True);
+    that must not reach the stored definition or the next call.
+    """
+    return None if arguments is None else dict(arguments)
+
+
 def _check_db(db: Any) -> str:
     if not isinstance(db, str):
         raise TypeError(f"database name must be a str, got {type(db).__name__}")

@@ -14,7 +14,7 @@ from .. import lineprotocol
 from ..catalog import Catalog
 from ..model import TIME_COLUMN, ParsedTable, Precision
 from ..query import QueryService
-from .api import PluginApi, PluginCache
+from .api import PluginApi, PluginCache, own_copy
 from .loader import PluginLoader
 from .triggers import Schedule, parse_spec
 
@@ -101,9 +101,7 @@ class DryRun:
             fn = getattr(module, entry, None)
             if not callable(fn):
                 raise AttributeError(f"the {entry} function is not present in the plugin")
-            fn(
-                api, *inputs, None if arguments is None else dict(arguments)
-            )  # its own copy, as a trigger call
+            fn(api, *inputs, own_copy(arguments))
         except BaseException as e:  # a test run reports what a real run would log
             api.discard_writes()
             errors.append(f"{type(e).__name__}: {e}")

@@ -8,10 +8,12 @@ with another trigger (InfluxDB 3 re-executes the file on every call instead).
 from __future__ import annotations
 
 import builtins
+import contextlib
 import importlib.util
 import itertools
 import os
 import sys
+import tempfile
 import threading
 import urllib.error
 import urllib.parse
@@ -22,6 +24,8 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import BadRequest, NotFound
+from ..fileio import fsync_dir, make_dirs
+from .names import TextRule, check_text
 
 GH_PREFIX = "gh:"
 GH_CACHE = ".gh"  # downloaded gh: plugins live here, so triggers start without network
@@ -32,24 +36,18 @@ MAX_COMPONENT_BYTES = 255
 MAX_PLUGIN_BYTES = 16 * 1024 * 1024
 
 
+_FILENAME = TextRule(MAX_FILENAME)
+
+
 def check_filename(filename: str, what: str = "plugin filename") -> None:
     """Refuse, with a clear BadRequest, a name no file could have: empty, control characters, too long.
 
     Checked before the name touches the file system, where a NUL byte or a 5,000-character name
-    would raise an OSError or ValueError instead of a clear answer.
+    would raise an OSError or ValueError instead of a clear answer. Any other character a file
+    name can hold (NBSP, an emoji sequence with a zero-width joiner) is fine.
     """
-    if not filename:
-        raise BadRequest(f"invalid {what}: it is empty")
-    if len(filename) > MAX_FILENAME:
-        raise BadRequest(
-            f"invalid {what} {filename[:40]!r}...: it has {len(filename)} characters, at most {MAX_FILENAME} are allowed"
-        )
-    for c in filename:
-        if not c.isprintable():
-            raise BadRequest(
-                f"invalid {what} {filename!r}: it contains the control or invisible character U+{ord(c):04X}"
-            )
-    for part in filename.split("/"):
+    check_text(filename, what, _FILENAME)
+    for part in filename.removeprefix(GH_PREFIX).split("/"):
         if len(part.encode()) > MAX_COMPONENT_BYTES:
             raise BadRequest(
                 f"invalid {what} {filename[:40]!r}...: the part {part[:40]!r}... is longer than"
@@ -105,39 +103,24 @@ class PluginLoader:
         if not filename.startswith(GH_PREFIX):
             return self.resolve(filename)
         check_filename(filename)
-        rel = filename[len(GH_PREFIX) :].lstrip("/")
-        if not rel or ".." in Path(rel).parts:
-            raise BadRequest(f"Path traversal detected: plugin filename '{filename}' is not allowed")
-        self._gh_path(filename, must_exist=False)  # refuses names that would leave the cache folder
+        path = self._gh_path(filename, must_exist=False)  # refuses names that would leave the cache
+        rel = path.relative_to(self.plugin_dir / GH_CACHE).as_posix()
         # Quoted: a '?', '#' or space in the name must stay part of the path, not change the URL.
         url = f"{self.repo}/{urllib.parse.quote(rel)}"
+        body = _download(url)
         try:
-            with urllib.request.urlopen(url, timeout=30) as resp:
-                body = resp.read(MAX_PLUGIN_BYTES + 1)
-        except urllib.error.HTTPError as e:
-            raise BadRequest(f"error fetching plugin from repository: {e.code} {url}") from None
-        except ValueError as e:  # a URL http.client refuses
-            raise BadRequest(f"error fetching plugin from repository: invalid URL {url!r} ({e})") from None
-        except (urllib.error.URLError, OSError) as e:
+            _write_atomically(path, body)
+        except OSError as e:
             raise BadRequest(
-                f"error fetching plugin from repository: {url} is unreachable ({getattr(e, 'reason', e)});"
-                " check engine.plugin_repo and the network, or copy the file into the plugin directory"
+                f"cannot store plugin {filename[:80]!r} in the plugin cache: {e.strerror or e}"
             ) from None
-        if len(body) > MAX_PLUGIN_BYTES:
-            raise BadRequest(
-                f"error fetching plugin from repository: {url} is larger than {MAX_PLUGIN_BYTES} bytes"
-            )
-        path = self._gh_path(filename, must_exist=False)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(body)
-        os.replace(tmp, path)
         return path
 
     def _gh_path(self, filename: str, must_exist: bool = True) -> Path:
         rel = filename[len(GH_PREFIX) :].lstrip("/")
-        path = (self.plugin_dir / GH_CACHE / rel).resolve()
-        if not path.is_relative_to(self.plugin_dir / GH_CACHE):
+        cache = self.plugin_dir / GH_CACHE
+        path = (cache / rel).resolve()
+        if not rel or ".." in Path(rel).parts or not path.is_relative_to(cache) or path == cache:
             raise BadRequest(f"Path traversal detected: plugin filename '{filename}' is not allowed")
         if must_exist and not path.is_file():
             raise NotFound(
@@ -201,3 +184,44 @@ def _stamp(path: Path) -> tuple[int, ...]:
     if path.is_file():
         return (path.stat().st_mtime_ns,)
     return tuple(sorted(p.stat().st_mtime_ns for p in path.rglob("*.py") if "__pycache__" not in p.parts))
+
+
+def _download(url: str) -> bytes:
+    """A gh: plugin's bytes, at most MAX_PLUGIN_BYTES; BadRequest saying why not."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            body: bytes = resp.read(MAX_PLUGIN_BYTES + 1)
+    except urllib.error.HTTPError as e:
+        raise BadRequest(f"error fetching plugin from repository: {e.code} {url}") from None
+    except ValueError as e:  # a URL http.client refuses
+        raise BadRequest(f"error fetching plugin from repository: invalid URL {url!r} ({e})") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise BadRequest(
+            f"error fetching plugin from repository: {url} is unreachable ({getattr(e, 'reason', e)});"
+            " check engine.plugin_repo and the network, or copy the file into the plugin directory"
+        ) from None
+    if len(body) > MAX_PLUGIN_BYTES:
+        raise BadRequest(
+            f"error fetching plugin from repository: {url} is larger than {MAX_PLUGIN_BYTES} bytes"
+        )
+    return body
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` as the house rule says: temp file, fsync, rename, fsync the folder.
+
+    The temp name is short (mkstemp's): `path.name` + ".tmp" passes NAME_MAX when the name is close to it.
+    """
+    make_dirs(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)

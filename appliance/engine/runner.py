@@ -33,7 +33,7 @@ from ..query import QueryService
 from ..wal import Wal, WalEntry
 from ..write import WriteRequest, WriteService
 from . import tables
-from .api import PluginApi, PluginCache, api_globals
+from .api import PluginApi, PluginCache, api_globals, own_copy
 from .dryrun import DryRun
 from .loader import PluginLoader, check_filename
 from .packages import PackageInstaller
@@ -113,7 +113,9 @@ class Engine:
         self._lock = threading.RLock()
         self._triggers: dict[str, TriggerDef] = {t.key: t for t in self.store.load()}
         self._running: dict[str, _Running] = {}
-        self._paths: dict[str, _Running] = {}
+        self._paths: dict[str, _Running] = {}  # request path -> the running trigger serving it
+        self._path_owners: dict[str, str] = {}  # request path -> key of the trigger it belongs to
+        self._index_paths()
         self._pool = DaemonPool(ASYNC_WORKERS, "plugin")  # asynchronous WAL and schedule calls
         self.request_pool = DaemonPool(ASYNC_WORKERS, "request-plugin")  # request triggers and dry runs
         self._schedule: list[tuple[int, int, _Running]] = []  # (fire ns, tie-breaker, the run it belongs to)
@@ -131,6 +133,7 @@ class Engine:
         for t in list(self._triggers.values()):
             if not t.disabled:
                 try:
+                    self.loader.resolve(t.plugin_filename)
                     self._start(t)
                 except Exception as e:
                     self.logs.add(t.database, t.name, "ERROR", f"trigger did not start: {e}")
@@ -163,14 +166,13 @@ class Engine:
     def create_trigger(self, trigger: TriggerDef) -> None:
         """Validate, persist and (unless disabled) start a trigger."""
         check_trigger_name(trigger.name)
-        check_filename(trigger.plugin_filename)
         check_arguments(trigger.arguments)
         spec = parse_spec(trigger.spec)
         if trigger.error_behavior not in ERROR_BEHAVIORS:
             raise BadRequest(f"invalid error_behavior {trigger.error_behavior!r}: use log, retry or disable")
         if self.catalog.get(trigger.database) is None:
             raise NotFound(f"Database not found {trigger.database}")
-        self.loader.fetch(trigger.plugin_filename)
+        self.loader.fetch(trigger.plugin_filename)  # checks the filename first
         trigger = replace(trigger, spec=spec.text)
         with self._lock:
             if trigger.key in self._triggers:
@@ -178,19 +180,35 @@ class Engine:
             self._check_path_free(spec)
             self.store.put(trigger)
             self._triggers[trigger.key] = trigger
+            if spec.path is not None:
+                self._path_owners[spec.path] = trigger.key
             if not trigger.disabled:
                 self._start(trigger)
 
     def _check_path_free(self, spec: TriggerSpec) -> None:
         """One request path, one trigger: a second one would silently take the path over."""
-        if spec.path is None:
-            return
-        for other in self._triggers.values():
-            if parse_spec(other.spec).path == spec.path:
-                raise Conflict(
-                    f"request path {spec.path!r} is already served by trigger {other.name!r} in database"
-                    f" {other.database!r}; delete that trigger or choose another path"
-                )
+        owner = self._path_owners.get(spec.path) if spec.path is not None else None
+        if owner is not None:
+            other = self._triggers[owner]
+            raise Conflict(
+                f"request path {spec.path!r} is already served by trigger {other.name!r} in database"
+                f" {other.database!r}; delete that trigger or choose another path"
+            )
+
+    def _index_paths(self) -> None:
+        """Rebuild path -> trigger key: the one trigger each request path belongs to.
+
+        Running triggers first, then enabled ones, so a path two definitions stored by an older
+        version both claim stays with the one that serves it. A stored spec that no longer
+        parses claims no path: it must not block every new request trigger.
+        """
+        owners: dict[str, str] = {}
+        order = sorted(self._triggers.values(), key=lambda t: (t.key not in self._running, t.disabled))
+        for t in order:
+            path = _spec_path(t.spec)
+            if path is not None:
+                owners.setdefault(path, t.key)
+        self._path_owners = owners
 
     def set_disabled(self, database: str, name: str, disabled: bool) -> None:
         """Enable or disable a trigger; the catalog and the running state agree afterwards."""
@@ -203,6 +221,7 @@ class Engine:
             if disabled:
                 self._stop_trigger(trigger.key)
             elif trigger.key not in self._running:
+                self.loader.resolve(trigger.plugin_filename)
                 self._start(trigger)
 
     def delete_trigger(self, database: str, name: str, force: bool) -> None:
@@ -213,6 +232,7 @@ class Engine:
             self._stop_trigger(trigger.key)
             self.store.delete(trigger)
             del self._triggers[trigger.key]
+            self._index_paths()
 
     def drop_database(self, db_id: int, table_id: int | None, name: str | None = None) -> None:
         """Catalog drop listener: a deleted database takes its triggers with it."""
@@ -224,6 +244,7 @@ class Engine:
                 self._stop_trigger(trigger.key)
                 self.store.delete(trigger)
                 del self._triggers[trigger.key]
+            self._index_paths()
 
     def triggers(self, database: str | None = None) -> list[TriggerDef]:
         with self._lock:
@@ -239,13 +260,14 @@ class Engine:
         return trigger
 
     def _start(self, trigger: TriggerDef) -> None:
+        """Run a trigger whose plugin file the caller has resolved (or fetched) just before."""
         spec = parse_spec(trigger.spec)
-        self.loader.resolve(trigger.plugin_filename)
-        holder = self._paths.get(spec.path) if spec.path is not None else None
-        if holder is not None and holder.trigger.key != trigger.key:  # stored by an older version
+        owner = self._path_owners.get(spec.path) if spec.path is not None else None
+        if owner is not None and owner != trigger.key:  # two definitions stored by an older version
+            holder = self._triggers[owner]
             raise Conflict(
-                f"request path {spec.path!r} is already served by trigger {holder.trigger.name!r}"
-                f" in database {holder.trigger.database!r}"
+                f"request path {spec.path!r} is already served by trigger {holder.name!r}"
+                f" in database {holder.database!r}"
             )
         run = _Running(trigger, spec)
         self._running[trigger.key] = run
@@ -487,10 +509,7 @@ class Engine:
                     f"the {fn_name} function is not present in the plugin. Should be defined as: {signature}"
                 )
             self.logs.add(trigger.database, trigger.name, "INFO", _start_text(event))
-            # A copy per call, as InfluxDB 3 does: plugins change their args (the public
-            # downsampler sets args["use_config_file"] = True) and that must not reach the
-            # stored definition or the next call.
-            result = fn(api, *self._arguments(run, event), _own_copy(trigger.arguments))
+            result = fn(api, *self._arguments(run, event), own_copy(trigger.arguments))
         except BaseException as e:  # SystemExit and friends too: a plugin never stops the server
             api.discard_writes()
             PLUGIN_ERRORS.inc(1, **_labels(trigger))
@@ -672,9 +691,12 @@ def _error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}{where}"
 
 
-def _own_copy(arguments: dict[str, str] | None) -> dict[str, str] | None:
-    """The arguments one plugin call gets: its own dict (None stays None, as InfluxDB 3 passes it)."""
-    return None if arguments is None else dict(arguments)
+def _spec_path(spec: str) -> str | None:
+    """The request path a stored spec serves; None for other kinds and for specs that no longer parse."""
+    try:
+        return parse_spec(spec).path
+    except Exception:
+        return None
 
 
 def _labels(trigger: TriggerDef) -> dict[str, str]:

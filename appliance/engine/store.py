@@ -22,7 +22,8 @@ log = logging.getLogger("appliance.engine")
 
 LOG_RING_SIZE = 10_000
 _SEQ = struct.Struct(">Q")
-#: Trigger keys start with a NUL byte; the `db/name` keys of older versions start with a letter or digit.
+#: Marks the digest keys of this format apart from the `db/name` text keys older versions stored
+#: (re-keyed by `TriggerStore.load`); a database name can hold no NUL, so no old key starts with it.
 _STORE_PREFIX = b"\x00"
 
 
@@ -65,11 +66,11 @@ class TriggerDef:
 
     @classmethod
     def decode(cls, data: bytes) -> TriggerDef:
-        trigger = cls(**msgpack.unpackb(data))
+        # Older versions stored what a plugin put into its args dict (a bool, an int key, bytes):
+        # int map keys must load, and arguments are strings, whatever was stored.
+        trigger = cls(**msgpack.unpackb(data, strict_map_key=False))
         if trigger.arguments is not None:
-            # Older versions could store what a plugin put into its args dict (a bool, say):
-            # arguments are strings, whatever was stored.
-            trigger.arguments = {str(k): str(v) for k, v in dict(trigger.arguments).items()}
+            trigger.arguments = {_text(k): _text(v) for k, v in dict(trigger.arguments).items()}
         return trigger
 
 
@@ -82,9 +83,19 @@ class TriggerStore:
     def load(self) -> list[TriggerDef]:
         """Every stored trigger; definitions stored under older `db/name` keys are re-keyed first."""
         with self.wal.read() as txn:
-            stored = [
-                (bytes(k), TriggerDef.decode(bytes(v))) for k, v in txn.cursor(db=self.wal.dbs["triggers"])
-            ]
+            records = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=self.wal.dbs["triggers"])]
+        stored: list[tuple[bytes, TriggerDef]] = []
+        for k, v in records:
+            try:
+                stored.append((k, TriggerDef.decode(v)))
+            except Exception as e:
+                # One unreadable definition must not stop the server; its bytes stay for inspection.
+                log.error(
+                    "skipped stored trigger definition %r: cannot decode it (%s: %.200s)",
+                    k,
+                    type(e).__name__,
+                    e,
+                )
         old = [(k, t) for k, t in stored if k != t.store_key]
         if old:
 
@@ -181,3 +192,10 @@ class EngineLog:
             ],
             schema=LOG_SCHEMA,
         )
+
+
+def _text(value: Any) -> str:
+    """A stored argument key or value as text: bytes decode as UTF-8 (replacing what is not)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)

@@ -8,6 +8,7 @@ empty. (A plugin that changed its args dict once made every query of its databas
 from __future__ import annotations
 
 import logging
+import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from .loader import GH_CACHE
+from .packages import PACKAGES_DIR
 from .store import LOG_SCHEMA, TriggerDef
 from .triggers import parse_spec
 
@@ -39,19 +42,26 @@ def build(plugin_dir: Path, triggers: list[TriggerDef], logs: Callable[[], pa.Ta
     return out
 
 
+#: Folders of the plugin directory that hold no plugin files: installed packages, the gh: cache
+#: (its files are listed by trigger, not here) and bytecode. Not even walked: .packages can be large.
+_NOT_PLUGINS = frozenset({PACKAGES_DIR, GH_CACHE, "__pycache__"})
+
+
 def plugin_files(root: Path) -> pa.Table:
     """`system.plugin_files`: every plugin file in the plugin directory (installed packages excluded)."""
     rows: list[tuple[str, str, str, int, int]] = []
-    for p in sorted(root.rglob("*.py")):
-        parts = p.relative_to(root).parts
-        if {"__pycache__", ".packages"} & set(parts):
-            continue
-        try:
-            st = p.stat()
-        except OSError:  # removed meanwhile, or a dangling link
-            continue
-        if stat.S_ISREG(st.st_mode):
-            rows.append((parts[0], p.name, str(p.relative_to(root)), st.st_size, st.st_mtime_ns // 1_000_000))
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in _NOT_PLUGINS)
+        for name in sorted(f for f in files if f.endswith(".py")):
+            p = Path(folder) / name
+            try:
+                st = p.stat()
+            except OSError:  # removed meanwhile, or a dangling link
+                continue
+            if stat.S_ISREG(st.st_mode):
+                rel = p.relative_to(root)
+                rows.append((rel.parts[0], name, str(rel), st.st_size, st.st_mtime_ns // 1_000_000))
+    rows.sort(key=lambda r: r[2])
     return _table(rows, _PLUGIN_FILES_SCHEMA)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import bisect
 import json
 import re
-import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +22,8 @@ from typing import Any, Literal
 from croniter import CroniterBadDateError, CroniterError, croniter
 
 from appliance.errors import BadRequest
+
+from .names import TextRule, check_text, text_problem
 
 __all__ = [
     "MAX_ARGUMENTS",
@@ -378,11 +379,9 @@ def _bad_spec(spec: str, reason: str | None = None) -> BadRequest:
 def parse_spec(text: str) -> TriggerSpec:
     """Parse a trigger specification string; raises BadRequest with InfluxDB 3's message if invalid."""
     spec = text.strip()
-    if len(spec) > MAX_SPEC:
-        raise _bad_spec(spec, f"it has {len(spec)} characters, at most {MAX_SPEC} are allowed")
-    bad = _control(spec)
+    bad = text_problem(spec, _SPEC)
     if bad is not None:
-        raise _bad_spec(repr(spec)[1:-1], f"it contains the control or invisible character {bad}")
+        raise _bad_spec(repr(spec)[1:-1], bad)
     if spec == "all_tables":
         return TriggerSpec("wal", spec)
     prefix, sep, rest = spec.partition(":")
@@ -430,52 +429,29 @@ MAX_ARGUMENT_KEY = 255
 MAX_ARGUMENT_VALUE = 65_536
 
 
-def _control(text: str, names: bool = True) -> str | None:
-    """The first character not allowed in `text`, as U+XXXX, or None.
-
-    Names must be printable (no control characters, no invisible ones such as a zero-width space,
-    which would make two names look alike); values may hold any character but control characters.
-    """
-    for c in text:
-        if (not c.isprintable()) if names else unicodedata.category(c) == "Cc":
-            return f"U+{ord(c):04X}"
-    return None
+TRIGGER_NAME = TextRule(MAX_TRIGGER_NAME, printable=True)
+ARGUMENT_KEY = TextRule(MAX_ARGUMENT_KEY)
+ARGUMENT_VALUE = TextRule(MAX_ARGUMENT_VALUE, multiline=True, empty_ok=True, show=False)
+_SPEC = TextRule(MAX_SPEC, printable=True, empty_ok=True)
 
 
 def check_trigger_name(name: str, what: str = "trigger name") -> None:
     """A trigger name is 1 to MAX_TRIGGER_NAME printable characters; BadRequest naming the problem if not."""
-    if not name:
-        raise BadRequest(f"invalid {what}: it is empty")
-    if len(name) > MAX_TRIGGER_NAME:
-        raise BadRequest(
-            f"invalid {what} {name[:40]!r}...: it has {len(name)} characters, at most {MAX_TRIGGER_NAME} are allowed"
-        )
-    bad = _control(name)
-    if bad is not None:
-        raise BadRequest(f"invalid {what} {name!r}: it contains the control or invisible character {bad}")
+    check_text(name, what, TRIGGER_NAME)
 
 
 def check_arguments(args: Mapping[str, str] | None) -> None:
-    """Trigger or dry-run arguments: bounded count and sizes, no control characters (BadRequest if not)."""
+    """Trigger or dry-run arguments: bounded count and sizes, no control characters (BadRequest if not).
+
+    Values may span lines (SQL, JSON, a PEM certificate): tabs and line breaks are kept.
+    """
     if not args:
         return
     if len(args) > MAX_ARGUMENTS:
         raise BadRequest(f"too many trigger arguments: {len(args)}, at most {MAX_ARGUMENTS} are allowed")
     for key, value in args.items():
-        if not key or len(key) > MAX_ARGUMENT_KEY:
-            raise BadRequest(
-                f"invalid trigger argument name {key[:40]!r}: it must have 1 to {MAX_ARGUMENT_KEY} characters"
-            )
-        if len(value) > MAX_ARGUMENT_VALUE:
-            raise BadRequest(
-                f"trigger argument {key!r} is {len(value)} characters long, at most {MAX_ARGUMENT_VALUE} are allowed"
-            )
-        for what, text in (("name", key), ("value", value)):
-            bad = _control(text, names=what == "name")
-            if bad is not None:
-                raise BadRequest(
-                    f"invalid trigger argument {key!r}: its {what} contains the control or invisible character {bad}"
-                )
+        check_text(key, "trigger argument name", ARGUMENT_KEY)
+        check_text(value, f"value of trigger argument {key!r}", ARGUMENT_VALUE)
 
 
 def parse_trigger_arguments(text: str | None) -> dict[str, str] | None:

@@ -194,9 +194,10 @@ def test_frozen_binary_end_to_end(binary: Path, tmp_path: Path) -> None:
     assert doc == {"hello": "pi", "missing": [], "s3": True, "rows": 3}, fail(str(doc))
 
     # install package: pip inside the executable, into <plugin-dir>/.packages; a plugin imports it.
-    spec, module = _package_to_install(tmp_path, server.data_dir / "plugins")
-    r = cli("install", "package", spec, timeout=600)
-    assert r.returncode == 0, fail(f"install package {spec}: {r.stdout}\n{r.stderr}")
+    specs, module = _package_to_install(tmp_path, server.data_dir / "plugins")
+    for spec in specs:
+        r = cli("install", "package", spec, timeout=600)
+        assert r.returncode == 0, fail(f"install package {spec}: {r.stdout}\n{r.stderr}")
     _plugin(
         server,
         "uses_pkg.py",
@@ -286,13 +287,13 @@ def _wait_for(check: Callable[[], Any], timeout: float) -> Any:
         time.sleep(0.1)
 
 
-def _package_to_install(tmp_path: Path, plugin_dir: Path) -> tuple[str, str]:
-    """(what to pass to `install package`, the module it provides).
+def _package_to_install(tmp_path: Path, plugin_dir: Path) -> tuple[list[str], str]:
+    """(what to pass to `install package`, one install each, the module it provides).
 
     A real package from the index pip is configured with (pip.conf, PIP_* variables), when this
     machine's pip can fetch it; else a wheel made here, so the test still covers pip inside the
     executable on a machine without a package index (in the plugin directory, the only place a
-    `file:` requirement may point to).
+    local wheel may come from), given both as a bare path and as `name @ file:`.
     """
     probe = subprocess.run(
         [
@@ -313,7 +314,7 @@ def _package_to_install(tmp_path: Path, plugin_dir: Path) -> tuple[str, str]:
         check=False,
     )
     if probe.returncode == 0:
-        return REGISTRY_PACKAGE, REGISTRY_PACKAGE
+        return [REGISTRY_PACKAGE], REGISTRY_PACKAGE
     plugin_dir.mkdir(parents=True, exist_ok=True)
     wheel = plugin_dir / "smoke_pkg-1.0-py3-none-any.whl"
     files = {
@@ -327,4 +328,4 @@ def _package_to_install(tmp_path: Path, plugin_dir: Path) -> tuple[str, str]:
     with zipfile.ZipFile(wheel, "w") as z:
         for name, text in files.items():
             z.writestr(name, text)
-    return f"smoke-pkg @ {wheel.as_uri()}", "smoke_pkg"
+    return [str(wheel), f"smoke-pkg @ {wheel.as_uri()}"], "smoke_pkg"

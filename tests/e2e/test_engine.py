@@ -442,17 +442,19 @@ def _wheel(tmp: Path) -> Path:
 
 
 def test_installed_packages_are_importable_by_plugins(server: Server, tmp_path: Path) -> None:
+    """A wheel in the plugin directory installs by bare path, by `name @ file:` and from a hashed requirements file."""
+    import hashlib
+
     server.write("db", "m v=0 1", precision="ns")
     plugins = server.data_dir / "plugins"
     plugins.mkdir(parents=True, exist_ok=True)
-    wheel = _wheel(plugins)  # a local wheel is installed from the plugin directory, by file: URL
-    r = server.request(
-        "POST",
-        "/api/v3/configure/plugin_environment/install_packages",
-        body=json.dumps({"packages": [f"appliance-test-pkg @ {wheel.as_uri()}"]}),
-        headers=JSON,
-        timeout=300,
-    )
+    wheel = _wheel(plugins)
+    install = "/api/v3/configure/plugin_environment/install_packages"
+
+    def post(path: str, body: dict[str, Any]) -> Any:
+        return server.request("POST", path, body=json.dumps(body), headers=JSON, timeout=300)
+
+    r = post(install, {"packages": [str(wheel)]})
     assert r.status == 200, r.text
     name = plugin(
         server,
@@ -461,14 +463,22 @@ def test_installed_packages_are_importable_by_plugins(server: Server, tmp_path: 
     )
     create(server, "db", "pkg", name, "request:pkg")
     assert server.request("GET", "/api/v3/engine/pkg").json() == {"value": 42}
-    r = server.request(
-        "POST",
-        "/api/v3/configure/plugin_environment/install_packages",
-        body=json.dumps({"packages": [f"appliance-test-pkg @ {(plugins / 'missing.whl').as_uri()}"]}),
-        headers=JSON,
-        timeout=300,
+    r = post(install, {"packages": [f"appliance-test-pkg @ {wheel.as_uri()}"]})
+    assert r.status == 200, r.text
+    # What pip-compile --generate-hashes writes: a continued line with --hash options, comments.
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    (plugins / "requirements.txt").write_text(
+        f"--prefer-binary\n{wheel.name} \\\n    --hash=sha256:{digest}\n    # via plugins\n"
     )
+    requirements = "/api/v3/configure/plugin_environment/install_requirements"
+    r = post(requirements, {"requirements_location": "requirements.txt"})
+    assert r.status == 200, r.text
+    (plugins / "requirements.txt").write_text(f"{wheel.name} --hash=sha256:{'0' * 64}\n")
+    r = post(requirements, {"requirements_location": "requirements.txt"})
+    assert r.status == 400 and "pip failed" in r.text and "HASHES" in r.text, r.text
+    r = post(install, {"packages": [f"appliance-test-pkg @ {(plugins / 'missing.whl').as_uri()}"]})
     assert r.status == 400 and "pip failed" in r.text
+    assert server.request("GET", "/api/v3/engine/pkg").json() == {"value": 42}
 
 
 def test_package_manager_disabled_refuses(tmp_path: Path) -> None:
