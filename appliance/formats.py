@@ -25,7 +25,7 @@ from decimal import Decimal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from appliance.errors import BadRequest
+from appliance.errors import BadRequest, QueryTooLarge
 
 FORMATS = ("json", "jsonl", "csv", "parquet", "pretty")
 _FORMAT_SPELLINGS = {
@@ -104,11 +104,15 @@ def content_type(fmt: str) -> str:
     return _CONTENT_TYPES[fmt]
 
 
-def render(table: pa.Table | pa.RecordBatch, fmt: str) -> bytes:
-    """Serialise a query result in one of FORMATS."""
+def render(table: pa.Table | pa.RecordBatch, fmt: str, max_bytes: int | None = None) -> bytes:
+    """Serialise a query result in one of FORMATS; QueryTooLarge once the body passes max_bytes.
+
+    The limit is checked as the body grows (chunk by chunk), and for pretty tables before any row
+    is drawn, so a body over the limit is never built whole.
+    """
     if isinstance(table, pa.RecordBatch):
         table = pa.Table.from_batches([table])
-    renderers: dict[str, Callable[[pa.Table], bytes]] = {
+    renderers: dict[str, Callable[[pa.Table, _Limit], bytes]] = {
         "json": _render_json,
         "jsonl": _render_jsonl,
         "csv": _render_csv,
@@ -117,7 +121,21 @@ def render(table: pa.Table | pa.RecordBatch, fmt: str) -> bytes:
     }
     if fmt not in renderers:
         raise BadRequest(f"invalid format ({fmt})")
-    return renderers[fmt](table)
+    return renderers[fmt](table, _Limit(max_bytes))
+
+
+class _Limit:
+    """The most bytes a rendered body may hold (query.max_result_bytes)."""
+
+    def __init__(self, max_bytes: int | None) -> None:
+        self.max_bytes = max_bytes
+
+    def check(self, size: int) -> None:
+        if self.max_bytes is not None and size > self.max_bytes:
+            raise QueryTooLarge(
+                f"query result rendered is over {self.max_bytes} bytes (query.max_result_bytes);"
+                " add a LIMIT, select fewer columns, aggregate, or use format=parquet"
+            )
 
 
 # --- assembling bodies -------------------------------------------------------------------
@@ -149,11 +167,12 @@ def _string_bytes(strings: pa.Array) -> memoryview:
     return memoryview(data)[start:end] if data is not None else memoryview(b"")
 
 
-def _json_objects(table: pa.Table, suffix: str, out: bytearray) -> bytearray:
+def _json_objects(table: pa.Table, suffix: str, out: bytearray, limit: _Limit) -> bytearray:
     """Append every row as a JSON object followed by `suffix`, null members omitted."""
     prefixes = [pa.scalar("," + json.dumps(name, ensure_ascii=False) + ":") for name in table.column_names]
     for columns in _chunks(table):
         if not columns:
+            limit.check(len(out) + (2 + len(suffix)) * table.num_rows)
             out += ("{}" + suffix).encode() * table.num_rows
             break
         # Each member carries its leading comma; null members vanish; the first comma goes.
@@ -163,34 +182,39 @@ def _json_objects(table: pa.Table, suffix: str, out: bytearray) -> bytearray:
         ]
         joined = pc.binary_join_element_wise(*members, "", null_handling="replace", null_replacement="")
         rows = pc.binary_join_element_wise("{", pc.utf8_slice_codeunits(joined, 1), "}" + suffix, "")
-        out += _string_bytes(rows)
+        text = _string_bytes(rows)
+        limit.check(len(out) + len(text))
+        out += text
     return out
 
 
-def _render_json(table: pa.Table) -> bytes:
+def _render_json(table: pa.Table, limit: _Limit) -> bytes:
     if table.num_rows == 0:
         return b"[]"
-    out = _json_objects(table, ",", bytearray(b"["))
+    out = _json_objects(table, ",", bytearray(b"["), limit)
     out[-1:] = b"]"  # the last row's comma
     return bytes(out)
 
 
-def _render_jsonl(table: pa.Table) -> bytes:
-    return bytes(_json_objects(table, "\n", bytearray())) if table.num_rows else b""
+def _render_jsonl(table: pa.Table, limit: _Limit) -> bytes:
+    return bytes(_json_objects(table, "\n", bytearray(), limit)) if table.num_rows else b""
 
 
-def _render_csv(table: pa.Table) -> bytes:
+def _render_csv(table: pa.Table, limit: _Limit) -> bytes:
     if table.num_rows == 0:
         return b""
     header = ",".join(_csv_quote_one(name) for name in table.column_names) + "\n"
     out = bytearray(header.encode())
     for columns in _chunks(table):
         if not columns:
+            limit.check(len(out) + table.num_rows)
             out += b"\n" * table.num_rows
             break
         cells = [_csv_field(_display_values(col)) for col in columns]
         rows = pc.binary_join_element_wise(pc.binary_join_element_wise(*cells, ","), "\n", "")
-        out += _string_bytes(rows)
+        text = _string_bytes(rows)
+        limit.check(len(out) + len(text))
+        out += text
     return bytes(out)
 
 
@@ -210,22 +234,35 @@ def _csv_quote_one(value: str) -> str:
     return value
 
 
-def _render_parquet(table: pa.Table) -> bytes:
+def _render_parquet(table: pa.Table, limit: _Limit) -> bytes:
     if table.num_rows == 0:
         return b""
     import pyarrow.parquet as pq  # loaded on first use; an idle server does not need it
 
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
+    with pq.ParquetWriter(sink, table.schema, compression="zstd") as writer:
+        for batch in table.to_batches(CHUNK_ROWS):  # compressed: smaller than the Arrow result
+            writer.write_batch(batch)
+            limit.check(sink.tell())
+    limit.check(sink.tell())
     return sink.getvalue()
 
 
-def _render_pretty(table: pa.Table) -> bytes:
+def _render_pretty(table: pa.Table, limit: _Limit) -> bytes:
     """An ASCII table as arrow's pretty printer (comfy-table) draws it."""
     names = table.column_names
     if not names:
         return b"++\n++"
-    chunks = [[pc.fill_null(_display_values(col), "") for col in cols] for cols in _chunks(table)]
+    chunks = []
+    widths = [len(name.encode()) for name in names]
+    for cols in _chunks(table):
+        texts = [pc.fill_null(_display_values(col), "") for col in cols]
+        chunks.append(texts)
+        widths = [
+            max(w, pc.max(pc.binary_length(col)).as_py() or 0) for w, col in zip(widths, texts, strict=True)
+        ]
+        # every row is at least as wide as the widest cells so far: the body's lower bound
+        limit.check((table.num_rows + 4) * (sum(widths) + 3 * len(widths) + 2))
     simple = all(_is_simple(name) for name in names) and all(
         pc.all(pc.string_is_ascii(col)).as_py() is not False
         and not pc.any(pc.match_substring(col, "\n")).as_py()
@@ -233,14 +270,11 @@ def _render_pretty(table: pa.Table) -> bytes:
         for col in cols
     )
     if not simple:
-        return _pretty_rows(
+        body = _pretty_rows(
             [names] + [row for cols in chunks for row in zip(*(c.to_pylist() for c in cols), strict=True)]
         )
-    widths = [len(name) for name in names]
-    for cols in chunks:
-        widths = [
-            max(w, pc.max(pc.binary_length(col)).as_py() or 0) for w, col in zip(widths, cols, strict=True)
-        ]
+        limit.check(len(body))
+        return body
     border = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
     header = "| " + " | ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)) + " |"
     out = bytearray(f"{border}\n{header}\n{border}\n".encode())

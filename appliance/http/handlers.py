@@ -23,6 +23,7 @@ from ..errors import (
     NotFound,
     NotImplementedYet,
     PartialWrite,
+    QueryError,
     QueryTimeout,
     TooLarge,
     UnsupportedMediaType,
@@ -214,14 +215,39 @@ async def query_sql(request: web.Request) -> web.Response:
     chosen = formats.choose_format(fmt, request.headers.get("Accept"))
     app = request.app[APP_KEY]
 
-    def run() -> bytes:  # query and rendering in one hop to the query pool
-        return formats.render(app.queries.execute(db, sql, params), chosen)
+    def run() -> bytes:  # query and rendering in one hop to the query pool, off the event loop
+        table = app.queries.execute(db, sql, params)
+        return formats.render(table, chosen, app.queries.limits.max_result_bytes)
 
+    body_bytes = await _run_query(app, run)
+    return web.Response(body=body_bytes, headers={"Content-Type": formats.content_type(chosen)})
+
+
+#: Beyond its own deadline (the engine stops the query there), how long the handler still waits.
+QUERY_GRACE_SECONDS = 5.0
+
+
+async def _run_query(app: App, run: Any) -> bytes:
+    """Run `run` on the query pool once a slot is free; the slot is held until the thread is done."""
+    timeout = app.queries.limits.timeout_ns / 1e9
     try:
-        body_bytes = await asyncio.wait_for(_in_pool(request, "query", run), app.config.timeout / 1e9)
+        await asyncio.wait_for(app.query_slots.acquire(), timeout)
+    except TimeoutError:
+        raise QueryError(
+            f"too many queries running (query.max_concurrent = {app.config.max_concurrent}); retry later",
+            http_status=503,
+        ) from None
+    future = asyncio.get_running_loop().run_in_executor(app.query_pool, run)
+    future.add_done_callback(lambda _: app.query_slots.release())
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), timeout + QUERY_GRACE_SECONDS)
     except TimeoutError:
         raise QueryTimeout(timeout_message(app.queries.limits)) from None
-    return web.Response(body=body_bytes, headers={"Content-Type": formats.content_type(chosen)})
+
+
+async def stop_queries(web_app: web.Application) -> None:
+    """On shutdown: running queries end now (503) rather than hold the stop for their timeout."""
+    web_app[APP_KEY].queries.close()
 
 
 def _text(value: Any, name: str) -> str:

@@ -30,6 +30,7 @@ def create(app: App) -> web.Application:
     )
     web_app[APP_KEY] = app
     web_app[handlers.WRITE_SLOTS] = asyncio.Semaphore(handlers.WRITE_CONCURRENCY)
+    web_app.on_shutdown.append(handlers.stop_queries)  # before aiohttp waits for in-flight requests
     r = web_app.router
     r.add_post(routes.WRITE_LP, handlers.write_lp)
     r.add_post(routes.WRITE_V2, handlers.write_v2)
