@@ -91,6 +91,7 @@ class QueryService:
             with self.manifest.pinned():
                 ctx = self._context(db)
                 df = ctx.sql_with_options(sql, _read_only(), param_values=_bind(params) if params else None)
+                check_sizes(df.logical_plan().display_indent(), self.limits.memory_bytes)
                 result = self._collect(df, deadline)
                 outcome = "ok"
                 return result
@@ -151,20 +152,29 @@ class QueryService:
     def _next(self, loop: asyncio.AbstractEventLoop, stream: Any, deadline: float) -> pa.RecordBatch | None:
         """The next batch, or None at the end; waits in short slices to see the deadline and close()."""
         task = loop.create_task(_next_batch(stream))
-        try:
-            while not task.done():
-                if self._stopping.is_set():
-                    raise QueryError("query cancelled: the server is shutting down", http_status=503)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise QueryTimeout(timeout_message(self.limits))
+        stop: QueryError | None = None
+        while not task.done() and stop is None:
+            remaining = deadline - time.monotonic()
+            if self._stopping.is_set():
+                stop = QueryError("query cancelled: the server is shutting down", http_status=503)
+            elif remaining <= 0:
+                stop = QueryTimeout(timeout_message(self.limits))
+            else:
                 loop.run_until_complete(asyncio.wait([task], timeout=min(remaining, _POLL_SECONDS)))
-        except BaseException:
-            task.cancel()  # drops DataFusion's pending poll: its work stops at the next batch
-            loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
-            stream = None  # the traceback keeps this frame: it must not keep the stream
-            raise
-        return task.result()
+        if stop is None:
+            return task.result()
+        # The binding drops its pending poll of the stream on the loop's next turns. The cancelled
+        # task's traceback holds frames that reference the stream: nothing may keep the task, or
+        # DataFusion's work goes on until a garbage collection.
+        task.cancel()
+        loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+        for _ in range(3):
+            loop.run_until_complete(asyncio.sleep(0))
+        del stream, task
+        try:
+            raise stop
+        finally:
+            del stop  # no cycle through this frame
 
     def _guards(self) -> list[Any]:
         """Size-checked replacements of builtins whose result grows with an argument's value.
@@ -329,6 +339,70 @@ def timeout_message(limits: QueryLimits) -> str:
         f"query exceeded its time limit of {limits.timeout_ns / 1e9:g}s (query.timeout);"
         " narrow the time range or raise the limit"
     )
+
+
+#: Builtins whose result size is one argument's value (its index), and bytes per unit of it.
+_SIZED = {"lpad": (1, 1), "rpad": (1, 1), "array_repeat": (1, 8), "array_resize": (1, 8)}
+#: Scalar list builders: (start, stop[, step]) make a list of (stop - start) / step values.
+_RANGES = ("range", "generate_series")
+_CALL = re.compile(r"\b(" + "|".join([*_SIZED, *_RANGES]) + r")\(")
+_INT_LITERAL = re.compile(r"^U?Int\d+\((-?\d+)\)$")
+
+
+def check_sizes(plan: str, max_bytes: int) -> None:
+    """Refuse calls whose literal size argument would build a value over the query memory limit.
+
+    These builtins allocate outside DataFusion's memory pool, and constant folding runs them
+    while planning, so they are checked in the unoptimised plan's text, where parameters are
+    already bound. (`repeat` is replaced by a checked function that also sees column values.)
+    """
+    for call in _CALL.finditer(plan):
+        name, args = call.group(1), [_int(a) for a in _arguments(plan, call.end())]
+        if name in _SIZED:
+            index, unit = _SIZED[name]
+            count = args[index] if len(args) > index else None
+            size = count * unit if count is not None else 0
+        elif len(args) >= 2 and (start := args[0]) is not None and (stop := args[1]) is not None:
+            step = (args[2] if len(args) > 2 else None) or 1
+            size = abs((stop - start) // step) * 8
+        else:
+            continue
+        if size > max_bytes:
+            raise QueryError(
+                f"query refused: {name}() would build a value of about {size} bytes, more than the query"
+                f" memory limit of {max_bytes} bytes (query.memory_limit)"
+            )
+
+
+def _arguments(text: str, start: int) -> list[str]:
+    """The top-level, comma-separated arguments of a call whose `(` ends just before `start`."""
+    args, depth, quoted, begin = [], 0, False, start
+    i = start
+    while i < len(text):
+        ch = text[i]
+        if quoted:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch in "([":
+            depth += 1
+        elif ch in ")]" and depth:
+            depth -= 1
+        elif ch == ")" or (ch == "," and depth == 0):
+            args.append(text[begin:i].strip())
+            if ch == ")":
+                return args
+            begin = i + 1
+        i += 1
+    return args
+
+
+def _int(arg: str) -> int | None:
+    match = _INT_LITERAL.match(arg)
+    return int(match.group(1)) if match else None
 
 
 def _read_only() -> Any:

@@ -6,10 +6,12 @@ import asyncio
 import json
 import time
 import zlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pyarrow as pa
 from aiohttp import web
+from aiohttp.payload import AsyncIterablePayload
 
 from .. import __version__, formats
 from ..app import ADMIT_TIMEOUT_SECONDS, App
@@ -215,19 +217,27 @@ async def query_sql(request: web.Request) -> web.Response:
     chosen = formats.choose_format(fmt, request.headers.get("Accept"))
     app = request.app[APP_KEY]
 
-    def run() -> bytes:  # query and rendering in one hop to the query pool, off the event loop
+    def run() -> list[bytes]:  # query and rendering in one hop to the query pool, off the event loop
         table = app.queries.execute(db, sql, params)
-        return formats.render(table, chosen, app.queries.limits.max_result_bytes)
+        return formats.render_pieces(table, chosen, app.queries.limits.max_result_bytes)
 
-    body_bytes = await _run_query(app, run)
-    return web.Response(body=body_bytes, headers={"Content-Type": formats.content_type(chosen)})
+    pieces = await _run_query(app, run)
+    headers = {"Content-Type": formats.content_type(chosen), "Content-Length": str(sum(map(len, pieces)))}
+    return web.Response(body=AsyncIterablePayload(_drain(pieces)), headers=headers)
+
+
+async def _drain(pieces: list[bytes]) -> AsyncIterator[bytes]:
+    """Each piece of a body once, releasing it as it is sent."""
+    pieces.reverse()
+    while pieces:
+        yield pieces.pop()
 
 
 #: Beyond its own deadline (the engine stops the query there), how long the handler still waits.
 QUERY_GRACE_SECONDS = 5.0
 
 
-async def _run_query(app: App, run: Any) -> bytes:
+async def _run_query(app: App, run: Any) -> list[bytes]:
     """Run `run` on the query pool once a slot is free; the slot is held until the thread is done."""
     timeout = app.queries.limits.timeout_ns / 1e9
     try:

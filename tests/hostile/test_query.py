@@ -124,11 +124,31 @@ def test_amplifying_function_is_refused_within_memory(hserver: Server) -> None:
         "SELECT length(concat(repeat('x',1000000000), repeat('y',1000000000)))",
         "SELECT length(repeat(host, 1000000000)) FROM cpu",
         "SELECT length(repeat('x', 9223372036854775807))",
+        "SELECT length(lpad('x', 1000000000))",
+        "SELECT length(rpad('x', 1000000000, 'ab'))",
+        "SELECT cardinality(array_repeat(1, 1000000000))",
+        "SELECT cardinality(range(1, 1000000000))",
+        "WITH c AS (SELECT lpad(host, $n) AS s FROM cpu) SELECT length(s) FROM c",
     ]:
-        r = _post(hserver, sql)
+        r = _post(hserver, sql, params={"n": 1_000_000_000} if "$n" in sql else None)
         assert r.status == 400 and b"query.memory_limit" in r.body, r.body
         assert b"Traceback" not in r.body and b"\n" not in r.body.strip()
     assert _status(pid, "VmHWM") - baseline < 300 << 20
+
+
+def test_rendering_memory_stays_near_the_result_limit(tmp_path: Path) -> None:
+    server = _start(tmp_path, APPLIANCE_QUERY_MAX_RESULT_BYTES="32MiB")
+    assert server.proc is not None
+    assert _post(server, "SELECT 1 AS n").status == 200
+    baseline = _status(server.proc.pid, "VmHWM")
+    sql = "SELECT value AS v FROM generate_series(1000000, 2999999)"  # 16 MB of Arrow
+    for fmt in ["json", "pretty", "csv", "jsonl"]:
+        r = _post(server, sql, format=fmt)
+        assert r.status == 200 and len(r.body) > 16_000_000, (fmt, r.status, r.body[:200])
+    assert _post(server, sql.replace("2999999", "9999999")).status == 413  # 64 MB of Arrow
+    # the result and its body, each under the limit, and one chunk of work in flight
+    assert _status(server.proc.pid, "VmHWM") - baseline < 3 * (32 << 20) + (40 << 20)
+    server.stop()
 
 
 @pytest.mark.parametrize("fmt", ["json", "jsonl", "csv", "pretty", "parquet"])
