@@ -300,7 +300,7 @@ SETTINGS: tuple[Setting, ...] = (
         "memory_limit",
         "256MiB",
         parse_size,
-        "Memory one query may use for sorts, joins and aggregations (400 above it).",
+        "Memory one query may use for sorts, joins and aggregations (400 above it; nothing spills to disk).",
     ),
     Setting(
         "query", "timeout", "30s", parse_duration_ns, "Longest a query may run before it is cancelled (408)."
