@@ -74,7 +74,16 @@ def test_check_sql_refuses_long_text_and_deep_or_costly_expressions() -> None:
         ("Projection: range(Int64(1), Int64(100000000000))", True),
         ("Projection: range(Int64(1), Int64(1000))", False),
         ("TableScan: generate_series()", False),
-        ('Projection: lpad(Utf8("x"), Int64(1000) * Int64(1000000))', False),
+        ('Projection: lpad(Utf8("x"), Int64(1000) * Int64(1000000))', True),
+        ("Projection: lpad(t.s, t.n)", False),
+        ('Projection: Utf8("lpad(x, y * 2)") AS m', False),
+        ("Projection: array_repeat(array_repeat(Int64(1), Int64(10000)), Int64(10000))", True),
+        (
+            'Projection: concat(repeat(Utf8("x"), Int64(100000000)), repeat(Utf8("x"), Int64(200000000)))',
+            True,
+        ),
+        ('Projection: repeat(Utf8("ab"), Int64(1000)), repeat(t.s, t.n)', False),
+        ("Projection: range(Int64(5)), range(Int64(1), Int64(10), Int64(2))", False),
     ],
 )
 def test_check_sizes_reads_literal_sizes_in_the_plan(plan: str, refused: bool) -> None:
