@@ -28,7 +28,7 @@ from .errors import ApplianceError, DatabaseNotFound, QueryError, QueryTimeout, 
 from .manifest import Manifest, ParquetFile
 from .metrics import QUERIES, QUERY_SECONDS
 from .model import TIME_COLUMN
-from .sqlcheck import check_sql
+from .sqlcheck import check_sizes, check_sql
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
@@ -339,112 +339,6 @@ def timeout_message(limits: QueryLimits) -> str:
         f"query exceeded its time limit of {limits.timeout_ns / 1e9:g}s (query.timeout);"
         " narrow the time range or raise the limit"
     )
-
-
-#: Builtins that build a value whose size is an argument's value: the index of that argument.
-_SIZED = {"lpad": 1, "rpad": 1, "repeat": 1, "array_repeat": 1, "array_resize": 1}
-#: Scalar list builders: ([start,] stop[, step]) make a list of (stop - start) / step values.
-_RANGES = ("range", "generate_series")
-_CALL = re.compile(r"\b(" + "|".join([*_SIZED, *_RANGES]) + r")\(")
-_INT_LITERAL = re.compile(r"^U?Int\d+\((-?\d+)\)$")
-_TEXT_LITERAL = re.compile(r'(?:Large)?Utf8(?:View)?\("((?:[^"\\]|\\.)*)"\)')
-
-
-def check_sizes(plan: str, max_bytes: int) -> None:
-    """Refuse queries whose size-building calls add up to more than the query memory limit.
-
-    lpad, rpad, repeat, array_repeat, array_resize and the scalar range/generate_series allocate
-    outside DataFusion's memory pool, and constant folding runs them while planning. So they are
-    read in the unoptimised plan's text (parameters already bound): their size arguments must be
-    number literals, and their sizes, nested ones multiplied, must fit in max_bytes together.
-    `repeat` over column values is checked again per batch by its replacement function.
-    """
-    total = 0
-    literals = [m.span() for m in _TEXT_LITERAL.finditer(plan)]
-    for call in _CALL.finditer(plan):
-        if any(begin < call.start() < end for begin, end in literals):
-            continue  # text inside a string literal
-        name, size = call.group(1), _call_size(plan, call)
-        if size is None:
-            raise QueryError(
-                f"query refused: the size argument of {name}() must be a number (a literal or a"
-                " $parameter): the values it builds are not counted in query.memory_limit"
-            )
-        total += size
-        if total > max_bytes:
-            raise QueryError(
-                f"query refused: {name}() and the like would build about {total} bytes, more than the"
-                f" query memory limit of {max_bytes} bytes (query.memory_limit)"
-            )
-
-
-def _call_size(text: str, call: re.Match[str]) -> int | None:
-    """Bytes one call builds; 0 when unsized here, None when a size argument is not a number."""
-    name, args = call.group(1), _arguments(text, call.end())
-    if any(arg.startswith("$") for arg in args):
-        return 0  # an alias repeating the query's text; the bound call is read where it is used
-    if name in _RANGES:
-        if not args:
-            return 0  # the table function: it streams its rows in batches
-        numbers = [_int(arg) for arg in args]
-        if None in numbers:
-            return None if any(_computed(arg) for arg in args) else 0
-        start, stop, step, *_ = ([0, *numbers] if len(numbers) == 1 else numbers) + [1]
-        return abs((stop or 0) - (start or 0)) // max(abs(step or 1), 1) * 8
-    index = _SIZED[name]
-    count = _int(args[index]) if len(args) > index else 0
-    if count is None:
-        # A column's values are the data's (repeat checks them per batch); a computed constant
-        # would be folded, and built, while planning.
-        return None if _computed(args[index]) and name != "repeat" else 0
-    if name in ("lpad", "rpad"):
-        unit = 1
-    else:
-        unit = _largest(args[0], 1 if name == "repeat" else 8) if args else 8
-    return max(count, 0) * unit
-
-
-def _computed(arg: str) -> bool:
-    """Whether a plan argument is an expression or typed literal rather than a column."""
-    return "(" in arg or any(op in arg for op in " +-*/%|")
-
-
-def _largest(text: str, floor: int) -> int:
-    """A value's size estimate: its longest text literal or largest sized call, at least floor."""
-    sizes = [floor, *(len(m.group(1)) for m in _TEXT_LITERAL.finditer(text))]
-    sizes += [_call_size(text, call) or 0 for call in _CALL.finditer(text)]
-    return max(sizes)
-
-
-def _arguments(text: str, start: int) -> list[str]:
-    """The top-level, comma-separated arguments of a call whose `(` ends just before `start`."""
-    args, depth, quoted, begin = [], 0, False, start
-    i = start
-    while i < len(text):
-        ch = text[i]
-        if quoted:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                quoted = False
-        elif ch == '"':
-            quoted = True
-        elif ch in "([":
-            depth += 1
-        elif ch in ")]" and depth:
-            depth -= 1
-        elif ch == ")" or (ch == "," and depth == 0):
-            args.append(text[begin:i].strip())
-            if ch == ")":
-                return args
-            begin = i + 1
-        i += 1
-    return args
-
-
-def _int(arg: str) -> int | None:
-    match = _INT_LITERAL.match(arg)
-    return int(match.group(1)) if match else None
 
 
 def _read_only() -> Any:

@@ -8,8 +8,8 @@ import pytest
 from datafusion import SessionConfig, SessionContext
 
 from appliance.errors import QueryError
-from appliance.query import QueryLimits, _query_error, check_sizes, lazy_schema
-from appliance.sqlcheck import MAX_EXPRESSION_DEPTH, check_sql, expression_depth
+from appliance.query import QueryLimits, _query_error, lazy_schema
+from appliance.sqlcheck import MAX_EXPRESSION_DEPTH, check_sizes, check_sql, expression_depth
 
 
 def test_tables_resolve_only_when_named_and_list_as_base_tables() -> None:
