@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import unicodedata
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -25,7 +26,7 @@ from decimal import Decimal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from appliance.errors import BadRequest, QueryTooLarge
+from appliance.errors import BadRequest, QueryTimeout, QueryTooLarge
 
 FORMATS = ("json", "jsonl", "csv", "parquet", "pretty")
 _FORMAT_SPELLINGS = {
@@ -109,11 +110,13 @@ def render(table: pa.Table | pa.RecordBatch, fmt: str, max_bytes: int | None = N
     return b"".join(render_pieces(table, fmt, max_bytes))
 
 
-def render_pieces(table: pa.Table | pa.RecordBatch, fmt: str, max_bytes: int | None = None) -> list[bytes]:
+def render_pieces(
+    table: pa.Table | pa.RecordBatch, fmt: str, max_bytes: int | None = None, deadline: float | None = None
+) -> list[bytes]:
     """The body in pieces of about CHUNK_ROWS rows (sent as they are, never joined in memory).
 
-    The limit is checked as the body grows, and for pretty tables before any row is drawn, so a
-    body over the limit is never built whole.
+    The size limit is checked as the body grows, and for pretty tables before any row is drawn,
+    so a body over the limit is never built whole; past `deadline` (time.monotonic) it stops.
     """
     if isinstance(table, pa.RecordBatch):
         table = pa.Table.from_batches([table])
@@ -126,7 +129,7 @@ def render_pieces(table: pa.Table | pa.RecordBatch, fmt: str, max_bytes: int | N
     }
     if fmt not in renderers:
         raise BadRequest(f"invalid format ({fmt})")
-    body = _Body(max_bytes)
+    body = _Body(max_bytes, deadline)
     renderers[fmt](table, body)
     return body.pieces
 
@@ -134,12 +137,18 @@ def render_pieces(table: pa.Table | pa.RecordBatch, fmt: str, max_bytes: int | N
 class _Body:
     """A response body as a list of pieces, at most max_bytes in all (query.max_result_bytes)."""
 
-    def __init__(self, max_bytes: int | None) -> None:
-        self.max_bytes = max_bytes
+    def __init__(self, max_bytes: int | None, deadline: float | None = None) -> None:
+        self.max_bytes, self.deadline = max_bytes, deadline
         self.pieces: list[bytes] = []
         self.size = 0
 
     def check(self, size: int) -> None:
+        """Raise once the body would pass its limit (size) or its time is up."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise QueryTimeout(
+                "query exceeded its time limit while its result was rendered (query.timeout);"
+                " add a LIMIT, narrow the time range, or use format=parquet"
+            )
         if self.max_bytes is not None and size > self.max_bytes:
             raise QueryTooLarge(
                 f"query result rendered is over {self.max_bytes} bytes (query.max_result_bytes);"
@@ -302,6 +311,7 @@ def _pretty_general(table: pa.Table, names: list[str], body: _Body) -> None:
     """The general case: wide characters and multi-line cells, one chunk of rows at a time."""
     widths = [max(_width(line) for line in name.split("\n")) for name in names]
     for texts in _pretty_texts(table):
+        body.check(body.size)
         for i, col in enumerate(texts):
             widths[i] = max(
                 [widths[i], *(_width(line) for cell in col.to_pylist() for line in cell.split("\n"))]

@@ -218,8 +218,10 @@ async def query_sql(request: web.Request) -> web.Response:
     app = request.app[APP_KEY]
 
     def run() -> list[bytes]:  # query and rendering in one hop to the query pool, off the event loop
+        limits = app.queries.limits
+        deadline = time.monotonic() + limits.timeout_ns / 1e9  # the query's and its rendering's
         table = app.queries.execute(db, sql, params)
-        return formats.render_pieces(table, chosen, app.queries.limits.max_result_bytes)
+        return formats.render_pieces(table, chosen, limits.max_result_bytes, deadline)
 
     pieces = await _run_query(app, run)
     headers = {"Content-Type": formats.content_type(chosen), "Content-Length": str(sum(map(len, pieces)))}

@@ -205,6 +205,12 @@ def test_runaway_queries_stop_at_deadline(tmp_path: Path) -> None:
     assert [
         p.name for p in tmp_path.iterdir() if p.name not in ("data",) and not p.name.endswith(".log")
     ] == []
+    # rendering counts against the same deadline (wide characters take the slow path)
+    slow = _post(server, "SELECT value AS v, 'ü' AS u FROM generate_series(1, 5000000)", format="pretty")
+    assert slow.status == 408 and b"rendered" in slow.body, (slow.status, slow.body[:200])
+    cpu = _cpu_seconds(server.proc.pid)
+    time.sleep(1)
+    assert _cpu_seconds(server.proc.pid) - cpu < 0.5
     assert server.stop() == 0
 
 
