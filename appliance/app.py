@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import fcntl
 import logging
@@ -45,6 +46,7 @@ RELOADABLE = frozenset(
         "query.memory_limit",
         "query.timeout",
         "query.max_result_bytes",
+        "query.max_sql_bytes",
         "sync.bandwidth_limit",
         "sync.interval",
         "sync.retry_min",
@@ -79,6 +81,8 @@ class App:
     mqtt: MqttIngest | None = None
     syncer: Syncer | None = None
     budget: DiskBudget | None = None
+    #: HTTP queries running at once (query.max_concurrent); the rest wait for a slot.
+    query_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
     process_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     started_at: float = field(default_factory=time.time)
     replay_seconds: float = 0.0
@@ -259,7 +263,7 @@ class App:
         by_name = {s.name: s for s in SETTINGS}
         new = dataclasses.replace(old, **{by_name[n].field: getattr(new, by_name[n].field) for n in applied})
         log_module.setup(new.log_filter, new.log_format)
-        self.queries.limits = QueryLimits(new.memory_limit, new.timeout, new.max_result_bytes)
+        self.queries.limits = query_limits(new)
         if self.syncer is not None:
             self.syncer.config = new
             self.syncer.store.throttle.rate = new.sync_bandwidth_limit
@@ -288,7 +292,8 @@ class App:
         self.engine_pool.shutdown()
         self.write_pool.shutdown(wait=True)
         self.admin_pool.shutdown(wait=True)
-        self.query_pool.shutdown(wait=False, cancel_futures=True)  # a long query must not delay the persist
+        self.queries.close()  # running queries stop at their next poll (0.1 s): nothing waits for them
+        self.query_pool.shutdown(wait=False, cancel_futures=True)
         if self.syncer is not None:
             self.syncer.stop()  # the queue is in LMDB: what is left is sent after the restart
         if self.budget is not None:
@@ -297,6 +302,11 @@ class App:
         self.wal.stop()
         os.close(self.lock_fd)
         log.info("stopped")
+
+
+def query_limits(config: Config) -> QueryLimits:
+    """The query settings as the QueryService takes them."""
+    return QueryLimits(config.memory_limit, config.timeout, config.max_result_bytes, config.max_sql_bytes)
 
 
 def build(config: Config) -> App:
@@ -345,7 +355,7 @@ def build(config: Config) -> App:
         manifest,
         data_dir / "parquet",
         persister.view_lock,
-        QueryLimits(config.memory_limit, config.timeout, config.max_result_bytes),
+        query_limits(config),
     )
     budget = None
     if config.max_disk_bytes:
@@ -402,7 +412,9 @@ def build(config: Config) -> App:
         engine_pool=DaemonPool(8, "engine"),
         tokens=tokens,
         write_pool=ThreadPoolExecutor(4, thread_name_prefix="write"),
-        query_pool=ThreadPoolExecutor(2, thread_name_prefix="query"),
+        # One thread per admitted HTTP query: a runaway query holds its slot only until its deadline.
+        query_pool=ThreadPoolExecutor(config.max_concurrent, thread_name_prefix="query"),
+        query_slots=asyncio.Semaphore(config.max_concurrent),
         # Catalog and token changes: never stuck behind writes waiting for buffer space.
         admin_pool=ThreadPoolExecutor(2, thread_name_prefix="admin"),
         mqtt=mqtt,

@@ -392,12 +392,28 @@ SETTINGS: tuple[Setting, ...] = (
         "memory_limit",
         "256MiB",
         parse_size,
-        "Memory one query may use for sorts, joins and aggregations (400 above it).",
+        "Memory one query may use for sorts, joins and aggregations (400 above it; nothing spills to disk).",
     ),
     Setting(
         "query", "timeout", "30s", parse_duration_ns, "Longest a query may run before it is cancelled (408)."
     ),
-    Setting("query", "max_result_bytes", "256MiB", parse_size, "Largest result a query may return."),
+    Setting(
+        "query",
+        "max_result_bytes",
+        "256MiB",
+        parse_size,
+        "Largest result a query may return, as Arrow data and again as the rendered body (413 above it).",
+    ),
+    Setting(
+        "query", "max_sql_bytes", "1MiB", parse_size, "Longest SQL text a query may send (400 above it)."
+    ),
+    Setting(
+        "query",
+        "max_concurrent",
+        4,
+        _positive_int,
+        "Queries running at once over HTTP; more wait up to query.timeout for a slot, then get 503.",
+    ),
     Setting(
         "engine",
         "plugin_dir",
@@ -750,6 +766,8 @@ class Config:
     memory_limit: int
     timeout: int
     max_result_bytes: int
+    max_sql_bytes: int
+    max_concurrent: int
     plugin_dir: str
     plugin_repo: str
     max_retries: int

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from appliance.errors import BadRequest
+from appliance.errors import BadRequest, QueryTimeout, QueryTooLarge
 
 FORMATS = ("json", "jsonl", "csv", "parquet", "pretty")
 _FORMAT_SPELLINGS = {
@@ -104,11 +105,22 @@ def content_type(fmt: str) -> str:
     return _CONTENT_TYPES[fmt]
 
 
-def render(table: pa.Table | pa.RecordBatch, fmt: str) -> bytes:
-    """Serialise a query result in one of FORMATS."""
+def render(table: pa.Table | pa.RecordBatch, fmt: str, max_bytes: int | None = None) -> bytes:
+    """Serialise a query result in one of FORMATS; QueryTooLarge once the body passes max_bytes."""
+    return b"".join(render_pieces(table, fmt, max_bytes))
+
+
+def render_pieces(
+    table: pa.Table | pa.RecordBatch, fmt: str, max_bytes: int | None = None, deadline: float | None = None
+) -> list[bytes]:
+    """The body in pieces of about CHUNK_ROWS rows (sent as they are, never joined in memory).
+
+    The size limit is checked as the body grows, and for pretty tables before any row is drawn,
+    so a body over the limit is never built whole; past `deadline` (time.monotonic) it stops.
+    """
     if isinstance(table, pa.RecordBatch):
         table = pa.Table.from_batches([table])
-    renderers: dict[str, Callable[[pa.Table], bytes]] = {
+    renderers: dict[str, Callable[[pa.Table, _Body], None]] = {
         "json": _render_json,
         "jsonl": _render_jsonl,
         "csv": _render_csv,
@@ -117,20 +129,46 @@ def render(table: pa.Table | pa.RecordBatch, fmt: str) -> bytes:
     }
     if fmt not in renderers:
         raise BadRequest(f"invalid format ({fmt})")
-    return renderers[fmt](table)
+    body = _Body(max_bytes, deadline)
+    renderers[fmt](table, body)
+    return body.pieces
+
+
+class _Body:
+    """A response body as a list of pieces, at most max_bytes in all (query.max_result_bytes)."""
+
+    def __init__(self, max_bytes: int | None, deadline: float | None = None) -> None:
+        self.max_bytes, self.deadline = max_bytes, deadline
+        self.pieces: list[bytes] = []
+        self.size = 0
+
+    def check(self, size: int) -> None:
+        """Raise once the body would pass its limit (size) or its time is up."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise QueryTimeout(
+                "query exceeded its time limit while its result was rendered (query.timeout);"
+                " add a LIMIT, narrow the time range, or use format=parquet"
+            )
+        if self.max_bytes is not None and size > self.max_bytes:
+            raise QueryTooLarge(
+                f"query result rendered is over {self.max_bytes} bytes (query.max_result_bytes);"
+                " add a LIMIT, select fewer columns, aggregate, or use format=parquet"
+            )
+
+    def add(self, piece: bytes | memoryview) -> None:
+        self.check(self.size + len(piece))
+        self.pieces.append(bytes(piece))
+        self.size += len(piece)
 
 
 # --- assembling bodies -------------------------------------------------------------------
 
 
-def _chunks(table: pa.Table) -> list[list[pa.Array]]:
-    """The table's columns as contiguous arrays, CHUNK_ROWS rows at a time."""
-    table = table.combine_chunks()
-    out = []
+def _chunks(table: pa.Table) -> Iterator[list[pa.Array]]:
+    """The table's columns as contiguous arrays, CHUNK_ROWS rows at a time (one copy per chunk)."""
     for start in range(0, table.num_rows, CHUNK_ROWS):
         piece = table.slice(start, CHUNK_ROWS)
-        out.append([_contiguous(col) for col in piece.columns])
-    return out
+        yield [_contiguous(col) for col in piece.columns]
 
 
 def _contiguous(col: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -149,13 +187,14 @@ def _string_bytes(strings: pa.Array) -> memoryview:
     return memoryview(data)[start:end] if data is not None else memoryview(b"")
 
 
-def _json_objects(table: pa.Table, suffix: str, out: bytearray) -> bytearray:
-    """Append every row as a JSON object followed by `suffix`, null members omitted."""
+def _json_objects(table: pa.Table, suffix: str, body: _Body) -> None:
+    """Add every row as a JSON object followed by `suffix`, null members omitted."""
     prefixes = [pa.scalar("," + json.dumps(name, ensure_ascii=False) + ":") for name in table.column_names]
+    if not prefixes:
+        body.check(body.size + (2 + len(suffix)) * table.num_rows)
+        body.add(("{}" + suffix).encode() * table.num_rows)
+        return
     for columns in _chunks(table):
-        if not columns:
-            out += ("{}" + suffix).encode() * table.num_rows
-            break
         # Each member carries its leading comma; null members vanish; the first comma goes.
         members = [
             pc.binary_join_element_wise(prefix, _json_values(col), "")
@@ -163,35 +202,35 @@ def _json_objects(table: pa.Table, suffix: str, out: bytearray) -> bytearray:
         ]
         joined = pc.binary_join_element_wise(*members, "", null_handling="replace", null_replacement="")
         rows = pc.binary_join_element_wise("{", pc.utf8_slice_codeunits(joined, 1), "}" + suffix, "")
-        out += _string_bytes(rows)
-    return out
+        body.add(_string_bytes(rows))
 
 
-def _render_json(table: pa.Table) -> bytes:
+def _render_json(table: pa.Table, body: _Body) -> None:
     if table.num_rows == 0:
-        return b"[]"
-    out = _json_objects(table, ",", bytearray(b"["))
-    out[-1:] = b"]"  # the last row's comma
-    return bytes(out)
+        body.add(b"[]")
+        return
+    body.add(b"[")
+    _json_objects(table, ",", body)
+    body.pieces[-1] = body.pieces[-1][:-1] + b"]"  # the last row's comma
 
 
-def _render_jsonl(table: pa.Table) -> bytes:
-    return bytes(_json_objects(table, "\n", bytearray())) if table.num_rows else b""
+def _render_jsonl(table: pa.Table, body: _Body) -> None:
+    if table.num_rows:
+        _json_objects(table, "\n", body)
 
 
-def _render_csv(table: pa.Table) -> bytes:
+def _render_csv(table: pa.Table, body: _Body) -> None:
     if table.num_rows == 0:
-        return b""
-    header = ",".join(_csv_quote_one(name) for name in table.column_names) + "\n"
-    out = bytearray(header.encode())
+        return
+    body.add((",".join(_csv_quote_one(name) for name in table.column_names) + "\n").encode())
+    if table.num_columns == 0:
+        body.check(body.size + table.num_rows)
+        body.add(b"\n" * table.num_rows)
+        return
     for columns in _chunks(table):
-        if not columns:
-            out += b"\n" * table.num_rows
-            break
         cells = [_csv_field(_display_values(col)) for col in columns]
         rows = pc.binary_join_element_wise(pc.binary_join_element_wise(*cells, ","), "\n", "")
-        out += _string_bytes(rows)
-    return bytes(out)
+        body.add(_string_bytes(rows))
 
 
 def _csv_field(text: pa.Array) -> pa.Array:
@@ -210,68 +249,92 @@ def _csv_quote_one(value: str) -> str:
     return value
 
 
-def _render_parquet(table: pa.Table) -> bytes:
+def _render_parquet(table: pa.Table, body: _Body) -> None:
     if table.num_rows == 0:
-        return b""
+        return
     import pyarrow.parquet as pq  # loaded on first use; an idle server does not need it
 
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
+    with pq.ParquetWriter(sink, table.schema, compression="zstd") as writer:
+        for batch in table.to_batches(CHUNK_ROWS):  # compressed: smaller than the Arrow result
+            writer.write_batch(batch)
+            body.check(sink.tell())
+    body.add(sink.getbuffer())
 
 
-def _render_pretty(table: pa.Table) -> bytes:
-    """An ASCII table as arrow's pretty printer (comfy-table) draws it."""
+def _render_pretty(table: pa.Table, body: _Body) -> None:
+    """An ASCII table as arrow's pretty printer (comfy-table) draws it.
+
+    Two passes over the result, chunk by chunk: the widths, then the rows; the display text of
+    one chunk at a time is held, never that of the whole table.
+    """
     names = table.column_names
     if not names:
-        return b"++\n++"
-    chunks = [[pc.fill_null(_display_values(col), "") for col in cols] for cols in _chunks(table)]
-    simple = all(_is_simple(name) for name in names) and all(
-        pc.all(pc.string_is_ascii(col)).as_py() is not False
-        and not pc.any(pc.match_substring(col, "\n")).as_py()
-        for cols in chunks
-        for col in cols
-    )
-    if not simple:
-        return _pretty_rows(
-            [names] + [row for cols in chunks for row in zip(*(c.to_pylist() for c in cols), strict=True)]
-        )
-    widths = [len(name) for name in names]
-    for cols in chunks:
+        body.add(b"++\n++")
+        return
+    widths = [len(name.encode()) for name in names]
+    simple = all(_is_simple(name) for name in names)
+    for texts in _pretty_texts(table):
         widths = [
-            max(w, pc.max(pc.binary_length(col)).as_py() or 0) for w, col in zip(widths, cols, strict=True)
+            max(w, pc.max(pc.binary_length(col)).as_py() or 0) for w, col in zip(widths, texts, strict=True)
         ]
+        # every row is at least as wide as the widest cells so far: the body's lower bound
+        body.check((table.num_rows + 4) * (sum(widths) + 3 * len(widths) + 2))
+        simple = simple and all(
+            pc.all(pc.string_is_ascii(col)).as_py() is not False
+            and not pc.any(pc.match_substring(col, "\n")).as_py()
+            for col in texts
+        )
+    if not simple:
+        _pretty_general(table, names, body)
+        return
     border = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
     header = "| " + " | ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)) + " |"
-    out = bytearray(f"{border}\n{header}\n{border}\n".encode())
-    for cols in chunks:  # ASCII without newlines: pad and join column-wise
-        padded = [pc.utf8_rpad(col, w, " ") for col, w in zip(cols, widths, strict=True)]
+    body.add(f"{border}\n{header}\n{border}\n".encode())
+    for texts in _pretty_texts(table):  # ASCII without newlines: pad and join column-wise
+        padded = [pc.utf8_rpad(col, w, " ") for col, w in zip(texts, widths, strict=True)]
         rows = pc.binary_join_element_wise("| ", pc.binary_join_element_wise(*padded, " | "), " |\n", "")
-        out += _string_bytes(rows)
-    out += border.encode()
-    return bytes(out)
+        body.add(_string_bytes(rows))
+    body.add(border.encode())
+
+
+def _pretty_texts(table: pa.Table) -> Iterator[list[pa.Array]]:
+    for cols in _chunks(table):
+        yield [pc.fill_null(_display_values(col), "") for col in cols]
 
 
 def _is_simple(text: str) -> bool:
     return text.isascii() and "\n" not in text
 
 
-def _pretty_rows(rows: list[list[str]]) -> bytes:
-    """The general case: wide characters and multi-line cells (the first row is the header)."""
-    split = [[cell.split("\n") for cell in row] for row in rows]
-    widths = [max(_width(line) for row in split for line in row[i]) for i in range(len(rows[0]))]
+def _pretty_general(table: pa.Table, names: list[str], body: _Body) -> None:
+    """The general case: wide characters and multi-line cells, one chunk of rows at a time."""
+    widths = [max(_width(line) for line in name.split("\n")) for name in names]
+    for texts in _pretty_texts(table):
+        body.check(body.size)
+        for i, col in enumerate(texts):
+            widths[i] = max(
+                [widths[i], *(_width(line) for cell in col.to_pylist() for line in cell.split("\n"))]
+            )
     border = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-    lines = [border]
-    for number, cells in enumerate(split):
+    body.add((border + "\n" + _pretty_lines([names], widths) + border + "\n").encode())
+    for texts in _pretty_texts(table):
+        rows = [list(row) for row in zip(*(col.to_pylist() for col in texts), strict=True)]
+        body.add(_pretty_lines(rows, widths).encode())
+    body.add(border.encode())
+
+
+def _pretty_lines(rows: list[list[str]], widths: list[int]) -> str:
+    """Rows drawn as `| a | b |` lines; a multi-line cell makes its row several lines tall."""
+    lines = []
+    for row in rows:
+        cells = [cell.split("\n") for cell in row]
         for sub in range(max(len(cell) for cell in cells)):
             parts = [
                 _pad(cell[sub] if sub < len(cell) else "", w) for cell, w in zip(cells, widths, strict=True)
             ]
-            lines.append("| " + " | ".join(parts) + " |")
-        if number == 0:
-            lines.append(border)
-    lines.append(border)
-    return "\n".join(lines).encode()
+            lines.append("| " + " | ".join(parts) + " |\n")
+    return "".join(lines)
 
 
 def _width(text: str) -> int:

@@ -7,7 +7,9 @@ as a table (so `SHOW TABLES` lists it as a BASE TABLE), plus the `system` schema
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import threading
 import time
 import weakref
@@ -26,6 +28,7 @@ from .errors import ApplianceError, DatabaseNotFound, QueryError, QueryTimeout, 
 from .manifest import Manifest, ParquetFile
 from .metrics import QUERIES, QUERY_SECONDS
 from .model import TIME_COLUMN
+from .sqlcheck import check_sizes, check_sql
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
@@ -39,6 +42,11 @@ class QueryLimits:
     memory_bytes: int
     timeout_ns: int
     max_result_bytes: int
+    max_sql_bytes: int = 1 << 20
+
+
+#: How often a waiting query looks at its deadline and at close().
+_POLL_SECONDS = 0.1
 
 
 class QueryService:
@@ -63,47 +71,135 @@ class QueryService:
         self._rewrites_lock = threading.Lock()
         #: Later stages (the engine) add their own system tables: name -> table, per database.
         self.system_providers: list[Callable[[str], dict[str, pa.Table]]] = []
+        self._stopping = threading.Event()
+        self._guarded: list[Any] | None = None
 
     def execute(self, db_name: str, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
-        """Run one SQL statement; raises QueryError (400/408/413) or DatabaseNotFound (404)."""
+        """Run one read-only SQL statement; raises QueryError (400/408/413/503) or DatabaseNotFound (404)."""
+        if self._stopping.is_set():
+            raise QueryError("query refused: the server is shutting down", http_status=503)
+        check_sql(sql, self.limits.max_sql_bytes)
         db = self.catalog.get(db_name)
         if db is None:
             raise DatabaseNotFound(f"query error: database not found: {db_name}")
         started = time.monotonic()
         deadline = started + self.limits.timeout_ns / 1e9
         outcome = "error"
+        ctx = df = None
         try:
             # Pinned: DataFusion opens the files while it runs, after the view was taken.
             with self.manifest.pinned():
                 ctx = self._context(db)
-                df = ctx.sql(sql, param_values=_bind(params)) if params else ctx.sql(sql)
+                df = ctx.sql_with_options(sql, _read_only(), param_values=_bind(params) if params else None)
+                check_sizes(df.logical_plan().display_indent(), self.limits.memory_bytes)
                 result = self._collect(df, deadline)
                 outcome = "ok"
                 return result
-        except ApplianceError:
+        except ApplianceError as e:
+            log.info("query failed: db=%s status=%d %s", db_name, e.http_status, e.message)
             raise
-        except Exception as e:  # DataFusion raises plain Exceptions for plan and run errors
-            raise _query_error(e, self.limits) from None
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # DataFusion raises Exceptions, and PanicException (a BaseException)
+            error = _query_error(e, self.limits)
+            log.info("query failed: db=%s status=%d %s", db_name, error.http_status, error.message)
+            raise error from None
         finally:
+            df = ctx = None  # drop DataFusion's plan and session here, not with a traceback later
             QUERIES.inc(outcome=outcome)
             QUERY_SECONDS.observe(time.monotonic() - started)
 
+    def close(self) -> None:
+        """Cancel every running query (they answer 503) and refuse new ones: the server is stopping."""
+        self._stopping.set()
+
     def _collect(self, df: Any, deadline: float) -> pa.Table:
+        """Pull the result's batches until the deadline; at the deadline the engine stops too."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return self._pull(df, deadline)
+        # A plugin calling query() from inside its own asyncio loop: pull on a helper thread.
+        box: list[Any] = []
+        helper = threading.Thread(target=lambda: box.append(_outcome(self._pull, df, deadline)))
+        helper.start()
+        helper.join()
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def _pull(self, df: Any, deadline: float) -> pa.Table:
         schema = df.schema()
         batches: list[pa.RecordBatch] = []
         size = 0
-        for item in df.execute_stream():
-            batch = item.to_pyarrow()
-            size += batch.nbytes
-            if size > self.limits.max_result_bytes:
-                raise QueryTooLarge(
-                    f"query result exceeds {self.limits.max_result_bytes} bytes (query.max_result_bytes);"
-                    " add a LIMIT, aggregate, or narrow the time range"
-                )
-            if time.monotonic() > deadline:
-                raise QueryTimeout(timeout_message(self.limits))
-            batches.append(batch)
+        loop = asyncio.new_event_loop()
+        stream = df.execute_stream()
+        try:
+            while (batch := self._next(loop, stream, deadline)) is not None:
+                size += batch.nbytes
+                if size > self.limits.max_result_bytes:
+                    raise QueryTooLarge(
+                        f"query result exceeds {self.limits.max_result_bytes} bytes (query.max_result_bytes);"
+                        " add a LIMIT, aggregate, or narrow the time range"
+                    )
+                batches.append(batch)
+        finally:
+            stream = None  # dropping the stream aborts DataFusion's tasks for it
+            loop.close()
         return pa.Table.from_batches(batches, schema=schema)
+
+    def _next(self, loop: asyncio.AbstractEventLoop, stream: Any, deadline: float) -> pa.RecordBatch | None:
+        """The next batch, or None at the end; waits in short slices to see the deadline and close()."""
+        task = loop.create_task(_next_batch(stream))
+        stop: QueryError | None = None
+        while not task.done() and stop is None:
+            remaining = deadline - time.monotonic()
+            if self._stopping.is_set():
+                stop = QueryError("query cancelled: the server is shutting down", http_status=503)
+            elif remaining <= 0:
+                stop = QueryTimeout(timeout_message(self.limits))
+            else:
+                loop.run_until_complete(asyncio.wait([task], timeout=min(remaining, _POLL_SECONDS)))
+        if stop is None:
+            return task.result()
+        # The binding drops its pending poll of the stream on the loop's next turns. The cancelled
+        # task's traceback holds frames that reference the stream: nothing may keep the task, or
+        # DataFusion's work goes on until a garbage collection.
+        task.cancel()
+        loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+        for _ in range(3):
+            loop.run_until_complete(asyncio.sleep(0))
+        del stream, task
+        try:
+            raise stop
+        finally:
+            del stop  # no cycle through this frame
+
+    def _guards(self) -> list[Any]:
+        """Size-checked replacements of builtins whose result grows with an argument's value.
+
+        DataFusion's scalar functions allocate outside its memory pool: `repeat('x', 1e9)` alone
+        took gigabytes. Registered under the builtin's name, these refuse first.
+        """
+        if self._guarded is None:
+            from datafusion import udf
+
+            def repeat(text: pa.Array, times: pa.Array) -> pa.Array:
+                times = pc.max_element_wise(times, 0)
+                lengths = pc.multiply(
+                    pc.binary_length(text).cast(pa.float64()), pc.cast(times, pa.float64(), safe=False)
+                )
+                total = int(pc.sum(lengths).as_py() or 0)
+                if total > self.limits.memory_bytes:
+                    raise ValueError(
+                        f"{_GUARD_MARK}repeat() would build {total} bytes, more than the query memory limit"
+                        f" of {self.limits.memory_bytes} bytes (query.memory_limit)"
+                    )
+                return pc.binary_repeat(text, times)
+
+            self._guarded = [udf(repeat, [pa.string(), pa.int64()], pa.string(), "immutable", name="repeat")]
+        return self._guarded
 
     def _context(self, db: DatabaseDef) -> SessionContext:
         # Imported on first query: DataFusion and datasets cost ~30 MB that an ingest-only
@@ -113,8 +209,13 @@ class QueryService:
         from datafusion.catalog import Schema
 
         config = SessionConfig().with_information_schema(True).with_target_partitions(2)
-        runtime = RuntimeEnvBuilder().with_fair_spill_pool(self.limits.memory_bytes)
+        # No spilling: a gateway's disk holds the data; a query over its memory limit fails instead.
+        runtime = (
+            RuntimeEnvBuilder().with_disk_manager_disabled().with_fair_spill_pool(self.limits.memory_bytes)
+        )
         ctx = SessionContext(config, runtime)
+        for guarded in self._guards():
+            ctx.register_udf(guarded)
         cutoff = time.time_ns() - db.retention_ns if db.retention_ns else None
         tables = dict(db.tables)
 
@@ -240,11 +341,57 @@ def timeout_message(limits: QueryLimits) -> str:
     )
 
 
-def _query_error(e: Exception, limits: QueryLimits) -> QueryError:
+def _read_only() -> Any:
+    """DataFusion's options that refuse DDL (CREATE ...), DML (COPY, INSERT) and SET-like statements."""
+    from datafusion import SQLOptions
+
+    return SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
+
+
+async def _next_batch(stream: Any) -> pa.RecordBatch | None:
+    try:
+        return (await stream.__anext__()).to_pyarrow()
+    except StopAsyncIteration:
+        return None
+
+
+def _outcome(fn: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
+    try:
+        return True, fn(*args)
+    except BaseException as e:  # handed to the calling thread, which raises it
+        return False, e
+
+
+#: Marks a guard's refusal inside the text DataFusion wraps around a Python exception.
+_GUARD_MARK = "value limit: "
+_GUARD_ERROR = re.compile(re.escape(_GUARD_MARK) + r"(.*?)['\"]\)")
+_REFUSED = re.compile(r"(?:DDL|DML|Statement) not supported: (\w[\w ]*)|Unsupported SQL statement: (\w+)")
+#: Paths of the installation (site-packages, cargo registry) that DataFusion messages may carry.
+_PATHS = re.compile(r"(?:/[\w.+-]+)+/(?:site-packages|\.cargo|registry)/\S*")
+_PYERR = re.compile(r"PyErr \{ type: <class '([\w.]+)'>, value: \w+\((['\"])(.*?)\2\)")
+_PREFIXES = ("DataFusion error: ", "External error: ", "Execution error: ")
+
+
+def _query_error(e: BaseException, limits: QueryLimits) -> QueryError:
+    """One clean line for the client: no traceback, no install paths."""
     text = str(e)
-    if "Resources exhausted" in text:
+    if (refused := _REFUSED.search(text)) is not None:
+        what = (refused.group(1) or refused.group(2) or "this statement").strip()
         return QueryError(
-            f"query exceeded its memory limit of {limits.memory_bytes} bytes (query.memory_limit):"
-            f" {text.splitlines()[0]}"
+            f"queries are read-only: {what} is not allowed (only SELECT, WITH, EXPLAIN, SHOW and DESCRIBE run)"
         )
-    return QueryError(text.strip() or type(e).__name__)
+    if (guard := _GUARD_ERROR.search(text)) is not None:
+        return QueryError(f"query refused: {guard.group(1)}")
+    if "Resources exhausted" in text or "Memory Exhausted" in text:
+        return QueryError(
+            f"query exceeded its memory limit of {limits.memory_bytes} bytes (query.memory_limit);"
+            " aggregate more, narrow the time range or raise the limit"
+        )
+    if (pyerr := _PYERR.search(text)) is not None:  # a Python UDF failed: its exception, not its traceback
+        text = f"{pyerr.group(1).rsplit('.', 1)[-1]}: {pyerr.group(3)}"
+    if type(e).__name__ == "PanicException":
+        text = f"the SQL engine failed on this query ({text.splitlines()[0] if text else 'panic'})"
+    line = next((part.strip() for part in text.splitlines() if part.strip()), type(e).__name__)
+    while line.startswith(_PREFIXES):
+        line = next(line[len(p) :] for p in _PREFIXES if line.startswith(p))
+    return QueryError(_PATHS.sub("<path>", line)[:1000])

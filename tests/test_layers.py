@@ -16,6 +16,7 @@ LAYERS: list[set[str]] = [
         "_lpfast",
         "mqtt.payload",
         "formats",
+        "sqlcheck",
         "engine.api",
         "engine.triggers",
         "engine.loader",

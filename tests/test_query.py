@@ -1,12 +1,15 @@
-"""The lazy table schema DataFusion sees: tables resolve on first use and list as BASE TABLE."""
+"""The lazy table schema DataFusion sees, and the checks a query passes before planning."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pytest
 from datafusion import SessionConfig, SessionContext
 
-from appliance.query import lazy_schema
+from appliance.errors import QueryError
+from appliance.query import QueryLimits, _query_error, lazy_schema
+from appliance.sqlcheck import MAX_EXPRESSION_DEPTH, check_sizes, check_sql, expression_depth
 
 
 def test_tables_resolve_only_when_named_and_list_as_base_tables() -> None:
@@ -27,3 +30,82 @@ def test_tables_resolve_only_when_named_and_list_as_base_tables() -> None:
         "SELECT data_type FROM information_schema.columns WHERE table_name = 'memory' AND column_name = 'host'"
     )
     assert cols.to_arrow_table().to_pylist() == [{"data_type": "Dictionary(Int32, Utf8)"}]
+
+
+# -- checks before planning --------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("sql", "depth"),
+    [
+        ("SELECT 1", 0),
+        ("SELECT " + "+".join(["1"] * 10), 9),
+        ("SELECT f(1+1+1, 2+2), (1+1)+(1+1)", 2),
+        ("SELECT '+++' || \"a+b\" -- +++\n", 1),
+        ("SELECT 1 /* /* + */ + */ + 1", 1),
+        ("SELECT e'\\'+++' + 1", 1),
+        ("SELECT x FROM t WHERE a = 1 AND b = 2", 3),
+        ("SELECT x IN (" + ",".join(map(str, range(500))) + ")", 1),
+        ("SELECT 1::int::bigint", 2),
+        ("SELECT a[1][1][1]", 3),
+    ],
+)
+def test_expression_depth_counts_operators_outside_literals_and_comments(sql: str, depth: int) -> None:
+    assert expression_depth(sql)[0] == depth
+
+
+def test_check_sql_refuses_long_text_and_deep_or_costly_expressions() -> None:
+    check_sql("SELECT " + "+".join(["1"] * 500), 1 << 20)
+    with pytest.raises(QueryError, match="too complex"):
+        check_sql("SELECT " + "+".join(["1"] * (MAX_EXPRESSION_DEPTH + 2)), 1 << 20)
+    many = ", ".join("+".join(["1"] * 800) for _ in range(5))  # each chain fine, together minutes
+    with pytest.raises(QueryError, match="too complex"):
+        check_sql("SELECT " + many, 1 << 20)
+    with pytest.raises(QueryError, match="query.max_sql_bytes"):
+        check_sql("SELECT 1 -- " + "é" * 600, 1000)
+    with pytest.raises(QueryError, match="too complex"):
+        check_sql("SELECT " + "(" * 200 + "1" + ")" * 200, 1 << 20)
+
+
+@pytest.mark.parametrize(
+    ("plan", "refused"),
+    [
+        ('Projection: lpad(Utf8("x"), Int64(1000000000))', True),
+        ('Projection: rpad(Utf8("a)b\\""), Int64(10), Utf8("ab"))', False),
+        ("Projection: array_repeat(Int64(1), Int64(100000000))", True),
+        ("Projection: range(Int64(1), Int64(100000000000))", True),
+        ("Projection: range(Int64(1), Int64(1000))", False),
+        ("TableScan: generate_series()", False),
+        ('Projection: lpad(Utf8("x"), Int64(1000) * Int64(1000000))', True),
+        ("Projection: lpad(t.s, t.n)", False),
+        ('Projection: Utf8("lpad(x, y * 2)") AS m', False),
+        ("Projection: array_repeat(array_repeat(Int64(1), Int64(10000)), Int64(10000))", True),
+        (
+            'Projection: concat(repeat(Utf8("x"), Int64(100000000)), repeat(Utf8("x"), Int64(200000000)))',
+            True,
+        ),
+        ('Projection: repeat(Utf8("ab"), Int64(1000)), repeat(t.s, t.n)', False),
+        ("Projection: range(Int64(5)), range(Int64(1), Int64(10), Int64(2))", False),
+    ],
+)
+def test_check_sizes_reads_literal_sizes_in_the_plan(plan: str, refused: bool) -> None:
+    if refused:
+        with pytest.raises(QueryError, match=r"query\.memory_limit"):
+            check_sizes(plan, 256 << 20)
+    else:
+        check_sizes(plan, 256 << 20)
+
+
+def test_engine_errors_become_one_clean_line() -> None:
+    limits = QueryLimits(256 << 20, 30_000_000_000, 256 << 20)
+    err = _query_error(Exception("Error during planning: DDL not supported: CreateExternalTable"), limits)
+    assert err.message.startswith("queries are read-only: CreateExternalTable is not allowed")
+    pyerr = (
+        "DataFusion error: Execution error: PyErr { type: <class 'ValueError'>, value: ValueError('bad"
+        ' thing\'), traceback: Some("Traceback (most recent call last):\\n  File \\"/x/site-packages/a.py\\"")}'
+    )
+    assert _query_error(Exception(pyerr), limits).message == "ValueError: bad thing"
+    plain = _query_error(Exception("Schema error: No field named nope.\n\nCandidates: a, b"), limits)
+    assert plain.message == "Schema error: No field named nope."
+    path = _query_error(
+        Exception("External error: /usr/lib/python3/site-packages/pyarrow/x.py failed"), limits
+    )
+    assert "site-packages" not in path.message

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pyarrow as pa
 from aiohttp import web
+from aiohttp.payload import AsyncIterablePayload
 
 from .. import __version__, formats
 from ..app import ADMIT_TIMEOUT_SECONDS, App
@@ -23,6 +25,7 @@ from ..errors import (
     NotFound,
     NotImplementedYet,
     PartialWrite,
+    QueryError,
     QueryTimeout,
     UnsupportedMediaType,
 )
@@ -193,14 +196,49 @@ async def query_sql(request: web.Request) -> web.Response:
     chosen = formats.choose_format(fmt, request.headers.get("Accept"))
     app = request.app[APP_KEY]
 
-    def run() -> bytes:  # query and rendering in one hop to the query pool
-        return formats.render(app.queries.execute(db, sql, params), chosen)
+    def run() -> list[bytes]:  # query and rendering in one hop to the query pool, off the event loop
+        limits = app.queries.limits
+        deadline = time.monotonic() + limits.timeout_ns / 1e9  # the query's and its rendering's
+        table = app.queries.execute(db, sql, params)
+        return formats.render_pieces(table, chosen, limits.max_result_bytes, deadline)
 
+    pieces = await _run_query(app, run)
+    headers = {"Content-Type": formats.content_type(chosen), "Content-Length": str(sum(map(len, pieces)))}
+    return web.Response(body=AsyncIterablePayload(_drain(pieces)), headers=headers)
+
+
+async def _drain(pieces: list[bytes]) -> AsyncIterator[bytes]:
+    """Each piece of a body once, releasing it as it is sent."""
+    pieces.reverse()
+    while pieces:
+        yield pieces.pop()
+
+
+#: Beyond its own deadline (the engine stops the query there), how long the handler still waits.
+QUERY_GRACE_SECONDS = 5.0
+
+
+async def _run_query(app: App, run: Any) -> list[bytes]:
+    """Run `run` on the query pool once a slot is free; the slot is held until the thread is done."""
+    timeout = app.queries.limits.timeout_ns / 1e9
     try:
-        body_bytes = await asyncio.wait_for(_in_pool(request, "query", run), app.config.timeout / 1e9)
+        await asyncio.wait_for(app.query_slots.acquire(), timeout)
+    except TimeoutError:
+        raise QueryError(
+            f"too many queries running (query.max_concurrent = {app.config.max_concurrent}); retry later",
+            http_status=503,
+        ) from None
+    future = asyncio.get_running_loop().run_in_executor(app.query_pool, run)
+    future.add_done_callback(lambda _: app.query_slots.release())
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), timeout + QUERY_GRACE_SECONDS)
     except TimeoutError:
         raise QueryTimeout(timeout_message(app.queries.limits)) from None
-    return web.Response(body=body_bytes, headers={"Content-Type": formats.content_type(chosen)})
+
+
+async def stop_queries(web_app: web.Application) -> None:
+    """On shutdown: running queries end now (503) rather than hold the stop for their timeout."""
+    web_app[APP_KEY].queries.close()
 
 
 def _text(value: Any, name: str) -> str:

@@ -56,6 +56,7 @@ def create(app: App) -> web.Application:
         decode_pool.shutdown(wait=False, cancel_futures=True)
 
     web_app.on_cleanup.append(stop_pool)
+    web_app.on_shutdown.append(handlers.stop_queries)  # before aiohttp waits for in-flight requests
     r = web_app.router
     r.add_post(routes.WRITE_LP, handlers.write_lp)
     r.add_post(routes.WRITE_V2, handlers.write_v2)

@@ -1,0 +1,230 @@
+"""Cheap checks before DataFusion runs a query: text size, expression depth, built value sizes.
+
+DataFusion's planner recurses once per operator of a chain such as `1+1+...+1`: 10,000 terms
+overflow a thread's stack (a segfault, nothing logged) and planning time grows with the square
+of the chain (5,000 terms: 20 s of CPU that no timeout can interrupt). Its parser already refuses
+more than 50 nested parentheses or calls, but operator chains are flat to the parser. So they
+are measured here in one linear pass over the tokens that skips string literals, quoted names
+and comments, as DataFusion's tokenizer reads them.
+
+The measure over-estimates on purpose: the depth at an operator is the number of operators met
+since the last comma or clause keyword at its own level, plus those of the enclosing levels.
+The cost sums that depth over every operator (about what planning pays, a chain of n costs
+n²/2), so many moderate chains cannot add up to minutes either.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import QueryError
+
+#: Deepest operator chain a query may hold; 1,000 plans in about 0.5 s here and stays 8x below
+#: the depth that overflows an 8 MiB thread stack.
+MAX_EXPRESSION_DEPTH = 1000
+#: Planning cost budget (sum of depths): two chains of the maximum depth.
+MAX_EXPRESSION_COST = MAX_EXPRESSION_DEPTH * MAX_EXPRESSION_DEPTH
+#: Nesting of parentheses and brackets (DataFusion's own parser stops at 50).
+MAX_NESTING = 100
+
+_TOKEN = re.compile(
+    r"""
+      (?P<skip>\s+
+        | --[^\n]*
+        | [Ee]'(?:[^'\\]|\\.|'')*'?
+        | '(?:[^']|'')*'?
+        | "(?:[^"]|"")*"?
+        | `[^`]*`?
+        | \d+(?:\.\d*)?(?:[eE][+-]?\d+)?
+        | [$:]?[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_$\u0080-\U0010ffff]*)
+    | (?P<comment>/\*)
+    | (?P<open>[(\[])
+    | (?P<close>[)\]])
+    | (?P<comma>[,;])
+    | (?P<op>[-+*/%<>=!|&^~:@#?]+)
+    | (?P<other>.)
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+_WORD_OPERATORS = frozenset(
+    {"and", "or", "not", "is", "like", "ilike", "between", "in", "similar", "collate", "div", "at"}
+)
+#: Keywords that start a new expression at the same level (a clause of a SELECT).
+_CLAUSES = frozenset(
+    {"select", "from", "where", "group", "having", "order", "limit", "offset", "union", "join", "on"}
+)
+_COMMENT_EDGE = re.compile(r"/\*|\*/")
+
+
+def check_sql(sql: str, max_bytes: int) -> None:
+    """Raise QueryError when the query is longer than max_bytes or its expressions too deep."""
+    size = len(sql.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise QueryError(
+            f"query text is {size} bytes, more than query.max_sql_bytes ({max_bytes});"
+            " shorten it (a long IN list can often be a time range or a join instead)"
+        )
+    depth, cost = expression_depth(sql)
+    if depth > MAX_EXPRESSION_DEPTH or cost > MAX_EXPRESSION_COST:
+        raise QueryError(
+            f"query too complex: its expressions chain {depth} operators (at most"
+            f" {MAX_EXPRESSION_DEPTH}, and at most about {MAX_EXPRESSION_DEPTH} operators in two such"
+            " chains); split it, or use IN (...) instead of long OR chains"
+        )
+
+
+def expression_depth(sql: str) -> tuple[int, int]:
+    """The deepest operator chain of `sql` and the planning cost (see the module docstring)."""
+    levels = [0]
+    total = deepest = cost = 0
+    pos = 0
+    while pos < len(sql):
+        match = _TOKEN.match(sql, pos)
+        assert match is not None  # `other` matches any single character
+        pos = match.end()
+        kind = match.lastgroup
+        added = 0
+        if kind == "skip":
+            word = match.group().lower()
+            if word in _WORD_OPERATORS:
+                added = 1
+            elif word in _CLAUSES:
+                total -= levels[-1]
+                levels[-1] = 0
+        elif kind == "comment":
+            pos = _comment_end(sql, pos)
+        elif kind == "op":
+            added = (len(match.group()) + 1) // 2  # `||`, `::`, `<=` are one operator
+        elif kind == "open":
+            if match.group() == "[":
+                added = 1  # a subscript nests its value
+            levels.append(0)
+            if len(levels) > MAX_NESTING:
+                return MAX_NESTING * MAX_EXPRESSION_DEPTH, MAX_EXPRESSION_COST + 1
+        elif kind == "close" and len(levels) > 1:
+            total -= levels.pop()
+        elif kind == "comma":
+            total -= levels[-1]
+            levels[-1] = 0
+        if added:
+            levels[-1 if kind != "open" else -2] += added
+            total += added
+            deepest = max(deepest, total)
+            cost += total * added
+    return deepest, cost
+
+
+def _comment_end(sql: str, pos: int) -> int:
+    """The end of a block comment opened just before `pos`; they nest, as DataFusion reads them."""
+    nested = 1
+    for edge in _COMMENT_EDGE.finditer(sql, pos):
+        nested += 1 if edge.group() == "/*" else -1
+        if nested == 0:
+            return edge.end()
+    return len(sql)
+
+
+#: Builtins that build a value whose size is an argument's value: the index of that argument.
+_SIZED = {"lpad": 1, "rpad": 1, "repeat": 1, "array_repeat": 1, "array_resize": 1}
+#: Scalar list builders: ([start,] stop[, step]) make a list of (stop - start) / step values.
+_RANGES = ("range", "generate_series")
+_CALL = re.compile(r"\b(" + "|".join([*_SIZED, *_RANGES]) + r")\(")
+_INT_LITERAL = re.compile(r"^U?Int\d+\((-?\d+)\)$")
+_TEXT_LITERAL = re.compile(r'(?:Large)?Utf8(?:View)?\("((?:[^"\\]|\\.)*)"\)')
+
+
+def check_sizes(plan: str, max_bytes: int) -> None:
+    """Refuse queries whose size-building calls add up to more than the query memory limit.
+
+    lpad, rpad, repeat, array_repeat, array_resize and the scalar range/generate_series allocate
+    outside DataFusion's memory pool, and constant folding runs them while planning. So they are
+    read in the unoptimised plan's text (parameters already bound): their size arguments must be
+    number literals, and their sizes, nested ones multiplied, must fit in max_bytes together.
+    `repeat` over column values is checked again per batch by its replacement function.
+    """
+    total = 0
+    literals = [m.span() for m in _TEXT_LITERAL.finditer(plan)]
+    for call in _CALL.finditer(plan):
+        if any(begin < call.start() < end for begin, end in literals):
+            continue  # text inside a string literal
+        name, size = call.group(1), _call_size(plan, call)
+        if size is None:
+            raise QueryError(
+                f"query refused: the size argument of {name}() must be a number (a literal or a"
+                " $parameter): the values it builds are not counted in query.memory_limit"
+            )
+        total += size
+        if total > max_bytes:
+            raise QueryError(
+                f"query refused: {name}() and the like would build about {total} bytes, more than the"
+                f" query memory limit of {max_bytes} bytes (query.memory_limit)"
+            )
+
+
+def _call_size(text: str, call: re.Match[str]) -> int | None:
+    """Bytes one call builds; 0 when unsized here, None when a size argument is not a number."""
+    name, args = call.group(1), _arguments(text, call.end())
+    if any(arg.startswith("$") for arg in args):
+        return 0  # an alias repeating the query's text; the bound call is read where it is used
+    if name in _RANGES:
+        if not args:
+            return 0  # the table function: it streams its rows in batches
+        numbers = [_int(arg) for arg in args]
+        if None in numbers:
+            return None if any(_computed(arg) for arg in args) else 0
+        start, stop, step, *_ = ([0, *numbers] if len(numbers) == 1 else numbers) + [1]
+        return abs((stop or 0) - (start or 0)) // max(abs(step or 1), 1) * 8
+    index = _SIZED[name]
+    count = _int(args[index]) if len(args) > index else 0
+    if count is None:
+        # A column's values are the data's (repeat checks them per batch); a computed constant
+        # would be folded, and built, while planning.
+        return None if _computed(args[index]) and name != "repeat" else 0
+    if name in ("lpad", "rpad"):
+        unit = 1
+    else:
+        unit = _largest(args[0], 1 if name == "repeat" else 8) if args else 8
+    return max(count, 0) * unit
+
+
+def _computed(arg: str) -> bool:
+    """Whether a plan argument is an expression or typed literal rather than a column."""
+    return "(" in arg or any(op in arg for op in " +-*/%|")
+
+
+def _largest(text: str, floor: int) -> int:
+    """A value's size estimate: its longest text literal or largest sized call, at least floor."""
+    sizes = [floor, *(len(m.group(1)) for m in _TEXT_LITERAL.finditer(text))]
+    sizes += [_call_size(text, call) or 0 for call in _CALL.finditer(text)]
+    return max(sizes)
+
+
+def _arguments(text: str, start: int) -> list[str]:
+    """The top-level, comma-separated arguments of a call whose `(` ends just before `start`."""
+    args, depth, quoted, begin = [], 0, False, start
+    i = start
+    while i < len(text):
+        ch = text[i]
+        if quoted:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch in "([":
+            depth += 1
+        elif ch in ")]" and depth:
+            depth -= 1
+        elif ch == ")" or (ch == "," and depth == 0):
+            args.append(text[begin:i].strip())
+            if ch == ")":
+                return args
+            begin = i + 1
+        i += 1
+    return args
+
+
+def _int(arg: str) -> int | None:
+    match = _INT_LITERAL.match(arg)
+    return int(match.group(1)) if match else None
