@@ -82,7 +82,23 @@ def test_expiry_or_drop_of_an_unsent_replacement_cancels_the_deletes(queue: Sync
         change(queue, Change.PERSIST, [pf(f"m-{kind.value}")], [pf(f"a-{kind.value}")])
         change(queue, kind, [], [pf(f"m-{kind.value}")])  # gone before upload: the old object stays
         assert f"a-{kind.value}" not in states(queue)
-    assert uploads_and_deletes(queue) == ([], [])
+        # ... and the unsent one's key is deleted, in case its upload completed unrecorded.
+        assert states(queue)[f"m-{kind.value}"] == (DELETE, [])
+    assert uploads_and_deletes(queue) == ([], sorted(f"m-{k.value}" for k in (Change.RETENTION, Change.DROP, Change.EVICT)))
+
+
+def test_an_unsent_file_that_leaves_gets_a_delete_for_an_upload_that_finished_unrecorded(
+    queue: SyncQueue,
+) -> None:
+    """A stop during an upload: the object got to the bucket, `mark_synced` never ran (the WAL
+    had closed), the record stayed queued; when the file then expires, is dropped or evicted,
+    the object must go too, or a dropped table's rows stay visible to fleet queries."""
+    for kind in (Change.RETENTION, Change.DROP, Change.EVICT):
+        change(queue, Change.PERSIST, [pf(f"u-{kind.value}")], [])
+        change(queue, kind, [], [pf(f"u-{kind.value}")])
+        assert states(queue) == {f"u-{kind.value}": (DELETE, [])}
+        assert uploads_and_deletes(queue) == ([], [f"u-{kind.value}"])
+        queue.mark_deleted(f"u-{kind.value}")
 
 
 def test_whole_file_retention_drop_and_eviction_keep_objects(queue: SyncQueue) -> None:
@@ -114,6 +130,7 @@ def test_compaction_of_synced_files_is_covered_and_evictable_unsent(queue: SyncQ
     assert next(r for r in queue.records(QUEUED) if r.path == "cd").covered
     change(queue, Change.EVICT, [], [pf("cd")])  # over the budget while offline: c and d stay in the bucket
     assert "c" not in states(queue) and "d" not in states(queue)
+    assert states(queue)["cd"] == (DELETE, [])  # and cd, never recorded as sent, must not be there too
 
 
 def test_an_upload_finishing_after_its_file_was_replaced_is_deleted(queue: SyncQueue) -> None:
@@ -139,4 +156,5 @@ def test_reconcile_queues_old_files_and_forgets_missing_ones(queue: SyncQueue) -
     queue.mark_synced("kept")
     queue.reconcile([pf("kept"), pf("older")])
     queue.wal.submit(fn=lambda txn, wal: None).result()
-    assert states(queue) == {"kept": (SYNCED, []), "older": (QUEUED, [])}
+    # "gone" was never recorded as sent: its key is deleted in case an upload finished unrecorded.
+    assert states(queue) == {"kept": (SYNCED, []), "older": (QUEUED, []), "gone": (DELETE, [])}
