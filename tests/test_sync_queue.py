@@ -84,7 +84,10 @@ def test_expiry_or_drop_of_an_unsent_replacement_cancels_the_deletes(queue: Sync
         assert f"a-{kind.value}" not in states(queue)
         # ... and the unsent one's key is deleted, in case its upload completed unrecorded.
         assert states(queue)[f"m-{kind.value}"] == (DELETE, [])
-    assert uploads_and_deletes(queue) == ([], sorted(f"m-{k.value}" for k in (Change.RETENTION, Change.DROP, Change.EVICT)))
+    assert uploads_and_deletes(queue) == (
+        [],
+        sorted(f"m-{k.value}" for k in (Change.RETENTION, Change.DROP, Change.EVICT)),
+    )
 
 
 def test_an_unsent_file_that_leaves_gets_a_delete_for_an_upload_that_finished_unrecorded(

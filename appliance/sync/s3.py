@@ -216,7 +216,10 @@ class S3Client:
         if not upload_id:
             raise self.error("POST", key, status, answer)
         try:
-            etags = [self._part(key, upload_id, n, data, pace) for n, data in enumerate(parts, 1)]
+            etags: list[str] = []
+            for data in parts:
+                etags.append(self._part(key, upload_id, len(etags) + 1, data, pace))
+                del data  # one part in memory at a time
             self._complete(key, upload_id, etags)
         except BaseException:
             try:
