@@ -246,9 +246,11 @@ class Wal:
                     self._commit(reqs)
                 except Exception as e:  # the writer thread must outlive any one group
                     log.exception("WAL group failed")
+                    failure = WalError(f"write-ahead log failure: {e}")
+                    self._note_failure(failure)
                     for req in reqs:
                         if not req.future.done():
-                            req.future.set_exception(WalError(f"write-ahead log failure: {e}"))
+                            req.future.set_exception(failure)
             self._busy_since = None
             if stop:
                 self._stopped.set()
