@@ -91,12 +91,14 @@ class App:
     def health(self) -> dict[str, Any]:
         """Each component as ok, degraded or failed, and the overall state (the worst)."""
         persist = "failed" if not self.persister.alive else "degraded" if self.persister.last_error else "ok"
+        # Out of space (disk or map), or commits failing for another reason: the server runs
+        # and answers reads, writes fail (507, 503). The disk is judged by statvfs, not by commits.
+        wal_error = self.wal.check_space() or self.wal.failing
         components: dict[str, dict[str, Any]] = {
             "http": {"status": "ok"},
             "wal": {
-                # Out of space (disk or map): the server runs and answers reads, writes get 507.
-                "status": "failed" if not self.wal.alive else "degraded" if self.wal.full else "ok",
-                "error": self.wal.full,
+                "status": "failed" if not self.wal.alive else "degraded" if wal_error else "ok",
+                "error": wal_error,
                 "last_seq": self.wal.last_seq,
                 "commits": self.wal.stats.commits,
                 "largest_group": self.wal.stats.max_group,

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -70,6 +71,9 @@ class Persister:
         self._persist_lock = threading.Lock()
         self._trimmed: WalSeq = WalSeq(0)
         self.last_error: str | None = None
+        #: Told, with the bytes a persist needs, when it failed for a full disk (DiskBudget evicts
+        #: synced files then).
+        self.on_disk_full: list[Callable[[int], None]] = []
 
     # -- life cycle ---------------------------------------------------------
     def start(self) -> None:
@@ -120,6 +124,10 @@ class Persister:
             self._wake.clear()
             with self._waiters_lock:
                 waiters, self._waiters = self._waiters, []
+            # Retention first and on its own: it frees the disk a failing persist needs.
+            if time.monotonic() >= next_retention:
+                next_retention = time.monotonic() + self.args.retention_check_ns / 1e9
+                self._retain()
             try:
                 ran = False
                 if woke or waiters or retry or self._window_passed():
@@ -128,10 +136,6 @@ class Persister:
                     for w in waiters:
                         w.set_result(written)
                     waiters = []
-                if time.monotonic() >= next_retention:
-                    self.enforce_retention()
-                    ran = True
-                    next_retention = time.monotonic() + self.args.retention_check_ns / 1e9
                 if self.args.compact_target_bytes and time.monotonic() >= next_compaction:
                     day = 86_400 * 10**9
                     self.compact(self.args.compact_target_bytes, time.time_ns() // day * day)
@@ -149,8 +153,30 @@ class Persister:
                     log.exception("persist failed; retrying in %.0fs", backoff)
                 for w in waiters:
                     w.set_exception(e)
+                if full is not None:
+                    self._relieve_disk()
+                    next_retention = 0.0  # expired files go before the retry too
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 60.0)
+
+    def _retain(self) -> None:
+        """Enforce retention; a failure is logged and retried at the next check, never blocks persists."""
+        try:
+            self.enforce_retention()
+        except Exception as exc:
+            full = disk_full_error(self.args.data_dir, exc, "retention is retried at its next check")
+            if full is not None:
+                log.error("retention failed: %s", full)
+            else:
+                log.exception("retention failed; retried at its next check")
+
+    def _relieve_disk(self) -> None:
+        """Ask for room (DiskBudget evicts files the bucket holds): what the buffer holds, at least."""
+        for listener in self.on_disk_full:
+            try:
+                listener(self.buffer.nbytes)
+            except Exception:
+                log.exception("disk-full listener failed")
 
     def _seconds_to_window_end(self) -> float:
         now = time.time_ns()

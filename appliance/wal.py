@@ -8,7 +8,11 @@ once; a busy one batches naturally.
 
 Out of space (the disk holding the data dir, or the LMDB map) is a state, not just an
 error: `full` says why while commits fail for lack of space (for /health), and a full
-map tells `on_map_full` listeners (the persister), since persisting trims the WAL.
+map tells `on_map_full` listeners (the persister), since persisting trims the WAL. A full
+disk is judged by the disk too (`check_space`, from /health): it ends once the disk has
+room again, not when a small commit happens to fit in LMDB's free pages. Commits failing
+for any other reason (EIO with room, MDB_PANIC) several times in a row are the `failing`
+state, with the reason.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import lmdb
 import msgpack
 import pyarrow as pa
 
-from .errors import StorageFull, WalError
+from .errors import StorageFull, TooLarge, WalError
 from .fileio import free_bytes
 from .metrics import WAL_COMMIT_SECONDS, WAL_COMMITS, WAL_ENTRIES
 from .model import WalSeq
@@ -52,6 +56,9 @@ DB_NAMES = (
 )
 
 _SEQ = struct.Struct(">Q")  # big-endian so LMDB's byte order is numeric order
+
+#: Consecutive commits failing for a reason other than space before /health says `failing`.
+FAILING_AFTER = 3
 
 
 @dataclass
@@ -155,6 +162,10 @@ class Wal:
         #: Why commits fail for lack of space (disk or map), until one succeeds again.
         self.full: str | None = None
         self._full_kind = ""
+        #: Why commits keep failing for another reason (EIO with room, MDB_PANIC), until one succeeds.
+        self.failing: str | None = None
+        self._failures = 0  # consecutive failed commits (not for lack of space)
+        self._space_lock = threading.Lock()
         #: Called on the writer thread when the map is full (persisting frees WAL pages).
         self.on_map_full: list[Callable[[], None]] = []
         self._next_seq = self._last_seq() + 1
@@ -198,6 +209,14 @@ class Wal:
         if self._stopped.is_set():
             raise WalError("the server is shutting down; the write was not accepted")
         encoded = entry.encode() if entry is not None else None
+        if encoded is not None and len(encoded) > self.map_size // 2:
+            # It could never fit (507 "retry" would be a lie): the map also holds the catalog,
+            # the queues and other entries until a persist trims them.
+            raise TooLarge(
+                f"one write of {len(encoded)} bytes (as stored) is more than the write-ahead log can"
+                f" take at once (half of wal.map_size={self.map_size}); split it into smaller"
+                " writes or raise wal.map_size"
+            )
         req = _Request(fn, entry, encoded)
         # Running futures cannot be cancelled: a client that disconnects (asyncio cancels
         # the wrapped future) must not make the writer's set_result fail.
@@ -227,9 +246,11 @@ class Wal:
                     self._commit(reqs)
                 except Exception as e:  # the writer thread must outlive any one group
                     log.exception("WAL group failed")
+                    failure = WalError(f"write-ahead log failure: {e}")
+                    self._note_failure(failure)
                     for req in reqs:
                         if not req.future.done():
-                            req.future.set_exception(WalError(f"write-ahead log failure: {e}"))
+                            req.future.set_exception(failure)
             self._busy_since = None
             if stop:
                 self._stopped.set()
@@ -268,12 +289,14 @@ class Wal:
                 used = self._used_bytes(txn)
         except lmdb.Error as e:
             failure = self._storage_error(e, reqs)
-            self._note_space(failure, None)
-            if not isinstance(failure, StorageFull):
-                log.error("WAL commit failed: %s", e)
+            if isinstance(failure, StorageFull):
+                self._note_space(failure, None)
+            else:
+                self._note_failure(failure)
             for req in reqs:
                 req.future.set_exception(failure)
             return
+        self._note_success()
         self._note_space(next((r[2] for r in results if isinstance(r[2], StorageFull)), None), used)
         self._next_seq = seq
         self._note_commit(started, len(committed))
@@ -334,24 +357,66 @@ class Wal:
             pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
         return pages * self._page_size
 
-    def _note_space(self, failure: BaseException | None, used: int | None) -> None:
-        """Enter or leave the out-of-space state (logged once each way); a full map wakes a persist.
+    def _note_space(self, failure: StorageFull | None, used: int | None) -> None:
+        """After a commit: enter or leave the out-of-space state (logged once each way).
 
-        A full disk ends with any commit that succeeds; a full map once the data fits again.
+        Only a commit that ran (even if some of its requests were refused) may end the state:
+        a full map once the data fits again, a full disk once the disk has room again. A full
+        map wakes a persist.
         """
-        if isinstance(failure, StorageFull):
-            if self.full is None:
-                log.error("writes refused with 507: %s", failure.message)
-            self.full, self._full_kind = failure.message, failure.kind
+        if failure is not None:
+            self._enter_full(failure)
             if failure.kind == "map":
                 for listener in self.on_map_full:
                     try:
                         listener()
                     except Exception:
                         log.exception("map-full listener failed")
-        elif self.full is not None and (self._full_kind == "disk" or (used or 0) < self.map_size):
-            log.warning("storage has room again: WAL commits succeed")
-            self.full = None
+        elif self._full_kind == "disk":
+            self.check_space()
+        elif self.full is not None and (used or 0) < self.map_size:
+            self._leave_full()
+
+    def check_space(self) -> str | None:
+        """Judge the disk by itself (one statvfs; /health calls it): full below DISK_HEADROOM free.
+
+        Ends a full-disk state once there is room (no write needed), and starts one when the
+        disk fills up, even while small commits still fit in LMDB's free pages. Returns `full`.
+        """
+        free = free_bytes(self.data_dir)
+        if free < 0:
+            return self.full
+        if free < DISK_HEADROOM and self._full_kind != "map":
+            if self._full_kind != "disk":
+                self._enter_full(StorageFull(disk_full_message(self.data_dir, free, _MAY_FAIL), "disk"))
+        elif self._full_kind == "disk" and free >= DISK_HEADROOM:
+            self._leave_full()
+        return self.full
+
+    def _enter_full(self, failure: StorageFull) -> None:
+        with self._space_lock:
+            if self.full is None:
+                log.error("writes refused with 507: %s", failure.message)
+            self.full, self._full_kind = failure.message, failure.kind
+
+    def _leave_full(self) -> None:
+        with self._space_lock:
+            if self.full is not None:
+                log.warning("storage has room again: WAL commits succeed")
+            self.full, self._full_kind = None, ""
+
+    def _note_failure(self, failure: WalError) -> None:
+        """A commit failed for a reason other than space: `failing` after FAILING_AFTER in a row."""
+        self._failures += 1
+        log.error("WAL commit failed (%d in a row): %s", self._failures, failure.message)
+        if self._failures >= FAILING_AFTER and self.failing is None:
+            self.failing = f"{self._failures} write-ahead log commits in a row failed: {failure.message}"
+            log.critical("writes are failing: %s", self.failing)
+
+    def _note_success(self) -> None:
+        if self.failing is not None:
+            log.warning("WAL commits succeed again")
+        self._failures, self.failing = 0, None
 
     def _storage_error(self, e: lmdb.Error, reqs: list[_Request]) -> WalError:
         """A user-facing error for an LMDB failure: no room (disk or map) is 507, the rest 503."""
@@ -381,8 +446,10 @@ def _map_full() -> StorageFull:
     )
 
 
-#: An EIO on commit with less free space than the group plus this is taken for a full disk.
+#: An EIO on commit with less free space than the group plus this is taken for a full disk;
+#: a disk with less than this free is full, one with more has room again.
 DISK_HEADROOM = 1 << 20
+_MAY_FAIL = "writes fail with 507 until there is room"
 
 
 def disk_full_message(data_dir: Path, free: int, outcome: str = "nothing was stored") -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,7 +84,26 @@ def test_expiry_or_drop_of_an_unsent_replacement_cancels_the_deletes(queue: Sync
         change(queue, Change.PERSIST, [pf(f"m-{kind.value}")], [pf(f"a-{kind.value}")])
         change(queue, kind, [], [pf(f"m-{kind.value}")])  # gone before upload: the old object stays
         assert f"a-{kind.value}" not in states(queue)
-    assert uploads_and_deletes(queue) == ([], [])
+        # ... and the unsent one's key is deleted, in case its upload completed unrecorded.
+        assert states(queue)[f"m-{kind.value}"] == (DELETE, [])
+    assert uploads_and_deletes(queue) == (
+        [],
+        sorted(f"m-{k.value}" for k in (Change.RETENTION, Change.DROP, Change.EVICT)),
+    )
+
+
+def test_an_unsent_file_that_leaves_gets_a_delete_for_an_upload_that_finished_unrecorded(
+    queue: SyncQueue,
+) -> None:
+    """A stop during an upload: the object got to the bucket, `mark_synced` never ran (the WAL
+    had closed), the record stayed queued; when the file then expires, is dropped or evicted,
+    the object must go too, or a dropped table's rows stay visible to fleet queries."""
+    for kind in (Change.RETENTION, Change.DROP, Change.EVICT):
+        change(queue, Change.PERSIST, [pf(f"u-{kind.value}")], [])
+        change(queue, kind, [], [pf(f"u-{kind.value}")])
+        assert states(queue) == {f"u-{kind.value}": (DELETE, [])}
+        assert uploads_and_deletes(queue) == ([], [f"u-{kind.value}"])
+        queue.mark_deleted(f"u-{kind.value}")
 
 
 def test_whole_file_retention_drop_and_eviction_keep_objects(queue: SyncQueue) -> None:
@@ -114,6 +135,7 @@ def test_compaction_of_synced_files_is_covered_and_evictable_unsent(queue: SyncQ
     assert next(r for r in queue.records(QUEUED) if r.path == "cd").covered
     change(queue, Change.EVICT, [], [pf("cd")])  # over the budget while offline: c and d stay in the bucket
     assert "c" not in states(queue) and "d" not in states(queue)
+    assert states(queue)["cd"] == (DELETE, [])  # and cd, never recorded as sent, must not be there too
 
 
 def test_an_upload_finishing_after_its_file_was_replaced_is_deleted(queue: SyncQueue) -> None:
@@ -139,4 +161,58 @@ def test_reconcile_queues_old_files_and_forgets_missing_ones(queue: SyncQueue) -
     queue.mark_synced("kept")
     queue.reconcile([pf("kept"), pf("older")])
     queue.wal.submit(fn=lambda txn, wal: None).result()
-    assert states(queue) == {"kept": (SYNCED, []), "older": (QUEUED, [])}
+    # "gone" was never recorded as sent: its key is deleted in case an upload finished unrecorded.
+    assert states(queue) == {"kept": (SYNCED, []), "older": (QUEUED, []), "gone": (DELETE, [])}
+
+
+class _Store:
+    """Uploads succeed; every delete fails (the endpoint refuses deletes, say)."""
+
+    def __init__(self) -> None:
+        self.put_paths: list[str] = []
+        self.delete_calls = 0
+        self.strays_checked = 0
+
+    def put(self, local: Path, rel: str, rows: int, stop: object) -> None:
+        self.put_paths.append(rel)
+
+    def delete(self, rel: str) -> None:
+        self.delete_calls += 1
+        raise OSError(f"DELETE s3://edge/{rel} answered 403 AccessDenied")
+
+    def remove_strays(self) -> int:
+        self.strays_checked += 1
+        return 0
+
+
+class _Manifest:
+    def __init__(self, paths: set[str]) -> None:
+        self.live = paths
+
+    def pinned(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def paths(self) -> set[str]:
+        return self.live
+
+
+def test_a_failing_delete_backs_off_alone_and_never_holds_up_uploads(
+    queue: SyncQueue, tmp_path: Path
+) -> None:
+    from appliance import config as config_module
+    from appliance.sync.uploader import Syncer
+
+    config = dataclasses.replace(config_module.load(None, environ={}), data_dir=str(tmp_path))
+    store, manifest = _Store(), _Manifest({"a", "b"})
+    syncer = Syncer(config, queue, store, manifest)  # type: ignore[arg-type]
+    change(queue, Change.PERSIST, [pf("old")], [])
+    queue.mark_synced("old")
+    change(queue, Change.PERSIST, [pf("a")], [pf("old")])  # a replaces old: old's object goes after a
+    assert syncer._pass(ignore_backoff=False)  # the pass succeeds: a delete failing is not an outage
+    assert store.put_paths == ["a"] and store.delete_calls == 1 and store.strays_checked == 1
+    assert states(queue)["old"] == (DELETE, ["a"])  # a is synced now, so it is due, but failed
+    assert queue.records(DELETE)[0].attempts == 1  # its own retry time
+    change(queue, Change.PERSIST, [pf("b")], [])
+    assert syncer._pass(ignore_backoff=False)
+    assert store.put_paths == ["a", "b"] and store.delete_calls == 1  # not due yet: b went anyway
+    assert syncer._failures == 0

@@ -115,7 +115,10 @@ BASELINE_MIB = 300  # pyarrow + DataFusion loaded, after a query and a persist (
 QUERIES_AT_ONCE = 2  # the query pool's threads (app.py)
 BODIES_AT_ONCE = 8  # handlers.WRITE_CONCURRENCY
 PARSE_FACTOR = 4  # memory of a body while it is parsed and committed, per body byte (measured)
-SYNC_UPLOAD_MIB = 13  # a file read whole (up to 8 MiB) plus pyarrow's 5 MiB part buffer
+#: Per upload: with static credentials one 8 MiB part (store.PART); without, pyarrow's stream
+#: (its fallback) holds two 10 MiB parts, one filling while the other is sent (pyarrow 26:
+#: measured by test_pyarrow_part_size_is_what_the_memory_sum_assumes in tests/e2e/test_sync.py).
+SYNC_UPLOAD_MIB = 20
 
 
 def _systemd_bytes(value: str) -> int:

@@ -5,6 +5,10 @@ Over the budget, files the bucket already holds are evicted locally, oldest data
 for upload are never deleted: when only they are left and the budget is reached, writes
 are refused with 507 until uploads catch up. Without [sync] the oldest files are evicted
 whatever they hold: retention by size, and the log says so.
+
+A persist that fails for a full disk (the disk holding the data dir, whatever the budget)
+asks for room: with [sync], files the bucket holds are evicted, oldest first, at least as
+many bytes as the buffer holds. Without [sync] nothing is evicted for it.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class DiskBudget:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="disk-budget", daemon=True)
+        persister.on_disk_full.append(self.relieve)
 
     def start(self) -> None:
         self._thread.start()
@@ -109,6 +114,32 @@ class DiskBudget:
             )
         else:
             self.refusing = None
+
+    def relieve(self, needed: int) -> None:
+        """The disk is full (a persist failed): evict synced files, oldest first, for `needed` bytes.
+
+        Only with [sync]: every file evicted is in the bucket. At least one file goes.
+        """
+        if self.queue is None:
+            return
+        victims: list[ParquetFile] = []
+        freed = 0
+        for f in sorted(self._evictable(), key=lambda f: (f.max_time, f.path)):
+            if victims and freed >= needed:
+                break
+            victims.append(f)
+            freed += f.size_bytes
+        if not victims:
+            log.error("disk full and no local file is in the bucket yet: nothing can be evicted")
+            return
+        self.persister.evict(victims)
+        self.evicted_files += len(victims)
+        self.evicted_bytes += freed
+        log.warning(
+            "disk full: evicted %d oldest Parquet file(s) already in the bucket (%d bytes)",
+            len(victims),
+            freed,
+        )
 
     def _evictable(self) -> list[ParquetFile]:
         """Files the bucket holds: synced, or a compaction of synced files (its inputs stay there)."""

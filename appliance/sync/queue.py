@@ -12,9 +12,12 @@ path relative to parquet/ (which is also its key in the bucket under the prefix)
   a retention rewrite. Its object may exist even if it was never marked synced (a crash
   between publishing and recording), so a replaced queued file gets one too.
 
-Whole-file retention, drops and evictions never delete objects: the bucket keeps what the
-gateway let go. A file that expires or is dropped before it was uploaded is not uploaded,
-and deletes waiting for it are cancelled so the bucket keeps the rows it has.
+Whole-file retention, drops and evictions never delete synced objects: the bucket keeps
+what the gateway let go. A file that expires, is dropped or evicted before it was recorded
+as synced is not uploaded, deletes waiting for it are cancelled so the bucket keeps the
+rows it has, and its own key gets a delete: its upload may have completed unrecorded (a
+stop or a crash between publishing and `mark_synced`), and the bucket must not keep rows
+the gateway never counted as sent (a dropped table's, or a duplicate of the cancelled ones).
 """
 
 from __future__ import annotations
@@ -117,11 +120,16 @@ class SyncQueue:
                 if rec.state == QUEUED:
                     self._retarget(txn, f.path, into)
             elif rec.state == QUEUED:
-                # Expired, dropped or evicted before it was sent: it will not be; the deletes
-                # waiting for it are cancelled so the bucket keeps the rows it holds.
-                self._retarget(txn, f.path, None)
+                self._forget_unsent(txn, rec, now)
         for f in added:
             self._put(txn, SyncRecord(f.path, QUEUED, f.size_bytes, f.row_count, now, covered=covered))
+
+    def _forget_unsent(self, txn: lmdb.Transaction, rec: SyncRecord, now: int) -> None:
+        """Expired, dropped or evicted before it was recorded as synced: it will not be sent, the
+        deletes waiting for it are cancelled (the bucket keeps the rows they hold), and its key
+        is deleted in case an upload finished unrecorded (a missing key is a cheap 204)."""
+        self._retarget(txn, rec.path, None)
+        self._put(txn, SyncRecord(rec.path, DELETE, rec.size_bytes, queued_ns=now))
 
     def _retarget(self, txn: lmdb.Transaction, old: str, new: list[str] | None) -> None:
         """Deletes waiting for `old` now wait for `new`; None cancels them."""
@@ -148,7 +156,7 @@ class SyncQueue:
                     if rec.path not in local:
                         self._drop(txn, rec.path)
                         if state == QUEUED:
-                            self._retarget(txn, rec.path, None)
+                            self._forget_unsent(txn, rec, now)
 
         self.wal.submit(fn=step)  # the writer thread starts later; this commits first
 

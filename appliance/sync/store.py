@@ -1,54 +1,52 @@
 """ObjectStore: put, verify and delete Parquet objects in an S3-compatible bucket.
 
-The bucket holds the data objects and nothing else: `<prefix>/<db>/<table>/date=…/node=…/<file>`.
+The bucket holds complete data objects and nothing else: `<prefix>/<db>/<table>/date=…/node=…/<file>`.
 
-An upload goes straight to its key. A single PUT, and a multipart upload once completed, is
-atomic in S3 and MinIO: an upload cut short (kill -9, power cut, a stop) is never visible and
-is sent again whole after the restart (same key, same bytes, idempotent). pyarrow publishes
-whatever was written when a stream is closed, even after an error, so nothing may interrupt a
-stream once it is open: a stop lets the file finish unthrottled (or the process exit cut it),
-and the local file is read in full before the stream opens when it is small. Afterwards the
-object is checked (size, and the row count in its Parquet footer); a wrong one is deleted and
-sent again.
+With static credentials (resolved once, `resolve_credentials`, and the same given to pyarrow)
+uploads go through S3Client (s3.py): a file up to PART bytes is one PUT, a larger one a
+multipart upload that is completed only after every byte was read from the local file and
+sent; a local read error, a network failure or a stop aborts it. Either way no part of a
+file is ever visible: a PUT and a completed multipart upload are atomic in S3 and MinIO,
+and one cut short by kill -9 or a power cut is never completed (its parts stay invisible
+until a bucket lifecycle rule for incomplete multipart uploads reclaims them). The file is
+sent again whole after a restart (same key, same bytes, idempotent). Afterwards the object
+is checked (size, and the row count in its Parquet footer); a wrong one is deleted and sent
+again. Deletes are one signed `DeleteObject` each, so no "folder" marker is left behind.
 
-Deletes are one signed `DeleteObject` request (SigV4, below) rather than pyarrow's
-`delete_file`, which writes a zero-byte "folder" marker (`…/node=…/`) for the parent after
-every delete. Without static credentials (an instance role: the AWS SDK's chain) pyarrow's
-delete is the fallback, markers included (logged once).
+Without static credentials (an instance role: the AWS SDK's chain) pyarrow does it all:
+its stream publishes whatever was written when it is closed, even after an error, so a
+large file is read once before its stream opens (a bad disk fails then), and its deletes
+leave zero-byte folder markers (logged once).
 """
 
 from __future__ import annotations
 
 import configparser
-import hashlib
-import hmac
-import http.client
 import logging
 import os
 import threading
 import time
-import urllib.parse
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from ..config import Config
 from ..errors import ConfigError
+from .s3 import CONNECT_TIMEOUT, REQUEST_TIMEOUT, Credentials, S3Client, ca_file, virtual_hosted
 
 log = logging.getLogger("appliance.sync")
 
-#: Files up to this size are read into memory before their stream opens (no local read can then
-#: fail mid-stream); larger ones are streamed in CHUNKs.
-WHOLE_FILE = 8 << 20
-#: Bytes read from the local file and written to the object per step (throttling granularity).
+#: Files up to this size go as one PUT; larger ones as a multipart upload of parts this size
+#: (at most this much of a file is in memory per upload). S3's smallest part is 5 MiB.
+PART = 8 << 20
+#: Bytes read from the local file per step of pyarrow's stream (throttling granularity).
 CHUNK = 256 * 1024
-#: Socket timeouts, seconds: an unreachable endpoint fails an attempt instead of hanging it.
-CONNECT_TIMEOUT = 5.0
-REQUEST_TIMEOUT = 30.0
+#: Pages of 1000 keys listed at start-up when looking for strays left by earlier versions.
+STRAY_PAGES = 10
 
 
 class Stopped(Exception):
-    """The appliance is stopping: the upload was not started (it will be sent after the restart)."""
+    """The appliance is stopping: the upload was not made (it will be sent after the restart)."""
 
 
 class Throttle:
@@ -72,7 +70,7 @@ class Throttle:
 
 
 class ObjectStore:
-    """One bucket and prefix; every method raises OSError (pyarrow's) when the store fails."""
+    """One bucket and prefix; every method raises OSError when the store fails."""
 
     def __init__(self, config: Config) -> None:
         self.bucket = config.sync_bucket
@@ -81,8 +79,13 @@ class ObjectStore:
         self.throttle = Throttle(config.sync_bandwidth_limit)
         self.region = config.sync_region
         self.path_style = config.sync_path_style
-        self._options = _s3_options(config)
-        self._profile = (config.sync_credentials_file, config.sync_profile)
+        creds = resolve_credentials(config)
+        self._options = _s3_options(config, creds)
+        self.s3 = (
+            S3Client(config.sync_endpoint, self.bucket, self.region, self.path_style, creds)
+            if creds is not None
+            else None
+        )
         self._warned_unsigned = False
         self._fs: Any = None
         self._fs_lock = threading.Lock()
@@ -110,46 +113,54 @@ class ObjectStore:
     def put(self, local: Path, rel: str, rows: int, stop: threading.Event) -> None:
         """Upload to the key, then verify (size and the Parquet footer's row count).
 
-        Nothing raised between opening the stream and closing it (that would publish a part):
-        a stop only lifts the throttle. A wrong object is deleted before the error is raised.
+        Never publishes part of a file; a stop aborts the upload (Stopped). A wrong object
+        is deleted before the error is raised.
         """
         if stop.is_set():
             raise Stopped(rel)
         final = f"{self.bucket}/{self.key(rel)}"
         size = local.stat().st_size
-        with local.open("rb") as src:
-            whole = src.read() if size <= WHOLE_FILE else None
-            with self.fs.open_output_stream(final) as out:
-                if whole is not None:
-                    self._send(out, memoryview(whole), stop)
-                else:
-                    self._stream(src, out, stop)
+
+        def pace(n: int) -> None:
+            if not stop.is_set():  # a stop lifts the throttle: a PUT under way finishes quickly
+                self.throttle.take(n)
+
+        if self.s3 is None:
+            self._put_pyarrow(local, final, size, pace)
+        elif size <= PART:
+            data = _read_exactly(local.open("rb"), size, local)
+            self._check(self.s3.request("PUT", self.key(rel), body=data, pace=pace), "PUT", rel)
+        else:
+            self.s3.upload(self.key(rel), _parts(local, size, stop, rel), pace)
         try:
             self._verify(final, size, rows)
         except OSError:
             self.delete(rel)  # never leave a wrong object under a data key
             raise
 
-    def _send(self, out: Any, data: memoryview, stop: threading.Event) -> None:
-        for i in range(0, len(data), CHUNK):
-            chunk = data[i : i + CHUNK]
-            if not stop.is_set():
-                self.throttle.take(len(chunk))
-            out.write(chunk)
+    def _check(self, answer: tuple[int, dict[str, str], bytes], method: str, rel: str) -> None:
+        assert self.s3 is not None
+        status, _, body = answer
+        if status != 200:
+            raise self.s3.error(method, self.key(rel), status, body)
 
-    def _stream(self, src: Any, out: Any, stop: threading.Event) -> None:
-        """Copy a large file; a read error ends the copy early (caught by the size check after)."""
-        while True:
-            try:
-                chunk = src.read(CHUNK)
-            except OSError as e:
-                log.error("reading %s failed mid-upload: %s", src.name, e)
+    def _put_pyarrow(self, local: Path, final: str, size: int, pace: Callable[[int], None]) -> None:
+        """The fallback without static credentials (see the module's doc)."""
+        with local.open("rb") as src:
+            if size <= PART:
+                whole = memoryview(_read_exactly(src, size, local))
+                with self.fs.open_output_stream(final) as out:
+                    for i in range(0, size, CHUNK):
+                        pace(len(whole[i : i + CHUNK]))
+                        out.write(whole[i : i + CHUNK])
                 return
-            if not chunk:
-                return
-            if not stop.is_set():
-                self.throttle.take(len(chunk))
-            out.write(chunk)
+            while src.read(CHUNK):  # a read error here fails before anything is published
+                pass
+            src.seek(0)
+            with self.fs.open_output_stream(final) as out:
+                while chunk := src.read(CHUNK):
+                    pace(len(chunk))
+                    out.write(chunk)
 
     def _verify(self, path: str, size: int, rows: int) -> None:
         import pyarrow.parquet as pq
@@ -164,122 +175,123 @@ class ObjectStore:
 
     def delete(self, rel: str) -> None:
         """Delete an object (one that is already gone is fine), leaving no folder marker."""
-        key = self.key(rel)
-        if self._signed("DELETE", key):
+        self._delete_key(self.key(rel))
+
+    def _delete_key(self, key: str) -> None:
+        if self.s3 is not None:
+            self.s3.delete(key)
             return
+        if not self._warned_unsigned:
+            self._warned_unsigned = True
+            log.warning(
+                "sync: no static credentials (sync.access_key_id, AWS_ACCESS_KEY_ID or a credentials"
+                " file): deletes go through pyarrow, which leaves zero-byte folder markers in the bucket"
+            )
         from pyarrow import fs
 
         if self.fs.get_file_info(f"{self.bucket}/{key}").type != fs.FileType.NotFound:
             self.fs.delete_file(f"{self.bucket}/{key}")  # writes a marker for the parent folder
 
-    # -- signed requests (AWS Signature Version 4) ----------------------------------------------
-    def _signed(self, method: str, key: str) -> bool:
-        """Send one bodiless signed request; False without static credentials. Raises OSError."""
-        creds = self._credentials()
-        if creds is None:
-            if not self._warned_unsigned:
-                self._warned_unsigned = True
-                log.warning(
-                    "sync: no static credentials (sync.access_key_id, AWS_ACCESS_KEY_ID or a credentials"
-                    " file): deletes go through pyarrow, which leaves zero-byte folder markers in the bucket"
+    def remove_strays(self) -> int:
+        """Delete what earlier versions left under the prefix: `_staging/` copies and zero-byte
+        folder markers (keys ending in `/`). A bounded listing; returns how many went."""
+        if self.s3 is None:
+            return 0
+        staging, more_staging = self.s3.keys(self.key("_staging/"), STRAY_PAGES)
+        everything, more = self.s3.keys(self.key(""), STRAY_PAGES)
+        strays = sorted(set(staging) | {k for k in everything if k.endswith("/")})
+        for key in strays:
+            self._delete_key(key)
+        if strays:
+            log.warning(
+                "sync: removed %d object(s) earlier versions left under %s: %s",
+                len(strays),
+                self.url(""),
+                ", ".join(strays[:10]) + (" …" if len(strays) > 10 else ""),
+            )
+        if more or more_staging:
+            log.info(
+                "sync: more than %d keys under %s; only the first were checked for strays",
+                STRAY_PAGES * 1000,
+                self.url(""),
+            )
+        return len(strays)
+
+
+def _read_exactly(src: Any, n: int, local: Path) -> bytes:
+    """`n` bytes of an open file (closed after), or OSError: a short read is never sent."""
+    with src:
+        data = src.read(n)
+    if len(data) != n:
+        raise OSError(f"{local}: read {len(data)} of {n} bytes; the file changed or the disk failed")
+    return bytes(data)
+
+
+def _parts(local: Path, size: int, stop: threading.Event, rel: str) -> Iterator[bytes]:
+    """The file in PART-sized pieces, each read whole; a stop or a short read raises (aborting)."""
+    with local.open("rb") as src:
+        sent = 0
+        while sent < size:
+            if stop.is_set():
+                raise Stopped(rel)
+            want = min(PART, size - sent)
+            data = src.read(want)
+            if len(data) != want:
+                raise OSError(
+                    f"{local}: read {sent + len(data)} of {size} bytes; the file changed or the disk failed"
                 )
-            return False
-        scheme, host, path = self._address(key)
-        headers = _sign(method, host, path, self.region, creds, datetime.now(UTC))
-        conn_type = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-        conn = conn_type(host, timeout=REQUEST_TIMEOUT)
-        try:
-            conn.request(method, path, headers=headers)
-            resp = conn.getresponse()
-            body = resp.read(2048)
-        finally:
-            conn.close()
-        if resp.status >= 300 and not (method == "DELETE" and resp.status == 404):
-            detail = body.decode(errors="replace").replace("\n", " ")[:300]
-            raise OSError(f"{method} {self.url(key)} answered {resp.status}: {detail}")
-        return True
-
-    def _address(self, key: str) -> tuple[str, str, str]:
-        """(scheme, host, escaped path) of an object, path-style or virtual-hosted as pyarrow does."""
-        quoted = urllib.parse.quote(key, safe="/-_.~")
-        if self.endpoint:
-            scheme, _, host = self.endpoint.partition("://")
-            if self.path_style:
-                return scheme, host, f"/{self.bucket}/{quoted}"
-            return scheme, f"{self.bucket}.{host}", f"/{quoted}"
-        aws = f"s3.{self.region}.amazonaws.com"
-        if "." in self.bucket:  # a dotted name does not match the TLS certificate as a host
-            return "https", aws, f"/{self.bucket}/{quoted}"
-        return "https", f"{self.bucket}.{aws}", f"/{quoted}"
-
-    def _credentials(self) -> tuple[str, str, str] | None:
-        """Static credentials as the AWS SDK would find them first; None for its other sources."""
-        o = self._options
-        if "access_key" in o:
-            return o["access_key"], o["secret_key"], o.get("session_token", "")
-        env = os.environ
-        if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-            return env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN", "")
-        path, profile = self._profile
-        shared = Path(path) if path else Path(env.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"))
-        shared = shared.expanduser()
-        if not shared.is_file():
-            return None
-        try:
-            return _credentials_file(shared, env.get("AWS_PROFILE", profile) if not path else profile)
-        except ConfigError:
-            return None
+            sent += want
+            yield data
 
 
-def _sign(
-    method: str, host: str, path: str, region: str, creds: tuple[str, str, str], now: datetime
-) -> dict[str, str]:
-    """Headers of a bodiless request signed with AWS Signature Version 4 (service s3)."""
-    key_id, secret, token = creds
-    stamp = now.strftime("%Y%m%dT%H%M%SZ")
-    day = stamp[:8]
-    empty = hashlib.sha256(b"").hexdigest()
-    headers = {"host": host, "x-amz-content-sha256": empty, "x-amz-date": stamp}
-    if token:
-        headers["x-amz-security-token"] = token
-    names = sorted(headers)
-    signed = ";".join(names)
-    canonical = "\n".join([method, path, "", *(f"{n}:{headers[n]}" for n in names), "", signed, empty])
-    scope = f"{day}/{region}/s3/aws4_request"
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    k = ("AWS4" + secret).encode()
-    for part in (day, region, "s3", "aws4_request"):
-        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
-    signature = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
-    headers["authorization"] = (
-        f"AWS4-HMAC-SHA256 Credential={key_id}/{scope}, SignedHeaders={signed}, Signature={signature}"
-    )
-    return headers
+def resolve_credentials(config: Config) -> Credentials | None:
+    """Static credentials, once, in the documented order (pyarrow and the signer get the same):
+    sync.access_key_id/secret_access_key; AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (and
+    AWS_SESSION_TOKEN); sync.credentials_file's [sync.profile]; the AWS shared credentials file
+    (AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials; profile AWS_PROFILE, else sync.profile).
+    None: the AWS SDK's other sources (an instance role), through pyarrow only."""
+    if config.sync_access_key_id:
+        if not config.sync_secret_access_key:
+            raise ConfigError("sync.access_key_id is set but sync.secret_access_key is empty")
+        return Credentials(config.sync_access_key_id, config.sync_secret_access_key)
+    env = os.environ
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        return Credentials(
+            env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN", "")
+        )
+    if config.sync_credentials_file:
+        return Credentials(*_credentials_file(Path(config.sync_credentials_file), config.sync_profile))
+    shared = Path(env.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials").expanduser()
+    if not shared.is_file():
+        return None
+    try:
+        return Credentials(*_credentials_file(shared, env.get("AWS_PROFILE") or config.sync_profile))
+    except ConfigError:
+        return None  # not ours to judge: the AWS SDK reads it its own way
 
 
-def _s3_options(config: Config) -> dict[str, Any]:
+def _s3_options(config: Config, creds: Credentials | None) -> dict[str, Any]:
     """S3FileSystem arguments from the [sync] settings; credentials never leave this dict."""
     options: dict[str, Any] = {
         "region": config.sync_region,
         "connect_timeout": CONNECT_TIMEOUT,
         "request_timeout": REQUEST_TIMEOUT,
-        "force_virtual_addressing": not config.sync_path_style and bool(config.sync_endpoint),
+        # Path style for an IP address or localhost endpoint too, as botocore does.
+        "force_virtual_addressing": bool(config.sync_endpoint)
+        and virtual_hosted(config.sync_endpoint, config.sync_bucket, config.sync_path_style),
         "allow_delayed_open": True,  # a small object goes as one PUT, not a three-request multipart upload
     }
+    if ca_file():
+        options["tls_ca_file_path"] = ca_file()
     if config.sync_endpoint:
         scheme, _, host = config.sync_endpoint.partition("://")
         options["endpoint_override"] = host
         options["scheme"] = scheme
-    key, secret, token = config.sync_access_key_id, config.sync_secret_access_key, ""
-    if not key and config.sync_credentials_file and "AWS_ACCESS_KEY_ID" not in os.environ:
-        key, secret, token = _credentials_file(Path(config.sync_credentials_file), config.sync_profile)
-    if key:
-        if not secret:
-            raise ConfigError("sync.access_key_id is set but sync.secret_access_key is empty")
-        options["access_key"], options["secret_key"] = key, secret
-        if token:
-            options["session_token"] = token
-    # Otherwise the AWS SDK's chain: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws, instance roles.
+    if creds is not None:
+        options["access_key"], options["secret_key"] = creds.key_id, creds.secret
+        if creds.token:
+            options["session_token"] = creds.token
+    # Otherwise the AWS SDK's own chain (an instance role).
     return options
 
 

@@ -3,7 +3,10 @@
 Each pass takes the due uploads oldest first, `concurrency` at a time; the first failure
 ends the pass (the endpoint is likely down) and the next pass waits a backoff that doubles,
 with jitter, up to `retry_max`, forever. Deletes of replaced objects run once their
-replacements are synced. The state lives in SyncQueue (LMDB), so a restart carries on.
+replacements are synced; each failing delete backs off on its own (its record's retry
+time) and never holds up uploads. The state lives in SyncQueue (LMDB), so a restart
+carries on. The first pass that reaches the bucket also removes what earlier versions
+left under the prefix (`_staging/` copies, folder markers).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ..config import Config
 from ..engine.pool import DaemonPool
 from ..manifest import Manifest
 from .queue import DELETE, QUEUED, SYNCED, SyncQueue, SyncRecord
+from .s3 import S3Error
 from .store import ObjectStore, Stopped
 
 log = logging.getLogger("appliance.sync")
@@ -56,6 +60,7 @@ class Syncer:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._failures = 0  # consecutive failed passes: the backoff exponent
+        self._strays_checked = False
         self._not_before = 0.0  # monotonic time of the next pass after a failure
         self._passes: list[Future[None]] = []
         self._lock = threading.Lock()
@@ -119,6 +124,8 @@ class Syncer:
     def _pass(self, ignore_backoff: bool) -> bool:
         """Upload what is due, then run the deletes that may run; False at the first failure."""
         max_wait = self.config.sync_retry_max
+        if not self._strays_checked:
+            self._remove_strays()
         uploads, _ = self.queue.due(time.time_ns(), max_wait, ignore_backoff)
         step = self.config.sync_concurrency
         for i in range(0, len(uploads), step):  # oldest first
@@ -128,7 +135,22 @@ class Syncer:
             if not all([f.result() for f in running]):
                 return False
         _, deletes = self.queue.due(time.time_ns(), max_wait, ignore_backoff)  # after this pass's uploads
-        return all(self._delete(rec) for rec in deletes if not self._stop.is_set())
+        for rec in deletes:
+            if self._stop.is_set():
+                break
+            self._delete(rec)  # a failure backs off that delete alone
+        return True
+
+    def _remove_strays(self) -> None:
+        """Once: delete `_staging/` objects and folder markers earlier versions left (logged)."""
+        try:
+            self.store.remove_strays()
+            self._strays_checked = True
+        except S3Error as e:  # an answer (no ListBucket permission, say): not worth asking again
+            self._strays_checked = True
+            log.warning("sync: could not check the bucket for objects earlier versions left: %s", e)
+        except Exception as e:  # unreachable: tried again at the next pass
+            log.info("sync: checking the bucket for objects earlier versions left failed: %s", e)
 
     def _upload(self, rec: SyncRecord) -> bool:
         try:

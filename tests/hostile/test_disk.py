@@ -16,11 +16,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import lmdb
 import pyarrow as pa
 import pytest
 
-from appliance.errors import StorageFull
-from appliance.wal import TableRows, Wal, WalEntry
+from appliance.errors import StorageFull, WalError
+from appliance.wal import FAILING_AFTER, TableRows, Wal, WalEntry
 from tests.server import RUNNING, Server, wait_for
 
 MiB = 1 << 20
@@ -197,3 +198,211 @@ def test_full_wal_map_starts_a_persist_and_writes_recover_by_themselves(tmp_path
     server.kill()
     server.start()
     assert stored_seqs(server) == acked
+
+
+def test_the_disk_state_follows_the_disk_not_the_commits(tmpfs: Callable[[str], Path]) -> None:
+    """Degraded as soon as the disk is full (small commits may still fit in LMDB's free pages),
+    and ok again once space is freed, with no write needed to notice."""
+    data = tmpfs("32m")
+    server = Server(data).start()
+    assert server.write("iot", batch(0)).status == 204
+    ballast = fill(data, leave=256 * 1024)
+    report = health(server)
+    assert report["state"] == "degraded" and "is full" in report["components"]["wal"]["error"]
+    assert server.write("iot", "m,dev=d seq=1i 1764000000000000000").status in (204, 507)
+    assert health(server)["state"] == "degraded"  # a small commit that fits changes nothing
+    ballast.unlink()
+    wait_for(lambda: health(server)["state"] == "ok", what="/health to see the room (no write since)")
+    assert "storage has room again" in server.log()
+
+
+class _FailingCommits:
+    """Stands in for the LMDB environment: every top-level write transaction fails to commit."""
+
+    def __init__(self, env: lmdb.Environment, error: lmdb.Error) -> None:
+        self._env, self.error = env, error
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._env, name)
+
+    def begin(self, write: bool = False, parent: lmdb.Transaction | None = None, **kw: object) -> object:
+        txn = self._env.begin(write=write, parent=parent, **kw)
+        if not write or parent is not None:
+            return txn
+        error = self.error
+
+        class Failing:
+            def __enter__(self) -> lmdb.Transaction:
+                return txn
+
+            def __exit__(self, *exc: object) -> None:
+                txn.abort()
+                raise error
+
+        return Failing()
+
+
+def test_a_commit_failing_for_another_reason_is_a_failing_state_and_never_ends_disk_full(
+    tmpfs: Callable[[str], Path],
+) -> None:
+    data = tmpfs("16m")
+    wal = Wal(data / "lmdb", 64 * MiB)
+    wal.start()
+    rows = pa.record_batch({"v": pa.array([b"x" * 200_000])})
+    entry = WalEntry(1, "iot", [TableRows(1, "m", rows)])
+    real = wal.env
+    try:
+        assert wal.submit(entry=entry).result() == 1
+        ballast = fill(data, leave=64 * 1024)
+        assert isinstance(wal.submit(entry=entry).exception(), StorageFull)
+        full = wal.full
+        assert full is not None
+        wal.env = _FailingCommits(
+            real, lmdb.PanicError("mdb_txn_commit: MDB_PANIC: Update of meta page failed")
+        )
+        for attempt in range(1, FAILING_AFTER + 1):
+            error = wal.submit(entry=entry).exception()
+            assert isinstance(error, WalError) and not isinstance(error, StorageFull), repr(error)
+            assert error.http_status == 503 and "MDB_PANIC" in error.message
+            assert wal.full == full  # still full: a failure that is not about space says nothing of it
+            assert (wal.failing is None) == (attempt < FAILING_AFTER)
+        assert wal.failing is not None and "MDB_PANIC" in wal.failing
+        ballast.unlink()
+        wal.env = _FailingCommits(real, lmdb.Error("mdb_txn_commit: Input/output error"))  # EIO with room
+        error = wal.submit(entry=entry).exception()
+        assert isinstance(error, WalError) and not isinstance(error, StorageFull) and error.http_status == 503
+        assert wal.failing is not None
+        wal.env = real
+        assert wal.submit(entry=entry).result() == 2
+        assert wal.failing is None and wal.full is None
+    finally:
+        wal.env = real
+        wal.stop()
+
+
+def test_health_shows_failing_commits_as_degraded_with_the_reason(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from appliance.app import App
+
+    wal = SimpleNamespace(
+        alive=True,
+        failing="3 write-ahead log commits in a row failed: MDB_PANIC",
+        check_space=lambda: None,
+        last_seq=1,
+        stats=SimpleNamespace(commits=1, max_group=1),
+    )
+    parts = SimpleNamespace(alive=True, last_error=None, nbytes=0, health=lambda: {"status": "ok"})
+    app = App.__new__(App)
+    app.__dict__.update(
+        wal=wal,
+        persister=parts,
+        buffer=parts,
+        engine=parts,
+        mqtt=None,
+        syncer=None,
+        budget=None,
+        replay_seconds=0.0,
+    )
+    report = app.health()
+    assert report["status"] == "degraded"
+    assert report["components"]["wal"] == report["components"]["wal"] | {
+        "status": "degraded",
+        "error": "3 write-ahead log commits in a row failed: MDB_PANIC",
+    }
+
+
+def test_one_write_larger_than_the_wal_can_ever_hold_is_413_naming_the_setting(tmp_path: Path) -> None:
+    server = Server(tmp_path / "data", env={"APPLIANCE_WAL_MAP_SIZE": "2MiB"}).start()
+    huge = server.write("iot", batch(0, n=20_000, pad=100))  # ~2.5 MB stored, in one write
+    assert huge.status == 413, huge.body
+    message = huge.json()["error"]
+    assert "wal.map_size" in message and "split" in message and "Traceback" not in message
+    assert server.write("iot", batch(1)).status == 204
+    assert health(server)["state"] == "ok"
+
+
+def test_the_map_reserve_lets_the_trim_commit_through_fill_and_trim_cycles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 64 MiB map with only a 16th in reserve (the real reserve is larger below 256 MiB):
+    filled with WAL entries (large and small) to the 507, the persist's transaction (trim
+    every entry, record files and queue records) still commits, three times over."""
+    monkeypatch.setattr("appliance.wal.map_reserve", lambda map_size: map_size // 16)
+    wal = Wal(tmp_path / "lmdb", 64 * MiB)
+    wal.start()
+    big = WalEntry(1, "iot", [TableRows(1, "m", pa.record_batch({"v": pa.array([b"x" * 256_000])}))])
+    small = WalEntry(1, "iot", [TableRows(1, "m", pa.record_batch({"v": pa.array([b"y" * 1500])}))])
+    try:
+        for cycle in range(3):
+            stored, i = 0, 0
+            while True:
+                futures = [wal.submit(entry=big if (i + k) % 4 == 0 else small) for k in range(64)]
+                errors = [f.exception() for f in futures]
+                i += 64
+                stored += sum(e is None for e in errors)
+                if any(isinstance(e, StorageFull) for e in errors):
+                    break
+            assert wal.full is not None and "wal.map_size" in wal.full
+            assert stored > 1000, f"cycle {cycle}: only {stored} entries fit"
+
+            def persist_step(txn: lmdb.Transaction, w: Wal, cycle: int = cycle) -> int:
+                for n in range(500):  # the files and sync records a big persist adds
+                    txn.put(f"{cycle}/file-{n}".encode(), b"r" * 300, db=w.dbs["files"])
+                    txn.put(f"{cycle}/file-{n}".encode(), b"q" * 120, db=w.dbs["sync"])
+                return w.trim(txn, w.last_seq)
+
+            assert wal.submit(fn=persist_step).result() == stored + (cycle > 0)  # + the last cycle's probe
+            assert wal.submit(entry=small).result()  # a commit that fits ends the state
+            assert wal.full is None
+    finally:
+        wal.stop()
+
+
+def test_a_persist_on_a_full_disk_evicts_synced_files_and_then_succeeds(
+    tmp_path: Path, tmpfs: Callable[[str], Path]
+) -> None:
+    """Persist fails for a full disk: with [sync] the files the bucket already holds are
+    evicted (oldest first) to make room, so the persist retried by itself succeeds."""
+    import json
+    import secrets
+
+    from tests import s3 as s3_module
+
+    s3 = s3_module.S3().start()
+    try:
+        data = tmpfs("32m")
+        config = tmp_path / "config.toml"
+        settings = {"endpoint": s3.endpoint, "bucket": s3.bucket, "region": s3.region, "allow_http": True}
+        config.write_text(
+            "[sync]\n"
+            + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+            + '[storage]\nmax_disk_bytes = "1GiB"\n'
+        )
+        server = Server(data, args=["--config", str(config)], env=s3.env()).start()
+        base = 1_764_000_000_000_000_000
+        for day in range(4):  # four files of ~1 MB in the bucket
+            body = "\n".join(
+                f'm,dev=d seq={day * 2000 + i}i,pad="{secrets.token_hex(250)}" {base + day * 86_400 * 10**9 + i}'
+                for i in range(2000)
+            )
+            assert server.write("iot", body).status == 204
+        assert server.request("POST", "/api/v3/persist").status == 200
+        wait_for(
+            lambda: server.request("GET", "/api/v3/sync").json()["synced_files"] == 4, what="the uploads"
+        )
+        assert server.write("iot", batch(100)).status == 204  # buffered, in the WAL
+        fill(data)
+        refused = server.request("POST", "/api/v3/persist")
+        assert refused.status == 507, refused.body
+        wait_for(lambda: "disk full: evicted" in server.log(), what="synced files to be evicted")
+        wait_for(
+            lambda: server.request("GET", "/health").json()["components"]["persist"]["error"] is None,
+            what="the persist retried after the eviction to succeed",
+        )
+        assert {r["seq"] for r in server.query("iot", "SELECT seq FROM m WHERE seq >= 10000")} == set(
+            range(10_000, 10_100)
+        )
+        assert len(s3.keys("")) >= 4  # what was evicted is in the bucket
+    finally:
+        s3_module.reap()
