@@ -400,7 +400,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "query",
         "max_result_bytes",
-        "256MiB",
+        "64MiB",
         parse_size,
         "Largest result a query may return, as Arrow data and again as the rendered body (413 above it).",
     ),

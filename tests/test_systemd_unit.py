@@ -112,7 +112,7 @@ def test_unit_leaves_memory_deny_write_execute_off_and_explains_why(service: dic
 
 #: The sum in the unit's MemoryMax= comment, in MiB: what does not come from a setting.
 BASELINE_MIB = 300  # pyarrow + DataFusion loaded, after a query and a persist (VmRSS)
-QUERIES_AT_ONCE = 2  # the query pool's threads (app.py)
+RENDER_FACTOR = 2  # a result is held as Arrow data and again as its rendered body
 BODIES_AT_ONCE = 8  # handlers.WRITE_CONCURRENCY
 PARSE_FACTOR = 4  # memory of a body while it is parsed and committed, per body byte (measured)
 #: Per upload: with static credentials one 8 MiB part (store.PART); without, pyarrow's stream
@@ -134,7 +134,7 @@ def test_unit_caps_memory_at_the_sum_of_the_default_caps(service: dict[str, list
         BASELINE_MIB * (1 << 20)
         + 3 * c.max_buffer_bytes
         + PARSE_FACTOR * bodies
-        + QUERIES_AT_ONCE * (c.memory_limit + c.max_result_bytes)
+        + c.max_concurrent * (c.memory_limit + RENDER_FACTOR * c.max_result_bytes)
         + c.cache_max_bytes
         + c.mqtt_max_pending_bytes
         + c.sync_concurrency * SYNC_UPLOAD_MIB * (1 << 20)
