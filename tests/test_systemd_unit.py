@@ -113,7 +113,6 @@ def test_unit_leaves_memory_deny_write_execute_off_and_explains_why(service: dic
 #: The sum in the unit's MemoryMax= comment, in MiB: what does not come from a setting.
 BASELINE_MIB = 300  # pyarrow + DataFusion loaded, after a query and a persist (VmRSS)
 RENDER_FACTOR = 2  # a result is held as Arrow data and again as its rendered body
-BODIES_AT_ONCE = 8  # handlers.WRITE_CONCURRENCY
 PARSE_FACTOR = 4  # memory of a body while it is parsed and committed, per body byte (measured)
 #: Per upload: with static credentials one 8 MiB part (store.PART); without, pyarrow's stream
 #: (its fallback) holds two 10 MiB parts, one filling while the other is sent (pyarrow 26:
@@ -129,7 +128,7 @@ def _systemd_bytes(value: str) -> int:
 def test_unit_caps_memory_at_the_sum_of_the_default_caps(service: dict[str, list[str]]) -> None:
     cap = _systemd_bytes(_one(service, "MemoryMax"))
     c = config_module.load(None, environ={})
-    bodies = getattr(c, "max_buffered_bytes", BODIES_AT_ONCE * c.max_request_size)
+    bodies = c.max_buffered_bytes  # every request body in memory at once
     needed = (
         BASELINE_MIB * (1 << 20)
         + 3 * c.max_buffer_bytes
