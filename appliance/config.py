@@ -246,21 +246,38 @@ SETTINGS: tuple[Setting, ...] = (
         "64MiB",
         _positive_size,
         "Request bodies held in memory at once, all connections together (at least max_request_size);"
-        " a body that finds it full waits, then 503.",
+        " room for a whole body is reserved before it is read (its Content-Length, or max_request_size"
+        " if chunked or gzip), in arrival order; one client address holds at most twice"
+        " max_request_size of it; a body that finds no room waits up to body_timeout, then 503.",
     ),
     Setting(
         "http",
         "body_timeout",
         "30s",
         _positive_duration,
-        "Time a client has to send a request body, plus one second per body_min_rate bytes sent (408).",
+        "Grace time for a request body: within it any rate is fine; after it body_min_rate applies (408);"
+        " also the longest a body waits for room in max_buffered_bytes (503).",
     ),
     Setting(
         "http",
         "body_min_rate",
         "16KiB",
         _positive_size,
-        "Bytes per second a long body must keep arriving at, beyond body_timeout.",
+        "Bytes per second a body must arrive at over the last 10 s, once body_timeout has passed (408).",
+    ),
+    Setting(
+        "http",
+        "body_idle_timeout",
+        "10s",
+        _positive_duration,
+        "A request body from which no byte arrives for this long is answered 408 and its connection closed.",
+    ),
+    Setting(
+        "http",
+        "send_timeout",
+        "30s",
+        _positive_duration,
+        "A client that reads less than 64 KiB of its pending response in this time is disconnected.",
     ),
     Setting(
         "http",
@@ -287,9 +304,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "http",
         "max_connections_per_ip",
-        128,
+        64,
         _positive_int,
-        "Open HTTP connections from one client address; more are answered 503 and closed.",
+        "Open HTTP connections from one client address (an IPv6 client: its /64); more are answered 503"
+        " and closed.",
     ),
     Setting(
         "http",
@@ -304,7 +322,7 @@ SETTINGS: tuple[Setting, ...] = (
         (),
         _hosts,
         "Host names accepted besides localhost and IP addresses (DNS rebinding guard, on while bound to"
-        " loopback; when set, on for any bind address).",
+        " loopback or while auth is off; when set, on for any bind address).",
     ),
     Setting(
         "auth",
@@ -747,6 +765,8 @@ class Config:
     max_buffered_bytes: int
     body_timeout: int
     body_min_rate: int
+    body_idle_timeout: int
+    send_timeout: int
     header_timeout: int
     keepalive_timeout: int
     max_connections: int

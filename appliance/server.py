@@ -50,11 +50,14 @@ def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
     return 0
 
 
-def _fit_fd_limit(max_connections: int) -> int:
-    """Raise the open-file limit to fit max_connections plus FD_RESERVE; if the hard limit is too
-    low, serve fewer connections (logged) rather than run out of descriptors for the data files."""
+def _fit_fd_limit(max_connections: int, max_per_peer: int) -> int:
+    """Raise the open-file limit to fit max_connections plus FD_RESERVE plus what this machine's
+    own clients may open beyond max_connections (127.0.0.1 and ::1, max_per_peer each); if the
+    hard limit is too low, serve fewer connections (logged) rather than run out of descriptors
+    for the data files."""
+    reserve = FD_RESERVE + 2 * max_per_peer
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = max_connections + FD_RESERVE
+    wanted = max_connections + reserve
     if soft != resource.RLIM_INFINITY and soft < wanted:
         target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         try:
@@ -63,7 +66,7 @@ def _fit_fd_limit(max_connections: int) -> int:
         except (ValueError, OSError) as e:
             log.warning("cannot raise the open-file limit from %d to %d: %s", soft, target, e)
     if soft != resource.RLIM_INFINITY and soft < wanted:
-        fitted = max(soft - FD_RESERVE, 16)
+        fitted = max(soft - reserve, 16)
         log.warning(
             "http.max_connections %d lowered to %d: the open-file limit is %d (raise LimitNOFILE)",
             max_connections,
@@ -95,7 +98,10 @@ async def _run_http(
     loop.add_signal_handler(signal.SIGHUP, _reload, app, notifier, reload)
     config = app.config
     limits = ConnectionLimits(
-        _fit_fd_limit(config.max_connections), config.max_connections_per_ip, config.header_timeout / 1e9
+        _fit_fd_limit(config.max_connections, config.max_connections_per_ip),
+        config.max_connections_per_ip,
+        config.header_timeout / 1e9,
+        config.send_timeout / 1e9,
     )
     runner = GuardedRunner(
         http_server.create(app),
@@ -121,6 +127,13 @@ async def _run_http(
         app.config.data_dir,
         "on" if app.config.auth_enabled else "off",
     )
+    if not app.config.auth_enabled and not http_server.loopback_bind(app.config.bind):
+        log.warning(
+            "auth is off and http.bind %s is reachable from the network: anyone who can reach it can"
+            " read, write and delete data (only Host names that are IP addresses, localhost or in"
+            " http.allowed_hosts are answered)",
+            app.config.bind,
+        )
     heartbeat = LoopHeartbeat()
     beat = asyncio.create_task(heartbeat.run())
     notifier.ready(f"listening on http://{app.config.bind}")

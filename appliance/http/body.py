@@ -1,72 +1,161 @@
-"""Request bodies: read against a deadline and a shared byte budget, gunzipped off the event loop.
+"""Request bodies: room in a shared byte budget reserved before the first byte is read, read
+against an idle timeout and a minimum rate, gunzipped off the event loop as they arrive.
 
-A slow client holds no write slot and no more budget than the bytes it actually sent; a body that
-stops arriving gets 408. Gzip is decoded in a small thread pool, in time linear in its size, with
-a bound on members and on the decoded size.
+A body waits for its room in first-come order and never waits while holding part of it, so
+concurrent bodies cannot lock each other out. One client address holds at most
+PEER_SHARE x http.max_request_size of the budget. A body that stops arriving, or trickles in
+slower than http.body_min_rate once http.body_timeout has passed, gets 408.
 """
 
 from __future__ import annotations
 
 import asyncio
 import zlib
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from ..errors import BadRequest, BodyTimeout, Busy, TooLarge, UnsupportedMediaType
+from ..errors import BadRequest, BodyTimeout, Busy, NotImplementedYet, TooLarge, UnsupportedMediaType
 from ..metrics import HTTP_REFUSED
-from .connections import QuietLog, parser_reason
+from .connections import QuietLog, client_key, parser_reason
 
 #: Most gzip members one body may hold; clients that append a member per batch stay far below.
 MAX_GZIP_MEMBERS = 1000
 #: Input fed to zlib per call, so what a finished member leaves over is never more than this.
 _GZIP_PIECE = 64 * 1024
+#: One client address holds at most this many times http.max_request_size of the budget.
+PEER_SHARE = 2
+#: Once http.body_timeout has passed, the bytes of the last this many seconds must have arrived
+#: at http.body_min_rate at least.
+RATE_WINDOW_SECONDS = 10.0
 
 _QUIET = QuietLog()
 
 
 @dataclass(frozen=True)
 class BodyLimits:
-    """How large a body may be (after decoding) and how long it may take to arrive."""
+    """How large a body may be (after decoding) and how it must keep arriving."""
 
     max_size: int
-    timeout: float  # seconds for the whole body ...
-    min_rate: int  # ... plus one second per this many bytes received
+    timeout: float  # seconds of grace, in which any rate is fine ...
+    min_rate: int  # ... after which the last RATE_WINDOW_SECONDS must bring this many bytes a second
+    idle_timeout: float  # and never this long without a byte
+
+
+@dataclass
+class _Waiter:
+    size: int
+    peer: str
+    granted: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class ByteBudget:
-    """Bytes of request bodies in memory, all requests together; waiting for room needs no thread."""
+    """Bytes of request bodies in memory, all requests together, reserved in first-come order;
+    one client address holds at most `per_peer` of them. Waiting for room needs no thread."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, per_peer: int) -> None:
         self.capacity = capacity
+        self.per_peer = min(per_peer, capacity)
         self.free = capacity
-        self._room = asyncio.Event()
+        self.held: Counter[str] = Counter()
+        self._queue: deque[_Waiter] = deque()
 
-    async def take(self, n: int, deadline: float) -> None:
-        """Wait until `n` bytes are free and hold them; Busy (503) at `deadline` (loop time)."""
+    async def reserve(self, size: int, peer: str, deadline: float) -> None:
+        """Wait until `size` bytes are free (and within `peer`'s share) and hold them; Busy (503)
+        at `deadline` (loop time). Nobody who asked later is served first, unless whoever waits
+        ahead of it waits for bodies of its own address to finish."""
+        waiter = _Waiter(size, peer)
+        self._queue.append(waiter)
+        self._serve()
         try:
             async with asyncio.timeout_at(deadline):
-                while self.free < n:
-                    self._room.clear()
-                    await self._room.wait()
-        except TimeoutError:
-            HTTP_REFUSED.inc(reason="max_buffered_bytes")
-            _QUIET.info(
-                "budget", f"answered 503: request bodies hold {self.capacity} bytes (http.max_buffered_bytes)"
-            )
-            raise Busy(
-                "too many request bodies are in memory at once (http.max_buffered_bytes); retry shortly"
-            ) from None
-        self.free -= n
+                await asyncio.shield(waiter.granted)
+        except BaseException as e:
+            if waiter.granted.done():
+                self.give(size, peer)  # granted just as the wait ended
+            else:
+                waiter.granted.cancel()
+                self._queue.remove(waiter)
+                self._serve()  # who waited behind it may fit now
+            if isinstance(e, TimeoutError):
+                HTTP_REFUSED.inc(reason="max_buffered_bytes")
+                _QUIET.info(
+                    "budget",
+                    f"answered 503: request bodies hold {self.capacity} bytes (http.max_buffered_bytes)",
+                )
+                raise Busy(
+                    "too many request bodies are in memory at once (http.max_buffered_bytes); retry shortly"
+                ) from None
+            raise
 
-    def give(self, n: int) -> None:
-        """Return `n` bytes taken earlier and wake whoever waits for room."""
-        self.free += n
-        self._room.set()
+    def give(self, size: int, peer: str) -> None:
+        """Return `size` bytes reserved earlier and serve whoever waits for room."""
+        if size <= 0:
+            return
+        self.free += size
+        self.held[peer] -= size
+        if self.held[peer] <= 0:
+            del self.held[peer]
+        self._serve()
+
+    def _serve(self) -> None:
+        for waiter in list(self._queue):
+            if self.held[waiter.peer] + waiter.size > self.per_peer:
+                continue  # waits for its own address's bodies; blocks nobody else
+            if waiter.size > self.free:
+                break  # first come, first served: no smaller body goes ahead of it
+            self._queue.remove(waiter)
+            self.free -= waiter.size
+            self.held[waiter.peer] += waiter.size
+            waiter.granted.set_result(None)
+
+
+class _Pace:
+    """Says when a body has stopped arriving, or arrives too slowly, from the bytes so far."""
+
+    def __init__(self, limits: BodyLimits, now: float) -> None:
+        self.limits = limits
+        self.started = now
+        self.last = now  # when the last byte arrived
+        self.size = 0
+        self.samples: deque[tuple[float, int]] = deque([(now, 0)])  # (time, bytes so far)
+
+    def wait(self, now: float) -> float:
+        """How long to wait for the next bytes before checking again."""
+        grace_end = self.started + self.limits.timeout
+        check = grace_end if now < grace_end else now + 1.0
+        return max(min(self.last + self.limits.idle_timeout, check) - now, 0.0)
+
+    def arrived(self, n: int, now: float) -> None:
+        self.size += n
+        self.last = now
+        self.samples.append((now, self.size))
+
+    def check(self, now: float) -> None:
+        """BodyTimeout if no byte came for idle_timeout, or the last window brought too few."""
+        limits = self.limits
+        if now - self.last >= limits.idle_timeout:
+            raise _timed_out(
+                f"no byte of the request body arrived for {limits.idle_timeout:g} s"
+                f" (http.body_idle_timeout); {self.size} bytes arrived"
+            )
+        if now < self.started + limits.timeout:
+            return
+        start = max(now - RATE_WINDOW_SECONDS, self.started)
+        while len(self.samples) > 1 and self.samples[1][0] <= start:
+            self.samples.popleft()
+        if (self.size - self.samples[0][1]) < limits.min_rate * (now - start):
+            raise _timed_out(
+                f"request body arrives slower than {limits.min_rate} bytes a second"
+                f" (http.body_min_rate) after the first {limits.timeout:g} s (http.body_timeout);"
+                f" {self.size} bytes arrived"
+            )
 
 
 class BodyReader:
@@ -78,118 +167,172 @@ class BodyReader:
         self.pool = pool
 
     @asynccontextmanager
-    async def received(self, request: web.Request) -> AsyncIterator[bytes]:
-        """The decoded body; its bytes count against the budget until the block ends."""
-        held = 0
+    async def received(
+        self, request: web.Request, max_size: int | None = None, setting: str = ""
+    ) -> AsyncIterator[bytes]:
+        """The decoded body, at most `max_size` bytes (http.max_request_size by default; `setting`
+        names a smaller limit in the 413); its bytes count against the budget until the block ends."""
+        limit = min(max_size or self.limits.max_size, self.limits.max_size)
+        setting = setting if limit < self.limits.max_size else ""
+        gzipped = _content_encoding(request)
+        declared = request.content_length
+        if not request.body_exists or declared == 0:
+            yield b""
+            return
+        if declared is not None and declared > limit:
+            raise _too_large(limit, setting)
+        # Room for the whole body before its first byte is read: what Content-Length declares,
+        # or the limit for a chunked or gzip body (what is not used is given back at its end).
+        size = declared if declared is not None and not gzipped else limit
+        peer = client_key(request.remote or "local")
+        loop = asyncio.get_running_loop()
+        await self.budget.reserve(size, peer, loop.time() + self.limits.timeout)
+        held = size
         try:
-            raw, held = await self._read(request)
-            encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-            if encoding in ("", "identity"):
-                yield raw
-                return
-            if encoding != "gzip":
-                raise UnsupportedMediaType(
-                    f"unsupported Content-Encoding {encoding!r}: send gzip or identity"
-                )
-            loop = asyncio.get_running_loop()
-            body = await loop.run_in_executor(self.pool, gunzip, raw, self.limits.max_size)
-            del raw
-            if len(body) > held:
-                await self.budget.take(len(body) - held, loop.time() + self.limits.timeout)
-            else:
-                self.budget.give(held - len(body))
+            body = await self._read(request, limit, gzipped, setting)
+            self.budget.give(held - len(body), peer)
             held = len(body)
             yield body
         finally:
-            self.budget.give(held)
+            self.budget.give(held, peer)
 
-    async def _read(self, request: web.Request) -> tuple[bytes, int]:
-        """The bytes as sent, and how many of them were taken from the budget."""
-        limits = self.limits
-        if request.content_length is not None and request.content_length > limits.max_size:
-            raise _too_large(limits.max_size)
+    async def _read(self, request: web.Request, limit: int, gzipped: bool, setting: str) -> bytes:
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        chunks: list[bytes] = []
+        pace = _Pace(self.limits, loop.time())
+        decoder = GzipStream(limit, setting=setting) if gzipped else None
+        parts: list[bytes] = []
         size = 0
         try:
             while True:
-                deadline = started + limits.timeout + size / limits.min_rate
                 try:
-                    async with asyncio.timeout(max(deadline - loop.time(), 0.0)):
+                    async with asyncio.timeout(pace.wait(loop.time())):
                         chunk = await request.content.readany()
                 except TimeoutError:
-                    raise _timed_out(limits, size) from None
+                    pace.check(loop.time())
+                    continue
                 if not chunk:
-                    return b"".join(chunks), size
-                if size + len(chunk) > limits.max_size:
-                    raise _too_large(limits.max_size)
-                await self.budget.take(len(chunk), deadline)
+                    break
+                pace.arrived(len(chunk), loop.time())
+                pace.check(loop.time())
+                if decoder is not None:
+                    chunk = await loop.run_in_executor(self.pool, decoder.feed, chunk)
+                elif size + len(chunk) > limit:
+                    raise _too_large(limit, setting)
                 size += len(chunk)
-                chunks.append(chunk)
-        except BaseException as e:
-            self.budget.give(size)
-            if isinstance(e, HttpProcessingError):  # a broken chunked encoding
-                raise BadRequest(f"request body is malformed: {parser_reason(e)}") from None
-            raise
+                parts.append(chunk)
+        except HttpProcessingError as e:  # a broken chunked encoding
+            raise BadRequest(f"request body is malformed: {parser_reason(e)}") from None
+        if decoder is not None:
+            decoder.finish()
+        return b"".join(parts)
+
+    async def held(self, request: web.Request, max_size: int | None = None, setting: str = "") -> bytes:
+        """The body, counted against the budget until the request's handler returns
+        (hold_bodies middleware)."""
+        stack = request.get(_BODIES)
+        if stack is None:
+            raise RuntimeError("hold_bodies middleware is not installed")
+        return await stack.enter_async_context(self.received(request, max_size, setting))  # type: ignore[no-any-return]
 
 
 READER: web.AppKey[BodyReader] = web.AppKey("body_reader", BodyReader)
+_BODIES = "appliance.bodies"
+
+
+@web.middleware
+async def hold_bodies(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Bodies read with BodyReader.held count against the budget until the handler returns."""
+    async with AsyncExitStack() as stack:
+        request[_BODIES] = stack
+        return await handler(request)  # type: ignore[no-any-return]
+
+
+def _content_encoding(request: web.Request) -> bool:
+    """Whether the body is gzip; 415 for an unknown Content-Encoding, 501 for a transfer coding
+    other than chunked (which aiohttp would otherwise pass through undecoded)."""
+    codings = [c.strip().lower() for c in request.headers.get("Transfer-Encoding", "").split(",")]
+    if any(c not in ("", "chunked", "identity") for c in codings):
+        HTTP_REFUSED.inc(reason="transfer_encoding")
+        raise NotImplementedYet(
+            f"unsupported Transfer-Encoding {request.headers['Transfer-Encoding'][:60]!r}: send chunked"
+            " or a Content-Length (and Content-Encoding: gzip to compress)"
+        )
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity", "gzip"):
+        raise UnsupportedMediaType(f"unsupported Content-Encoding {encoding[:60]!r}: send gzip or identity")
+    return encoding == "gzip"
+
+
+class GzipStream:
+    """Decodes a (multi-member) gzip stream fed piece by piece, in time linear in its size, at
+    most `limit` bytes out and MAX_GZIP_MEMBERS members. Not thread-safe: feed one piece at a time."""
+
+    def __init__(self, limit: int, max_members: int = MAX_GZIP_MEMBERS, setting: str = "") -> None:
+        self.limit = limit
+        self.setting = setting
+        self.max_members = max_members
+        self.size = 0
+        self.members = 0
+        self._inflater: Any = None
+
+    def feed(self, data: bytes) -> bytes:
+        out: list[bytes] = []
+        view = memoryview(data)
+        pos = 0
+        pending: bytes | memoryview = b""  # input the current member has not consumed yet
+        try:
+            while pending or pos < len(view):
+                if self._inflater is None:
+                    self.members += 1
+                    if self.members > self.max_members:
+                        HTTP_REFUSED.inc(reason="gzip_members")
+                        raise BadRequest(
+                            f"request body has more than {self.max_members} gzip members; send one gzip stream"
+                        )
+                    self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                if not pending:
+                    pending = view[pos : pos + _GZIP_PIECE]
+                    pos += len(pending)
+                piece = self._inflater.decompress(pending, self.limit + 1 - self.size)
+                self.size += len(piece)
+                out.append(piece)
+                if self.size > self.limit:
+                    raise _too_large(self.limit, self.setting, after_decoding=True)
+                if self._inflater.eof:
+                    pending, self._inflater = self._inflater.unused_data, None  # the next member
+                else:
+                    pending = self._inflater.unconsumed_tail
+        except zlib.error as e:
+            raise BadRequest(f"request body is not valid gzip data: {e}") from None
+        return b"".join(out)
+
+    def finish(self) -> None:
+        if self._inflater is not None:
+            raise BadRequest("request body is truncated gzip data; nothing was stored")
 
 
 def gunzip(raw: bytes, limit: int, max_members: int = MAX_GZIP_MEMBERS) -> bytes:
-    """Decode a (multi-member) gzip stream in time linear in its size; at most `limit` bytes out."""
-    out: list[bytes] = []
-    size = 0
-    view = memoryview(raw)
-    pos = 0
-    pending: bytes | memoryview = b""  # input the current member has not consumed yet
-    inflater = None
-    members = 0
-    try:
-        while pending or pos < len(view):
-            if inflater is None:
-                members += 1
-                if members > max_members:
-                    HTTP_REFUSED.inc(reason="gzip_members")
-                    raise BadRequest(
-                        f"request body has more than {max_members} gzip members; send one gzip stream"
-                    )
-                inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            if not pending:
-                pending = view[pos : pos + _GZIP_PIECE]
-                pos += len(pending)
-            piece = inflater.decompress(pending, limit + 1 - size)
-            size += len(piece)
-            out.append(piece)
-            if size > limit:
-                raise _too_large(limit, after_decoding=True)
-            if inflater.eof:
-                pending, inflater = inflater.unused_data, None  # the next member starts here
-            else:
-                pending = inflater.unconsumed_tail
-    except zlib.error as e:
-        raise BadRequest(f"request body is not valid gzip data: {e}") from None
-    if inflater is not None:
-        raise BadRequest("request body is truncated gzip data; nothing was stored")
-    return b"".join(out)
+    """Decode a whole (multi-member) gzip body; at most `limit` bytes out."""
+    stream = GzipStream(limit, max_members)
+    out = stream.feed(raw)
+    stream.finish()
+    return out
 
 
-def _too_large(limit: int, after_decoding: bool = False) -> TooLarge:
+def _too_large(limit: int, setting: str = "", after_decoding: bool = False) -> TooLarge:
+    """413; `setting` names a limit other than http.max_request_size (a JSON API's)."""
     HTTP_REFUSED.inc(reason="max_request_size")
     when = " after decompression" if after_decoding else ""
+    if setting:
+        return TooLarge(f"request body is larger than the limit of {limit} bytes{when} ({setting})")
     return TooLarge(
         f"request body is larger than the limit of {limit} bytes{when} (http.max_request_size);"
         " split the write into smaller batches"
     )
 
 
-def _timed_out(limits: BodyLimits, size: int) -> BodyTimeout:
+def _timed_out(reason: str) -> BodyTimeout:
     HTTP_REFUSED.inc(reason="body_timeout")
-    error = BodyTimeout(
-        f"request body not received in time: {size} bytes arrived; a body must arrive within"
-        f" {limits.timeout:g} s (http.body_timeout) plus one second per {limits.min_rate} bytes"
-        " (http.body_min_rate)"
-    )
+    error = BodyTimeout(f"request body not received in time: {reason}")
     _QUIET.info("body-timeout", f"answered 408: {error.message}")
     return error

@@ -9,6 +9,7 @@ adds both; GuardedRunner makes aiohttp build GuardedHandlers.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import time
@@ -30,17 +31,21 @@ _REFUSED_LINGER_SECONDS = 1.0
 _QUOTED = re.compile(r"\s+b?['\"]|:\s*$")
 #: Client addresses of this machine's own processes, exempt from the total cap.
 _LOCAL_PEERS = frozenset({"127.0.0.1", "::1"})
+#: A client whose response waits unsent must read at least this much every http.send_timeout.
+_SEND_PROGRESS = 64 * 1024
 #: At most one log line per this many seconds for each kind of client misbehaviour.
 _LOG_INTERVAL_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    """Settings http.max_connections, http.max_connections_per_ip and http.header_timeout."""
+    """Settings http.max_connections, http.max_connections_per_ip, http.header_timeout and
+    http.send_timeout."""
 
     max_connections: int
     max_per_peer: int
     header_timeout: float
+    send_timeout: float = 30.0
 
 
 class QuietLog:
@@ -94,7 +99,7 @@ class ConnectionGuard:
 class GuardedHandler(RequestHandler):
     """aiohttp's connection handler, plus the caps, the head deadline and quiet client errors."""
 
-    __slots__ = ("_guard", "_peer", "_timer", "_busy", "_refused", "_current")
+    __slots__ = ("_guard", "_peer", "_timer", "_busy", "_refused", "_current", "_send_timer")
 
     def __init__(self, manager: web.Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -104,6 +109,7 @@ class GuardedHandler(RequestHandler):
         self._busy = 0
         self._refused = False
         self._current: web.BaseRequest | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = _peer_of(transport)
@@ -132,8 +138,48 @@ class GuardedHandler(RequestHandler):
             if isinstance(message, _ErrInfo) and not self._current.content.is_eof():
                 self._current.content.set_exception(message.exc)
 
+    def pause_writing(self) -> None:
+        """The client reads slower than we send: from now on it must read at least
+        _SEND_PROGRESS bytes (or all there is) every http.send_timeout, or it is dropped."""
+        super().pause_writing()
+        if self._send_timer is None:
+            self._arm_send(self._unsent())
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _unsent(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    def _arm_send(self, unsent: int) -> None:
+        self._send_timer = self._loop.call_later(self._guard.limits.send_timeout, self._send_check, unsent)
+
+    def _send_check(self, unsent_before: int) -> None:
+        """Still paused: keep going if the client read enough since the last check, else drop
+        the connection and the unsent bytes it holds."""
+        self._send_timer = None
+        unsent = self._unsent()
+        if self.transport is None or unsent == 0:
+            return
+        if unsent_before - unsent >= _SEND_PROGRESS:
+            self._arm_send(unsent)
+            return
+        HTTP_REFUSED.inc(reason="send_timeout")
+        self._guard.quiet.info(
+            "send-timeout",
+            f"dropped a connection from {self._peer}: it read {max(unsent_before - unsent, 0)} bytes of"
+            f" its response in {self._guard.limits.send_timeout:g} s (http.send_timeout)",
+        )
+        self.transport.abort()
+
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         if self._refused:
             return
         if self._peer is not None:
@@ -242,8 +288,20 @@ def parser_reason(exc: BaseException) -> str:
 
 def _peer_of(transport: asyncio.BaseTransport) -> str:
     peer = transport.get_extra_info("peername")
-    host = str(peer[0]) if isinstance(peer, tuple) and peer else "local"
-    return host.removeprefix("::ffff:")  # an IPv4 client of a dual-stack socket is that IPv4 address
+    return client_key(str(peer[0]) if isinstance(peer, tuple) and peer else "local")
+
+
+def client_key(host: str) -> str:
+    """The client a per-address cap applies to: an IPv4 address, or an IPv6 /64 (one host's
+    share of a LAN; a single machine can pick any address in it). Loopback stays itself."""
+    host = host.removeprefix("::ffff:")  # an IPv4 client of a dual-stack socket is that IPv4 address
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return host
+    if address.version == 6 and not address.is_loopback:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 class _GuardedServer(web.Server):

@@ -87,19 +87,25 @@ def _precision(request: web.Request, default: Precision) -> Precision:
         raise BadRequest(str(e)) from None
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The request body, gunzipped when sent with Content-Encoding: gzip, within the size limit
-    and http.body_timeout (body.BodyReader)."""
-    async with request.app[BODY_READER].received(request) as data:
-        return data
+#: Largest body of a JSON API request (queries, configuration, plugins): 413 above it.
+MAX_JSON_BODY = 1024 * 1024
+#: A JSON body larger than this is decoded on a thread, off the event loop.
+_JSON_ON_LOOP = 64 * 1024
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
+    """The JSON object a request sends, at most MAX_JSON_BODY bytes; its bytes count against
+    http.max_buffered_bytes until the handler returns."""
     ctype = request.headers.get("Content-Type", "")
     if ctype and "json" not in ctype:
         raise UnsupportedMediaType("unacceptable content-type, expected: application/json")
+    reader = request.app[BODY_READER]
+    data = await reader.held(request, MAX_JSON_BODY, f"JSON API requests are at most {MAX_JSON_BODY} bytes")
     try:
-        body = json.loads(await read_body(request) or b"{}")
+        if len(data) > _JSON_ON_LOOP:
+            body = await asyncio.get_running_loop().run_in_executor(reader.pool, json.loads, data)
+        else:
+            body = json.loads(data or b"{}")
     except (ValueError, RecursionError) as e:
         raise BadRequest(f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
@@ -592,16 +598,16 @@ async def engine_request(request: web.Request) -> web.Response:
     """`/api/v3/engine/<path>`: the request trigger's plugin answers, on the engine pool."""
     app = request.app[APP_KEY]
     headers = {k.lower(): v for k, v in request.headers.items() if k.lower() != "authorization"}
-    body = await read_body(request)
-    status, out_headers, out = await _in_pool(
-        request,
-        "engine",
-        app.engine.handle_request,
-        request.match_info["path"],
-        dict(request.query),
-        headers,
-        body,
-    )
+    async with request.app[BODY_READER].received(request) as body:  # counted while the plugin runs
+        status, out_headers, out = await _in_pool(
+            request,
+            "engine",
+            app.engine.handle_request,
+            request.match_info["path"],
+            dict(request.query),
+            headers,
+            body,
+        )
     return web.Response(status=status, headers=out_headers, body=out)
 
 

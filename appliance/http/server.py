@@ -18,13 +18,12 @@ from ..errors import (
     BodyTimeout,
     LineProtocolError,
     MisdirectedHost,
-    TooLarge,
     Unauthorized,
 )
 from ..metrics import HTTP_REFUSED
 from . import handlers, routes
+from .body import PEER_SHARE, BodyLimits, BodyReader, ByteBudget, hold_bodies
 from .body import READER as BODY_READER
-from .body import BodyLimits, BodyReader, ByteBudget
 from .connections import track_requests
 
 log = logging.getLogger("appliance.http")
@@ -37,18 +36,22 @@ def create(app: App) -> web.Application:
     """Build the web application around a running App."""
     config = app.config
     web_app = web.Application(
-        middlewares=[track_requests, _errors, _check_host, _auth],
-        client_max_size=config.max_request_size,
-        # Bodies are gunzipped in body.BodyReader: a clear 400 for bad gzip, and the size
-        # limit applies after decompression.
+        middlewares=[track_requests, _errors, _check_host, _auth, hold_bodies],
+        # Bodies are read and gunzipped only in body.BodyReader: a clear 400 for bad gzip, and
+        # the size limit applies after decompression.
         handler_args={"auto_decompress": False},
     )
     web_app[APP_KEY] = app
     web_app[handlers.WRITE_SLOTS] = asyncio.Semaphore(handlers.WRITE_CONCURRENCY)
     decode_pool = ThreadPoolExecutor(2, thread_name_prefix="http-gunzip")
     web_app[BODY_READER] = BodyReader(
-        BodyLimits(config.max_request_size, config.body_timeout / 1e9, config.body_min_rate),
-        ByteBudget(config.max_buffered_bytes),
+        BodyLimits(
+            config.max_request_size,
+            config.body_timeout / 1e9,
+            config.body_min_rate,
+            config.body_idle_timeout / 1e9,
+        ),
+        ByteBudget(config.max_buffered_bytes, PEER_SHARE * config.max_request_size),
         decode_pool,
     )
 
@@ -127,7 +130,7 @@ def host_allowed(host_header: str, allowed_hosts: tuple[str, ...]) -> bool:
     return True
 
 
-def _loopback_bind(bind: str) -> bool:
+def loopback_bind(bind: str) -> bool:
     host = bind.rpartition(":")[0].strip("[]").lower()
     if host == "localhost":
         return True
@@ -173,15 +176,6 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             await response.write_eof()
             request.protocol.force_close()
         return response
-    except web.HTTPRequestEntityTooLarge as e:
-        limit = request.app[APP_KEY].config.max_request_size
-        return error_response(
-            request,
-            TooLarge(
-                f"request body is larger than the limit of {limit} bytes (http.max_request_size);"
-                f" split the write into smaller batches ({e.text})"
-            ),
-        )
     except ConnectionError:
         raise  # the client went away: aiohttp drops the connection quietly (GuardedHandler)
     except web.HTTPNotFound:
@@ -197,12 +191,13 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def _check_host(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bound to loopback (or with http.allowed_hosts set), answer only Host names of our own."""
+    """Bound to loopback, with auth off, or with http.allowed_hosts set, answer only Host names
+    of our own: a web page that rebinds its name to this address cannot reach the API."""
     config = request.app[APP_KEY].config
     host = request.headers.get("Host")
     if (
         host is not None
-        and (config.allowed_hosts or _loopback_bind(config.bind))
+        and (config.allowed_hosts or not config.auth_enabled or loopback_bind(config.bind))
         and not host_allowed(host, config.allowed_hosts)
     ):
         HTTP_REFUSED.inc(reason="allowed_hosts")
