@@ -93,14 +93,14 @@ MAX_JSON_BODY = 1024 * 1024
 _JSON_ON_LOOP = 64 * 1024
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    """The JSON object a request sends, at most MAX_JSON_BODY bytes; its bytes count against
+async def _json_body(request: web.Request, limit: int = MAX_JSON_BODY) -> dict[str, Any]:
+    """The JSON object a request sends, at most `limit` bytes; its bytes count against
     http.max_buffered_bytes until the handler returns."""
     ctype = request.headers.get("Content-Type", "")
     if ctype and "json" not in ctype:
         raise UnsupportedMediaType("unacceptable content-type, expected: application/json")
     reader = request.app[BODY_READER]
-    data = await reader.held(request, MAX_JSON_BODY, f"JSON API requests are at most {MAX_JSON_BODY} bytes")
+    data = await reader.held(request, limit, f"JSON API requests are at most {limit} bytes")
     try:
         if len(data) > _JSON_ON_LOOP:
             body = await asyncio.get_running_loop().run_in_executor(reader.pool, json.loads, data)
@@ -189,7 +189,10 @@ async def write_v1(request: web.Request) -> web.Response:
 # -- queries -------------------------------------------------------------------
 async def query_sql(request: web.Request) -> web.Response:
     if request.method == "POST":
-        body = await _json_body(request)
+        # room for the longest SQL text allowed (query.max_sql_bytes), which then gets its own 400
+        body = await _json_body(
+            request, max(MAX_JSON_BODY, 2 * request.app[APP_KEY].queries.limits.max_sql_bytes)
+        )
         db, sql, fmt, params = body.get("db"), body.get("q"), body.get("format"), body.get("params")
     else:
         db, sql, fmt = request.query.get("db"), request.query.get("q"), request.query.get("format")

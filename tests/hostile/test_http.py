@@ -359,9 +359,13 @@ def test_engine_requests_count_against_the_budget_while_the_plugin_runs(tmp_path
 
 
 def test_json_api_bodies_are_capped(server: Server) -> None:
-    big = json.dumps({"db": "db", "q": "SELECT 1", "pad": "x" * (1024 * 1024)})
-    r = server.request("POST", "/api/v3/query_sql", body=big, headers=JSON)
+    big = json.dumps({"db": "db", "pad": "x" * (1024 * 1024)})
+    r = server.request("POST", "/api/v3/configure/database", body=big, headers=JSON)
     assert r.status == 413 and "JSON API requests are at most 1048576 bytes" in r.text, (r.status, r.body)
+    # a query may be as long as query.max_sql_bytes (1 MiB): its JSON body may be twice that
+    big = json.dumps({"db": "db", "q": "SELECT 1", "pad": "x" * (2 * 1024 * 1024)})
+    r = server.request("POST", "/api/v3/query_sql", body=big, headers=JSON)
+    assert r.status == 413 and "JSON API requests are at most 2097152 bytes" in r.text, (r.status, r.body)
     assert server.write("db", "m v=1 1", precision="ns").status == 204
     ok = json.dumps({"db": "db", "q": "SELECT v FROM m", "pad": "x" * 500_000})  # decoded off the loop
     r = server.request("POST", "/api/v3/query_sql", body=ok, headers=JSON)

@@ -174,7 +174,12 @@ def test_rendered_body_counts_against_result_limit(tmp_path: Path, fmt: str) -> 
 
 # -- item 7: runaway queries end at their deadline -----------------------------------------
 def test_runaway_queries_stop_at_deadline(tmp_path: Path) -> None:
-    server = _start(tmp_path, APPLIANCE_QUERY_TIMEOUT="2s", TMPDIR=str(tmp_path))
+    server = _start(
+        tmp_path,
+        APPLIANCE_QUERY_TIMEOUT="2s",
+        APPLIANCE_QUERY_MAX_RESULT_BYTES="256MiB",
+        TMPDIR=str(tmp_path),
+    )
     assert server.proc is not None
     answers: list[tuple[int, float]] = []
 
