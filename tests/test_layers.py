@@ -17,6 +17,7 @@ LAYERS: list[set[str]] = [
         "mqtt.payload",
         "formats",
         "sqlcheck",
+        "sync.s3",
         "engine.api",
         "engine.triggers",
         "engine.loader",
