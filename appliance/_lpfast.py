@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from appliance.model import ColumnType, ParsedTable, Precision
+from appliance.model import MAX_TIME_NS, MIN_TIME_NS, ColumnType, ParsedTable, Precision, time_problem
 
 MAX_STRING_BYTES = 1 << 20
 TOO_LONG = "String is greater than 1MB"
@@ -147,22 +147,23 @@ def build(
     else:
         names = [k for k, kind in kept[1].items() if kind is not ColumnType.TAG]
     lines, sids, times = [], [], []
-    parts: dict[str, list[pa.Array]] = {k: [] for k in names}
+    # Per column, the layouts that have it and their tokens: work in proportion to the tokens,
+    # not to layouts times columns (a body whose every line has other fields).
+    parts: dict[str, list[tuple[int, pa.Array]]] = {k: [] for k in names}
+    starts = [0]
     for n, lay in enumerate(layouts):
         flat, stride = lay.flat, lay.stride
         mask = pa.array(kept[0][n], pa.bool_()) if kept is not None else None
         lines.append(_take(pa.array(flat[0::stride], pa.int32()), mask))
         sids.append(_take(pa.array(flat[1::stride], pa.int32()), mask))
         times.append(_take(pa.array(flat[stride - 1 :: stride], pa.string()), mask))
-        for k, col in parts.items():
-            i = lay.index.get(k)
-            col.append(
-                _take(
-                    pa.array(flat[2 + i :: stride] if i is not None else [None] * lay.rows, pa.string()), mask
-                )
-            )
+        starts.append(starts[-1] + len(lines[-1]))
+        for k, i in lay.index.items():
+            col = parts.get(k)
+            if col is not None:
+                col.append((n, _take(pa.array(flat[2 + i :: stride], pa.string()), mask)))
     line_numbers, sid_array, time_tokens = _concat(lines), _concat(sids), _concat(times)
-    columns = {k: _concat(col) for k, col in parts.items()}
+    columns = {k: _spread(col, starts) for k, col in parts.items()}
     if len(layouts) > 1:  # layouts are stored apart; one permutation restores line order
         order = pc.sort_indices(line_numbers)
         line_numbers, sid_array, time_tokens = (
@@ -190,6 +191,20 @@ def build(
     time = _time(time_tokens, precision, default_time)
     first = line_numbers[0].as_py()
     return first, ParsedTable(table.name, len(line_numbers), time, line_numbers, tags, fields)
+
+
+def _spread(pieces: list[tuple[int, pa.Array]], starts: list[int]) -> pa.Array:
+    """One column over every layout's rows: each layout's tokens, nulls where it lacks the column."""
+    out: list[pa.Array] = []
+    pos = 0
+    for n, arr in pieces:
+        if starts[n] > pos:
+            out.append(pa.nulls(starts[n] - pos, pa.string()))
+        out.append(arr)
+        pos = starts[n] + len(arr)
+    if starts[-1] > pos:
+        out.append(pa.nulls(starts[-1] - pos, pa.string()))
+    return _concat(out)
 
 
 def kind_codes(tokens: list[Token]) -> list[int]:
@@ -306,6 +321,9 @@ def scale(ts: int | None, precision: Precision, default_time: int) -> int:
     if not _I64_MIN <= ns <= _I64_MAX:
         name = _PRECISION_NAMES.get(precision, "Auto")
         raise Reject(f"timestamp, {ts}, out of range for precision: {name}")
+    problem = time_problem(ns)
+    if problem is not None:
+        raise Reject(f"timestamp, {ts}, {problem}")
     return ns
 
 
@@ -350,7 +368,15 @@ def _time(arr: pa.Array, precision: Precision, default_time: int) -> pa.Array:
     if not pc.all(pc.match_substring_regex(arr, r"^-?[0-9]+$")).as_py():
         raise Fallback
     ts = scale_timestamps(pc.cast(arr, pa.int64()), precision)
+    if not in_time_range(ts):
+        raise Fallback  # the exact pass names the timestamp
     return ts.fill_null(default_time) if ts.null_count else ts
+
+
+def in_time_range(ts: pa.Array) -> bool:
+    """Whether every (non-null) time in ns lies in MIN_TIME_NS..MAX_TIME_NS."""
+    span = pc.min_max(ts).as_py()
+    return span["min"] is None or (span["min"] >= MIN_TIME_NS and span["max"] <= MAX_TIME_NS)
 
 
 def scale_timestamps(ts: pa.Array, precision: Precision) -> pa.Array:

@@ -38,7 +38,16 @@ from appliance._lpfast import (
     time_codes,
 )
 from appliance._lpvec import try_parse
-from appliance.model import ColumnType, LineError, ParsedTable, ParseResult, Precision
+from appliance.model import (
+    BAD_NAME_CHAR,
+    ColumnType,
+    LineError,
+    LineErrors,
+    ParsedTable,
+    ParseResult,
+    Precision,
+    name_problem,
+)
 
 ORIGINAL_LINE_BYTES = 20
 _ENDS_WITH_BACKSLASH = "Measurements, tag keys and values, and field keys may not end with a backslash"
@@ -85,20 +94,24 @@ def parse(
     now_ns: int,
     *,
     known: Mapping[str, Mapping[str, ColumnType]] | None = None,
+    max_columns: int | None = None,
 ) -> ParseResult:
     """Parse a line protocol body into per-table Arrow columns and per-line errors; never raises.
 
     `known` maps table -> column -> type for columns that already exist (the catalog). Each
     line is then judged against those types as well as the ones earlier lines of the body
     fixed, as InfluxDB does; without it a column's type comes from its first line here.
+    `max_columns` (the catalog's limit) rejects, before any per-field work, a line with more
+    tags and fields than a table may hold, and every line of a table whose lines name more
+    columns than that between them (`limit_hit`).
     """
     try:  # regular bodies: whole-body Arrow kernels that release the GIL (None: not regular)
-        result = try_parse(body, precision, now_ns, known, scan=_scan)
+        result = try_parse(body, precision, now_ns, known, scan=_scan, max_columns=max_columns)
     except Exception:  # a bug there must not make parse() raise: the routes below answer
         result = None
     if result is not None:
         return result
-    return _Body(body, precision, now_ns, fast=True, known=known).result()
+    return _Body(body, precision, now_ns, fast=True, known=known, max_columns=max_columns).result()
 
 
 class _Body:
@@ -111,13 +124,16 @@ class _Body:
         now_ns: int,
         fast: bool,
         known: Mapping[str, Mapping[str, ColumnType]] | None = None,
+        max_columns: int | None = None,
     ) -> None:
         self.body, self.now_ns, self.known = body, now_ns, known or {}
+        self.max_columns = max_columns
+        self.limit_hit = False
         self.precision = precision
         unit = precision.ns_per_unit
         self.default_time = now_ns if precision is Precision.AUTO else _truncate(now_ns, unit)
         self.fast = fast
-        self.errors: list[LineError] = []
+        self.errors = LineErrors()
         self.tables: dict[str, Table] = {}
         # raw series text -> [layout match, layout append, series id, table, recent layouts]
         self.series: dict[str, list[Any]] = {}
@@ -145,12 +161,13 @@ class _Body:
             if not safe:
                 raise
             if self.fast:
-                return _Body(self.body, self.precision, self.now_ns, False, self.known).result()
-            error = LineError(1, _original_line(self.lines[0]), f"internal parser error: {exc!r}")
-            return ParseResult([], [error], 1)
+                again = _Body(self.body, self.precision, self.now_ns, False, self.known, self.max_columns)
+                return again.result()
+            errors = LineErrors()
+            errors.add(1, _original_line(self.lines[0]), f"internal parser error: {exc!r}")
+            return ParseResult([], errors.listed(), 1, errors)
         rows = sum(lay.rows for t in self.tables.values() for lay in t.layouts)
-        self.errors.sort(key=lambda e: e.line_number)
-        return ParseResult(tables, self.errors, rows + self.scan_errors)
+        return ParseResult(tables, self.errors.listed(), rows + self.scan_errors, self.errors, self.limit_hit)
 
     # -- line routing ---------------------------------------------------------------------
 
@@ -215,8 +232,8 @@ class _Body:
 
     def _fast_series(self, key: str) -> list[Any] | None:
         """Parse the series key of a fast-route line; None when the exact route must decide."""
-        if not key or key[0] == "#" or len(key) > MAX_STRING_BYTES // 4:
-            return None
+        if not key or key[0] == "#" or len(key) > MAX_STRING_BYTES // 4 or BAD_NAME_CHAR.search(key):
+            return None  # the exact route decides (a bad character may sit in a value, which is fine)
         if "\t" in key or "\x00" in key or "\\" in key:
             try:
                 measurement, tags, end = _scan_series(key)
@@ -269,7 +286,7 @@ class _Body:
         try:
             if self.dirty and _bad_utf8(text):
                 raise Reject("invalid UTF-8 in line")
-            measurement, tags, series_end, keys, tokens = _scan(text)
+            measurement, tags, series_end, keys, tokens = _scan(text, self.max_columns)
         except Reject as exc:
             self.scan_errors += 1
             self._error(ln, text, str(exc))
@@ -289,7 +306,10 @@ class _Body:
             _use_layout(ent, lay)
 
     def _error(self, ln: int, record: str, message: str) -> None:
-        self.errors.append(LineError(ln, _original_line(record), message))
+        if self.errors.wants(ln):
+            self.errors.add(ln, _original_line(record), message)
+        else:
+            self.errors.count(ln)
 
     def _record(self, ln: int) -> str:
         """The text of the record starting on line `ln`, for error reports after parsing."""
@@ -303,24 +323,54 @@ class _Body:
 
     def _finish(self) -> list[ParsedTable]:
         done: list[tuple[int, ParsedTable]] = []
+        body_errors = self.errors
         for table in self.tables.values():
             layouts = [lay for lay in table.layouts if lay.flat]
             if not layouts:
                 continue
-            mark = len(self.errors)
             known = self.known.get(table.name, {})
+            if self._too_many_columns(table, layouts, known):
+                continue
+            self.errors = LineErrors()  # this table's; dropped if the exact pass must redo it
             try:
                 if self.fast:
                     out = self._fast_finish(table, layouts, known)
                 else:
                     out = self._row_by_row(table, layouts, known)
             except (Fallback, pa.ArrowException):
-                del self.errors[mark:]  # the exact pass reports them again
+                self.errors = LineErrors()  # the exact pass reports them again
                 out = self._row_by_row(table, layouts, known)
+            finally:
+                body_errors.extend(self.errors)
+                self.errors = body_errors
             if out is not None:
                 done.append(out)
         done.sort(key=lambda pair: pair[0])
         return [t for _, t in done]
+
+    def _too_many_columns(self, table: Table, layouts: list[Layout], known: Mapping[str, ColumnType]) -> bool:
+        """Reject every line of a table whose lines name more columns than a table may hold.
+
+        The catalog would refuse the table's new columns all together anyway; judging it here
+        keeps a body of many distinct field names from costing work per column and layout.
+        """
+        if self.max_columns is None:
+            return False
+        names = {k for lay in layouts for k in lay.keys}
+        names.update(k for tags in table.series for k in tags)
+        names.update(known)
+        names.discard("time")
+        if len(names) <= self.max_columns:
+            return False
+        self.limit_hit = True
+        message = (
+            "Update to schema would exceed number of columns per table limit of"
+            f" {self.max_columns} columns"
+        )
+        for lay in layouts:
+            for ln in lay.flat[0 :: lay.stride]:
+                self._error(ln, self._record(ln) if self.errors.wants(ln) else "", message)
+        return True
 
     def _fast_finish(
         self, table: Table, layouts: list[Layout], known: Mapping[str, ColumnType]
@@ -509,13 +559,23 @@ def _scan_series(rec: str) -> tuple[str, dict[str, str], int]:
     return measurement, tags, pos
 
 
-def _scan(rec: str) -> tuple[str, dict[str, str], int, tuple[str, ...], tuple[Token, ...]]:
+def _scan(
+    rec: str, max_columns: int | None = None
+) -> tuple[str, dict[str, str], int, tuple[str, ...], tuple[Token, ...]]:
     """Split one record into measurement, tags, series end, field keys and canonical tokens.
 
     Tokens are the raw text of each field value (strings still quoted and escaped) and the
-    raw timestamp (or None) last; their values are checked later, per table.
+    raw timestamp (or None) last; their values are checked later, per table. Names are
+    checked here (name_problem), and a record with more than `max_columns` tags and fields
+    is rejected as soon as the scan passes that many.
     """
     measurement, tags, pos = _scan_series(rec)
+    if max_columns is not None and len(tags) > max_columns:
+        raise Reject(
+            f"the line has more than {max_columns} tags; a table holds at most {max_columns}"
+            " columns (catalog.max_columns)"
+        )
+    limit = max_columns - len(tags) if max_columns is not None else -1
     n = len(rec)
     series_end = pos
     if pos >= n or rec[pos] != " ":
@@ -544,6 +604,11 @@ def _scan(rec: str) -> tuple[str, dict[str, str], int, tuple[str, ...], tuple[To
             token, pos = rec[pos:end], end
         keys.append(key)
         tokens.append(token)
+        if len(keys) > limit >= 0:
+            raise Reject(
+                f"the line has more than {max_columns} tags and fields; a table holds at most"
+                f" {max_columns} columns (catalog.max_columns): split it into several lines"
+            )
         if pos < n and rec[pos] == ",":
             pos += 1
             continue
@@ -558,7 +623,19 @@ def _scan(rec: str) -> tuple[str, dict[str, str], int, tuple[str, ...], tuple[To
             if pos < n:
                 raise Reject(f"Could not parse entire line. Found trailing content: `{snip(rec[pos:])}`")
     tokens.append(timestamp)
+    if BAD_NAME_CHAR.search(rec, 0, pos) is not None:  # rare: find which name holds it
+        _check_name(measurement, "measurement")
+        for k in tags:
+            _check_name(k, "tag key")
+        for k in keys:
+            _check_name(k, "field key")
     return measurement, tags, series_end, tuple(keys), tuple(tokens)
+
+
+def _check_name(name: str, kind: str) -> None:
+    problem = name_problem(name)
+    if problem is not None:
+        raise Reject(f"invalid {kind} {snip(ascii(name), 40)}: it {problem}")
 
 
 def _skip(pattern: re.Pattern[str], rec: str, pos: int) -> int:

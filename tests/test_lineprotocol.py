@@ -12,7 +12,16 @@ from hypothesis import strategies as st
 
 from appliance import lineprotocol
 from appliance.lineprotocol import _Body, parse
-from appliance.model import ColumnType, ParsedTable, ParseResult, Precision
+from appliance.model import (
+    MAX_TIME_NS,
+    MIN_TIME_NS,
+    TIME_RANGE,
+    ColumnType,
+    ParsedTable,
+    ParseResult,
+    Precision,
+    name_problem,
+)
 
 NOW = 1_700_000_000_123_456_789
 
@@ -457,7 +466,7 @@ def test_known_types_on_the_fast_route() -> None:
     assert table.num_rows == 300 and "gone" not in table.fields
     clash: Known = {"weather": {"hum": ColumnType.FLOAT}}
     result = lp(body, known=clash)
-    assert result.tables == [] and len(result.errors) == 300
+    assert result.tables == [] and len(result.rejected) == 300
 
 
 def _conflict_message(name: str, expected: str, got: str) -> str:
@@ -545,9 +554,20 @@ def test_unparsable_timestamps(ts: str) -> None:
     assert error(f"m f=1 {ts}") == f"Unable to parse timestamp value `{ts}`"
 
 
-def test_int64_extreme_timestamps() -> None:
-    assert one("m f=1 9223372036854775807")["time"] == 2**63 - 1
-    assert one("m f=1 -9223372036854775808", Precision.AUTO)["time"] == -(2**63)
+def test_times_outside_whole_int64_days_are_rejected_naming_the_timestamp() -> None:
+    assert one(f"m f=1 {MAX_TIME_NS}")["time"] == MAX_TIME_NS  # 2262-04-10T23:59:59.999999999Z
+    assert one(f"m f=1 {MIN_TIME_NS}", Precision.AUTO)["time"] == MIN_TIME_NS  # 1677-09-22T00:00:00Z
+    for ts, precision in [
+        (2**63 - 1, Precision.NS),
+        (-(2**63), Precision.AUTO),
+        (MAX_TIME_NS + 1, Precision.NS),
+        (MIN_TIME_NS - 1, Precision.NS),
+        (MAX_TIME_NS // 10**9 + 1, Precision.S),
+    ]:
+        assert error(f"m f=1 {ts}", precision) == (
+            f"timestamp, {ts}, is outside the supported range {TIME_RANGE}"
+        )
+    assert error("m f=1 9223372037", Precision.S) == "timestamp, 9223372037, out of range for precision: Second"
 
 
 # -- size limits --------------------------------------------------------------------------
@@ -587,9 +607,9 @@ def test_regular_lines_take_the_fast_route(monkeypatch: pytest.MonkeyPatch) -> N
     calls: list[str] = []
     real = lineprotocol._scan
 
-    def counting(rec: str) -> Any:
+    def counting(rec: str, *args: Any) -> Any:
         calls.append(rec)
-        return real(rec)
+        return real(rec, *args)
 
     monkeypatch.setattr(lineprotocol, "_scan", counting)
     body = iot_body(2000).replace('"ok ', '"ok_')  # a space in a string needs the exact route
@@ -655,9 +675,8 @@ def test_fast_and_exact_routes_agree_on_a_large_mixed_body() -> None:
 # -- properties ---------------------------------------------------------------------------
 
 _NAME_CHARS = st.characters(codec="utf-8", exclude_characters="\n\t\r\x00")
-_names = st.text(_NAME_CHARS, min_size=1, max_size=8).filter(
-    lambda s: not s.endswith("\\") and s != "time" and not s.startswith("#")
-)
+_tag_values = st.text(_NAME_CHARS, min_size=1, max_size=8).filter(lambda s: not s.endswith("\\"))
+_names = _tag_values.filter(lambda s: s != "time" and not s.startswith("#") and name_problem(s) is None)
 _VALUES: dict[ColumnType, st.SearchStrategy[Any]] = {
     ColumnType.FLOAT: st.floats(allow_nan=False, allow_infinity=False),
     ColumnType.INTEGER: st.integers(-(2**63), 2**63 - 1),
@@ -702,12 +721,12 @@ def points(draw: st.DrawFn) -> tuple[list[tuple[str, dict[str, str], dict[str, A
     for _ in range(draw(st.integers(1, 12))):
         t = draw(st.sampled_from(tables))
         tag_keys, kinds = schemas[t]
-        tags = {k: draw(_names) for k in tag_keys if draw(st.booleans())}
+        tags = {k: draw(_tag_values) for k in tag_keys if draw(st.booleans())}
         chosen = draw(st.lists(st.sampled_from(list(kinds)), min_size=1, unique=True))
         fields = {}
         for k in chosen:
             fields[k] = (kinds[k], draw(_VALUES[kinds[k]]))
-        ts = draw(st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)))
+        ts = draw(st.one_of(st.none(), st.integers(MIN_TIME_NS, MAX_TIME_NS)))
         sp = " " * draw(st.integers(1, 3))
         series = _escape(t, ", ") + "".join(
             f",{_escape(k, ',= ')}={_escape(v, ',= ')}" for k, v in tags.items()

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from appliance import config, lineprotocol
 from appliance.errors import ConfigError
-from appliance.model import LineError
+from appliance.model import LineErrors
 from appliance.mqtt.ingest import Backoff, MqttIngest, _Message
 from appliance.write import WriteReport, WriteRequest
 
@@ -34,11 +34,15 @@ class FakeWrites:
     def submit(self, req: WriteRequest) -> WriteReport:
         self.requests.append(req)
         lines = req.body.split(b"\n")
-        errors = [LineError(n, "", "bad line") for n, line in enumerate(lines, 1) if line.startswith(b"bad")]
+        rejected = LineErrors()
+        for n, line in enumerate(lines, 1):
+            if line.startswith(b"bad"):
+                rejected.add(n, "", "bad line")
+        errors = rejected.listed()
         committed: Future[int] = Future()
         self.commits.append(committed)
         return WriteReport(
-            lines=len(lines), rows=len(lines) - len(errors), errors=errors, committed=committed
+            lines=len(lines), rows=len(lines) - len(errors), errors=errors, committed=committed, rejected=rejected
         )
 
     def commit_all(self) -> None:

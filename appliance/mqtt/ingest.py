@@ -96,6 +96,7 @@ class _Message:
     session: int  # connection number: an ack never goes to a later connection
     attempts: int = 0  # unexpected failures so far
     delayed: bool = False  # written again after a failure: wait a moment first
+    alone: bool = False  # failed in a batch: written by itself, so only a poison message fails
 
 
 @dataclass
@@ -410,9 +411,15 @@ class MqttIngest:
                 self._cond.wait_for(lambda: self._queue or self._stopping.is_set())
                 if not self._queue:
                     return
-                batch: list[_Message] = []
-                size = 0
-                while self._queue and len(batch) < BATCH_MESSAGES and size < BATCH_BYTES:
+                batch: list[_Message] = [self._queue.popleft()]
+                size = len(batch[0].payload)
+                while (
+                    not batch[0].alone
+                    and self._queue
+                    and not self._queue[0].alone
+                    and len(batch) < BATCH_MESSAGES
+                    and size < BATCH_BYTES
+                ):
                     batch.append(self._queue.popleft())
                     size += len(batch[-1].payload)
             if any(m.delayed for m in batch):  # a retry: give what failed a moment
@@ -433,6 +440,7 @@ class MqttIngest:
         given_up: list[_Message] = []
         for m in batch:
             m.attempts += 1
+            m.alone = True
             (again if m.attempts < MAX_ATTEMPTS else given_up).append(m)
         if given_up:
             parts = [_Part(m, errors=["internal error while writing it (see the log)"]) for m in given_up]
@@ -459,7 +467,11 @@ class MqttIngest:
         groups: dict[tuple[str, Precision, int], tuple[list[_Part], list[bytes]]] = {}
         loose: list[_Part] = []  # no route or a topic that does not parse: nothing to write
         for msg in batch:
-            part, body = self._convert(msg)
+            try:
+                part, body = self._convert(msg)
+            except Exception as e:  # a bug on one payload: that message alone is recorded as bad
+                log.exception("MQTT message on %r could not be converted; recorded as bad", msg.topic)
+                part, body = _Part(msg, errors=[f"internal error while converting it: {e!r:.200}"]), b""
             if msg.route is None or not body:
                 loose.append(part)
                 continue
@@ -522,10 +534,18 @@ class MqttIngest:
                 return None
         self.write_error = None
         starts = [p.first_line for p in parts]
+        numbers = sorted(report.rejected.numbers)  # every rejected line; the listed ones have text
+        for p in parts:
+            end = p.first_line + p.span
+            p.rejected += bisect.bisect_left(numbers, end) - bisect.bisect_left(numbers, p.first_line)
+        listed = [0] * len(parts)
         for err in report.errors:
-            part = parts[bisect.bisect_right(starts, err.line_number) - 1]
-            part.rejected += 1
-            part.errors.append(f"line {err.line_number - part.first_line + 1}: {err.error_message}")
+            i = bisect.bisect_right(starts, err.line_number) - 1
+            listed[i] += 1
+            parts[i].errors.append(f"line {err.line_number - parts[i].first_line + 1}: {err.error_message}")
+        for p, n in zip(parts, listed, strict=True):
+            if p.rejected > n:
+                p.errors.append(f"{p.rejected - n} more lines rejected (a write lists {len(report.errors)} at most)")
         self._record(parts)
         return report.committed
 
