@@ -102,7 +102,10 @@ def _parse(
             tag_keys,
             known.get(name, {}),
         )
-        if max_columns is not None and len({*typed, *tag_keys, *known.get(name, {})} - {"time"}) > max_columns:
+        if (
+            max_columns is not None
+            and len({*typed, *tag_keys, *known.get(name, {})} - {"time"}) > max_columns
+        ):
             raise _Bail  # more columns than a table holds: the exact parser rejects the table
         t_sids = sids if rows is None else sids.take(rows)
         tags = {k: tag_values[name, k].take(t_sids) for k in tag_keys}

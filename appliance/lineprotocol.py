@@ -41,7 +41,6 @@ from appliance._lpvec import try_parse
 from appliance.model import (
     BAD_NAME_CHAR,
     ColumnType,
-    LineError,
     LineErrors,
     ParsedTable,
     ParseResult,
@@ -85,6 +84,7 @@ _CLOSED_LINE = (
 )
 _CLOSED_BODY = re.compile(rb"(?:" + _CLOSED_LINE + rb"\n)*+" + _CLOSED_LINE)
 _MRU_LAYOUTS = 4
+_CACHED_BAD_RECORDS, _CACHED_BAD_CHARS = 1024, 256
 _FAST_LAYOUTS_PER_TABLE = 32
 
 
@@ -138,6 +138,7 @@ class _Body:
         # raw series text -> [layout match, layout append, series id, table, recent layouts]
         self.series: dict[str, list[Any]] = {}
         self.multiline: dict[int, str] = {}
+        self.bad_records: dict[str, str] = {}  # short rejected records and why
         self.scan_errors = 0
         try:
             self.text = body.decode("utf-8")
@@ -283,6 +284,11 @@ class _Body:
             text = text[:-1]
         if "\n" in text:
             self.multiline[ln] = text
+        reason = self.bad_records.get(text)
+        if reason is not None:  # the same bad record again (a body of junk): no second scan
+            self.scan_errors += 1
+            self._error(ln, text, reason)
+            return
         try:
             if self.dirty and _bad_utf8(text):
                 raise Reject("invalid UTF-8 in line")
@@ -290,6 +296,8 @@ class _Body:
         except Reject as exc:
             self.scan_errors += 1
             self._error(ln, text, str(exc))
+            if len(text) <= _CACHED_BAD_CHARS and len(self.bad_records) < _CACHED_BAD_RECORDS:
+                self.bad_records[text] = str(exc)
             return
         series = text[:series_end]
         ent = self.series.get(series) or self._register(series, measurement, tags)
@@ -364,8 +372,7 @@ class _Body:
             return False
         self.limit_hit = True
         message = (
-            "Update to schema would exceed number of columns per table limit of"
-            f" {self.max_columns} columns"
+            f"Update to schema would exceed number of columns per table limit of {self.max_columns} columns"
         )
         for lay in layouts:
             for ln in lay.flat[0 :: lay.stride]:

@@ -567,7 +567,9 @@ def test_times_outside_whole_int64_days_are_rejected_naming_the_timestamp() -> N
         assert error(f"m f=1 {ts}", precision) == (
             f"timestamp, {ts}, is outside the supported range {TIME_RANGE}"
         )
-    assert error("m f=1 9223372037", Precision.S) == "timestamp, 9223372037, out of range for precision: Second"
+    assert (
+        error("m f=1 9223372037", Precision.S) == "timestamp, 9223372037, out of range for precision: Second"
+    )
 
 
 # -- size limits --------------------------------------------------------------------------

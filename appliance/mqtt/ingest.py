@@ -20,6 +20,7 @@ import collections
 import functools
 import itertools
 import logging
+import re
 import threading
 import time
 import urllib.parse
@@ -45,6 +46,9 @@ from ..write import WriteRequest, WriteService
 from .payload import NO_MEASUREMENT, JsonOptions, PayloadError, TopicParsing, json_to_lines, retag_lines
 
 log = logging.getLogger("appliance.mqtt")
+
+#: The start of a line that is neither blank nor a comment.
+_DATA_LINE = re.compile(rb"^[ \t\r\v\f]*+[^ \t\r\v\f\n#]", re.MULTILINE)
 
 #: Most messages and payload bytes the batcher turns into one write.
 BATCH_MESSAGES = 10_000
@@ -109,6 +113,7 @@ class _Part:
     lines: int = 0  # lines of data
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
+    unlisted: int = 0  # rejected lines past the ones a write describes
 
 
 @dataclass
@@ -511,7 +516,7 @@ class MqttIngest:
             errors = []
             body = retag_lines(msg.payload, measurement, tags, errors)
         body = body.rstrip(b"\n")
-        lines = sum(1 for line in body.split(b"\n") if line.strip() and not line.lstrip().startswith(b"#"))
+        lines = sum(1 for _ in _DATA_LINE.finditer(body))  # no list of lines: memory stays flat
         return _Part(msg, span=body.count(b"\n") + 1, lines=lines, errors=list(errors)), body
 
     def _submit(self, db: str, precision: Precision, body: bytes, parts: list[_Part]) -> Future[Any] | None:
@@ -544,8 +549,7 @@ class MqttIngest:
             listed[i] += 1
             parts[i].errors.append(f"line {err.line_number - parts[i].first_line + 1}: {err.error_message}")
         for p, n in zip(parts, listed, strict=True):
-            if p.rejected > n:
-                p.errors.append(f"{p.rejected - n} more lines rejected (a write lists {len(report.errors)} at most)")
+            p.unlisted = p.rejected - n
         self._record(parts)
         return report.committed
 
@@ -564,6 +568,8 @@ class MqttIngest:
             reason = "; ".join(p.errors[:3]) + (
                 f"; and {len(p.errors) - 3} more" if len(p.errors) > 3 else ""
             )
+            if p.unlisted:
+                reason += f"; {p.rejected} lines rejected in all"
             self.errors.append(
                 (p.msg.arrival_ns, p.msg.topic[:TOPIC_KEPT], reason, p.msg.payload[:PAYLOAD_HEAD])
             )
