@@ -250,7 +250,11 @@ class _Body:
         if table is None:
             table = self.tables[measurement] = Table(measurement)
         table.series.append(tags)
-        recent = [table.last] if table.last is not None else []
+        last = table.last
+        fits = last is not None and (
+            self.max_columns is None or len(tags) + len(last.keys) <= self.max_columns
+        )
+        recent = [last] if fits else []  # a layout too wide with these tags: the scanner rejects
         first = recent[0] if recent else None
         ent = [
             first.match if first else NEVER,
@@ -365,7 +369,8 @@ class _Body:
         if self.max_columns is None:
             return False
         names = {k for lay in layouts for k in lay.keys}
-        names.update(k for tags in table.series for k in tags)
+        used = {sid for lay in layouts for sid in lay.flat[1 :: lay.stride]}  # series of kept lines
+        names.update(k for sid in used for k in table.series[sid])
         names.update(known)
         names.discard("time")
         if len(names) <= self.max_columns:

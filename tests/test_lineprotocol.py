@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from typing import Any
 
 import pyarrow as pa
@@ -11,9 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance import lineprotocol
+from appliance._lpvec import try_parse
 from appliance.lineprotocol import _Body, parse
 from appliance.model import (
     MAX_TIME_NS,
+    BAD_NAME_CHAR,
     MIN_TIME_NS,
     TIME_RANGE,
     ColumnType,
@@ -60,7 +63,7 @@ def canon(result: ParseResult) -> Any:
         for t in result.tables
     ]
     errors = [(e.line_number, e.original_line, e.error_message) for e in result.errors]
-    return tables, errors, result.lines
+    return tables, errors, result.lines, sorted(result.rejected.numbers), result.limit_hit
 
 
 def rows(table: ParsedTable) -> list[dict[str, Any]]:
@@ -763,7 +766,10 @@ def test_round_trip(case: tuple[list[Any], str]) -> None:
     assert set(got) == {p[0] for p in pts}
 
 
-_JUNK = st.text(st.sampled_from(list('ab=,"\\ \t\r\n#-.eiut0159\x00é')), max_size=40)
+_JUNK = st.one_of(
+    st.text(st.sampled_from(list('ab=,"\\ \t\r\n#-.eiut0159\x00é\x01\u200b\u202e\ufeff\ue000')), max_size=40),
+    st.sampled_from(["99999999999999999999i", "18446744073709551616u", "-9223372036854775808", "1e99999"]),
+)
 
 
 @st.composite
@@ -823,6 +829,8 @@ _TIMES = [
     " 1700000000000",
     " 9999999999999",
     " 9223372036854775807",
+    " -9223286400000000000",
+    " -9223286400000000001",
     " 99999999999999999999",
     " x",
     "  7  ",
@@ -883,3 +891,77 @@ def test_never_raises(body: bytes, precision: Precision) -> None:
             *(a for _, a in table.fields.values()),
         ]:
             assert len(arr) == table.num_rows
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(mutated_bodies(), repetitive_bodies(), st.binary(max_size=200)),
+    st.sampled_from(list(Precision)),
+    st.integers(1, 6),
+    st.integers(1, 150),
+)
+def test_fuzz_with_a_column_limit_every_route_agrees_and_nothing_raises(
+    body: bytes, precision: Precision, max_columns: int, copies: int
+) -> None:
+    """Random and mutated bodies (NUL, invisible characters, escapes, huge numbers), repeated so
+    that the vectorised route sees some: parse() equals both exact routes, which never raise."""
+    if copies > 100 and len(body) < 4000:
+        body = b"\n".join([body] * copies)
+    got = canon(parse(body, precision, NOW, max_columns=max_columns))
+    for fast in (True, False):
+        assert got == canon(_Body(body, precision, NOW, fast, max_columns=max_columns).result(safe=False))
+    vec = try_parse(body, precision, NOW, scan=lineprotocol._scan, max_columns=max_columns)
+    assert vec is None or canon(vec) == got
+
+
+def test_the_bad_name_characters_are_the_unicode_categories_named() -> None:
+    wanted = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co"}
+    bad = [c for c in range(0x110000) if unicodedata.category(chr(c)) in wanted]
+    assert [c for c in range(0x110000) if BAD_NAME_CHAR.match(chr(c))] == bad
+
+
+@pytest.mark.parametrize(
+    "char", ["\x00", "\x1f", "\x7f", "\x85", "\u200b", "\u200d", "\u202e", "\u2066", "\ufeff", "\ue000"]
+)
+def test_names_with_control_or_invisible_characters_are_rejected_naming_them(char: str) -> None:
+    code = f"U+{ord(char):04X}"
+    for line, kind in [
+        (f"m{char} f=1", "measurement"),
+        (f"m,t{char}=v f=1", "tag key"),
+        (f"m f{char}=1", "field key"),
+    ]:
+        message = error(line)
+        if char == "\x00" and kind == "measurement":
+            continue  # as in InfluxDB, NUL ends a measurement: "Expected at least one space..."
+        assert message.startswith(f"invalid {kind} ") and code in message, message
+    # as values they are data
+    assert one(f'm,t=a{char}b s="x{char}y" 1')["t"] == f"a{char}b"
+
+
+def test_a_line_with_more_fields_than_a_table_holds_is_rejected_without_scanning_them_all() -> None:
+    body = ("m,a=1,b=2 " + ",".join(f"f{i}=1" for i in range(200_000))).encode()
+    result = parse(body, Precision.NS, NOW, max_columns=500)
+    assert [e.error_message for e in result.errors] == [
+        "the line has more than 500 tags and fields; a table holds at most 500 columns"
+        " (catalog.max_columns): split it into several lines"
+    ]
+    assert one("m,a=1,b=2 f1=1,f2=2 1")["f2"] == 2.0
+    assert parse(b"m,a=1,b=2 f1=1 1", Precision.NS, NOW, max_columns=3).errors == []
+    assert parse(b"m,a=1,b=2 f1=1,f2=2 1", Precision.NS, NOW, max_columns=3).errors[0].line_number == 1
+
+
+def test_a_table_naming_more_columns_than_it_may_hold_is_rejected_whole() -> None:
+    body = "\n".join(f"m f{i}=1 {i}" for i in range(1, 8)) + "\nother v=1 1"
+    result = parse(body.encode(), Precision.NS, NOW, max_columns=5)
+    assert result.limit_hit and [t.name for t in result.tables] == ["other"]
+    assert [e.line_number for e in result.errors] == list(range(1, 8))
+    ok = parse(body.encode(), Precision.NS, NOW, max_columns=5, known={"m": {"f1": ColumnType.FLOAT}})
+    assert ok.limit_hit
+    assert not parse(body.encode(), Precision.NS, NOW, max_columns=7).limit_hit
+
+
+def test_error_details_are_bounded_and_every_line_counted() -> None:
+    body = b"x\n" * 10_000 + b"m f=1 1"
+    result = parse(body, Precision.NS, NOW)
+    assert len(result.errors) == 100 and [e.line_number for e in result.errors] == list(range(1, 101))
+    assert len(result.rejected) == 10_000 and result.tables[0].num_rows == 1
