@@ -15,8 +15,8 @@ from appliance import lineprotocol
 from appliance._lpvec import try_parse
 from appliance.lineprotocol import _Body, parse
 from appliance.model import (
-    MAX_TIME_NS,
     BAD_NAME_CHAR,
+    MAX_TIME_NS,
     MIN_TIME_NS,
     TIME_RANGE,
     ColumnType,
