@@ -38,6 +38,7 @@ _FLOAT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _TIMESTAMP = re.compile(r"-?[0-9]+")
 _UNESCAPE_STRING = re.compile(r'\\(["\\])')
 
+_FEW_LAYOUTS = 16  # more layouts in a table: gather its tokens column-wise (_gather_many)
 NEVER: Callable[[str], re.Match[str] | None] = re.compile(r"(?!)").fullmatch
 # Layout regexes only use keys that are their own raw spelling and cannot move InfluxDB's
 # quote tracking (which counts unescaped `=` and `,` after the first space), and values that
@@ -146,24 +147,10 @@ def build(
         names = list(dict.fromkeys(k for lay in layouts for k in lay.keys))
     else:
         names = [k for k, kind in kept[1].items() if kind is not ColumnType.TAG]
-    lines, sids, times = [], [], []
-    # Per column, the layouts that have it and their tokens: work in proportion to the tokens,
-    # not to layouts times columns (a body whose every line has other fields).
-    parts: dict[str, list[tuple[int, pa.Array]]] = {k: [] for k in names}
-    starts = [0]
-    for n, lay in enumerate(layouts):
-        flat, stride = lay.flat, lay.stride
-        mask = pa.array(kept[0][n], pa.bool_()) if kept is not None else None
-        lines.append(_take(pa.array(flat[0::stride], pa.int32()), mask))
-        sids.append(_take(pa.array(flat[1::stride], pa.int32()), mask))
-        times.append(_take(pa.array(flat[stride - 1 :: stride], pa.string()), mask))
-        starts.append(starts[-1] + len(lines[-1]))
-        for k, i in lay.index.items():
-            col = parts.get(k)
-            if col is not None:
-                col.append((n, _take(pa.array(flat[2 + i :: stride], pa.string()), mask)))
-    line_numbers, sid_array, time_tokens = _concat(lines), _concat(sids), _concat(times)
-    columns = {k: _spread(col, starts) for k, col in parts.items()}
+    if len(layouts) > _FEW_LAYOUTS:
+        line_numbers, sid_array, time_tokens, columns = _gather_many(layouts, names, kept)
+    else:
+        line_numbers, sid_array, time_tokens, columns = _gather_few(layouts, names, kept)
     if len(layouts) > 1:  # layouts are stored apart; one permutation restores line order
         order = pc.sort_indices(line_numbers)
         line_numbers, sid_array, time_tokens = (
@@ -193,18 +180,84 @@ def build(
     return first, ParsedTable(table.name, len(line_numbers), time, line_numbers, tags, fields)
 
 
-def _spread(pieces: list[tuple[int, pa.Array]], starts: list[int]) -> pa.Array:
-    """One column over every layout's rows: each layout's tokens, nulls where it lacks the column."""
-    out: list[pa.Array] = []
-    pos = 0
-    for n, arr in pieces:
-        if starts[n] > pos:
-            out.append(pa.nulls(starts[n] - pos, pa.string()))
-        out.append(arr)
-        pos = starts[n] + len(arr)
-    if starts[-1] > pos:
-        out.append(pa.nulls(starts[-1] - pos, pa.string()))
-    return _concat(out)
+_Gathered = tuple[pa.Array, pa.Array, pa.Array, dict[str, pa.Array]]
+_Kept = tuple[list[list[bool]], dict[str, ColumnType]] | None
+
+
+def _gather_few(layouts: list[Layout], names: list[str], kept: _Kept) -> _Gathered:
+    """Line numbers, series ids, timestamp and value tokens (layout after layout), per layout."""
+    lines, sids, times = [], [], []
+    parts: dict[str, list[pa.Array]] = {k: [] for k in names}
+    for n, lay in enumerate(layouts):
+        flat, stride = lay.flat, lay.stride
+        mask = pa.array(kept[0][n], pa.bool_()) if kept is not None else None
+        lines.append(_take(pa.array(flat[0::stride], pa.int32()), mask))
+        sids.append(_take(pa.array(flat[1::stride], pa.int32()), mask))
+        times.append(_take(pa.array(flat[stride - 1 :: stride], pa.string()), mask))
+        for k, col in parts.items():
+            i = lay.index.get(k)
+            col.append(
+                _take(
+                    pa.array(flat[2 + i :: stride] if i is not None else [None] * lay.rows, pa.string()), mask
+                )
+            )
+    columns = {k: _concat(col) for k, col in parts.items()}
+    return _concat(lines), _concat(sids), _concat(times), columns
+
+
+def _gather_many(layouts: list[Layout], names: list[str], kept: _Kept) -> _Gathered:
+    """_gather_few for many layouts (a body whose lines each have other fields): the tokens of
+    every layout go into one array with their column and row, and each column is scattered
+    from it, so the kernel calls are per column, not per layout and column."""
+    column_of = {k: j for j, k in enumerate(names)}
+    lines: list[int] = []
+    sids: list[int] = []
+    stamps: list[Token] = []
+    tokens: list[Token] = []
+    cols: list[int] = []
+    rows_at: list[int] = []
+    for lay in layouts:
+        flat, stride, rows, start = lay.flat, lay.stride, lay.rows, len(lines)
+        lines += flat[0::stride]
+        sids += flat[1::stride]
+        stamps += flat[stride - 1 :: stride]
+        for k, i in lay.index.items():
+            j = column_of.get(k)
+            if j is not None:
+                tokens += flat[2 + i :: stride]
+                cols += [j] * rows
+                rows_at += range(start, start + rows)
+    n = len(lines)
+    cells = pa.table({"c": pa.array(cols, pa.int32()), "r": pa.array(rows_at, pa.int32())})
+    order = pc.sort_indices(cells, sort_keys=[("c", "ascending"), ("r", "ascending")])
+    values = pa.array(tokens, pa.string()).take(order)
+    at = cells.column("r").combine_chunks().take(order)
+    counts = pc.value_counts(cells.column("c").combine_chunks()).to_pylist()
+    count = {c["values"]: c["counts"] for c in counts}
+    every = pa.array(range(n), pa.int32())
+    columns: dict[str, pa.Array] = {}
+    offset = 0
+    for j, k in enumerate(names):
+        m = count.get(j, 0)
+        mine, where = values.slice(offset, m), at.slice(offset, m)
+        offset += m
+        if m == n:
+            columns[k] = mine
+        else:
+            hit = pc.is_in(every, value_set=where)
+            columns[k] = pc.replace_with_mask(pa.nulls(n, pa.string()), hit, mine)
+    line_numbers = pa.array(lines, pa.int32())
+    sid_array = pa.array(sids, pa.int32())
+    time_tokens = pa.array(stamps, pa.string())
+    if kept is not None:
+        mask = pa.array([b for per_layout in kept[0] for b in per_layout], pa.bool_())
+        line_numbers, sid_array, time_tokens = (
+            line_numbers.filter(mask),
+            sid_array.filter(mask),
+            time_tokens.filter(mask),
+        )
+        columns = {k: arr.filter(mask) for k, arr in columns.items()}
+    return line_numbers, sid_array, time_tokens, columns
 
 
 def kind_codes(tokens: list[Token]) -> list[int]:

@@ -407,12 +407,25 @@ class _Body:
         """
         tagsets: dict[frozenset[str], int] = {}
         series_sigs = [tagsets.setdefault(frozenset(tags), len(tagsets)) for tags in table.series]
-        sigs: list[list[tuple[int, ...]]] = []
-        for n, lay in enumerate(layouts):
+        # One kernel pass over every value token and one over every timestamp, for all layouts
+        # at once: a body whose lines each have their own layout costs no kernel calls per line.
+        values: list[Token] = []
+        stamps: list[Token] = []
+        for lay in layouts:
             flat, stride = lay.flat, lay.stride
-            codes = [kind_codes(flat[2 + i :: stride]) for i in range(len(lay.keys))]
+            for i in range(len(lay.keys)):
+                values += flat[2 + i :: stride]
+            stamps += flat[stride - 1 :: stride]
+        all_codes, all_times = kind_codes(values), time_codes(stamps)
+        sigs: list[list[tuple[int, ...]]] = []
+        at = done = 0
+        for n, lay in enumerate(layouts):
+            flat, stride, rows = lay.flat, lay.stride, lay.rows
+            codes = [all_codes[at + i * rows : at + (i + 1) * rows] for i in range(len(lay.keys))]
+            at += rows * len(lay.keys)
             tagset = [series_sigs[sid] for sid in flat[1::stride]]
-            sigs.append(list(zip(repeat(n), tagset, time_codes(flat[stride - 1 :: stride]), *codes)))
+            sigs.append(list(zip(repeat(n), tagset, all_times[done : done + rows], *codes)))
+            done += rows
         rows = [(lay.flat[r * lay.stride], n, r) for n, lay in enumerate(layouts) for r in range(lay.rows)]
         if len(layouts) > 1:
             rows.sort()

@@ -965,3 +965,27 @@ def test_error_details_are_bounded_and_every_line_counted() -> None:
     result = parse(body, Precision.NS, NOW)
     assert len(result.errors) == 100 and [e.line_number for e in result.errors] == list(range(1, 101))
     assert len(result.rejected) == 10_000 and result.tables[0].num_rows == 1
+
+
+@st.composite
+def many_layout_bodies(draw: st.DrawFn) -> bytes:
+    """Tables whose lines each carry other fields (more layouts than the per-layout gathering takes)."""
+    keys = [f"k{i}" for i in range(draw(st.integers(2, 30)))]
+    lines = []
+    for n in range(draw(st.integers(17, 60))):
+        chosen = draw(st.lists(st.sampled_from(keys), min_size=1, max_size=6, unique=True))
+        tokens = [
+            draw(st.sampled_from(_TOKENS)) if draw(st.integers(0, 19)) == 0 else f"{n}i" for _ in chosen
+        ]
+        series = draw(st.sampled_from(["m", "m,t=a", "m,u=b", "n"]))
+        lines.append(f"{series} {','.join(f'{k}={v}' for k, v in zip(chosen, tokens, strict=True))} {n}")
+    return "\n".join(lines).encode()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(many_layout_bodies(), st.one_of(st.none(), st.integers(3, 40)))
+def test_tables_of_many_layouts_equal_the_exact_route(body: bytes, max_columns: int | None) -> None:
+    fast = _Body(body, Precision.NS, NOW, True, max_columns=max_columns).result(safe=False)
+    assert canon(fast) == canon(
+        _Body(body, Precision.NS, NOW, False, max_columns=max_columns).result(safe=False)
+    )
