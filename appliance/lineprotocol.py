@@ -420,12 +420,12 @@ class _Body:
         sigs: list[list[tuple[int, ...]]] = []
         at = done = 0
         for n, lay in enumerate(layouts):
-            flat, stride, rows = lay.flat, lay.stride, lay.rows
-            codes = [all_codes[at + i * rows : at + (i + 1) * rows] for i in range(len(lay.keys))]
-            at += rows * len(lay.keys)
+            flat, stride, count = lay.flat, lay.stride, lay.rows
+            codes = [all_codes[at + i * count : at + (i + 1) * count] for i in range(len(lay.keys))]
+            at += count * len(lay.keys)
             tagset = [series_sigs[sid] for sid in flat[1::stride]]
-            sigs.append(list(zip(repeat(n), tagset, all_times[done : done + rows], *codes)))
-            done += rows
+            sigs.append(list(zip(repeat(n), tagset, all_times[done : done + count], *codes)))
+            done += count
         rows = [(lay.flat[r * lay.stride], n, r) for n, lay in enumerate(layouts) for r in range(lay.rows)]
         if len(layouts) > 1:
             rows.sort()
