@@ -45,6 +45,7 @@ def try_parse(
     *,
     scan: Scanner,
     max_columns: int | None = None,
+    max_new_tables: tuple[int, str] | None = None,
 ) -> ParseResult | None:
     """The exact parser's result for a regular, error-free body; None for any other body.
 
@@ -52,9 +53,13 @@ def try_parse(
     layout's keys; it must raise Reject for a line it rejects.
     """
     try:
-        return _parse(body, precision, now_ns, known or {}, scan, max_columns)
+        known = known or {}
+        result = _parse(body, precision, now_ns, known, scan, max_columns)
     except (_Bail, Reject, pa.ArrowException):
         return None
+    if max_new_tables is not None and sum(t.name not in known for t in result.tables) > max_new_tables[0]:
+        return None  # more new tables than there is room for: the exact parser refuses the rest
+    return result
 
 
 def _parse(

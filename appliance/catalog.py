@@ -238,14 +238,9 @@ class Catalog:
         if current is None:
             check_table_name(table)
             if self.table_count() + change.new_tables >= self.limits.max_tables:
-                raise LimitExceeded(
-                    f"Update to schema would exceed number of tables limit of {self.limits.max_tables} tables"
-                )
+                raise LimitExceeded(self._tables_limit())
             if len(db.tables) + change.new_tables_in.get(db.id, 0) >= self.limits.max_tables_per_database:
-                raise LimitExceeded(
-                    f"Update to schema would exceed the limit of {self.limits.max_tables_per_database}"
-                    f" tables in database {db.name!r} (catalog.max_tables_per_database)"
-                )
+                raise LimitExceeded(self._database_tables_limit(db.name))
         columns = current.columns if current is not None else {TIME_COLUMN: ColumnType.TIME}
         added = {n: t for n, t in new_columns.items() if n not in columns}
         if current is not None and not added:
@@ -264,6 +259,27 @@ class Catalog:
         updated = TableDef(table_id, table, {**columns, **added})
         change.tables[(db.id, table)] = updated
         return updated
+
+    def table_room(self, db_name: str) -> tuple[int, str]:
+        """How many tables a write to `db_name` may still add, and the error for one past that.
+
+        A hint for the parser (it refuses the lines of tables past it early); extend_table decides.
+        """
+        db = self._dbs.get(db_name)
+        total = self.limits.max_tables - self.table_count()
+        in_db = self.limits.max_tables_per_database - (len(db.tables) if db is not None else 0)
+        if in_db < total:
+            return max(in_db, 0), self._database_tables_limit(db_name)
+        return max(total, 0), self._tables_limit()
+
+    def _tables_limit(self) -> str:
+        return f"Update to schema would exceed number of tables limit of {self.limits.max_tables} tables"
+
+    def _database_tables_limit(self, db_name: str) -> str:
+        return (
+            f"Update to schema would exceed the limit of {self.limits.max_tables_per_database}"
+            f" tables in database {db_name!r} (catalog.max_tables_per_database)"
+        )
 
     def commit(self, change: SchemaChange) -> None:
         """Make `change` durable, then visible; call with `lock` held. On failure nothing changes."""

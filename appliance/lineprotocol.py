@@ -95,6 +95,7 @@ def parse(
     *,
     known: Mapping[str, Mapping[str, ColumnType]] | None = None,
     max_columns: int | None = None,
+    table_room: tuple[int, str] | None = None,
 ) -> ParseResult:
     """Parse a line protocol body into per-table Arrow columns and per-line errors; never raises.
 
@@ -103,15 +104,18 @@ def parse(
     fixed, as InfluxDB does; without it a column's type comes from its first line here.
     `max_columns` (the catalog's limit) rejects, before any per-field work, a line with more
     tags and fields than a table may hold, and every line of a table whose lines name more
-    columns than that between them (`limit_hit`).
+    columns than that between them (`limit_hit`). `table_room` is how many tables the body may
+    add that `known` lacks, and the message for the lines of any table past that (`limit_hit`).
     """
     try:  # regular bodies: whole-body Arrow kernels that release the GIL (None: not regular)
-        result = try_parse(body, precision, now_ns, known, scan=_scan, max_columns=max_columns)
+        result = try_parse(
+            body, precision, now_ns, known, scan=_scan, max_columns=max_columns, max_new_tables=table_room
+        )
     except Exception:  # a bug there must not make parse() raise: the routes below answer
         result = None
     if result is not None:
         return result
-    return _Body(body, precision, now_ns, fast=True, known=known, max_columns=max_columns).result()
+    return _Body(body, precision, now_ns, True, known, max_columns, table_room).result()
 
 
 class _Body:
@@ -125,9 +129,11 @@ class _Body:
         fast: bool,
         known: Mapping[str, Mapping[str, ColumnType]] | None = None,
         max_columns: int | None = None,
+        table_room: tuple[int, str] | None = None,
     ) -> None:
         self.body, self.now_ns, self.known = body, now_ns, known or {}
         self.max_columns = max_columns
+        self.room = self.start_room = table_room  # new tables the body may still add, and why not
         self.limit_hit = False
         self.precision = precision
         unit = precision.ns_per_unit
@@ -162,7 +168,15 @@ class _Body:
             if not safe:
                 raise
             if self.fast:
-                again = _Body(self.body, self.precision, self.now_ns, False, self.known, self.max_columns)
+                again = _Body(
+                    self.body,
+                    self.precision,
+                    self.now_ns,
+                    False,
+                    self.known,
+                    self.max_columns,
+                    self.start_room,
+                )
                 return again.result()
             errors = LineErrors()
             errors.add(1, _original_line(self.lines[0]), f"internal parser error: {exc!r}")
@@ -244,10 +258,15 @@ class _Body:
         parsed = split_series(key)
         return self._register(key, *parsed) if parsed is not None else None
 
-    def _register(self, raw: str, measurement: str, tags: dict[str, str]) -> list[Any]:
-        """Cache a parsed series key; its first layout guess is the table's latest layout."""
+    def _register(self, raw: str, measurement: str, tags: dict[str, str]) -> list[Any] | None:
+        """Cache a parsed series key; its first layout guess is the table's latest layout.
+
+        None for a new table once the body has used up the room for new tables.
+        """
         table = self.tables.get(measurement)
         if table is None:
+            if self.room is not None and self.room[0] <= 0 and measurement not in self.known:
+                return None
             table = self.tables[measurement] = Table(measurement)
         table.series.append(tags)
         last = table.last
@@ -305,6 +324,16 @@ class _Body:
             return
         series = text[:series_end]
         ent = self.series.get(series) or self._register(series, measurement, tags)
+        if ent is not None and not ent[3].layouts and self.room is not None and measurement not in self.known:
+            if self.room[0] > 0:
+                self.room = (self.room[0] - 1, self.room[1])  # the table's first row: it takes room
+            else:
+                ent = None
+        if ent is None:  # a new table past the room left for tables
+            self.limit_hit = True
+            self.scan_errors += 1
+            self._error(ln, text, self.room[1] if self.room is not None else "")
+            return
         table: Table = ent[3]
         lay = table.by_keys.get(keys)
         if lay is None:

@@ -87,6 +87,7 @@ class WriteService:
             self.clock(),
             known=_KnownColumns(self.catalog.get(req.db)),
             max_columns=self.catalog.limits.max_columns,
+            table_room=self.catalog.table_room(req.db),
         )
         report = WriteReport(lines=parsed.lines, rejected=parsed.rejected, limit_hit=parsed.limit_hit)
         BYTES.inc(len(req.body), protocol=req.protocol)

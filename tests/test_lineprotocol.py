@@ -907,11 +907,35 @@ def test_fuzz_with_a_column_limit_every_route_agrees_and_nothing_raises(
     that the vectorised route sees some: parse() equals both exact routes, which never raise."""
     if copies > 100 and len(body) < 4000:
         body = b"\n".join([body] * copies)
-    got = canon(parse(body, precision, NOW, max_columns=max_columns))
+    room = (copies % 4, "no room") if copies % 5 else None
+    got = canon(parse(body, precision, NOW, max_columns=max_columns, table_room=room))
     for fast in (True, False):
-        assert got == canon(_Body(body, precision, NOW, fast, max_columns=max_columns).result(safe=False))
-    vec = try_parse(body, precision, NOW, scan=lineprotocol._scan, max_columns=max_columns)
+        exact = _Body(body, precision, NOW, fast, max_columns=max_columns, table_room=room)
+        assert got == canon(exact.result(safe=False))
+    vec = try_parse(
+        body, precision, NOW, scan=lineprotocol._scan, max_columns=max_columns, max_new_tables=room
+    )
     assert vec is None or canon(vec) == got
+
+
+def test_tables_past_the_room_left_are_refused_in_order() -> None:
+    body = b"a v=1 1\nb v=x 1\nb v=1 2\nc v=1 1\nknown v=1 1\nd v=1 1\na v=2 2"
+    result = lp_room(body, (2, "no room for it"))
+    assert [t.name for t in result.tables] == ["a", "b", "known"] and result.limit_hit
+    assert [(e.line_number, e.error_message) for e in result.errors][1:] == [
+        (4, "no room for it"),
+        (6, "no room for it"),
+    ]
+
+
+def lp_room(body: bytes, room: tuple[int, str]) -> ParseResult:
+    known: Known = {"known": {"v": ColumnType.FLOAT}}
+    result = parse(body, Precision.NS, NOW, known=known, table_room=room)
+    for fast in (True, False):
+        assert canon(result) == canon(
+            _Body(body, Precision.NS, NOW, fast, known, None, room).result(safe=False)
+        )
+    return result
 
 
 def test_the_bad_name_characters_are_the_unicode_categories_named() -> None:

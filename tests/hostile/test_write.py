@@ -143,6 +143,23 @@ def test_lines_that_name_more_columns_than_a_table_holds_are_refused_without_wor
     assert rows(server, "db", "SELECT v FROM other") == [{"v": 1.0}]
 
 
+def test_a_body_naming_half_a_million_tables_is_refused_quickly_while_others_write(server: Server) -> None:
+    flood = "\n".join(f"m{i} v=1 1" for i in range(600_000)).encode()  # 11 MB, 600,000 tables
+    answers: list[Any] = []
+    attacker = threading.Thread(target=lambda: answers.append(v3(server, "flood", flood)))
+    attacker.start()
+    for n in range(5):
+        start = time.monotonic()
+        assert v3(server, "db", f"ok v={n} {n + 1}000000000").status == 204
+        assert server.request("GET", "/health").status == 200
+        assert time.monotonic() - start < 5
+    attacker.join(60)
+    (r,) = answers
+    assert r.status == 422 and len(r.body) < 20_000
+    assert "599000 lines were rejected" in r.json()["error"]
+    assert "limit of 1000 tables in database 'flood'" in r.json()["data"][0]["error_message"]
+
+
 # -- item 14: tables per database --------------------------------------------------------------------
 def test_one_database_cannot_take_every_table(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
@@ -161,17 +178,24 @@ def test_one_database_cannot_take_every_table(tmp_path: Path) -> None:
 
 
 # -- item 15: times outside what partitions can name -------------------------------------------------
-@pytest.mark.parametrize(
-    ("ts", "precision"),
-    [(-(2**63), "ns"), (2**63 - 1, "ns"), (9_223_372_037, "s"), (9_223_286_400, "s"), (-(2**63), "auto")],
-)
-def test_a_time_outside_whole_int64_days_gets_a_line_error_naming_it(
-    server: Server, ts: int, precision: str
-) -> None:
-    r = v3(server, "db", f"{GOOD}\nt v=1 {ts}", precision=precision)
-    assert r.status == 400, r.body
-    (err,) = r.json()["data"]
-    assert err["line_number"] == 2 and f"timestamp, {ts}," in err["error_message"]
+def test_a_time_outside_whole_int64_days_gets_a_line_error_naming_it(server: Server) -> None:
+    for ts, precision in [
+        (-(2**63), "ns"),
+        (2**63 - 1, "ns"),
+        (9_223_372_037, "s"),  # overflows int64 once scaled to ns
+        (9_223_286_400, "s"),  # 2262-04-11T00:00:00Z: in int64, past the last whole day
+        (-9_223_286_400_001, "ms"),  # just before 1677-09-22T00:00:00Z
+        (-(2**63), "auto"),
+    ]:
+        r = v3(server, "db", f"{GOOD}\nt v=1 {ts}", precision=precision)
+        assert r.status == 400, r.body
+        (err,) = r.json()["data"]
+        assert err["line_number"] == 2 and f"timestamp, {ts}," in err["error_message"], err
+        r = server.request("POST", "/api/v2/write", {"bucket": "db", "precision": precision}, f"t v=1 {ts}")
+        assert r.status == 400 and str(ts) in r.json()["message"]
+    # the good line was stored each time (1e9 read as ns, s and ms: three points)
+    assert server.query("db", "SELECT count(*) AS n FROM cpu") == [{"n": 3}]
+    assert server.request("GET", "/api/v3/query_sql", {"db": "db", "q": "SELECT * FROM t"}).status != 200
 
 
 def test_the_edge_times_land_in_their_own_date_folders(server: Server) -> None:
