@@ -436,7 +436,8 @@ class MqttIngest:
             except _Abandoned:
                 self._release(batch)
             except Exception:
-                log.exception("MQTT batch of %d messages failed; trying it again", len(batch))
+                if not any(m.attempts for m in batch):  # once: retries of the same messages stay quiet
+                    log.exception("MQTT batch of %d messages failed; writing each alone again", len(batch))
                 self._retry(batch)
 
     def _retry(self, batch: list[_Message]) -> None:
