@@ -540,7 +540,7 @@ class MqttIngest:
                 return None
         self.write_error = None
         starts = [p.first_line for p in parts]
-        numbers = sorted(report.rejected.numbers)  # every rejected line; the listed ones have text
+        numbers = report.rejected.sorted_numbers()  # every rejected line; the listed ones have text
         for p in parts:
             end = p.first_line + p.span
             p.rejected += bisect.bisect_left(numbers, end) - bisect.bisect_left(numbers, p.first_line)
