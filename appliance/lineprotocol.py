@@ -145,6 +145,7 @@ class _Body:
         self.series: dict[str, list[Any]] = {}
         self.multiline: dict[int, str] = {}
         self.bad_records: dict[str, str] = {}  # short rejected records and why
+        self.slow_keys: set[str] = set()  # short series keys the fast route cannot take (yet)
         self.scan_errors = 0
         try:
             self.text = body.decode("utf-8")
@@ -235,8 +236,9 @@ class _Body:
     ) -> None:
         """A fast line whose series is new or whose layout differs from the series' last one."""
         if ent is None:
-            ent = self._fast_series(key)
-        if ent is not None:
+            if key not in self.slow_keys and self._new_series(ln, key, rest):
+                return
+        else:
             for lay in ent[4]:
                 m = lay.match(rest)
                 if m is not None:
@@ -245,18 +247,43 @@ class _Body:
                     return
         self._slow(ln, raw, it)
 
-    def _fast_series(self, key: str) -> list[Any] | None:
-        """Parse the series key of a fast-route line; None when the exact route must decide."""
+    def _new_series(self, ln: int, key: str, rest: str) -> bool:
+        """Store a line of a new series if its table's latest layout reads it.
+
+        The series is cached only then (or by the exact route once a line of it is stored), so
+        that lines which are rejected, however many and however different, leave nothing behind.
+        """
+        parsed = self._fast_series(key)
+        table = self.tables.get(parsed[0]) if parsed is not None else None
+        if parsed is None or table is None:
+            if len(self.slow_keys) < _CACHED_BAD_RECORDS and len(key) <= _CACHED_BAD_CHARS:
+                self.slow_keys.add(key)  # a body of junk: do not read the same key again
+            return False
+        lay = table.last
+        if lay is None or lay.match is None:
+            return False
+        if self.max_columns is not None and len(parsed[1]) + len(lay.keys) > self.max_columns:
+            return False  # too wide with these tags: the scanner rejects it
+        m = lay.match(rest)
+        if m is None:
+            return False
+        ent = self._register(key, *parsed)
+        assert ent is not None  # its table exists
+        lay.extend((ln, ent[2], *m.groups()))
+        _use_layout(ent, lay)
+        return True
+
+    def _fast_series(self, key: str) -> tuple[str, dict[str, str]] | None:
+        """Measurement and tags of a fast-route line's series key; None when the exact route must decide."""
         if not key or key[0] == "#" or len(key) > MAX_STRING_BYTES // 4 or BAD_NAME_CHAR.search(key):
             return None  # the exact route decides (a bad character may sit in a value, which is fine)
-        if "\t" in key or "\x00" in key or "\\" in key:
+        if "\\" in key:
             try:
                 measurement, tags, end = _scan_series(key)
             except Reject:
                 return None
-            return self._register(key, measurement, tags) if end == len(key) else None
-        parsed = split_series(key)
-        return self._register(key, *parsed) if parsed is not None else None
+            return (measurement, tags) if end == len(key) else None
+        return split_series(key)
 
     def _register(self, raw: str, measurement: str, tags: dict[str, str]) -> list[Any] | None:
         """Cache a parsed series key; its first layout guess is the table's latest layout.
