@@ -127,6 +127,8 @@ def _lines(body: bytes) -> tuple[pa.Array, pa.Array]:
         body = body.replace(b"\r\n", b"\n")  # the exact parser takes CRLF like LF
     if len(body) < _MIN_LINES * 5 or any(c in body for c in _REJECT):  # 5: `m f=1`
         raise _Bail
+    if 2 * body.count(b" ") < body.count(b"\n"):
+        raise _Bail  # most lines without a space: junk (or mostly blank), no Arrow work for it
     lines = pc.split_pattern(pa.array([body], pa.string()), "\n").values  # raises on bad UTF-8
     if body[-1:] == b"\n":
         lines = lines.slice(0, len(lines) - 1)  # the empty "line" after the last newline
@@ -142,8 +144,8 @@ def _lines(body: bytes) -> tuple[pa.Array, pa.Array]:
         lines = lines.take(keep)
     else:
         keep = _arange(len(lines))
-    if len(lines) < _MIN_LINES:
-        raise _Bail
+    if len(lines) < _MIN_LINES or body.count(b" ") < len(lines):
+        raise _Bail  # too few lines, or fewer spaces than lines (junk): the exact parser's job
     return lines, pc.add(keep, _i32(1))
 
 

@@ -11,6 +11,8 @@ duplicate fields or name clashes, is finished line by line with exact checks.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
 from collections.abc import Iterator, Mapping
 from itertools import repeat
@@ -85,6 +87,7 @@ _CLOSED_LINE = (
 _CLOSED_BODY = re.compile(rb"(?:" + _CLOSED_LINE + rb"\n)*+" + _CLOSED_LINE)
 _MRU_LAYOUTS = 4
 _CACHED_BAD_RECORDS, _CACHED_BAD_CHARS = 1024, 256
+_CHUNK_CHARS = 1 << 20
 _FAST_LAYOUTS_PER_TABLE = 32
 
 
@@ -154,7 +157,11 @@ class _Body:
             # Keep going: bad bytes become lone surrogates and only their line is rejected.
             self.text = body.decode("utf-8", "surrogateescape")
             self.dirty = True
-        self.lines = self.text.split("\n")
+        # Lines are split a chunk at a time (_numbered): a body of millions of short lines never
+        # holds a str per line all at once. Chunk starts (line number, text span) find a line later.
+        self.chunk_starts: list[int] = []
+        self.chunk_spans: list[tuple[int, int]] = []
+        self._chunk: tuple[int, list[str]] = (-1, [])
 
     def result(self, safe: bool = True) -> ParseResult:
         """Parse the body (once per _Body).
@@ -180,7 +187,7 @@ class _Body:
                 )
                 return again.result()
             errors = LineErrors()
-            errors.add(1, _original_line(self.lines[0]), f"internal parser error: {exc!r}")
+            errors.add(1, _original_line(self.text.partition("\n")[0]), f"internal parser error: {exc!r}")
             return ParseResult([], errors.listed(), 1, errors)
         rows = sum(lay.rows for t in self.tables.values() for lay in t.layouts)
         return ParseResult(tables, self.errors.listed(), rows + self.scan_errors, self.errors, self.limit_hit)
@@ -188,7 +195,7 @@ class _Body:
     # -- line routing ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        it = enumerate(self.lines, 1)
+        it = self._numbered()
         if not self.fast:
             for ln, line in it:
                 self._slow(ln, line, it)
@@ -379,11 +386,38 @@ class _Body:
         else:
             self.errors.count(ln)
 
+    def _numbered(self) -> Iterator[tuple[int, str]]:
+        """(line number, physical line) over the whole text, as enumerate(text.split("\\n"), 1)."""
+        return itertools.chain.from_iterable(self._chunks())
+
+    def _chunks(self) -> Iterator[Iterator[tuple[int, str]]]:
+        text, n = self.text, len(self.text)
+        pos, ln = 0, 1
+        while True:
+            cut = text.find("\n", pos + _CHUNK_CHARS) if n - pos > _CHUNK_CHARS else -1
+            end = n if cut == -1 else cut
+            lines = (text if pos == 0 and end == n else text[pos:end]).split("\n")
+            self.chunk_starts.append(ln)
+            self.chunk_spans.append((pos, end))
+            yield enumerate(lines, ln)
+            if cut == -1:
+                return
+            ln += len(lines)
+            pos = cut + 1
+
+    def _line(self, ln: int) -> str:
+        """Physical line `ln` (after the run: every chunk is known), re-split from its chunk."""
+        i = bisect.bisect_right(self.chunk_starts, ln) - 1
+        if self._chunk[0] != i:
+            start, end = self.chunk_spans[i]
+            self._chunk = (i, self.text[start:end].split("\n"))
+        return self._chunk[1][ln - self.chunk_starts[i]]
+
     def _record(self, ln: int) -> str:
         """The text of the record starting on line `ln`, for error reports after parsing."""
         text = self.multiline.get(ln)
         if text is None:
-            text = self.lines[ln - 1]
+            text = self._line(ln)
             text = (text[:-1] if text.endswith("\r") else text).lstrip(" \t")
         return text
 
@@ -494,7 +528,7 @@ class _Body:
                 try:
                     self._judge(schema, used, table, layouts[n], r * layouts[n].stride)
                 except Reject as exc:
-                    self._error(ln, self._record(ln), str(exc))
+                    self._error(ln, self._record(ln) if self.errors.wants(ln) else "", str(exc))
                     continue
                 accepted.add(sig)
             keep[n][r] = True
@@ -511,7 +545,7 @@ class _Body:
             try:
                 typed, time = self._judge(schema, used, table, lay, i)
             except Reject as exc:
-                self._error(ln, self._record(ln), str(exc))
+                self._error(ln, self._record(ln) if self.errors.wants(ln) else "", str(exc))
                 continue
             values = {k: v for k, (_, v) in zip(lay.keys, typed, strict=True)}
             accepted.append((ln, table.series[lay.flat[i + 1]], values, time))

@@ -1013,3 +1013,17 @@ def test_tables_of_many_layouts_equal_the_exact_route(body: bytes, max_columns: 
     assert canon(fast) == canon(
         _Body(body, Precision.NS, NOW, False, max_columns=max_columns).result(safe=False)
     )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(mutated_bodies(), repetitive_bodies()), st.integers(1, 40))
+def test_splitting_the_text_in_chunks_changes_nothing(body: bytes, chunk: int) -> None:
+    """Lines are split a chunk at a time; records spanning chunks and errors reported after the
+    run (which re-split a chunk) come out as with one chunk."""
+    whole = canon(_Body(body, Precision.NS, NOW, True).result(safe=False))
+    default, lineprotocol._CHUNK_CHARS = lineprotocol._CHUNK_CHARS, chunk
+    try:
+        for fast in (True, False):
+            assert canon(_Body(body, Precision.NS, NOW, fast).result(safe=False)) == whole
+    finally:
+        lineprotocol._CHUNK_CHARS = default
