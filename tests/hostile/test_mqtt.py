@@ -76,7 +76,7 @@ def test_a_ten_megabyte_message_of_bad_lines_is_recorded_once_and_not_redelivere
         errors[0]["reason"].endswith("and 97 more; 5000000 lines rejected in all")
         and len(errors[0]["reason"]) < 2000
     )
-    assert vm_hwm_mb(server) < max(500, baseline + 350), (baseline, vm_hwm_mb(server))
+    assert vm_hwm_mb(server) < baseline + 250, (baseline, vm_hwm_mb(server))  # was +2.9 GB (OOM)
     counted = 'appliance_mqtt_errors_total{subscription="lp/#"} 1'
     wait_for(lambda: counted in server.request("GET", "/metrics").text, 10, "the message counted as bad")
     broker.publish("lp/ok", ["ok v=1 1000000000"])
