@@ -88,6 +88,8 @@ _CLOSED_BODY = re.compile(rb"(?:" + _CLOSED_LINE + rb"\n)*+" + _CLOSED_LINE)
 _MRU_LAYOUTS = 4
 _CACHED_BAD_RECORDS, _CACHED_BAD_CHARS = 1024, 256
 _CHUNK_CHARS = 1 << 20
+_COLUMNWISE_ROWS = 8  # fewer rows in a table: finish it row by row
+_COMPILE_KEYS, _BYTES_PER_COMPILED_KEY = 256, 256  # layout regexes a body may compile, in keys
 _FAST_LAYOUTS_PER_TABLE = 32
 
 
@@ -149,6 +151,7 @@ class _Body:
         self.multiline: dict[int, str] = {}
         self.bad_records: dict[str, str] = {}  # short rejected records and why
         self.slow_keys: set[str] = set()  # short series keys the fast route cannot take (yet)
+        self.compile_budget = _COMPILE_KEYS + len(body) // _BYTES_PER_COMPILED_KEY
         self.scan_errors = 0
         try:
             self.text = body.decode("utf-8")
@@ -266,7 +269,7 @@ class _Body:
             if len(self.slow_keys) < _CACHED_BAD_RECORDS and len(key) <= _CACHED_BAD_CHARS:
                 self.slow_keys.add(key)  # a body of junk: do not read the same key again
             return False
-        lay = table.last
+        lay = table.last  # always a layout with a regex (_use_layout sets it)
         if lay is None or lay.match is None:
             return False
         if self.max_columns is not None and len(parsed[1]) + len(lay.keys) > self.max_columns:
@@ -274,10 +277,11 @@ class _Body:
         m = lay.match(rest)
         if m is None:
             return False
-        ent = self._register(key, *parsed)
-        assert ent is not None  # its table exists
-        lay.extend((ln, ent[2], *m.groups()))
-        _use_layout(ent, lay)
+        # Registered as _register and _use_layout would (the layout is the table's latest).
+        table.series.append(parsed[1])
+        sid = len(table.series) - 1
+        self.series[key] = [lay.match, lay.extend, sid, table, [lay]]
+        lay.extend((ln, sid, *m.groups()))
         return True
 
     def _fast_series(self, key: str) -> tuple[str, dict[str, str]] | None:
@@ -372,9 +376,17 @@ class _Body:
         lay = table.by_keys.get(keys)
         if lay is None:
             # Past a few dozen layouts a table is irregular; compiling more regexes costs more
-            # than the fast route saves.
-            fast = self.fast and len(table.layouts) < _FAST_LAYOUTS_PER_TABLE
+            # than the fast route saves. A regex costs ~90 us per key to compile: a body gets
+            # keys in proportion to its size, so that wide layouts of new tables, one after
+            # the other, cannot cost more time compiling than parsing.
+            fast = (
+                self.fast
+                and len(table.layouts) < _FAST_LAYOUTS_PER_TABLE
+                and len(keys) <= self.compile_budget
+            )
             lay = table.by_keys[keys] = Layout(keys, fast)
+            if lay.match is not None:
+                self.compile_budget -= len(keys)
             table.layouts.append(lay)
         lay.extend((ln, ent[2], *tokens))
         if lay.match is not None:
@@ -435,9 +447,9 @@ class _Body:
                 continue
             self.errors = LineErrors()  # this table's; dropped if the exact pass must redo it
             try:
-                if self.fast:
+                if self.fast and sum(lay.rows for lay in layouts) >= _COLUMNWISE_ROWS:
                     out = self._fast_finish(table, layouts, known)
-                else:
+                else:  # a few rows: Python per value costs less than kernel calls per column
                     out = self._row_by_row(table, layouts, known)
             except (Fallback, pa.ArrowException):
                 self.errors = LineErrors()  # the exact pass reports them again

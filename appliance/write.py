@@ -151,7 +151,12 @@ class WriteService:
         new_columns = {
             name: kind
             for name, (kind, arr) in incoming.items()
-            if name not in known and pc.any(pc.and_(arr.is_valid(), keep)).as_py()
+            if name not in known
+            and (
+                arr.null_count < len(arr)
+                if not any_rejected
+                else pc.any(pc.and_(arr.is_valid(), keep)).as_py()
+            )
         }
         if new_columns or existing is None:
             try:
