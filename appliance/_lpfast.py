@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from appliance.model import ColumnType, ParsedTable, Precision
+from appliance.model import MAX_TIME_NS, MIN_TIME_NS, ColumnType, ParsedTable, Precision, time_problem
 
 MAX_STRING_BYTES = 1 << 20
 TOO_LONG = "String is greater than 1MB"
@@ -38,6 +38,7 @@ _FLOAT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _TIMESTAMP = re.compile(r"-?[0-9]+")
 _UNESCAPE_STRING = re.compile(r'\\(["\\])')
 
+_FEW_LAYOUTS = 16  # more layouts in a table: gather its tokens column-wise (_gather_many)
 NEVER: Callable[[str], re.Match[str] | None] = re.compile(r"(?!)").fullmatch
 # Layout regexes only use keys that are their own raw spelling and cannot move InfluxDB's
 # quote tracking (which counts unescaped `=` and `,` after the first space), and values that
@@ -146,23 +147,10 @@ def build(
         names = list(dict.fromkeys(k for lay in layouts for k in lay.keys))
     else:
         names = [k for k, kind in kept[1].items() if kind is not ColumnType.TAG]
-    lines, sids, times = [], [], []
-    parts: dict[str, list[pa.Array]] = {k: [] for k in names}
-    for n, lay in enumerate(layouts):
-        flat, stride = lay.flat, lay.stride
-        mask = pa.array(kept[0][n], pa.bool_()) if kept is not None else None
-        lines.append(_take(pa.array(flat[0::stride], pa.int32()), mask))
-        sids.append(_take(pa.array(flat[1::stride], pa.int32()), mask))
-        times.append(_take(pa.array(flat[stride - 1 :: stride], pa.string()), mask))
-        for k, col in parts.items():
-            i = lay.index.get(k)
-            col.append(
-                _take(
-                    pa.array(flat[2 + i :: stride] if i is not None else [None] * lay.rows, pa.string()), mask
-                )
-            )
-    line_numbers, sid_array, time_tokens = _concat(lines), _concat(sids), _concat(times)
-    columns = {k: _concat(col) for k, col in parts.items()}
+    if len(layouts) > _FEW_LAYOUTS:
+        line_numbers, sid_array, time_tokens, columns = _gather_many(layouts, names, kept)
+    else:
+        line_numbers, sid_array, time_tokens, columns = _gather_few(layouts, names, kept)
     if len(layouts) > 1:  # layouts are stored apart; one permutation restores line order
         order = pc.sort_indices(line_numbers)
         line_numbers, sid_array, time_tokens = (
@@ -190,6 +178,86 @@ def build(
     time = _time(time_tokens, precision, default_time)
     first = line_numbers[0].as_py()
     return first, ParsedTable(table.name, len(line_numbers), time, line_numbers, tags, fields)
+
+
+_Gathered = tuple[pa.Array, pa.Array, pa.Array, dict[str, pa.Array]]
+_Kept = tuple[list[list[bool]], dict[str, ColumnType]] | None
+
+
+def _gather_few(layouts: list[Layout], names: list[str], kept: _Kept) -> _Gathered:
+    """Line numbers, series ids, timestamp and value tokens (layout after layout), per layout."""
+    lines, sids, times = [], [], []
+    parts: dict[str, list[pa.Array]] = {k: [] for k in names}
+    for n, lay in enumerate(layouts):
+        flat, stride = lay.flat, lay.stride
+        mask = pa.array(kept[0][n], pa.bool_()) if kept is not None else None
+        lines.append(_take(pa.array(flat[0::stride], pa.int32()), mask))
+        sids.append(_take(pa.array(flat[1::stride], pa.int32()), mask))
+        times.append(_take(pa.array(flat[stride - 1 :: stride], pa.string()), mask))
+        for k, col in parts.items():
+            i = lay.index.get(k)
+            col.append(
+                _take(
+                    pa.array(flat[2 + i :: stride] if i is not None else [None] * lay.rows, pa.string()), mask
+                )
+            )
+    columns = {k: _concat(col) for k, col in parts.items()}
+    return _concat(lines), _concat(sids), _concat(times), columns
+
+
+def _gather_many(layouts: list[Layout], names: list[str], kept: _Kept) -> _Gathered:
+    """_gather_few for many layouts (a body whose lines each have other fields): the tokens of
+    every layout go into one array with their column and row, and each column is scattered
+    from it, so the kernel calls are per column, not per layout and column."""
+    column_of = {k: j for j, k in enumerate(names)}
+    lines: list[int] = []
+    sids: list[int] = []
+    stamps: list[Token] = []
+    tokens: list[Token] = []
+    cols: list[int] = []
+    rows_at: list[int] = []
+    for lay in layouts:
+        flat, stride, rows, start = lay.flat, lay.stride, lay.rows, len(lines)
+        lines += flat[0::stride]
+        sids += flat[1::stride]
+        stamps += flat[stride - 1 :: stride]
+        for k, i in lay.index.items():
+            j = column_of.get(k)
+            if j is not None:
+                tokens += flat[2 + i :: stride]
+                cols += [j] * rows
+                rows_at += range(start, start + rows)
+    n = len(lines)
+    cells = pa.table({"c": pa.array(cols, pa.int32()), "r": pa.array(rows_at, pa.int32())})
+    order = pc.sort_indices(cells, sort_keys=[("c", "ascending"), ("r", "ascending")])
+    values = pa.array(tokens, pa.string()).take(order)
+    at = cells.column("r").combine_chunks().take(order)
+    counts = pc.value_counts(cells.column("c").combine_chunks()).to_pylist()
+    count = {c["values"]: c["counts"] for c in counts}
+    every = pa.array(range(n), pa.int32())
+    columns: dict[str, pa.Array] = {}
+    offset = 0
+    for j, k in enumerate(names):
+        m = count.get(j, 0)
+        mine, where = values.slice(offset, m), at.slice(offset, m)
+        offset += m
+        if m == n:
+            columns[k] = mine
+        else:
+            hit = pc.is_in(every, value_set=where)
+            columns[k] = pc.replace_with_mask(pa.nulls(n, pa.string()), hit, mine)
+    line_numbers = pa.array(lines, pa.int32())
+    sid_array = pa.array(sids, pa.int32())
+    time_tokens = pa.array(stamps, pa.string())
+    if kept is not None:
+        mask = pa.array([b for per_layout in kept[0] for b in per_layout], pa.bool_())
+        line_numbers, sid_array, time_tokens = (
+            line_numbers.filter(mask),
+            sid_array.filter(mask),
+            time_tokens.filter(mask),
+        )
+        columns = {k: arr.filter(mask) for k, arr in columns.items()}
+    return line_numbers, sid_array, time_tokens, columns
 
 
 def kind_codes(tokens: list[Token]) -> list[int]:
@@ -306,6 +374,9 @@ def scale(ts: int | None, precision: Precision, default_time: int) -> int:
     if not _I64_MIN <= ns <= _I64_MAX:
         name = _PRECISION_NAMES.get(precision, "Auto")
         raise Reject(f"timestamp, {ts}, out of range for precision: {name}")
+    problem = time_problem(ns)
+    if problem is not None:
+        raise Reject(f"timestamp, {ts}, {problem}")
     return ns
 
 
@@ -350,7 +421,15 @@ def _time(arr: pa.Array, precision: Precision, default_time: int) -> pa.Array:
     if not pc.all(pc.match_substring_regex(arr, r"^-?[0-9]+$")).as_py():
         raise Fallback
     ts = scale_timestamps(pc.cast(arr, pa.int64()), precision)
+    if not in_time_range(ts):
+        raise Fallback  # the exact pass names the timestamp
     return ts.fill_null(default_time) if ts.null_count else ts
+
+
+def in_time_range(ts: pa.Array) -> bool:
+    """Whether every (non-null) time in ns lies in MIN_TIME_NS..MAX_TIME_NS."""
+    span = pc.min_max(ts).as_py()
+    return span["min"] is None or (span["min"] >= MIN_TIME_NS and span["max"] <= MAX_TIME_NS)
 
 
 def scale_timestamps(ts: pa.Array, precision: Precision) -> pa.Array:

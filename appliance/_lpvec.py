@@ -17,12 +17,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from appliance._lpfast import BOOLS, MAX_STRING_BYTES, TRUE, Reject, scale_timestamps
-from appliance.model import ColumnType, ParsedTable, ParseResult, Precision
+from appliance._lpfast import BOOLS, MAX_STRING_BYTES, TRUE, Reject, in_time_range, scale_timestamps
+from appliance.model import BAD_NAME_CHAR, ColumnType, ParsedTable, ParseResult, Precision
 
-Scanner = Callable[[str], tuple[Any, ...]]  # the exact scanner of one record: lineprotocol._scan
+Scanner = Callable[[str, int | None], tuple[Any, ...]]  # the exact scanner of one record: lineprotocol._scan
 
 _MIN_LINES = 100  # fewer lines: the fixed cost (~90 kernel calls, ~0.4 ms) outweighs the gain
+_SAMPLE_BYTES = 1 << 16  # the start of a body looked at to tell junk (counting it all costs ~7%)
 _MAX_LAYOUTS = 16  # more series or field layouts than this: irregular, the exact parser's job
 _REJECT = (b"\\", b"\t", b"\x00", b"\r")  # escapes, tabs, NULs, lone CRs: the exact scanner's job
 _FLOAT = r"^-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?$"
@@ -44,6 +45,8 @@ def try_parse(
     known: Mapping[str, Mapping[str, ColumnType]] | None = None,
     *,
     scan: Scanner,
+    max_columns: int | None = None,
+    max_new_tables: tuple[int, str] | None = None,
 ) -> ParseResult | None:
     """The exact parser's result for a regular, error-free body; None for any other body.
 
@@ -51,9 +54,13 @@ def try_parse(
     layout's keys; it must raise Reject for a line it rejects.
     """
     try:
-        return _parse(body, precision, now_ns, known or {}, scan)
+        known = known or {}
+        result = _parse(body, precision, now_ns, known, scan, max_columns)
     except (_Bail, Reject, pa.ArrowException):
         return None
+    if max_new_tables is not None and sum(t.name not in known for t in result.tables) > max_new_tables[0]:
+        return None  # more new tables than there is room for: the exact parser refuses the rest
+    return result
 
 
 def _parse(
@@ -62,6 +69,7 @@ def _parse(
     now_ns: int,
     known: Mapping[str, Mapping[str, ColumnType]],
     scan: Scanner,
+    max_columns: int | None = None,
 ) -> ParseResult:
     """try_parse() without the safety net: _Bail (or an Arrow error) for any irregular body."""
     lines, numbers = _lines(body)
@@ -86,14 +94,25 @@ def _parse(
     sids = series.indices
     row_table = table_of.take(sids) if table_of is not None else None
     pieces = _Pieces(pc.split_pattern(fields, ","))
+    if max_columns is not None and pc.max(pieces.counts).as_py() > max_columns:
+        raise _Bail  # a line with too many fields: the exact parser rejects it early
     out = []
     for t, (name, tag_keys) in enumerate(tables):
         rows = None  # all rows: the body has one table
         if row_table is not None:
             rows = pc.indices_nonzero(pc.equal(row_table, _i32(t))).cast(pa.int32())
         typed = _table_fields(
-            pieces, rows, lambda i: _field_prefixes(scan, lines[i].as_py()), tag_keys, known.get(name, {})
+            pieces,
+            rows,
+            lambda i: _field_prefixes(scan, lines[i].as_py(), max_columns),
+            tag_keys,
+            known.get(name, {}),
         )
+        if (
+            max_columns is not None
+            and len({*typed, *tag_keys, *known.get(name, {})} - {"time"}) > max_columns
+        ):
+            raise _Bail  # more columns than a table holds: the exact parser rejects the table
         t_sids = sids if rows is None else sids.take(rows)
         tags = {k: tag_values[name, k].take(t_sids) for k in tag_keys}
         t_time = time if rows is None else time.take(rows)
@@ -109,6 +128,8 @@ def _lines(body: bytes) -> tuple[pa.Array, pa.Array]:
         body = body.replace(b"\r\n", b"\n")  # the exact parser takes CRLF like LF
     if len(body) < _MIN_LINES * 5 or any(c in body for c in _REJECT):  # 5: `m f=1`
         raise _Bail
+    if 2 * body.count(b" ", 0, _SAMPLE_BYTES) < body.count(b"\n", 0, _SAMPLE_BYTES):
+        raise _Bail  # most lines without a space: junk (or mostly blank), no Arrow work for it
     lines = pc.split_pattern(pa.array([body], pa.string()), "\n").values  # raises on bad UTF-8
     if body[-1:] == b"\n":
         lines = lines.slice(0, len(lines) - 1)  # the empty "line" after the last newline
@@ -177,12 +198,14 @@ def _series_prefixes(text: str) -> list[str]:
         prefixes.append(k + "=")
     if not name or len(set(prefixes[1:])) != len(pairs):
         raise _Bail  # a repeated tag: the exact parser decides which value wins
+    if any(BAD_NAME_CHAR.search(p) for p in prefixes):
+        raise _Bail  # a name the exact parser rejects
     return prefixes
 
 
-def _field_prefixes(scan: Scanner, line: str) -> list[str]:
+def _field_prefixes(scan: Scanner, line: str, max_columns: int | None) -> list[str]:
     """`key=` per field of one line, as the exact scanner reads it; _Bail unless plainly regular."""
-    keys: tuple[str, ...] = scan(line)[3]
+    keys: tuple[str, ...] = scan(line, max_columns)[3]
     if len(set(keys)) != len(keys):
         raise _Bail  # a duplicate field is an error
     if any("," in k or '"' in k for k in keys):
@@ -346,6 +369,8 @@ def _time(stamps: pa.Array, precision: Precision, now_ns: int) -> pa.Array:
     _check_digits(stamps, signed=True)
     # Beyond int64, or overflow when scaled, raises: an error line for the exact parser.
     ts = scale_timestamps(pc.cast(stamps, pa.int64()), precision)
+    if not in_time_range(ts):
+        raise _Bail  # the exact parser names the timestamp
     return ts.fill_null(pa.scalar(default, pa.int64())) if ts.null_count else ts
 
 

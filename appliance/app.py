@@ -320,7 +320,12 @@ def build(config: Config) -> App:
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_data_dir(data_dir)
     wal = Wal(data_dir / "lmdb", config.map_size)
-    catalog = Catalog(wal, CatalogLimits(config.max_databases, config.max_tables, config.max_columns))
+    catalog = Catalog(
+        wal,
+        CatalogLimits(
+            config.max_databases, config.max_tables, config.max_columns, config.max_tables_per_database
+        ),
+    )
     manifest = Manifest(wal, data_dir / "parquet")
     buffer = Buffer(config.max_buffer_bytes)
     queue = SyncQueue(wal)

@@ -19,7 +19,7 @@ import msgpack
 import pyarrow as pa
 
 from .errors import CatalogError, Conflict, LimitExceeded, NotFound
-from .model import TIME_COLUMN, ColumnType
+from .model import TIME_COLUMN, ColumnType, name_problem
 from .wal import Wal
 
 _DB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*(/[A-Za-z0-9_\-]+)?")
@@ -44,11 +44,17 @@ def check_database_name(name: str) -> None:
 
 
 def check_table_name(name: str) -> None:
-    """A table name must be non-empty, printable and at most MAX_NAME_BYTES of UTF-8."""
-    if not name or not name.isprintable():
-        raise CatalogError(f"invalid table name {name!r}: it must be non-empty and printable")
+    """A table name must pass name_problem() and be at most MAX_NAME_BYTES of UTF-8."""
+    check_column_name(name, "table name")
     if len(name.encode()) > MAX_NAME_BYTES:
         raise CatalogError(f"table name {name[:40]!r}... is longer than {MAX_NAME_BYTES} bytes")
+
+
+def check_column_name(name: str, what: str = "column name") -> None:
+    """The rule for table, tag and field names (name_problem), as the write path applies it."""
+    problem = name_problem(name)
+    if problem is not None:
+        raise CatalogError(f"invalid {what} {name!r}: it {problem}")
 
 
 @dataclass
@@ -108,6 +114,7 @@ class CatalogLimits:
     max_databases: int = 100
     max_tables: int = 2000
     max_columns: int = 500
+    max_tables_per_database: int = 1000
 
 
 TxnStep = Callable[[lmdb.Transaction, Wal], None]
@@ -132,6 +139,7 @@ class SchemaChange:
     tables: dict[tuple[int, str], TableDef] = field(default_factory=dict)  # new or grown
     retention: dict[str, int | None] = field(default_factory=dict)
     new_tables: int = 0
+    new_tables_in: dict[int, int] = field(default_factory=dict)  # by database id
 
     def take_id(self) -> int:
         self.next_id += 1
@@ -230,9 +238,9 @@ class Catalog:
         if current is None:
             check_table_name(table)
             if self.table_count() + change.new_tables >= self.limits.max_tables:
-                raise LimitExceeded(
-                    f"Update to schema would exceed number of tables limit of {self.limits.max_tables} tables"
-                )
+                raise LimitExceeded(self._tables_limit())
+            if len(db.tables) + change.new_tables_in.get(db.id, 0) >= self.limits.max_tables_per_database:
+                raise LimitExceeded(self._database_tables_limit(db.name))
         columns = current.columns if current is not None else {TIME_COLUMN: ColumnType.TIME}
         added = {n: t for n, t in new_columns.items() if n not in columns}
         if current is not None and not added:
@@ -244,12 +252,34 @@ class Catalog:
             )
         if current is None:
             change.new_tables += 1
+            change.new_tables_in[db.id] = change.new_tables_in.get(db.id, 0) + 1
             table_id = change.take_id()
         else:
             table_id = current.id
         updated = TableDef(table_id, table, {**columns, **added})
         change.tables[(db.id, table)] = updated
         return updated
+
+    def table_room(self, db_name: str) -> tuple[int, str]:
+        """How many tables a write to `db_name` may still add, and the error for one past that.
+
+        A hint for the parser (it refuses the lines of tables past it early); extend_table decides.
+        """
+        db = self._dbs.get(db_name)
+        total = self.limits.max_tables - self.table_count()
+        in_db = self.limits.max_tables_per_database - (len(db.tables) if db is not None else 0)
+        if in_db < total:
+            return max(in_db, 0), self._database_tables_limit(db_name)
+        return max(total, 0), self._tables_limit()
+
+    def _tables_limit(self) -> str:
+        return f"Update to schema would exceed number of tables limit of {self.limits.max_tables} tables"
+
+    def _database_tables_limit(self, db_name: str) -> str:
+        return (
+            f"Update to schema would exceed the limit of {self.limits.max_tables_per_database}"
+            f" tables in database {db_name!r} (catalog.max_tables_per_database)"
+        )
 
     def commit(self, change: SchemaChange) -> None:
         """Make `change` durable, then visible; call with `lock` held. On failure nothing changes."""
@@ -297,8 +327,7 @@ class Catalog:
         for col in [*tags, *fields]:
             if col == TIME_COLUMN:
                 raise CatalogError("a tag or field may not be named 'time'")
-            if not col or not col.isprintable():
-                raise CatalogError(f"invalid column name {col!r}: it must be non-empty and printable")
+            check_column_name(col)
         both = set(tags) & set(fields)
         if both:
             raise CatalogError(f"column {sorted(both)[0]!r} is given as both a tag and a field")

@@ -400,6 +400,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("catalog", "max_tables", 2000, _positive_int, "Most tables across all databases."),
     Setting(
         "catalog",
+        "max_tables_per_database",
+        1000,
+        _positive_int,
+        "Most tables in one database, so that one writer (an MQTT topic tree, say) cannot use up"
+        " max_tables for every database.",
+    ),
+    Setting(
+        "catalog",
         "max_columns",
         500,
         _positive_int,
@@ -782,6 +790,7 @@ class Config:
     retention_check_interval: int
     max_databases: int
     max_tables: int
+    max_tables_per_database: int
     max_columns: int
     memory_limit: int
     timeout: int

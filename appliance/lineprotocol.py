@@ -11,6 +11,8 @@ duplicate fields or name clashes, is finished line by line with exact checks.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
 from collections.abc import Iterator, Mapping
 from itertools import repeat
@@ -38,7 +40,15 @@ from appliance._lpfast import (
     time_codes,
 )
 from appliance._lpvec import try_parse
-from appliance.model import ColumnType, LineError, ParsedTable, ParseResult, Precision
+from appliance.model import (
+    BAD_NAME_CHAR,
+    ColumnType,
+    LineErrors,
+    ParsedTable,
+    ParseResult,
+    Precision,
+    name_problem,
+)
 
 ORIGINAL_LINE_BYTES = 20
 _ENDS_WITH_BACKSLASH = "Measurements, tag keys and values, and field keys may not end with a backslash"
@@ -76,6 +86,10 @@ _CLOSED_LINE = (
 )
 _CLOSED_BODY = re.compile(rb"(?:" + _CLOSED_LINE + rb"\n)*+" + _CLOSED_LINE)
 _MRU_LAYOUTS = 4
+_CACHED_BAD_RECORDS, _CACHED_BAD_CHARS = 1024, 256
+_CHUNK_CHARS = 1 << 20
+_COLUMNWISE_ROWS = 8  # fewer rows in a table: finish it row by row
+_COMPILE_KEYS, _BYTES_PER_COMPILED_KEY = 256, 256  # layout regexes a body may compile, in keys
 _FAST_LAYOUTS_PER_TABLE = 32
 
 
@@ -85,20 +99,28 @@ def parse(
     now_ns: int,
     *,
     known: Mapping[str, Mapping[str, ColumnType]] | None = None,
+    max_columns: int | None = None,
+    table_room: tuple[int, str] | None = None,
 ) -> ParseResult:
     """Parse a line protocol body into per-table Arrow columns and per-line errors; never raises.
 
     `known` maps table -> column -> type for columns that already exist (the catalog). Each
     line is then judged against those types as well as the ones earlier lines of the body
     fixed, as InfluxDB does; without it a column's type comes from its first line here.
+    `max_columns` (the catalog's limit) rejects, before any per-field work, a line with more
+    tags and fields than a table may hold, and every line of a table whose lines name more
+    columns than that between them (`limit_hit`). `table_room` is how many tables the body may
+    add that `known` lacks, and the message for the lines of any table past that (`limit_hit`).
     """
     try:  # regular bodies: whole-body Arrow kernels that release the GIL (None: not regular)
-        result = try_parse(body, precision, now_ns, known, scan=_scan)
+        result = try_parse(
+            body, precision, now_ns, known, scan=_scan, max_columns=max_columns, max_new_tables=table_room
+        )
     except Exception:  # a bug there must not make parse() raise: the routes below answer
         result = None
     if result is not None:
         return result
-    return _Body(body, precision, now_ns, fast=True, known=known).result()
+    return _Body(body, precision, now_ns, True, known, max_columns, table_room).result()
 
 
 class _Body:
@@ -111,17 +133,25 @@ class _Body:
         now_ns: int,
         fast: bool,
         known: Mapping[str, Mapping[str, ColumnType]] | None = None,
+        max_columns: int | None = None,
+        table_room: tuple[int, str] | None = None,
     ) -> None:
         self.body, self.now_ns, self.known = body, now_ns, known or {}
+        self.max_columns = max_columns
+        self.room = self.start_room = table_room  # new tables the body may still add, and why not
+        self.limit_hit = False
         self.precision = precision
         unit = precision.ns_per_unit
         self.default_time = now_ns if precision is Precision.AUTO else _truncate(now_ns, unit)
         self.fast = fast
-        self.errors: list[LineError] = []
+        self.errors = LineErrors()
         self.tables: dict[str, Table] = {}
         # raw series text -> [layout match, layout append, series id, table, recent layouts]
         self.series: dict[str, list[Any]] = {}
         self.multiline: dict[int, str] = {}
+        self.bad_records: dict[str, str] = {}  # short rejected records and why
+        self.slow_keys: set[str] = set()  # short series keys the fast route cannot take (yet)
+        self.compile_budget = _COMPILE_KEYS + len(body) // _BYTES_PER_COMPILED_KEY
         self.scan_errors = 0
         try:
             self.text = body.decode("utf-8")
@@ -130,7 +160,11 @@ class _Body:
             # Keep going: bad bytes become lone surrogates and only their line is rejected.
             self.text = body.decode("utf-8", "surrogateescape")
             self.dirty = True
-        self.lines = self.text.split("\n")
+        # Lines are split a chunk at a time (_numbered): a body of millions of short lines never
+        # holds a str per line all at once. Chunk starts (line number, text span) find a line later.
+        self.chunk_starts: list[int] = []
+        self.chunk_spans: list[tuple[int, int]] = []
+        self._chunk: tuple[int, list[str]] = (-1, [])
 
     def result(self, safe: bool = True) -> ParseResult:
         """Parse the body (once per _Body).
@@ -145,17 +179,26 @@ class _Body:
             if not safe:
                 raise
             if self.fast:
-                return _Body(self.body, self.precision, self.now_ns, False, self.known).result()
-            error = LineError(1, _original_line(self.lines[0]), f"internal parser error: {exc!r}")
-            return ParseResult([], [error], 1)
+                again = _Body(
+                    self.body,
+                    self.precision,
+                    self.now_ns,
+                    False,
+                    self.known,
+                    self.max_columns,
+                    self.start_room,
+                )
+                return again.result()
+            errors = LineErrors()
+            errors.add(1, _original_line(self.text.partition("\n")[0]), f"internal parser error: {exc!r}")
+            return ParseResult([], errors.listed(), 1, errors)
         rows = sum(lay.rows for t in self.tables.values() for lay in t.layouts)
-        self.errors.sort(key=lambda e: e.line_number)
-        return ParseResult(tables, self.errors, rows + self.scan_errors)
+        return ParseResult(tables, self.errors.listed(), rows + self.scan_errors, self.errors, self.limit_hit)
 
     # -- line routing ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        it = enumerate(self.lines, 1)
+        it = self._numbered()
         if not self.fast:
             for ln, line in it:
                 self._slow(ln, line, it)
@@ -203,8 +246,9 @@ class _Body:
     ) -> None:
         """A fast line whose series is new or whose layout differs from the series' last one."""
         if ent is None:
-            ent = self._fast_series(key)
-        if ent is not None:
+            if key not in self.slow_keys and self._new_series(ln, key, rest):
+                return
+        else:
             for lay in ent[4]:
                 m = lay.match(rest)
                 if m is not None:
@@ -213,26 +257,61 @@ class _Body:
                     return
         self._slow(ln, raw, it)
 
-    def _fast_series(self, key: str) -> list[Any] | None:
-        """Parse the series key of a fast-route line; None when the exact route must decide."""
-        if not key or key[0] == "#" or len(key) > MAX_STRING_BYTES // 4:
-            return None
-        if "\t" in key or "\x00" in key or "\\" in key:
+    def _new_series(self, ln: int, key: str, rest: str) -> bool:
+        """Store a line of a new series if its table's latest layout reads it.
+
+        The series is cached only then (or by the exact route once a line of it is stored), so
+        that lines which are rejected, however many and however different, leave nothing behind.
+        """
+        parsed = self._fast_series(key)
+        table = self.tables.get(parsed[0]) if parsed is not None else None
+        if parsed is None or table is None:
+            if len(self.slow_keys) < _CACHED_BAD_RECORDS and len(key) <= _CACHED_BAD_CHARS:
+                self.slow_keys.add(key)  # a body of junk: do not read the same key again
+            return False
+        lay = table.last  # always a layout with a regex (_use_layout sets it)
+        if lay is None or lay.match is None:
+            return False
+        if self.max_columns is not None and len(parsed[1]) + len(lay.keys) > self.max_columns:
+            return False  # too wide with these tags: the scanner rejects it
+        m = lay.match(rest)
+        if m is None:
+            return False
+        # Registered as _register and _use_layout would (the layout is the table's latest).
+        table.series.append(parsed[1])
+        sid = len(table.series) - 1
+        self.series[key] = [lay.match, lay.extend, sid, table, [lay]]
+        lay.extend((ln, sid, *m.groups()))
+        return True
+
+    def _fast_series(self, key: str) -> tuple[str, dict[str, str]] | None:
+        """Measurement and tags of a fast-route line's series key; None when the exact route must decide."""
+        if not key or key[0] == "#" or len(key) > MAX_STRING_BYTES // 4 or BAD_NAME_CHAR.search(key):
+            return None  # the exact route decides (a bad character may sit in a value, which is fine)
+        if "\\" in key:
             try:
                 measurement, tags, end = _scan_series(key)
             except Reject:
                 return None
-            return self._register(key, measurement, tags) if end == len(key) else None
-        parsed = split_series(key)
-        return self._register(key, *parsed) if parsed is not None else None
+            return (measurement, tags) if end == len(key) else None
+        return split_series(key)
 
-    def _register(self, raw: str, measurement: str, tags: dict[str, str]) -> list[Any]:
-        """Cache a parsed series key; its first layout guess is the table's latest layout."""
+    def _register(self, raw: str, measurement: str, tags: dict[str, str]) -> list[Any] | None:
+        """Cache a parsed series key; its first layout guess is the table's latest layout.
+
+        None for a new table once the body has used up the room for new tables.
+        """
         table = self.tables.get(measurement)
         if table is None:
+            if self.room is not None and self.room[0] <= 0 and measurement not in self.known:
+                return None
             table = self.tables[measurement] = Table(measurement)
         table.series.append(tags)
-        recent = [table.last] if table.last is not None else []
+        last = table.last
+        fits = last is not None and (
+            self.max_columns is None or len(tags) + len(last.keys) <= self.max_columns
+        )
+        recent = [last] if fits else []  # a layout too wide with these tags: the scanner rejects
         first = recent[0] if recent else None
         ent = [
             first.match if first else NEVER,
@@ -266,36 +345,91 @@ class _Body:
             text = text[:-1]
         if "\n" in text:
             self.multiline[ln] = text
+        reason = self.bad_records.get(text)
+        if reason is not None:  # the same bad record again (a body of junk): no second scan
+            self.scan_errors += 1
+            self._error(ln, text, reason)
+            return
         try:
             if self.dirty and _bad_utf8(text):
                 raise Reject("invalid UTF-8 in line")
-            measurement, tags, series_end, keys, tokens = _scan(text)
+            measurement, tags, series_end, keys, tokens = _scan(text, self.max_columns)
         except Reject as exc:
             self.scan_errors += 1
             self._error(ln, text, str(exc))
+            if len(text) <= _CACHED_BAD_CHARS and len(self.bad_records) < _CACHED_BAD_RECORDS:
+                self.bad_records[text] = str(exc)
             return
         series = text[:series_end]
         ent = self.series.get(series) or self._register(series, measurement, tags)
+        if ent is not None and not ent[3].layouts and self.room is not None and measurement not in self.known:
+            if self.room[0] > 0:
+                self.room = (self.room[0] - 1, self.room[1])  # the table's first row: it takes room
+            else:
+                ent = None
+        if ent is None:  # a new table past the room left for tables
+            self.limit_hit = True
+            self.scan_errors += 1
+            self._error(ln, text, self.room[1] if self.room is not None else "")
+            return
         table: Table = ent[3]
         lay = table.by_keys.get(keys)
         if lay is None:
             # Past a few dozen layouts a table is irregular; compiling more regexes costs more
-            # than the fast route saves.
-            fast = self.fast and len(table.layouts) < _FAST_LAYOUTS_PER_TABLE
+            # than the fast route saves. A regex costs ~90 us per key to compile: a body gets
+            # keys in proportion to its size, so that wide layouts of new tables, one after
+            # the other, cannot cost more time compiling than parsing.
+            fast = (
+                self.fast
+                and len(table.layouts) < _FAST_LAYOUTS_PER_TABLE
+                and len(keys) <= self.compile_budget
+            )
             lay = table.by_keys[keys] = Layout(keys, fast)
+            if lay.match is not None:
+                self.compile_budget -= len(keys)
             table.layouts.append(lay)
         lay.extend((ln, ent[2], *tokens))
         if lay.match is not None:
             _use_layout(ent, lay)
 
     def _error(self, ln: int, record: str, message: str) -> None:
-        self.errors.append(LineError(ln, _original_line(record), message))
+        if self.errors.wants(ln):
+            self.errors.add(ln, _original_line(record), message)
+        else:
+            self.errors.count(ln)
+
+    def _numbered(self) -> Iterator[tuple[int, str]]:
+        """(line number, physical line) over the whole text, as enumerate(text.split("\\n"), 1)."""
+        return itertools.chain.from_iterable(self._chunks())
+
+    def _chunks(self) -> Iterator[Iterator[tuple[int, str]]]:
+        text, n = self.text, len(self.text)
+        pos, ln = 0, 1
+        while True:
+            cut = text.find("\n", pos + _CHUNK_CHARS) if n - pos > _CHUNK_CHARS else -1
+            end = n if cut == -1 else cut
+            lines = (text if pos == 0 and end == n else text[pos:end]).split("\n")
+            self.chunk_starts.append(ln)
+            self.chunk_spans.append((pos, end))
+            yield enumerate(lines, ln)
+            if cut == -1:
+                return
+            ln += len(lines)
+            pos = cut + 1
+
+    def _line(self, ln: int) -> str:
+        """Physical line `ln` (after the run: every chunk is known), re-split from its chunk."""
+        i = bisect.bisect_right(self.chunk_starts, ln) - 1
+        if self._chunk[0] != i:
+            start, end = self.chunk_spans[i]
+            self._chunk = (i, self.text[start:end].split("\n"))
+        return self._chunk[1][ln - self.chunk_starts[i]]
 
     def _record(self, ln: int) -> str:
         """The text of the record starting on line `ln`, for error reports after parsing."""
         text = self.multiline.get(ln)
         if text is None:
-            text = self.lines[ln - 1]
+            text = self._line(ln)
             text = (text[:-1] if text.endswith("\r") else text).lstrip(" \t")
         return text
 
@@ -303,24 +437,54 @@ class _Body:
 
     def _finish(self) -> list[ParsedTable]:
         done: list[tuple[int, ParsedTable]] = []
+        body_errors = self.errors
         for table in self.tables.values():
             layouts = [lay for lay in table.layouts if lay.flat]
             if not layouts:
                 continue
-            mark = len(self.errors)
             known = self.known.get(table.name, {})
+            if self._too_many_columns(table, layouts, known):
+                continue
+            self.errors = LineErrors()  # this table's; dropped if the exact pass must redo it
             try:
-                if self.fast:
+                if self.fast and sum(lay.rows for lay in layouts) >= _COLUMNWISE_ROWS:
                     out = self._fast_finish(table, layouts, known)
-                else:
+                else:  # a few rows: Python per value costs less than kernel calls per column
                     out = self._row_by_row(table, layouts, known)
             except (Fallback, pa.ArrowException):
-                del self.errors[mark:]  # the exact pass reports them again
+                self.errors = LineErrors()  # the exact pass reports them again
                 out = self._row_by_row(table, layouts, known)
+            finally:
+                body_errors.extend(self.errors)
+                self.errors = body_errors
             if out is not None:
                 done.append(out)
         done.sort(key=lambda pair: pair[0])
         return [t for _, t in done]
+
+    def _too_many_columns(self, table: Table, layouts: list[Layout], known: Mapping[str, ColumnType]) -> bool:
+        """Reject every line of a table whose lines name more columns than a table may hold.
+
+        The catalog would refuse the table's new columns all together anyway; judging it here
+        keeps a body of many distinct field names from costing work per column and layout.
+        """
+        if self.max_columns is None:
+            return False
+        names = {k for lay in layouts for k in lay.keys}
+        used = {sid for lay in layouts for sid in lay.flat[1 :: lay.stride]}  # series of kept lines
+        names.update(k for sid in used for k in table.series[sid])
+        names.update(known)
+        names.discard("time")
+        if len(names) <= self.max_columns:
+            return False
+        self.limit_hit = True
+        message = (
+            f"Update to schema would exceed number of columns per table limit of {self.max_columns} columns"
+        )
+        for lay in layouts:
+            for ln in lay.flat[0 :: lay.stride]:
+                self._error(ln, self._record(ln) if self.errors.wants(ln) else "", message)
+        return True
 
     def _fast_finish(
         self, table: Table, layouts: list[Layout], known: Mapping[str, ColumnType]
@@ -345,12 +509,25 @@ class _Body:
         """
         tagsets: dict[frozenset[str], int] = {}
         series_sigs = [tagsets.setdefault(frozenset(tags), len(tagsets)) for tags in table.series]
-        sigs: list[list[tuple[int, ...]]] = []
-        for n, lay in enumerate(layouts):
+        # One kernel pass over every value token and one over every timestamp, for all layouts
+        # at once: a body whose lines each have their own layout costs no kernel calls per line.
+        values: list[Token] = []
+        stamps: list[Token] = []
+        for lay in layouts:
             flat, stride = lay.flat, lay.stride
-            codes = [kind_codes(flat[2 + i :: stride]) for i in range(len(lay.keys))]
+            for i in range(len(lay.keys)):
+                values += flat[2 + i :: stride]
+            stamps += flat[stride - 1 :: stride]
+        all_codes, all_times = kind_codes(values), time_codes(stamps)
+        sigs: list[list[tuple[int, ...]]] = []
+        at = done = 0
+        for n, lay in enumerate(layouts):
+            flat, stride, count = lay.flat, lay.stride, lay.rows
+            codes = [all_codes[at + i * count : at + (i + 1) * count] for i in range(len(lay.keys))]
+            at += count * len(lay.keys)
             tagset = [series_sigs[sid] for sid in flat[1::stride]]
-            sigs.append(list(zip(repeat(n), tagset, time_codes(flat[stride - 1 :: stride]), *codes)))
+            sigs.append(list(zip(repeat(n), tagset, all_times[done : done + count], *codes)))
+            done += count
         rows = [(lay.flat[r * lay.stride], n, r) for n, lay in enumerate(layouts) for r in range(lay.rows)]
         if len(layouts) > 1:
             rows.sort()
@@ -363,7 +540,7 @@ class _Body:
                 try:
                     self._judge(schema, used, table, layouts[n], r * layouts[n].stride)
                 except Reject as exc:
-                    self._error(ln, self._record(ln), str(exc))
+                    self._error(ln, self._record(ln) if self.errors.wants(ln) else "", str(exc))
                     continue
                 accepted.add(sig)
             keep[n][r] = True
@@ -380,7 +557,7 @@ class _Body:
             try:
                 typed, time = self._judge(schema, used, table, lay, i)
             except Reject as exc:
-                self._error(ln, self._record(ln), str(exc))
+                self._error(ln, self._record(ln) if self.errors.wants(ln) else "", str(exc))
                 continue
             values = {k: v for k, (_, v) in zip(lay.keys, typed, strict=True)}
             accepted.append((ln, table.series[lay.flat[i + 1]], values, time))
@@ -509,13 +686,23 @@ def _scan_series(rec: str) -> tuple[str, dict[str, str], int]:
     return measurement, tags, pos
 
 
-def _scan(rec: str) -> tuple[str, dict[str, str], int, tuple[str, ...], tuple[Token, ...]]:
+def _scan(
+    rec: str, max_columns: int | None = None
+) -> tuple[str, dict[str, str], int, tuple[str, ...], tuple[Token, ...]]:
     """Split one record into measurement, tags, series end, field keys and canonical tokens.
 
     Tokens are the raw text of each field value (strings still quoted and escaped) and the
-    raw timestamp (or None) last; their values are checked later, per table.
+    raw timestamp (or None) last; their values are checked later, per table. Names are
+    checked here (name_problem), and a record with more than `max_columns` tags and fields
+    is rejected as soon as the scan passes that many.
     """
     measurement, tags, pos = _scan_series(rec)
+    if max_columns is not None and len(tags) > max_columns:
+        raise Reject(
+            f"the line has more than {max_columns} tags; a table holds at most {max_columns}"
+            " columns (catalog.max_columns)"
+        )
+    limit = max_columns - len(tags) if max_columns is not None else -1
     n = len(rec)
     series_end = pos
     if pos >= n or rec[pos] != " ":
@@ -544,6 +731,11 @@ def _scan(rec: str) -> tuple[str, dict[str, str], int, tuple[str, ...], tuple[To
             token, pos = rec[pos:end], end
         keys.append(key)
         tokens.append(token)
+        if len(keys) > limit >= 0:
+            raise Reject(
+                f"the line has more than {max_columns} tags and fields; a table holds at most"
+                f" {max_columns} columns (catalog.max_columns): split it into several lines"
+            )
         if pos < n and rec[pos] == ",":
             pos += 1
             continue
@@ -558,7 +750,19 @@ def _scan(rec: str) -> tuple[str, dict[str, str], int, tuple[str, ...], tuple[To
             if pos < n:
                 raise Reject(f"Could not parse entire line. Found trailing content: `{snip(rec[pos:])}`")
     tokens.append(timestamp)
+    if BAD_NAME_CHAR.search(rec, 0, pos) is not None:  # rare: find which name holds it
+        _check_name(measurement, "measurement")
+        for k in tags:
+            _check_name(k, "tag key")
+        for k in keys:
+            _check_name(k, "field key")
     return measurement, tags, series_end, tuple(keys), tuple(tokens)
+
+
+def _check_name(name: str, kind: str) -> None:
+    problem = name_problem(name)
+    if problem is not None:
+        raise Reject(f"invalid {kind} {snip(ascii(name), 40)}: it {problem}")
 
 
 def _skip(pattern: re.Pattern[str], rec: str, pos: int) -> int:

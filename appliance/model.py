@@ -3,14 +3,66 @@
 from __future__ import annotations
 
 import enum
+import heapq
+import itertools
+import re
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NewType
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 WalSeq = NewType("WalSeq", int)
 
 TIME_COLUMN = "time"
+
+#: The times a point may carry: the whole UTC days that int64 nanoseconds hold, 1677-09-22
+#: to 2262-04-10. Every gen1 window and `date=` folder of a time in this range is itself a
+#: valid int64 time; the partial first and last days (and -2^63, which some readers take for
+#: a missing time, and 2^63-1, which DuckDB reads as infinity) are left out.
+MIN_TIME_NS = -9_223_286_400 * 10**9
+MAX_TIME_NS = 9_223_286_400 * 10**9 - 1
+TIME_RANGE = "1677-09-22T00:00:00Z to 2262-04-10T23:59:59.999999999Z"
+
+#: Characters no name (database, table, tag key, field key) may hold: the Unicode categories
+#: Cc (controls, NUL), Cf (format: zero-width, bidi overrides, BOM, soft hyphen), Zl, Zp
+#: (line and paragraph separators), Cs (surrogates) and Co (private use), as of Unicode 14.
+#: A name holding one reads like another name (`usage\u200b` shows as `usage`) or breaks
+#: SQL (DataFusion cuts a name at NUL). tests/test_lineprotocol.py checks the list against
+#: unicodedata. Values (tag values, strings) may hold them: they are data.
+_BAD_NAME_RANGES = (
+    (0x0, 0x1F), (0x7F, 0x9F), (0xAD, 0xAD), (0x600, 0x605), (0x61C, 0x61C), (0x6DD, 0x6DD),
+    (0x70F, 0x70F), (0x890, 0x891), (0x8E2, 0x8E2), (0x180E, 0x180E), (0x200B, 0x200F),
+    (0x2028, 0x202E), (0x2060, 0x2064), (0x2066, 0x206F), (0xD800, 0xF8FF), (0xFEFF, 0xFEFF),
+    (0xFFF9, 0xFFFB), (0x110BD, 0x110BD), (0x110CD, 0x110CD), (0x13430, 0x13438),
+    (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0001, 0xE0001), (0xE0020, 0xE007F),
+    (0xF0000, 0xFFFFD), (0x100000, 0x10FFFD),
+)  # fmt: skip
+BAD_NAME_CHAR = re.compile("[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in _BAD_NAME_RANGES) + "]")
+#: The same class in RE2 syntax, for Arrow's regex kernels.
+BAD_NAME_CHAR_RE2 = "[" + "".join(f"\\x{{{a:X}}}-\\x{{{b:X}}}" for a, b in _BAD_NAME_RANGES) + "]"
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name a table, tag or field (None: it can); one rule for every path."""
+    if not name:
+        return "is empty"
+    m = BAD_NAME_CHAR.search(name)
+    if m is None:
+        return None
+    return (
+        f"contains U+{ord(m.group()):04X} at position {m.start() + 1}; names may not hold control,"
+        " zero-width, bidi-override, line-separator or private-use characters"
+    )
+
+
+def time_problem(ns: int) -> str | None:
+    """Why a time in ns cannot be stored (None: it can)."""
+    if MIN_TIME_NS <= ns <= MAX_TIME_NS:
+        return None
+    return f"is outside the supported range {TIME_RANGE}"
 
 
 class Precision(enum.Enum):
@@ -144,6 +196,87 @@ class LineError:
         }
 
 
+#: Rejected lines a write reports in full; past it they are only counted (InfluxDB also
+#: bounds its list), so that the report of a body of bad lines stays small.
+MAX_LINE_ERRORS = 100
+_ORDER = itertools.count()  # heap tie-breaker: LineErrors do not compare
+
+
+class LineErrors:
+    """The rejected lines of one write: the first `limit` by line number in full, all counted.
+
+    Memory stays proportional to the body: 4 bytes per rejected line (their numbers, which
+    MQTT needs to tell which message a line came from) plus at most `limit` LineErrors.
+    """
+
+    def __init__(self, limit: int = MAX_LINE_ERRORS) -> None:
+        self.limit = limit
+        self.numbers = array("i")  # every rejected line, in the order reported
+        self._kept: list[tuple[int, int, LineError]] = []  # max-heap on line number (negated)
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def __bool__(self) -> bool:
+        return bool(self.numbers)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LineErrors):
+            return NotImplemented
+        return sorted(self.numbers) == sorted(other.numbers) and self.listed() == other.listed()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def wants(self, line_number: int) -> bool:
+        """Whether a LineError for this line would be kept (else add() only counts it)."""
+        return len(self._kept) < self.limit or line_number < -self._kept[0][0]
+
+    def add(self, line_number: int, original_line: str, message: str) -> None:
+        """Note a rejected line (call once per line)."""
+        self.numbers.append(line_number)
+        if self.wants(line_number):
+            item = (-line_number, next(_ORDER), LineError(line_number, original_line, message))
+            if len(self._kept) < self.limit:
+                heapq.heappush(self._kept, item)
+            else:
+                heapq.heapreplace(self._kept, item)
+
+    def count(self, line_number: int) -> None:
+        """Note a rejected line that wants() said would not be kept."""
+        self.numbers.append(line_number)
+
+    def extend(self, other: LineErrors) -> None:
+        """Take every line another LineErrors noted."""
+        self.numbers.extend(other.numbers)
+        for _, _, e in other._kept:
+            if self.wants(e.line_number):
+                item = (-e.line_number, next(_ORDER), e)
+                if len(self._kept) < self.limit:
+                    heapq.heappush(self._kept, item)
+                else:
+                    heapq.heapreplace(self._kept, item)
+
+    def sorted_numbers(self) -> Sequence[int]:
+        """Every rejected line number, ascending, without a Python int per line (for bisect)."""
+        n = len(self.numbers)
+        if n == 0:
+            return []
+        arr = pa.Array.from_buffers(pa.int32(), n, [None, pa.py_buffer(self.numbers)])
+        if n == 1 or pc.all(pc.less(arr.slice(0, n - 1), arr.slice(1))).as_py():
+            return memoryview(self.numbers)  # noted in order already (the common case)
+        ordered = pc.array_take(arr, pc.array_sort_indices(arr))
+        buf = ordered.buffers()[1]
+        assert buf is not None
+        return memoryview(buf).cast("i")[ordered.offset : ordered.offset + n]
+
+    def listed(self) -> list[LineError]:
+        """The kept LineErrors, by line number."""
+        return sorted((e for _, _, e in self._kept), key=lambda e: e.line_number)
+
+    def first(self) -> LineError:
+        return min((e for _, _, e in self._kept), key=lambda e: e.line_number)
+
+
 @dataclass
 class ParsedTable:
     """The rows one write body holds for one table, as Arrow columns.
@@ -167,5 +300,7 @@ class ParseResult:
     """What the parser makes of one body: tables in first-seen order, and rejected lines."""
 
     tables: list[ParsedTable]
-    errors: list[LineError]
+    errors: list[LineError]  # the first MAX_LINE_ERRORS rejected lines, by line number
     lines: int  # non-blank, non-comment lines seen (accepted + rejected)
+    rejected: LineErrors = field(default_factory=LineErrors)  # every rejected line, counted
+    limit_hit: bool = False  # a table's lines name more columns than a table may hold

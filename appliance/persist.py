@@ -264,10 +264,15 @@ class Persister:
     def _split_windows(self, table: pa.Table) -> list[tuple[int, pa.Table]]:
         g = self.args.gen1_ns
         times = table.column(TIME_COLUMN).cast(pa.int64())
-        # Integer division truncates toward zero; step negative times down to floor.
+        # Integer division truncates toward zero; step negative times down to floor, but never
+        # below the lowest window int64 holds (older rows than the write path now takes).
         windows = pc.multiply(pc.divide(times, g), g)
         below = pc.and_(pc.less(times, 0), pc.not_equal(windows, times))
-        windows = pc.if_else(below, pc.subtract(windows, g), windows)
+        lowest = _lowest_window(g)
+        stepped = pc.if_else(
+            pc.less(windows, lowest + g), pa.scalar(lowest, pa.int64()), pc.subtract(windows, g)
+        )
+        windows = pc.if_else(below, stepped, windows)
         uniq = pc.unique(windows).to_pylist()
         if len(uniq) == 1:
             return [(uniq[0], table)]
@@ -322,7 +327,7 @@ class Persister:
                 batches = [b for f in chunk for b in read_parquet(self.root / f.path).to_batches()]
                 table = dedupe(conform(batches, schema))
                 g = self.args.gen1_ns
-                new = self._write(db.name, db.id, tdef, chunk[0].min_time // g * g, table)
+                new = self._write(db.name, db.id, tdef, window_of(chunk[0].min_time, g), table)
                 self._record(Change.COMPACT, [new], chunk)
                 merged += len(chunk)
                 log.info(
@@ -366,7 +371,7 @@ class Persister:
                 table = read_parquet(self.root / f.path)
                 kept = table.filter(pc.greater_equal(table.column(TIME_COLUMN).cast(pa.int64()), cutoff))
                 if kept.num_rows:
-                    window_start = cutoff - cutoff % self.args.gen1_ns
+                    window_start = window_of(cutoff, self.args.gen1_ns)
                     added.append(self._write(f.db, f.db_id, found[1], window_start, kept))
             self._record(Change.RETENTION, added, [f])
             removed += 1
@@ -419,6 +424,16 @@ def _compaction_chunks(
             run.append(f)
         chunks.append(run)
     return [c for c in chunks if len(c) > 1]
+
+
+def _lowest_window(gen1_ns: int) -> int:
+    """The earliest gen1 window start that int64 nanoseconds hold."""
+    return -((1 << 63) // gen1_ns) * gen1_ns
+
+
+def window_of(time_ns: int, gen1_ns: int) -> int:
+    """The start of the gen1 window holding `time_ns` (never below what int64 holds)."""
+    return max(time_ns // gen1_ns * gen1_ns, _lowest_window(gen1_ns))
 
 
 def _path_part(name: str) -> str:

@@ -19,7 +19,7 @@ from . import lineprotocol
 from .catalog import Catalog, DatabaseDef, SchemaChange
 from .errors import CatalogError, LimitExceeded, LineProtocolError
 from .metrics import BYTES, LINES, REJECTED
-from .model import TIME_COLUMN, ColumnType, LineError, ParsedTable, Precision
+from .model import TIME_COLUMN, ColumnType, LineError, LineErrors, ParsedTable, Precision
 from .wal import TableRows, Wal, WalEntry, WalSeq
 
 
@@ -38,13 +38,25 @@ class WriteRequest:
 
 @dataclass
 class WriteReport:
-    """What happened to a write: accepted rows and rejected lines."""
+    """What happened to a write: accepted rows and rejected lines.
+
+    `errors` lists the first MAX_LINE_ERRORS rejected lines by line number; `rejected`
+    counts them all and holds every rejected line's number.
+    """
 
     lines: int = 0
     rows: int = 0
     errors: list[LineError] = field(default_factory=list)
     limit_hit: bool = False
     committed: Future[WalSeq] | None = None
+    rejected: LineErrors = field(default_factory=LineErrors)
+
+    def summary(self) -> str:
+        """The partial-write message, with the count when not every rejected line is listed."""
+        text = "partial write of line protocol occurred"
+        if len(self.rejected) > len(self.errors):
+            text += f": {len(self.rejected)} lines were rejected; the first {len(self.errors)} are listed"
+        return text
 
 
 class WriteService:
@@ -70,20 +82,29 @@ class WriteService:
         """
         self.admit()
         parsed = lineprotocol.parse(
-            req.body, req.precision, self.clock(), known=_KnownColumns(self.catalog.get(req.db))
+            req.body,
+            req.precision,
+            self.clock(),
+            known=_KnownColumns(self.catalog.get(req.db)),
+            max_columns=self.catalog.limits.max_columns,
+            table_room=self.catalog.table_room(req.db),
         )
-        report = WriteReport(lines=parsed.lines, errors=list(parsed.errors))
+        report = WriteReport(lines=parsed.lines, rejected=parsed.rejected, limit_hit=parsed.limit_hit)
         BYTES.inc(len(req.body), protocol=req.protocol)
-        if report.errors and not req.accept_partial:
+        if report.rejected and not req.accept_partial:
             REJECTED.inc(parsed.lines, protocol=req.protocol)
-            raise _first_error(report.errors)
+            raise _first_error(report.rejected)
         with self.catalog.lock:
             change = self.catalog.begin()
             db = self.catalog.ensure_database(req.db, change)
-            batches = [self._validate(db, t, req.body, report, change) for t in parsed.tables]
-            if report.errors and not req.accept_partial:
+            conflicts = LineErrors()
+            batches = [self._validate(db, t, conflicts, report, change) for t in parsed.tables]
+            if conflicts:
+                _describe(conflicts, req.body)
+                report.rejected.extend(conflicts)
+            if report.rejected and not req.accept_partial:
                 REJECTED.inc(parsed.lines, protocol=req.protocol)
-                raise _first_error(report.errors)  # nothing staged is kept
+                raise _first_error(report.rejected)  # nothing staged is kept
             self.catalog.commit(change)  # durable before any write can depend on it
             rows = [
                 TableRows(db.tables[name].id, name, batch)
@@ -93,9 +114,9 @@ class WriteService:
         report.rows = sum(t.batch.num_rows for t in rows)
         if rows:
             report.committed = self.wal.submit(entry=WalEntry(db.id, db.name, rows, req.origin))
-        report.errors.sort(key=lambda e: e.line_number)
+        report.errors = report.rejected.listed()
         LINES.inc(report.rows, protocol=req.protocol)
-        REJECTED.inc(len(report.errors), protocol=req.protocol)
+        REJECTED.inc(len(report.rejected), protocol=req.protocol)
         if req.no_sync and report.committed is not None:
             done: Future[WalSeq] = Future()
             done.set_result(WalSeq(0))
@@ -103,7 +124,7 @@ class WriteService:
         return report
 
     def _validate(
-        self, db: DatabaseDef, t: ParsedTable, body: bytes, report: WriteReport, change: SchemaChange
+        self, db: DatabaseDef, t: ParsedTable, errors: LineErrors, report: WriteReport, change: SchemaChange
     ) -> tuple[str, pa.RecordBatch] | None:
         """Rows of `t` that fit the table's schema (new columns staged in `change`)."""
         existing = self.catalog.table(db, t.name, change)
@@ -119,8 +140,7 @@ class WriteService:
                 continue
             bad = arr.is_valid()
             _report(
-                report,
-                body,
+                errors,
                 t.line_numbers,
                 pc.and_not(bad, rejected),
                 f"invalid column type for column '{name}', expected {expected.iox_name}, got {kind.iox_name}",
@@ -131,14 +151,19 @@ class WriteService:
         new_columns = {
             name: kind
             for name, (kind, arr) in incoming.items()
-            if name not in known and pc.any(pc.and_(arr.is_valid(), keep)).as_py()
+            if name not in known
+            and (
+                arr.null_count < len(arr)
+                if not any_rejected
+                else pc.any(pc.and_(arr.is_valid(), keep)).as_py()
+            )
         }
         if new_columns or existing is None:
             try:
                 self.catalog.extend_table(db, t.name, new_columns, change)
             except CatalogError as e:  # a limit, or a table name the catalog cannot hold
                 report.limit_hit = report.limit_hit or isinstance(e, LimitExceeded)
-                _report(report, body, t.line_numbers, keep, e.message)
+                _report(errors, t.line_numbers, keep, e.message)
                 return None
         names = sorted(incoming)
         arrays = [incoming[n][1] for n in names]
@@ -169,17 +194,25 @@ class _KnownColumns(Mapping[str, Mapping[str, ColumnType]]):
         return len(self._tables)
 
 
-def _report(report: WriteReport, body: bytes, line_numbers: pa.Array, mask: pa.Array, message: str) -> None:
-    """Add a LineError for every row selected by mask."""
-    numbers = line_numbers.filter(mask).to_pylist()
-    if not numbers:
+def _report(errors: LineErrors, line_numbers: pa.Array, mask: pa.Array, message: str) -> None:
+    """Note every row selected by mask as rejected (their text is filled in by _describe)."""
+    for n in line_numbers.filter(mask).to_pylist():
+        if errors.wants(n):
+            errors.add(n, "", message)
+        else:
+            errors.count(n)
+
+
+def _describe(errors: LineErrors, body: bytes) -> None:
+    """Fill in the start of each listed line (at most MAX_LINE_ERRORS: one split of the body)."""
+    listed = errors.listed()
+    if not listed:
         return
-    lines = body.split(b"\n")
-    for n in numbers:
-        start = lines[n - 1].lstrip()[:20].decode("utf-8", errors="replace") if n <= len(lines) else ""
-        report.errors.append(LineError(n, start, message))
+    lines = pc.split_pattern(pa.array([body], pa.binary()), b"\n").values
+    for e in listed:
+        if e.line_number <= len(lines):
+            e.original_line = lines[e.line_number - 1].as_py().lstrip()[:20].decode("utf-8", errors="replace")
 
 
-def _first_error(errors: list[LineError]) -> LineProtocolError:
-    first = min(errors, key=lambda e: e.line_number)
-    return LineProtocolError("line protocol parsing error", data=first.to_json())
+def _first_error(errors: LineErrors) -> LineProtocolError:
+    return LineProtocolError("line protocol parsing error", data=errors.first().to_json())

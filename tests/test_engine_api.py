@@ -32,7 +32,7 @@ from appliance.engine.api import (
 )
 from appliance.errors import LineProtocolError
 from appliance.lineprotocol import parse
-from appliance.model import ColumnType, Precision
+from appliance.model import MAX_TIME_NS, MIN_TIME_NS, ColumnType, Precision, name_problem
 
 # -- LineBuilder: output --------------------------------------------------------------------
 
@@ -229,10 +229,12 @@ _CHARS = st.one_of(
     st.characters(exclude_categories=["Cs"], exclude_characters="\n\r\t"),
 )
 _MEASUREMENT = st.text(_CHARS, min_size=1, max_size=12).filter(
-    lambda s: " " not in s and "\x00" not in s and not s.startswith("#") and not s.endswith("\\")
+    lambda s: " " not in s and not s.startswith("#") and not s.endswith("\\") and name_problem(s) is None
 )
 _KEY = st.text(_CHARS, min_size=1, max_size=8).filter(
-    lambda s: not any(c in s for c in " ,=") and not s.endswith("\\") and s != "time"
+    lambda s: (
+        not any(c in s for c in " ,=") and not s.endswith("\\") and s != "time" and name_problem(s) is None
+    )
 )
 _TAG_VALUE = st.text(_CHARS, min_size=1, max_size=12).filter(lambda s: not s.endswith("\\"))
 _FIELD_VALUE = st.one_of(
@@ -252,7 +254,7 @@ _FIELD_VALUE = st.one_of(
     measurement=_MEASUREMENT,
     tags=st.dictionaries(_KEY, _TAG_VALUE, max_size=4),
     fields=st.dictionaries(_KEY, _FIELD_VALUE, min_size=1, max_size=5),
-    ts=st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)),
+    ts=st.one_of(st.none(), st.integers(MIN_TIME_NS, MAX_TIME_NS)),
 )
 def test_round_trip(
     measurement: str,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from typing import Any
 
 import pyarrow as pa
@@ -11,8 +12,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance import lineprotocol
+from appliance._lpvec import try_parse
 from appliance.lineprotocol import _Body, parse
-from appliance.model import ColumnType, ParsedTable, ParseResult, Precision
+from appliance.model import (
+    BAD_NAME_CHAR,
+    MAX_TIME_NS,
+    MIN_TIME_NS,
+    TIME_RANGE,
+    ColumnType,
+    ParsedTable,
+    ParseResult,
+    Precision,
+    name_problem,
+)
 
 NOW = 1_700_000_000_123_456_789
 
@@ -51,7 +63,7 @@ def canon(result: ParseResult) -> Any:
         for t in result.tables
     ]
     errors = [(e.line_number, e.original_line, e.error_message) for e in result.errors]
-    return tables, errors, result.lines
+    return tables, errors, result.lines, sorted(result.rejected.numbers), result.limit_hit
 
 
 def rows(table: ParsedTable) -> list[dict[str, Any]]:
@@ -457,7 +469,7 @@ def test_known_types_on_the_fast_route() -> None:
     assert table.num_rows == 300 and "gone" not in table.fields
     clash: Known = {"weather": {"hum": ColumnType.FLOAT}}
     result = lp(body, known=clash)
-    assert result.tables == [] and len(result.errors) == 300
+    assert result.tables == [] and len(result.rejected) == 300
 
 
 def _conflict_message(name: str, expected: str, got: str) -> str:
@@ -545,9 +557,22 @@ def test_unparsable_timestamps(ts: str) -> None:
     assert error(f"m f=1 {ts}") == f"Unable to parse timestamp value `{ts}`"
 
 
-def test_int64_extreme_timestamps() -> None:
-    assert one("m f=1 9223372036854775807")["time"] == 2**63 - 1
-    assert one("m f=1 -9223372036854775808", Precision.AUTO)["time"] == -(2**63)
+def test_times_outside_whole_int64_days_are_rejected_naming_the_timestamp() -> None:
+    assert one(f"m f=1 {MAX_TIME_NS}")["time"] == MAX_TIME_NS  # 2262-04-10T23:59:59.999999999Z
+    assert one(f"m f=1 {MIN_TIME_NS}", Precision.AUTO)["time"] == MIN_TIME_NS  # 1677-09-22T00:00:00Z
+    for ts, precision in [
+        (2**63 - 1, Precision.NS),
+        (-(2**63), Precision.AUTO),
+        (MAX_TIME_NS + 1, Precision.NS),
+        (MIN_TIME_NS - 1, Precision.NS),
+        (MAX_TIME_NS // 10**9 + 1, Precision.S),
+    ]:
+        assert error(f"m f=1 {ts}", precision) == (
+            f"timestamp, {ts}, is outside the supported range {TIME_RANGE}"
+        )
+    assert (
+        error("m f=1 9223372037", Precision.S) == "timestamp, 9223372037, out of range for precision: Second"
+    )
 
 
 # -- size limits --------------------------------------------------------------------------
@@ -587,9 +612,9 @@ def test_regular_lines_take_the_fast_route(monkeypatch: pytest.MonkeyPatch) -> N
     calls: list[str] = []
     real = lineprotocol._scan
 
-    def counting(rec: str) -> Any:
+    def counting(rec: str, *args: Any) -> Any:
         calls.append(rec)
-        return real(rec)
+        return real(rec, *args)
 
     monkeypatch.setattr(lineprotocol, "_scan", counting)
     body = iot_body(2000).replace('"ok ', '"ok_')  # a space in a string needs the exact route
@@ -655,9 +680,8 @@ def test_fast_and_exact_routes_agree_on_a_large_mixed_body() -> None:
 # -- properties ---------------------------------------------------------------------------
 
 _NAME_CHARS = st.characters(codec="utf-8", exclude_characters="\n\t\r\x00")
-_names = st.text(_NAME_CHARS, min_size=1, max_size=8).filter(
-    lambda s: not s.endswith("\\") and s != "time" and not s.startswith("#")
-)
+_tag_values = st.text(_NAME_CHARS, min_size=1, max_size=8).filter(lambda s: not s.endswith("\\"))
+_names = _tag_values.filter(lambda s: s != "time" and not s.startswith("#") and name_problem(s) is None)
 _VALUES: dict[ColumnType, st.SearchStrategy[Any]] = {
     ColumnType.FLOAT: st.floats(allow_nan=False, allow_infinity=False),
     ColumnType.INTEGER: st.integers(-(2**63), 2**63 - 1),
@@ -702,12 +726,12 @@ def points(draw: st.DrawFn) -> tuple[list[tuple[str, dict[str, str], dict[str, A
     for _ in range(draw(st.integers(1, 12))):
         t = draw(st.sampled_from(tables))
         tag_keys, kinds = schemas[t]
-        tags = {k: draw(_names) for k in tag_keys if draw(st.booleans())}
+        tags = {k: draw(_tag_values) for k in tag_keys if draw(st.booleans())}
         chosen = draw(st.lists(st.sampled_from(list(kinds)), min_size=1, unique=True))
         fields = {}
         for k in chosen:
             fields[k] = (kinds[k], draw(_VALUES[kinds[k]]))
-        ts = draw(st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)))
+        ts = draw(st.one_of(st.none(), st.integers(MIN_TIME_NS, MAX_TIME_NS)))
         sp = " " * draw(st.integers(1, 3))
         series = _escape(t, ", ") + "".join(
             f",{_escape(k, ',= ')}={_escape(v, ',= ')}" for k, v in tags.items()
@@ -742,7 +766,10 @@ def test_round_trip(case: tuple[list[Any], str]) -> None:
     assert set(got) == {p[0] for p in pts}
 
 
-_JUNK = st.text(st.sampled_from(list('ab=,"\\ \t\r\n#-.eiut0159\x00é')), max_size=40)
+_JUNK = st.one_of(
+    st.text(st.sampled_from(list('ab=,"\\ \t\r\n#-.eiut0159\x00é\x01\u200b\u202e\ufeff\ue000')), max_size=40),
+    st.sampled_from(["99999999999999999999i", "18446744073709551616u", "-9223372036854775808", "1e99999"]),
+)
 
 
 @st.composite
@@ -802,6 +829,8 @@ _TIMES = [
     " 1700000000000",
     " 9999999999999",
     " 9223372036854775807",
+    " -9223286400000000000",
+    " -9223286400000000001",
     " 99999999999999999999",
     " x",
     "  7  ",
@@ -862,3 +891,139 @@ def test_never_raises(body: bytes, precision: Precision) -> None:
             *(a for _, a in table.fields.values()),
         ]:
             assert len(arr) == table.num_rows
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(mutated_bodies(), repetitive_bodies(), st.binary(max_size=200)),
+    st.sampled_from(list(Precision)),
+    st.integers(1, 6),
+    st.integers(1, 150),
+)
+def test_fuzz_with_a_column_limit_every_route_agrees_and_nothing_raises(
+    body: bytes, precision: Precision, max_columns: int, copies: int
+) -> None:
+    """Random and mutated bodies (NUL, invisible characters, escapes, huge numbers), repeated so
+    that the vectorised route sees some: parse() equals both exact routes, which never raise."""
+    if copies > 100 and len(body) < 4000:
+        body = b"\n".join([body] * copies)
+    room = (copies % 4, "no room") if copies % 5 else None
+    got = canon(parse(body, precision, NOW, max_columns=max_columns, table_room=room))
+    for fast in (True, False):
+        exact = _Body(body, precision, NOW, fast, max_columns=max_columns, table_room=room)
+        assert got == canon(exact.result(safe=False))
+    vec = try_parse(
+        body, precision, NOW, scan=lineprotocol._scan, max_columns=max_columns, max_new_tables=room
+    )
+    assert vec is None or canon(vec) == got
+
+
+def test_tables_past_the_room_left_are_refused_in_order() -> None:
+    body = b"a v=1 1\nb v=x 1\nb v=1 2\nc v=1 1\nknown v=1 1\nd v=1 1\na v=2 2"
+    result = lp_room(body, (2, "no room for it"))
+    assert [t.name for t in result.tables] == ["a", "b", "known"] and result.limit_hit
+    assert [(e.line_number, e.error_message) for e in result.errors][1:] == [
+        (4, "no room for it"),
+        (6, "no room for it"),
+    ]
+
+
+def lp_room(body: bytes, room: tuple[int, str]) -> ParseResult:
+    known: Known = {"known": {"v": ColumnType.FLOAT}}
+    result = parse(body, Precision.NS, NOW, known=known, table_room=room)
+    for fast in (True, False):
+        assert canon(result) == canon(
+            _Body(body, Precision.NS, NOW, fast, known, None, room).result(safe=False)
+        )
+    return result
+
+
+def test_the_bad_name_characters_are_the_unicode_categories_named() -> None:
+    wanted = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co"}
+    bad = [c for c in range(0x110000) if unicodedata.category(chr(c)) in wanted]
+    assert [c for c in range(0x110000) if BAD_NAME_CHAR.match(chr(c))] == bad
+
+
+@pytest.mark.parametrize(
+    "char", ["\x00", "\x1f", "\x7f", "\x85", "\u200b", "\u200d", "\u202e", "\u2066", "\ufeff", "\ue000"]
+)
+def test_names_with_control_or_invisible_characters_are_rejected_naming_them(char: str) -> None:
+    code = f"U+{ord(char):04X}"
+    for line, kind in [
+        (f"m{char} f=1", "measurement"),
+        (f"m,t{char}=v f=1", "tag key"),
+        (f"m f{char}=1", "field key"),
+    ]:
+        message = error(line)
+        if char == "\x00" and kind == "measurement":
+            continue  # as in InfluxDB, NUL ends a measurement: "Expected at least one space..."
+        assert message.startswith(f"invalid {kind} ") and code in message, message
+    # as values they are data
+    assert one(f'm,t=a{char}b s="x{char}y" 1')["t"] == f"a{char}b"
+
+
+def test_a_line_with_more_fields_than_a_table_holds_is_rejected_without_scanning_them_all() -> None:
+    body = ("m,a=1,b=2 " + ",".join(f"f{i}=1" for i in range(200_000))).encode()
+    result = parse(body, Precision.NS, NOW, max_columns=500)
+    assert [e.error_message for e in result.errors] == [
+        "the line has more than 500 tags and fields; a table holds at most 500 columns"
+        " (catalog.max_columns): split it into several lines"
+    ]
+    assert one("m,a=1,b=2 f1=1,f2=2 1")["f2"] == 2.0
+    assert parse(b"m,a=1,b=2 f1=1 1", Precision.NS, NOW, max_columns=3).errors == []
+    assert parse(b"m,a=1,b=2 f1=1,f2=2 1", Precision.NS, NOW, max_columns=3).errors[0].line_number == 1
+
+
+def test_a_table_naming_more_columns_than_it_may_hold_is_rejected_whole() -> None:
+    body = "\n".join(f"m f{i}=1 {i}" for i in range(1, 8)) + "\nother v=1 1"
+    result = parse(body.encode(), Precision.NS, NOW, max_columns=5)
+    assert result.limit_hit and [t.name for t in result.tables] == ["other"]
+    assert [e.line_number for e in result.errors] == list(range(1, 8))
+    ok = parse(body.encode(), Precision.NS, NOW, max_columns=5, known={"m": {"f1": ColumnType.FLOAT}})
+    assert ok.limit_hit
+    assert not parse(body.encode(), Precision.NS, NOW, max_columns=7).limit_hit
+
+
+def test_error_details_are_bounded_and_every_line_counted() -> None:
+    body = b"x\n" * 10_000 + b"m f=1 1"
+    result = parse(body, Precision.NS, NOW)
+    assert len(result.errors) == 100 and [e.line_number for e in result.errors] == list(range(1, 101))
+    assert len(result.rejected) == 10_000 and result.tables[0].num_rows == 1
+
+
+@st.composite
+def many_layout_bodies(draw: st.DrawFn) -> bytes:
+    """Tables whose lines each carry other fields (more layouts than the per-layout gathering takes)."""
+    keys = [f"k{i}" for i in range(draw(st.integers(2, 30)))]
+    lines = []
+    for n in range(draw(st.integers(17, 60))):
+        chosen = draw(st.lists(st.sampled_from(keys), min_size=1, max_size=6, unique=True))
+        tokens = [
+            draw(st.sampled_from(_TOKENS)) if draw(st.integers(0, 19)) == 0 else f"{n}i" for _ in chosen
+        ]
+        series = draw(st.sampled_from(["m", "m,t=a", "m,u=b", "n"]))
+        lines.append(f"{series} {','.join(f'{k}={v}' for k, v in zip(chosen, tokens, strict=True))} {n}")
+    return "\n".join(lines).encode()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(many_layout_bodies(), st.one_of(st.none(), st.integers(3, 40)))
+def test_tables_of_many_layouts_equal_the_exact_route(body: bytes, max_columns: int | None) -> None:
+    fast = _Body(body, Precision.NS, NOW, True, max_columns=max_columns).result(safe=False)
+    assert canon(fast) == canon(
+        _Body(body, Precision.NS, NOW, False, max_columns=max_columns).result(safe=False)
+    )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(mutated_bodies(), repetitive_bodies()), st.integers(1, 40))
+def test_splitting_the_text_in_chunks_changes_nothing(body: bytes, chunk: int) -> None:
+    """Lines are split a chunk at a time; records spanning chunks and errors reported after the
+    run (which re-split a chunk) come out as with one chunk."""
+    whole = canon(_Body(body, Precision.NS, NOW, True).result(safe=False))
+    default, lineprotocol._CHUNK_CHARS = lineprotocol._CHUNK_CHARS, chunk
+    try:
+        for fast in (True, False):
+            assert canon(_Body(body, Precision.NS, NOW, fast).result(safe=False)) == whole
+    finally:
+        lineprotocol._CHUNK_CHARS = default

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from appliance import _lpvec, lineprotocol
 from appliance.lineprotocol import _Body, parse
-from appliance.model import ColumnType, ParseResult, Precision
+from appliance.model import MAX_TIME_NS, ColumnType, ParseResult, Precision
 from tests.test_lineprotocol import canon
 
 NOW = 1_700_000_000_123_456_789
@@ -119,8 +119,8 @@ def test_names_and_strings_in_the_simple_shape() -> None:
     [
         "m,t=a f=1e400,g=-1e-400,h=4.9e-324,i=-0,j=1E+05 0000000000000000000000005",
         "m,t=a g=00000000000000000000000002i,h=-0i,u=000000000000000000000003u -0",
-        "m,t=a g=-9223372036854775808i,h=9223372036854775807i,u=18446744073709551615u 9223372036854775807",
-        'm,t=a\u2028,u=\x85 s="a\xa0b\x0b" -9223372036854775808',
+        "m,t=a g=-9223372036854775808i,h=9223372036854775807i,u=18446744073709551615u 9223286399999999999",
+        'm,t=a\u2028,u=\x85 s="a\xa0b\x0b" -9223286400000000000',
     ],
 )
 def test_edge_values_are_taken(line: str) -> None:
@@ -224,12 +224,12 @@ _STR = st.text(st.characters(codec="utf-8", exclude_characters=' ,"\\\n\r\t\x00'
 _TAG_VALUES = ["a", "b", "é=1", "#x", 'q"']
 _KINDS = [ColumnType.FLOAT, ColumnType.INTEGER, ColumnType.UINTEGER, ColumnType.BOOLEAN, ColumnType.STRING]
 _SPELLINGS = ["t", "T", "true", "True", "TRUE", "f", "F", "false", "False", "FALSE"]
-_STAMPS = {  # the range of timestamps each precision takes without overflow
-    Precision.AUTO: 2**63 - 1,
-    Precision.S: 9_223_372_036,
-    Precision.MS: 9_223_372_036_854,
-    Precision.US: 9_223_372_036_854_775,
-    Precision.NS: 2**63 - 1,
+_STAMPS = {  # the range of timestamps each precision takes (MIN_TIME_NS = -MAX_TIME_NS - 1)
+    Precision.AUTO: MAX_TIME_NS,
+    Precision.S: MAX_TIME_NS // 10**9,
+    Precision.MS: MAX_TIME_NS // 10**6,
+    Precision.US: MAX_TIME_NS // 10**3,
+    Precision.NS: MAX_TIME_NS,
 }
 
 

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from appliance import config, lineprotocol
 from appliance.errors import ConfigError
-from appliance.model import LineError
+from appliance.model import LineErrors
+from appliance.mqtt import ingest as ingest_module
 from appliance.mqtt.ingest import Backoff, MqttIngest, _Message
 from appliance.write import WriteReport, WriteRequest
 
@@ -34,11 +35,19 @@ class FakeWrites:
     def submit(self, req: WriteRequest) -> WriteReport:
         self.requests.append(req)
         lines = req.body.split(b"\n")
-        errors = [LineError(n, "", "bad line") for n, line in enumerate(lines, 1) if line.startswith(b"bad")]
+        rejected = LineErrors()
+        for n, line in enumerate(lines, 1):
+            if line.startswith(b"bad"):
+                rejected.add(n, "", "bad line")
+        errors = rejected.listed()
         committed: Future[int] = Future()
         self.commits.append(committed)
         return WriteReport(
-            lines=len(lines), rows=len(lines) - len(errors), errors=errors, committed=committed
+            lines=len(lines),
+            rows=len(lines) - len(errors),
+            errors=errors,
+            committed=committed,
+            rejected=rejected,
         )
 
     def commit_all(self) -> None:
@@ -174,6 +183,56 @@ def test_a_failed_commit_writes_the_messages_again(tmp_path: Path) -> None:
     assert acks.mids == []
     writes.commit_all()
     settle(lambda: acks.mids == [7])
+    ingest.stop()
+
+
+def test_a_payload_whose_handling_raises_is_recorded_and_acknowledged_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = FakeWrites()
+    ingest, acks = make(tmp_path, LP, writes)
+    real = ingest._convert
+
+    def convert(msg: _Message) -> Any:
+        if msg.payload == b"boom":
+            raise RuntimeError("bug")
+        return real(msg)
+
+    monkeypatch.setattr(ingest, "_convert", convert)
+    queue_one_batch(ingest, [b"m v=1 1", b"boom", b"m v=2 2"])
+    settle(lambda: len(writes.requests) == 1)
+    assert writes.requests[0].body == b"m v=1 1\nm v=2 2"
+    writes.commit_all()
+    settle(lambda: acks.mids == [1, 2, 3])
+    assert [(t, r) for _, t, r, _ in ingest.errors] == [
+        ("s/2", "internal error while converting it: RuntimeError('bug')")
+    ]
+    assert ingest.routes[0].errors == 1 and ingest.health()["inflight"] == 0
+    ingest.stop()
+
+
+def test_a_message_whose_write_keeps_raising_is_given_up_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest_module, "RETRY_SECONDS", 0.01)
+    writes = FakeWrites()
+    real = writes.submit
+
+    def submit(req: WriteRequest) -> WriteReport:
+        if b"poison" in req.body:
+            raise MemoryError("parser blew up")
+        return real(req)
+
+    writes.submit = submit  # type: ignore[method-assign]
+    ingest, acks = make(tmp_path, LP, writes)
+    queue_one_batch(ingest, [b"m v=1 1", b"m poison=1", b"m v=2 2"])
+    settle(lambda: sorted(r.body for r in writes.requests) == [b"m v=1 1", b"m v=2 2"])
+    writes.commit_all()
+    settle(lambda: acks.mids == [1, 2, 3])
+    assert [(t, r) for _, t, r, _ in ingest.errors] == [
+        ("s/2", "internal error while writing it (see the log)")
+    ]
+    assert ingest.health()["inflight"] == 0
     ingest.stop()
 
 

@@ -146,7 +146,7 @@ async def _write(
             await asyncio.wrap_future(report.committed)
     if report.errors:
         raise PartialWrite(
-            "partial write of line protocol occurred",
+            report.summary(),
             data=[e.to_json() for e in report.errors],
             http_status=422 if report.limit_hit else 400,
         )

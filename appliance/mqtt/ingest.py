@@ -20,6 +20,7 @@ import collections
 import functools
 import itertools
 import logging
+import re
 import threading
 import time
 import urllib.parse
@@ -45,6 +46,9 @@ from ..write import WriteRequest, WriteService
 from .payload import NO_MEASUREMENT, JsonOptions, PayloadError, TopicParsing, json_to_lines, retag_lines
 
 log = logging.getLogger("appliance.mqtt")
+
+#: The start of a line that is neither blank nor a comment.
+_DATA_LINE = re.compile(rb"^[ \t\r\v\f]*+[^ \t\r\v\f\n#]", re.MULTILINE)
 
 #: Most messages and payload bytes the batcher turns into one write.
 BATCH_MESSAGES = 10_000
@@ -96,6 +100,7 @@ class _Message:
     session: int  # connection number: an ack never goes to a later connection
     attempts: int = 0  # unexpected failures so far
     delayed: bool = False  # written again after a failure: wait a moment first
+    alone: bool = False  # failed in a batch: written by itself, so only a poison message fails
 
 
 @dataclass
@@ -108,6 +113,7 @@ class _Part:
     lines: int = 0  # lines of data
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
+    unlisted: int = 0  # rejected lines past the ones a write describes
 
 
 @dataclass
@@ -410,9 +416,15 @@ class MqttIngest:
                 self._cond.wait_for(lambda: self._queue or self._stopping.is_set())
                 if not self._queue:
                     return
-                batch: list[_Message] = []
-                size = 0
-                while self._queue and len(batch) < BATCH_MESSAGES and size < BATCH_BYTES:
+                batch: list[_Message] = [self._queue.popleft()]
+                size = len(batch[0].payload)
+                while (
+                    not batch[0].alone
+                    and self._queue
+                    and not self._queue[0].alone
+                    and len(batch) < BATCH_MESSAGES
+                    and size < BATCH_BYTES
+                ):
                     batch.append(self._queue.popleft())
                     size += len(batch[-1].payload)
             if any(m.delayed for m in batch):  # a retry: give what failed a moment
@@ -424,7 +436,8 @@ class MqttIngest:
             except _Abandoned:
                 self._release(batch)
             except Exception:
-                log.exception("MQTT batch of %d messages failed; trying it again", len(batch))
+                if not any(m.attempts for m in batch):  # once: retries of the same messages stay quiet
+                    log.exception("MQTT batch of %d messages failed; writing each alone again", len(batch))
                 self._retry(batch)
 
     def _retry(self, batch: list[_Message]) -> None:
@@ -433,6 +446,7 @@ class MqttIngest:
         given_up: list[_Message] = []
         for m in batch:
             m.attempts += 1
+            m.alone = True
             (again if m.attempts < MAX_ATTEMPTS else given_up).append(m)
         if given_up:
             parts = [_Part(m, errors=["internal error while writing it (see the log)"]) for m in given_up]
@@ -459,7 +473,11 @@ class MqttIngest:
         groups: dict[tuple[str, Precision, int], tuple[list[_Part], list[bytes]]] = {}
         loose: list[_Part] = []  # no route or a topic that does not parse: nothing to write
         for msg in batch:
-            part, body = self._convert(msg)
+            try:
+                part, body = self._convert(msg)
+            except Exception as e:  # a bug on one payload: that message alone is recorded as bad
+                log.exception("MQTT message on %r could not be converted; recorded as bad", msg.topic)
+                part, body = _Part(msg, errors=[f"internal error while converting it: {e!r:.200}"]), b""
             if msg.route is None or not body:
                 loose.append(part)
                 continue
@@ -499,7 +517,7 @@ class MqttIngest:
             errors = []
             body = retag_lines(msg.payload, measurement, tags, errors)
         body = body.rstrip(b"\n")
-        lines = sum(1 for line in body.split(b"\n") if line.strip() and not line.lstrip().startswith(b"#"))
+        lines = sum(1 for _ in _DATA_LINE.finditer(body))  # no list of lines: memory stays flat
         return _Part(msg, span=body.count(b"\n") + 1, lines=lines, errors=list(errors)), body
 
     def _submit(self, db: str, precision: Precision, body: bytes, parts: list[_Part]) -> Future[Any] | None:
@@ -522,10 +540,17 @@ class MqttIngest:
                 return None
         self.write_error = None
         starts = [p.first_line for p in parts]
+        numbers = report.rejected.sorted_numbers()  # every rejected line; the listed ones have text
+        for p in parts:
+            end = p.first_line + p.span
+            p.rejected += bisect.bisect_left(numbers, end) - bisect.bisect_left(numbers, p.first_line)
+        listed = [0] * len(parts)
         for err in report.errors:
-            part = parts[bisect.bisect_right(starts, err.line_number) - 1]
-            part.rejected += 1
-            part.errors.append(f"line {err.line_number - part.first_line + 1}: {err.error_message}")
+            i = bisect.bisect_right(starts, err.line_number) - 1
+            listed[i] += 1
+            parts[i].errors.append(f"line {err.line_number - parts[i].first_line + 1}: {err.error_message}")
+        for p, n in zip(parts, listed, strict=True):
+            p.unlisted = p.rejected - n
         self._record(parts)
         return report.committed
 
@@ -544,6 +569,8 @@ class MqttIngest:
             reason = "; ".join(p.errors[:3]) + (
                 f"; and {len(p.errors) - 3} more" if len(p.errors) > 3 else ""
             )
+            if p.unlisted:
+                reason += f"; {p.rejected} lines rejected in all"
             self.errors.append(
                 (p.msg.arrival_ns, p.msg.topic[:TOPIC_KEPT], reason, p.msg.payload[:PAYLOAD_HEAD])
             )

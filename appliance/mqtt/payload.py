@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from appliance.model import TIME_COLUMN
+from appliance.model import MAX_TIME_NS, MIN_TIME_NS, TIME_COLUMN, TIME_RANGE, name_problem
 
 TIME_FORMATS = ("auto", "s", "ms", "us", "ns", "rfc3339")
 NO_MEASUREMENT = "no measurement: set measurement, measurement_key or {measurement} in topic_parsing"
@@ -43,7 +43,7 @@ _EXPECTED = {
     "ns": "a number of nanoseconds",
     "rfc3339": "an RFC 3339 time such as 2026-11-28T10:00:00Z",
 }
-_OUT_OF_RANGE = "is out of range (years 1677 to 2262)"
+_OUT_OF_RANGE = f"is out of range ({TIME_RANGE})"
 # Unit guessed from a number's size, as line protocol's precision=auto does: below 5e9 it is
 # seconds (until year 2128), below 5e12 milliseconds, below 5e15 microseconds, else ns.
 _AUTO_UNITS = ((5_000_000_000, 1_000_000_000), (5_000_000_000_000, 1_000_000), (5_000_000_000_000_000, 1_000))
@@ -444,7 +444,7 @@ def _time_ns(value: Scalar, time_format: str) -> int:
 
 
 def _in_range(ns: int) -> int:
-    if not _I64_MIN <= ns <= _I64_MAX:
+    if not MIN_TIME_NS <= ns <= MAX_TIME_NS:
         raise ValueError(_OUT_OF_RANGE)
     return ns
 
@@ -614,10 +614,10 @@ def _reason(text: str, kind: str) -> str | None:
         return "is not valid Unicode (lone surrogate)"
     if kind == _MEASUREMENT and text[0] == "#":
         return "starts with #, which line protocol reads as a comment"
-    if kind == _MEASUREMENT and "\x00" in text:
-        return "contains a NUL character" + cannot
     if kind in (_TAG_KEY, _FIELD_KEY) and text == TIME_COLUMN:
         return "is reserved for the timestamp column"
+    if kind != _TAG_VALUE:
+        return name_problem(text)  # the write path's rule for names (a tag value is data)
     return None
 
 

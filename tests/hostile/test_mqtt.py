@@ -1,0 +1,114 @@
+"""Hostile MQTT publishes (an anonymous broker): bad names, a poison message, a table flood."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import mosquitto
+from tests.e2e.test_mqtt import count, mqtt_health, start_server, toml_config, wait_count
+from tests.hostile.test_write import vm_hwm_mb
+from tests.mosquitto import Broker
+from tests.server import Server, wait_for
+
+
+@pytest.fixture(autouse=True)
+def _reap_brokers() -> Iterator[None]:
+    yield
+    mosquitto.reap()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Broker:
+    return Broker(tmp_path / "broker").start()
+
+
+SUBSCRIPTIONS = [
+    {"topic": "lp/#", "database": "iot", "qos": 1},
+    {"topic": "json/#", "database": "iot", "qos": 1, "format": "json", "measurement": "js"},
+]
+
+
+def ready(tmp_path: Path, broker: Broker, **catalog: Any) -> Server:
+    config = toml_config(broker, SUBSCRIPTIONS)
+    if catalog:
+        config += "[catalog]\n" + "".join(f"{k} = {v}\n" for k, v in catalog.items())
+    server = start_server(tmp_path, config)
+    wait_for(lambda: mqtt_health(server)["status"] == "ok", what="MQTT subscribed")
+    return server
+
+
+def mqtt_errors(server: Server) -> list[dict[str, Any]]:
+    sql = "SELECT topic, reason FROM system.mqtt_errors ORDER BY time"
+    r = server.request("GET", "/api/v3/query_sql", {"db": "iot", "q": sql, "format": "json"})
+    return list(r.json()) if r.status == 200 else []  # 404 until the database exists
+
+
+def test_names_with_nul_are_refused_over_mqtt_and_queries_keep_working(
+    tmp_path: Path, broker: Broker
+) -> None:
+    server = ready(tmp_path, broker)
+    broker.publish("lp/a", ["cpu usage\0=2 1000000000\ncpu usage=1 2000000000"])
+    broker.publish("json/b", [json.dumps({"usage\u0000": 2, "v": 1})])
+    wait_count(server, "iot", "cpu", 1)
+    wait_count(server, "iot", "js", 1)
+    assert server.query("iot", "SELECT usage FROM cpu") == [{"usage": 1.0}]
+    assert [set(r) - {"time"} for r in server.query("iot", "SELECT * FROM js")] == [{"v"}]
+    errors = wait_for(lambda: len(mqtt_errors(server)) == 2 and mqtt_errors(server))
+    assert errors[0]["topic"] == "lp/a" and errors[0]["reason"].startswith("line 1: invalid field key")
+    assert "U+0000" in errors[0]["reason"] and "U+0000" in errors[1]["reason"]
+
+
+def test_a_ten_megabyte_message_of_bad_lines_is_recorded_once_and_not_redelivered(
+    tmp_path: Path, broker: Broker
+) -> None:
+    server = ready(tmp_path, broker)
+    baseline = vm_hwm_mb(server)
+    broker.publish("lp/junk", [b"x\n" * 5_000_000], timeout=120)
+    errors = wait_for(lambda: mqtt_errors(server), 120, "the junk message recorded")
+    assert len(errors) == 1 and errors[0]["topic"] == "lp/junk"
+    assert (
+        errors[0]["reason"].endswith("and 97 more; 5000000 lines rejected in all")
+        and len(errors[0]["reason"]) < 2000
+    )
+    assert vm_hwm_mb(server) < baseline + 250, (baseline, vm_hwm_mb(server))  # was +2.9 GB (OOM)
+    counted = 'appliance_mqtt_errors_total{subscription="lp/#"} 1'
+    wait_for(lambda: counted in server.request("GET", "/metrics").text, 10, "the message counted as bad")
+    broker.publish("lp/ok", ["ok v=1 1000000000"])
+    wait_count(server, "iot", "ok", 1)
+    # Acknowledged: after a restart the broker does not send it again, and the server stays up.
+    server.stop()
+    server.start()
+    wait_for(lambda: mqtt_health(server)["status"] == "ok", what="MQTT subscribed again")
+    broker.publish("lp/ok", ["ok v=2 2000000000"])
+    wait_count(server, "iot", "ok", 2)
+    time.sleep(1)
+    assert mqtt_errors(server) == [] and server.proc is not None and server.proc.poll() is None
+    assert server.request("GET", "/health").status == 200
+
+
+def test_one_publish_of_many_measurements_cannot_use_up_every_database_s_tables(
+    tmp_path: Path, broker: Broker
+) -> None:
+    server = ready(tmp_path, broker, max_tables=20, max_tables_per_database=5)
+    broker.publish("lp/flood", ["\n".join(f"m{i} v=1 1000000000" for i in range(50))])
+    errors = wait_for(lambda: mqtt_errors(server), 30, "the flood recorded")
+    assert "limit of 5 tables in database 'iot' (catalog.max_tables_per_database)" in errors[0]["reason"]
+    assert (
+        len(
+            [
+                t
+                for t in server.query("iot", "SHOW TABLES")
+                if t["table_schema"] not in ("system", "information_schema")
+            ]
+        )
+        == 5
+    )
+    r = server.request("POST", "/api/v3/write_lp", {"db": "other"}, "a v=1 1\nb v=1 1")
+    assert r.status == 204  # the HTTP writers' databases still have room
+    assert count(server, "other", "a") == 1
