@@ -4,8 +4,10 @@ DataFusion's planner recurses once per operator of a chain such as `1+1+...+1`: 
 overflow a thread's stack (a segfault, nothing logged) and planning time grows with the square
 of the chain (5,000 terms: 20 s of CPU that no timeout can interrupt). Its parser already refuses
 more than 50 nested parentheses or calls, but operator chains are flat to the parser. So they
-are measured here in one linear pass over the tokens that skips string literals, quoted names
-and comments, as DataFusion's tokenizer reads them.
+are measured here in one linear pass over the tokens that skips string literals (also E'..' with
+backslash escapes and $tag$..$tag$), quoted names and (nested) comments exactly where DataFusion's
+tokenizer ends them. `--` and `/*` always open a comment, even right after an operator. A quote or
+comment that does not close is refused: the scanner never guesses where DataFusion would read code.
 
 The measure over-estimates on purpose: the depth at an operator is the number of operators met
 since the last comma or clause keyword at its own level, plus those of the enclosing levels.
@@ -27,23 +29,27 @@ MAX_EXPRESSION_COST = MAX_EXPRESSION_DEPTH * MAX_EXPRESSION_DEPTH
 #: Nesting of parentheses and brackets (DataFusion's own parser stops at 50).
 MAX_NESTING = 100
 
+_IDENT_START = r"A-Za-z_@#\u0080-\U0010ffff"
 _TOKEN = re.compile(
     r"""
       (?P<skip>\s+
         | --[^\n]*
-        | [Ee]'(?:[^'\\]|\\.|'')*'?
-        | '(?:[^']|'')*'?
-        | "(?:[^"]|"")*"?
-        | `[^`]*`?
+        | [Ee]'(?:[^'\\]|\\.|'')*'
+        | '(?:[^']|'')*'
+        | "(?:[^"]|"")*"
+        | `[^`]*`
+        | \$(?P<tag>[A-Za-z0-9_]*)\$.*?\$(?P=tag)\$
         | \d+(?:\.\d*)?(?:[eE][+-]?\d+)?
-        | [$:]?[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_$\u0080-\U0010ffff]*)
+        | \$\w++(?!\$)
+        | (?![Ee]')[IDENT_START][IDENT_START0-9$]*)
+    | (?P<unclosed>[Ee]?'|"|`|\$\w*\$)
     | (?P<comment>/\*)
     | (?P<open>[(\[])
     | (?P<close>[)\]])
     | (?P<comma>[,;])
-    | (?P<op>[-+*/%<>=!|&^~:@#?]+)
+    | (?P<op>(?:(?!--|/\*)[-+*/%<>=!|&^~:?])+)
     | (?P<other>.)
-    """,
+    """.replace("IDENT_START", _IDENT_START),
     re.VERBOSE | re.DOTALL,
 )
 _WORD_OPERATORS = frozenset(
@@ -91,8 +97,12 @@ def expression_depth(sql: str) -> tuple[int, int]:
             elif word in _CLAUSES:
                 total -= levels[-1]
                 levels[-1] = 0
-        elif kind == "comment":
-            pos = _comment_end(sql, pos)
+        elif kind == "unclosed" or (kind == "comment" and (pos := _comment_end(sql, pos)) < 0):
+            raise QueryError(
+                f"query refused: the quote or comment at character {match.start() + 1} is not closed"
+                " where it can be read safely; close it (strings end with ', names with \", comments"
+                " with */, $tag$ strings with the same $tag$)"
+            )
         elif kind == "op":
             added = (len(match.group()) + 1) // 2  # `||`, `::`, `<=` are one operator
         elif kind == "open":
@@ -115,13 +125,13 @@ def expression_depth(sql: str) -> tuple[int, int]:
 
 
 def _comment_end(sql: str, pos: int) -> int:
-    """The end of a block comment opened just before `pos`; they nest, as DataFusion reads them."""
+    """The end of a block comment opened just before `pos` (they nest, as DataFusion reads them); -1 if none."""
     nested = 1
     for edge in _COMMENT_EDGE.finditer(sql, pos):
         nested += 1 if edge.group() == "/*" else -1
         if nested == 0:
             return edge.end()
-    return len(sql)
+    return -1
 
 
 #: Builtins that build a value whose size is an argument's value: the index of that argument.

@@ -65,6 +65,62 @@ def test_check_sql_refuses_long_text_and_deep_or_costly_expressions() -> None:
         check_sql("SELECT " + "(" * 200 + "1" + ")" * 200, 1 << 20)
 
 
+_CHAIN = "+".join(["1"] * 12_000)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        f"SELECT $$'$$ AS a, {_CHAIN}",  # a dollar-quoted string holding a quote
+        f"SELECT $t$'$t$ AS a, {_CHAIN}",
+        f"SELECT 1 +/* ' */ {_CHAIN} -- '",  # a comment opened inside an operator run
+        f"SELECT 1 */* ' */ {_CHAIN} -- '",
+        f"SELECT 1 +-- '\n{_CHAIN} -- '",
+        f"SELECT 1 AS a -- '\n, {_CHAIN} AS b",
+        f"SELECT E'a\\'' AS a, {_CHAIN} -- '",  # E'' strings escape with a backslash
+        f"SELECT 'a\\' AS a, {_CHAIN} -- '",  # plain strings do not
+        f'SELECT 1 AS "a""b", {_CHAIN} -- "',
+        f"SELECT 1 AS a /* /* */ ' */, {_CHAIN} -- '",  # block comments nest
+        f"SELECT 1 AS @$$a, {_CHAIN} -- $$",  # `$` continues a name
+    ],
+)
+def test_chains_hidden_behind_quotes_or_comments_are_seen(sql: str) -> None:
+    with pytest.raises(QueryError, match="too complex"):
+        check_sql(sql, 1 << 20)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        f"SELECT '{_CHAIN}",
+        f"SELECT E'\\'{_CHAIN}",
+        f'SELECT "{_CHAIN}',
+        f"SELECT `{_CHAIN}",
+        f"SELECT $$ {_CHAIN}",
+        f"SELECT $t$ {_CHAIN} $u$",
+        f"SELECT 1 /* /* */ {_CHAIN}",
+    ],
+)
+def test_unclosed_quotes_and_comments_are_refused(sql: str) -> None:
+    with pytest.raises(QueryError, match="not closed"):
+        check_sql(sql, 1 << 20)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT $$a'b$$ AS a, $t$x$u$y$t$ AS b, $1$ab$1$ AS c",
+        "SELECT E'a\\'b' AS x, 'it''s' AS y, 'a\\' AS z",
+        'SELECT 1 AS "a""b", 1 AS `c`',
+        "SELECT 1 /* a /* b */ c */ AS x, 2 AS y -- end",
+        "SELECT 1 AS x, 2 AS a$$b",
+    ],
+)
+def test_scanner_reads_literals_as_datafusion_does(sql: str) -> None:
+    check_sql(sql, 1 << 20)
+    SessionContext().sql(sql).collect()  # DataFusion reads them too
+
+
 @pytest.mark.parametrize(
     ("plan", "refused"),
     [

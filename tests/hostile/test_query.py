@@ -277,15 +277,25 @@ def test_fuzzed_sql_gets_only_client_answers(hserver: Server) -> None:
             "1",
             "$1",
             "::int",
+            "$$",
+            "$t$",
+            "+/*",
+            "*/*",
+            "-- '",
+            "E'\\'",
+            '""',
         ]
     )
+    chain = "+".join(["1"] * 12_000)  # would crash the engine if a check missed it
 
     @st.composite
     def mutated(draw: Any) -> str:
         sql = draw(st.sampled_from(valid))
         for _ in range(draw(st.integers(0, 4))):
             at = draw(st.integers(0, len(sql)))
-            insert = draw(st.one_of(pieces, st.text(max_size=8), pieces.map(lambda p: p * 3000)))
+            insert = draw(
+                st.one_of(pieces, st.text(max_size=8), pieces.map(lambda p: p * 3000), st.just(chain))
+            )
             sql = sql[:at] + insert + sql[at:]
         return sql
 
