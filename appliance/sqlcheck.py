@@ -10,20 +10,27 @@ tokenizer ends them. `--` and `/*` always open a comment, even right after an op
 comment that does not close is refused: the scanner never guesses where DataFusion would read code.
 
 The measure over-estimates on purpose: the depth at an operator is the number of operators met
-since the last comma or clause keyword at its own level, plus those of the enclosing levels.
-The cost sums that depth over every operator (about what planning pays, a chain of n costs
-n²/2), so many moderate chains cannot add up to minutes either.
+since the last comma, clause keyword or CASE branch at its own level, plus those of the enclosing
+levels; AND/OR chains are measured apart from the operators of their terms (they overflow the
+stack sooner: see MAX_LOGIC_DEPTH). The cost sums that depth over every operator (about what
+planning pays, a chain of n costs n²/2), so many moderate chains cannot add up to minutes either.
 """
 
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 from .errors import QueryError
 
-#: Deepest operator chain a query may hold; 1,000 plans in about 0.5 s here and stays 8x below
-#: the depth that overflows an 8 MiB thread stack.
-MAX_EXPRESSION_DEPTH = 1000
+#: Deepest chain of operators other than AND/OR (arithmetic, `||`, comparisons, casts) in one
+#: expression. Measured with DataFusion 55 here: a chain of 2,000 plans and runs in ~4 s of CPU
+#: that no timeout interrupts, 4,000 in ~17 s; about 10,000 overflow the stack of the engine's
+#: threads (a segfault; a larger stack does not help, the crash is in execution too).
+MAX_EXPRESSION_DEPTH = 2000
+#: Deepest AND/OR chain: 3,000 `x <> n AND ...` terms already segfault (2,750 did not), OR
+#: chains near 10,000; 750 keeps a 4x margin (their comparisons are part of each term).
+MAX_LOGIC_DEPTH = 750
 #: Planning cost budget (sum of depths): two chains of the maximum depth.
 MAX_EXPRESSION_COST = MAX_EXPRESSION_DEPTH * MAX_EXPRESSION_DEPTH
 #: Nesting of parentheses and brackets (DataFusion's own parser stops at 50).
@@ -53,12 +60,17 @@ _TOKEN = re.compile(
     re.VERBOSE | re.DOTALL,
 )
 _WORD_OPERATORS = frozenset(
-    {"and", "or", "not", "is", "like", "ilike", "between", "in", "similar", "collate", "div", "at"}
+    {"not", "is", "like", "ilike", "between", "in", "similar", "collate", "div", "at"}
 )
-#: Keywords that start a new expression at the same level (a clause of a SELECT).
+_LOGIC_OPERATORS = frozenset({"and", "or"})
+#: Keywords that start a new expression at the same level (a clause of a SELECT)...
 _CLAUSES = frozenset(
     {"select", "from", "where", "group", "having", "order", "limit", "offset", "union", "join", "on"}
 )
+#: ... unless they continue an expression after this word (`a IS DISTINCT FROM b`, `WITHIN GROUP`).
+_NOT_CLAUSE_AFTER = {"from": "distinct", "group": "within"}
+#: A CASE opens a level that END closes; its branches start new expressions in it.
+_BRANCHES = frozenset({"when", "then", "else"})
 _COMMENT_EDGE = re.compile(r"/\*|\*/")
 
 
@@ -70,33 +82,73 @@ def check_sql(sql: str, max_bytes: int) -> None:
             f"query text is {size} bytes, more than query.max_sql_bytes ({max_bytes});"
             " shorten it (a long IN list can often be a time range or a join instead)"
         )
-    depth, cost = expression_depth(sql)
-    if depth > MAX_EXPRESSION_DEPTH or cost > MAX_EXPRESSION_COST:
+    depth = expression_depth(sql)
+    if depth.load > 1 or depth.cost > MAX_EXPRESSION_COST:
         raise QueryError(
-            f"query too complex: its expressions chain {depth} operators (at most"
-            f" {MAX_EXPRESSION_DEPTH}, and at most about {MAX_EXPRESSION_DEPTH} operators in two such"
-            " chains); split it, or use IN (...) instead of long OR chains"
+            f"query too complex: its expressions chain {depth.terms} operators and {depth.logic} AND/OR"
+            f" (at most {MAX_EXPRESSION_DEPTH} operators, {MAX_LOGIC_DEPTH} AND/OR, and about two"
+            " chains of that length in all); split it, or use IN (...) / NOT IN (...) lists instead of"
+            " long OR / AND chains"
         )
 
 
-def expression_depth(sql: str) -> tuple[int, int]:
-    """The deepest operator chain of `sql` and the planning cost (see the module docstring)."""
-    levels = [0]
-    total = deepest = cost = 0
+class Depth(NamedTuple):
+    """How deep a query's expressions go: see expression_depth."""
+
+    #: Deepest chain of operators other than AND/OR, enclosing levels included.
+    terms: int
+    #: Deepest AND/OR chain, enclosing levels included.
+    logic: int
+    #: Sum of the depth at every operator: about what planning pays.
+    cost: int
+    #: The worst moment's share of the limits (terms and AND/OR together); over 1 is refused.
+    load: float
+
+
+def expression_depth(sql: str) -> Depth:
+    """The deepest operator chains of `sql` and the planning cost (see the module docstring).
+
+    An AND/OR chain counts its AND/OR operators; the comparisons and arithmetic of each of its
+    terms make that term's own chain, which the next AND/OR ends. Commas, clause keywords and
+    CASE/WHEN/THEN/ELSE/END start a new chain at their level; brackets open a level inside it.
+    """
+    levels = [[0, 0]]  # per level: operators of the current term, AND/OR so far
+    cases = [False]  # per level: whether a CASE opened it
+    previous = ""
+    terms = logic = deepest_terms = deepest_logic = cost = 0
+    load = 0.0
     pos = 0
     while pos < len(sql):
         match = _TOKEN.match(sql, pos)
         assert match is not None  # `other` matches any single character
         pos = match.end()
         kind = match.lastgroup
-        added = 0
+        added = joined = 0  # operators added to the current term / to the AND/OR chain
+        level = levels[-1]
+        if kind != "skip":
+            previous = ""
         if kind == "skip":
-            word = match.group().lower()
-            if word in _WORD_OPERATORS:
+            word, after = match.group().lower(), previous
+            if not (word.isspace() or word.startswith("--")):
+                previous = word
+            if word in _WORD_OPERATORS or (word == "from" and after == "distinct"):
                 added = 1
-            elif word in _CLAUSES:
-                total -= levels[-1]
-                levels[-1] = 0
+            elif word in _LOGIC_OPERATORS:
+                terms -= level[0]
+                level[0] = 0
+                joined = 1
+            elif word == "case":
+                levels.append([0, 0])
+                cases.append(True)
+            elif word == "end" and cases[-1]:
+                closed = levels.pop()
+                cases.pop()
+                terms, logic = terms - closed[0], logic - closed[1]
+            elif (word in _CLAUSES and _NOT_CLAUSE_AFTER.get(word) != after) or (
+                word in _BRANCHES and cases[-1]
+            ):
+                terms, logic = terms - level[0], logic - level[1]
+                level[:] = [0, 0]
         elif kind == "unclosed" or (kind == "comment" and (pos := _comment_end(sql, pos)) < 0):
             raise QueryError(
                 f"query refused: the quote or comment at character {match.start() + 1} is not closed"
@@ -108,20 +160,27 @@ def expression_depth(sql: str) -> tuple[int, int]:
         elif kind == "open":
             if match.group() == "[":
                 added = 1  # a subscript nests its value
-            levels.append(0)
-            if len(levels) > MAX_NESTING:
-                return MAX_NESTING * MAX_EXPRESSION_DEPTH, MAX_EXPRESSION_COST + 1
-        elif kind == "close" and len(levels) > 1:
-            total -= levels.pop()
+            levels.append([0, 0])
+            cases.append(False)
+        elif kind == "close":
+            while len(levels) > 1:  # with any CASE left open inside the brackets
+                closed = levels.pop()
+                terms, logic = terms - closed[0], logic - closed[1]
+                if not cases.pop():
+                    break
         elif kind == "comma":
-            total -= levels[-1]
-            levels[-1] = 0
-        if added:
-            levels[-1 if kind != "open" else -2] += added
-            total += added
-            deepest = max(deepest, total)
-            cost += total * added
-    return deepest, cost
+            terms, logic = terms - level[0], logic - level[1]
+            level[:] = [0, 0]
+        if len(levels) > MAX_NESTING:
+            return Depth(MAX_NESTING * MAX_EXPRESSION_DEPTH, 0, MAX_EXPRESSION_COST + 1, float(MAX_NESTING))
+        if added or joined:
+            level[0] += added
+            level[1] += joined  # a subscript's `[` counts in the level that holds it
+            terms, logic = terms + added, logic + joined
+            deepest_terms, deepest_logic = max(deepest_terms, terms), max(deepest_logic, logic)
+            load = max(load, terms / MAX_EXPRESSION_DEPTH + logic / MAX_LOGIC_DEPTH)
+            cost += (terms + logic) * (added + joined)
+    return Depth(deepest_terms, deepest_logic, cost, load)
 
 
 def _comment_end(sql: str, pos: int) -> int:
