@@ -147,7 +147,16 @@ class QueryService:
         finally:
             stream = None  # dropping the stream aborts DataFusion's tasks for it
             loop.close()
-        return pa.Table.from_batches(batches, schema=schema)
+        if not batches:
+            return schema.empty_table()  # type: ignore[no-any-return]
+        # The batches' own schema: the plan's may declare a column nullable that a function's
+        # batches mark not null (`SELECT upper('x')`); the types are the same either way.
+        first = batches[0].schema
+        if all(batch.schema.equals(first) for batch in batches[1:]):
+            return pa.Table.from_batches(batches, schema=first)
+        return pa.Table.from_batches(
+            [pa.RecordBatch.from_arrays(batch.columns, schema=schema) for batch in batches], schema=schema
+        )
 
     def _next(self, loop: asyncio.AbstractEventLoop, stream: Any, deadline: float) -> pa.RecordBatch | None:
         """The next batch, or None at the end; waits in short slices to see the deadline and close()."""

@@ -242,3 +242,24 @@ def test_query_slots_are_given_back_on_timeout_and_when_the_pool_refuses() -> No
         assert stopping.value.http_status == 503 and app.query_slots._value == 1
 
     asyncio.run(scenario())
+
+
+def test_results_keep_the_batches_schema_when_the_plan_says_nullable() -> None:
+    from pathlib import Path
+
+    from appliance.query import QueryService
+
+    service = QueryService(None, None, None, Path("."), None, QueryLimits(1 << 20, int(10e9), 1 << 20))  # type: ignore[arg-type]
+    ctx = SessionContext()
+    for sql, expected in [
+        ("SELECT upper('x') AS u", [{"u": "X"}]),
+        ("SELECT repeat('-', 3) AS r", [{"r": "---"}]),
+        ("SELECT range(1, 3) AS g", [{"g": [1, 2]}]),
+        ("SELECT 1 AS n WHERE false", []),
+    ]:
+        table = service._pull(ctx.sql(sql), time.monotonic() + 10)
+        assert table.to_pylist() == expected
+    assert (
+        service._pull(ctx.sql("SELECT upper('x') AS u"), time.monotonic() + 10).schema.field("u").type
+        == pa.string()
+    )

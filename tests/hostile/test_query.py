@@ -111,6 +111,13 @@ def test_deep_expression_is_refused_and_server_lives(hserver: Server) -> None:
     assert r.status == 400 and b"query.max_sql_bytes" in r.body
 
 
+def test_constant_scalar_queries_answer(hserver: Server) -> None:
+    r = _post(hserver, "SELECT upper('x') AS u, repeat('-', 8) AS r, range(1, 4) AS g")
+    assert r.status == 200 and r.json() == [{"u": "X", "r": "--------", "g": [1, 2, 3]}], r.body
+    r = _post(hserver, "SELECT lpad(host, 5, '0') AS p FROM cpu ORDER BY p")
+    assert r.status == 200 and r.json() == [{"p": "0000a"}, {"p": "0000b"}], r.body
+
+
 # -- item 4: memory of scalar functions and rendering --------------------------------------
 def test_amplifying_function_is_refused_within_memory(hserver: Server) -> None:
     assert hserver.proc is not None
