@@ -28,7 +28,7 @@ from .errors import ApplianceError, DatabaseNotFound, QueryError, QueryTimeout, 
 from .manifest import Manifest, ParquetFile
 from .metrics import QUERIES, QUERY_SECONDS
 from .model import TIME_COLUMN
-from .sqlcheck import check_sizes, check_sql
+from .sqlcheck import check_sizes, check_sql, value_budget
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
@@ -91,7 +91,7 @@ class QueryService:
             with self.manifest.pinned():
                 ctx = self._context(db)
                 df = ctx.sql_with_options(sql, _read_only(), param_values=_bind(params) if params else None)
-                check_sizes(df.logical_plan().display_indent(), self.limits.memory_bytes)
+                check_sizes(df.logical_plan().display_indent(), value_budget(self.limits.memory_bytes))
                 result = self._collect(df, deadline)
                 outcome = "ok"
                 return result

@@ -18,6 +18,7 @@ planning pays, a chain of n costs n²/2), so many moderate chains cannot add up 
 
 from __future__ import annotations
 
+import ast
 import re
 from typing import NamedTuple
 
@@ -198,18 +199,29 @@ _SIZED = {"lpad": 1, "rpad": 1, "repeat": 1, "array_repeat": 1, "array_resize": 
 #: Scalar list builders: ([start,] stop[, step]) make a list of (stop - start) / step values.
 _RANGES = ("range", "generate_series")
 _CALL = re.compile(r"\b(" + "|".join([*_SIZED, *_RANGES]) + r")\(")
-_INT_LITERAL = re.compile(r"^U?Int\d+\((-?\d+)\)$")
+_INT_IN_PLAN = re.compile(r"\bU?Int\d+\((-?\d+)\)")
 _TEXT_LITERAL = re.compile(r'(?:Large)?Utf8(?:View)?\("((?:[^"\\]|\\.)*)"\)')
 
 
+#: Rows in one of DataFusion's batches (its default batch_size): a function applied to every row
+#: builds this many values at once.
+BATCH_ROWS = 8192
+
+
+def value_budget(memory_bytes: int) -> int:
+    """Bytes the size-building calls of one row may make: a batch of such rows fits in memory_bytes."""
+    return max(memory_bytes // BATCH_ROWS, 4096)
+
+
 def check_sizes(plan: str, max_bytes: int) -> None:
-    """Refuse queries whose size-building calls add up to more than the query memory limit.
+    """Refuse queries whose size-building calls make more than max_bytes per row (value_budget).
 
     lpad, rpad, repeat, array_repeat, array_resize and the scalar range/generate_series allocate
-    outside DataFusion's memory pool, and constant folding runs them while planning. So they are
-    read in the unoptimised plan's text (parameters already bound): their size arguments must be
-    number literals, and their sizes, nested ones multiplied, must fit in max_bytes together.
-    `repeat` over column values is checked again per batch by its replacement function.
+    outside DataFusion's memory pool, once per row of a batch, and constant folding runs them while
+    planning. So they are read in the unoptimised plan's text (parameters already bound): their size
+    arguments must be constants (number literals, arithmetic and casts of them, or $parameters),
+    and their sizes, nested ones multiplied, must fit in max_bytes together. `repeat` over column
+    values is checked per batch instead, by its replacement function.
     """
     total = 0
     literals = [m.span() for m in _TEXT_LITERAL.finditer(plan)]
@@ -219,36 +231,37 @@ def check_sizes(plan: str, max_bytes: int) -> None:
         name, size = call.group(1), _call_size(plan, call)
         if size is None:
             raise QueryError(
-                f"query refused: the size argument of {name}() must be a number (a literal or a"
-                " $parameter): the values it builds are not counted in query.memory_limit"
+                f"query refused: the size arguments of {name}() must be constants or $parameters (not"
+                " columns): the values it builds are not counted in query.memory_limit"
             )
         total += size
         if total > max_bytes:
             raise QueryError(
-                f"query refused: {name}() and the like would build about {total} bytes, more than the"
-                f" query memory limit of {max_bytes} bytes (query.memory_limit)"
+                f"query refused: {name}() and the like would build about {total} bytes per row, more"
+                f" than {max_bytes} bytes (query.memory_limit / {BATCH_ROWS}, the rows of one batch)"
             )
 
 
 def _call_size(text: str, call: re.Match[str]) -> int | None:
-    """Bytes one call builds; 0 when unsized here, None when a size argument is not a number."""
+    """Bytes one call builds; 0 when unsized here, None when a size argument is not a constant."""
     name, args = call.group(1), _arguments(text, call.end())
     if any(arg.startswith("$") for arg in args):
         return 0  # an alias repeating the query's text; the bound call is read where it is used
     if name in _RANGES:
-        if not args:
+        if not any(args):
             return 0  # the table function: it streams its rows in batches
-        numbers = [_int(arg) for arg in args]
+        numbers = [_constant(arg) for arg in args]
         if None in numbers:
-            return None if any(_computed(arg) for arg in args) else 0
+            return None
         start, stop, step, *_ = ([0, *numbers] if len(numbers) == 1 else numbers) + [1]
         return abs((stop or 0) - (start or 0)) // max(abs(step or 1), 1) * 8
     index = _SIZED[name]
-    count = _int(args[index]) if len(args) > index else 0
+    if len(args) <= index:
+        return 0
+    count = _constant(args[index])
     if count is None:
-        # A column's values are the data's (repeat checks them per batch); a computed constant
-        # would be folded, and built, while planning.
-        return None if _computed(args[index]) and name != "repeat" else 0
+        # repeat's replacement checks the values of each batch; the others build unchecked.
+        return 0 if name == "repeat" else None
     if name in ("lpad", "rpad"):
         unit = 1
     else:
@@ -256,9 +269,41 @@ def _call_size(text: str, call: re.Match[str]) -> int | None:
     return max(count, 0) * unit
 
 
-def _computed(arg: str) -> bool:
-    """Whether a plan argument is an expression or typed literal rather than a column."""
-    return "(" in arg or any(op in arg for op in " +-*/%|")
+_CAST_OPEN = re.compile(r"\b(?:TRY_)?CAST\(")
+_CAST_CLOSE = re.compile(r" AS U?Int\d+\)")
+_CONSTANT_TEXT = re.compile(r"[\d\s+\-*/%()]+")
+
+
+def _constant(arg: str) -> int | None:
+    """The value of a plan argument made of integer literals, + - * / %, and integer casts."""
+    text = _INT_IN_PLAN.sub(r"(\1)", _CAST_CLOSE.sub(")", _CAST_OPEN.sub("(", arg)))
+    if not _CONSTANT_TEXT.fullmatch(text):
+        return None
+    try:
+        return _evaluate(ast.parse(text, mode="eval").body)
+    except (SyntaxError, ValueError, ZeroDivisionError, RecursionError):
+        return None
+
+
+def _evaluate(node: ast.AST) -> int:
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        value = _evaluate(node.operand)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.BinOp):
+        left, right = _evaluate(node.left), _evaluate(node.right)
+        if isinstance(node.op, ast.Add):
+            return left + right
+        if isinstance(node.op, ast.Sub):
+            return left - right
+        if isinstance(node.op, ast.Mult):
+            return left * right
+        if isinstance(node.op, (ast.Div, ast.FloorDiv)):
+            return int(left / right) if abs(left) < 1 << 53 else left // right  # SQL truncates
+        if isinstance(node.op, ast.Mod):
+            return left % right
+    raise ValueError("not a constant")
 
 
 def _largest(text: str, floor: int) -> int:
@@ -292,8 +337,3 @@ def _arguments(text: str, start: int) -> list[str]:
             begin = i + 1
         i += 1
     return args
-
-
-def _int(arg: str) -> int | None:
-    match = _INT_LITERAL.match(arg)
-    return int(match.group(1)) if match else None

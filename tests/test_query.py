@@ -12,7 +12,7 @@ from datafusion import SessionConfig, SessionContext
 
 from appliance.errors import QueryError
 from appliance.query import QueryLimits, _query_error, lazy_schema
-from appliance.sqlcheck import MAX_EXPRESSION_DEPTH, check_sizes, check_sql, expression_depth
+from appliance.sqlcheck import MAX_EXPRESSION_DEPTH, check_sizes, check_sql, expression_depth, value_budget
 
 
 def test_tables_resolve_only_when_named_and_list_as_base_tables() -> None:
@@ -170,7 +170,16 @@ def test_scanner_reads_literals_as_datafusion_does(sql: str) -> None:
         ("Projection: range(Int64(1), Int64(1000))", False),
         ("TableScan: generate_series()", False),
         ('Projection: lpad(Utf8("x"), Int64(1000) * Int64(1000000))', True),
-        ("Projection: lpad(t.s, t.n)", False),
+        ("Projection: lpad(t.s, t.n)", True),  # a column's values: unchecked, so refused
+        ('Projection: lpad(Utf8("x"), c.k)', True),
+        ('Projection: lpad(t.s, Int64(10) + Int64(2), Utf8("0"))', False),
+        ('Projection: lpad(t.s, CAST(Int64(10) AS Int64), Utf8("0"))', False),
+        ("Projection: lpad(t.s, (- Int64(3)) * (Int64(2) + Int64(1)))", False),
+        ('Projection: lpad(t.s, TRY_CAST(Utf8("10") AS Int32))', True),
+        ("Projection: lpad(CAST(t.value AS Utf8), Int64(10000000))", True),  # 10 MB for each row
+        ("Projection: lpad(t.s, Int64(30000))", False),
+        ("Projection: lpad(t.s, Int64(40000))", True),  # over 256 MiB / 8192 rows
+        ("Projection: range(t.a, t.b)", True),
         ('Projection: Utf8("lpad(x, y * 2)") AS m', False),
         ("Projection: array_repeat(array_repeat(Int64(1), Int64(10000)), Int64(10000))", True),
         (
@@ -184,9 +193,9 @@ def test_scanner_reads_literals_as_datafusion_does(sql: str) -> None:
 def test_check_sizes_reads_literal_sizes_in_the_plan(plan: str, refused: bool) -> None:
     if refused:
         with pytest.raises(QueryError, match=r"query\.memory_limit"):
-            check_sizes(plan, 256 << 20)
+            check_sizes(plan, value_budget(256 << 20))
     else:
-        check_sizes(plan, 256 << 20)
+        check_sizes(plan, value_budget(256 << 20))
 
 
 def test_engine_errors_become_one_clean_line() -> None:
