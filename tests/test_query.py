@@ -272,3 +272,45 @@ def test_results_keep_the_batches_schema_when_the_plan_says_nullable() -> None:
         service._pull(ctx.sql("SELECT upper('x') AS u"), time.monotonic() + 10).schema.field("u").type
         == pa.string()
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "old", "new"),
+    [
+        (["abc", "bbb", None, "é-é"], ["b"] * 4, ["yy"] * 4),
+        (["abc", "aaa"], [""] * 2, ["x"] * 2),
+        (["aaa", "abab"], ["aa", "ab"], ["b", ""]),
+        (["abc", "abc"], ["b", None], ["x", "x"]),
+        (["abc"], ["b"], [None]),
+    ],
+)
+def test_guarded_replace_answers_as_datafusion_does(text: list[Any], old: list[Any], new: list[Any]) -> None:
+    from appliance.query import _guarded_replace
+
+    got = _guarded_replace(
+        pa.array(text, pa.string()), pa.array(old, pa.string()), pa.array(new, pa.string()), 1 << 20
+    )
+    ctx = SessionContext()
+    ctx.register_record_batches(
+        "t",
+        [
+            [
+                pa.record_batch(
+                    {"s": text, "o": old, "n": new},
+                    schema=pa.schema([("s", pa.string()), ("o", pa.string()), ("n", pa.string())]),
+                )
+            ]
+        ],
+    )
+    want = ctx.sql("SELECT replace(s, o, n) AS r FROM t").to_arrow_table().column("r").to_pylist()
+    assert got.to_pylist() == want
+
+
+def test_guarded_replace_refuses_before_building() -> None:
+    from appliance.query import _guarded_replace
+
+    text = pa.array(["x" * 1000] * 10)
+    with pytest.raises(ValueError, match=r"replace\(\) would build 10010000 bytes"):
+        _guarded_replace(text, pa.array(["x"] * 10), pa.array(["y" * 1001] * 10), 1 << 20)
+    with pytest.raises(ValueError, match="replace"):
+        _guarded_replace(text, pa.array(["x"] * 9 + ["xx"]), pa.array(["y" * 1001] * 10), 1 << 20)

@@ -146,11 +146,24 @@ def test_amplifying_function_is_refused_within_memory(hserver: Server) -> None:
         "SELECT cardinality(array_repeat(array_repeat(1, 10000), 10000))",
         "WITH c AS (SELECT 1000000000 AS k) SELECT length(lpad('x', k)) FROM c",
         "SELECT sum(length(lpad(CAST(value AS VARCHAR), 10000000))) FROM generate_series(1, 100)",
+        # each size is small; replace() would make 10 rows x 8,000 x 8,000 bytes
+        "SELECT length(replace(repeat(CAST(value % 2 AS VARCHAR), 8000), '0', repeat('y', 8000)))"
+        " FROM generate_series(1, 10)",
     ]:
         r = _post(hserver, sql, params={"n": 1_000_000_000} if "$n" in sql else None)
         assert r.status == 400 and (b"query.memory_limit" in r.body or b"must be constants" in r.body), r.body
         assert b"Traceback" not in r.body and b"\n" not in r.body.strip()
     assert _status(pid, "VmHWM") - baseline < 300 << 20
+    r = _post(
+        hserver,
+        "SELECT length(replace(repeat(CAST(value % 2 AS VARCHAR), 8000), '0', repeat('y', 8000)))"
+        " FROM generate_series(1, 10)",
+    )
+    assert b"replace() would build" in r.body, r.body
+    assert _post(hserver, "SELECT replace(host, 'a', 'zz') AS r FROM cpu ORDER BY r").json() == [
+        {"r": "b"},
+        {"r": "zz"},
+    ]
 
 
 def test_rendering_memory_stays_near_the_result_limit(tmp_path: Path) -> None:
