@@ -28,7 +28,7 @@ from .errors import ApplianceError, DatabaseNotFound, QueryError, QueryTimeout, 
 from .manifest import Manifest, ParquetFile
 from .metrics import QUERIES, QUERY_SECONDS
 from .model import TIME_COLUMN
-from .sqlcheck import check_sizes, check_sql
+from .sqlcheck import check_sizes, check_sql, value_budget
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
@@ -91,7 +91,7 @@ class QueryService:
             with self.manifest.pinned():
                 ctx = self._context(db)
                 df = ctx.sql_with_options(sql, _read_only(), param_values=_bind(params) if params else None)
-                check_sizes(df.logical_plan().display_indent(), self.limits.memory_bytes)
+                check_sizes(df.logical_plan().display_indent(), value_budget(self.limits.memory_bytes))
                 result = self._collect(df, deadline)
                 outcome = "ok"
                 return result
@@ -147,7 +147,16 @@ class QueryService:
         finally:
             stream = None  # dropping the stream aborts DataFusion's tasks for it
             loop.close()
-        return pa.Table.from_batches(batches, schema=schema)
+        if not batches:
+            return schema.empty_table()  # type: ignore[no-any-return]
+        # The batches' own schema: the plan's may declare a column nullable that a function's
+        # batches mark not null (`SELECT upper('x')`); the types are the same either way.
+        first = batches[0].schema
+        if all(batch.schema.equals(first) for batch in batches[1:]):
+            return pa.Table.from_batches(batches, schema=first)
+        return pa.Table.from_batches(
+            [pa.RecordBatch.from_arrays(batch.columns, schema=schema) for batch in batches], schema=schema
+        )
 
     def _next(self, loop: asyncio.AbstractEventLoop, stream: Any, deadline: float) -> pa.RecordBatch | None:
         """The next batch, or None at the end; waits in short slices to see the deadline and close()."""
@@ -198,7 +207,14 @@ class QueryService:
                     )
                 return pc.binary_repeat(text, times)
 
-            self._guarded = [udf(repeat, [pa.string(), pa.int64()], pa.string(), "immutable", name="repeat")]
+            def replace(text: pa.Array, old: pa.Array, new: pa.Array) -> pa.Array:
+                return _guarded_replace(text, old, new, self.limits.memory_bytes)
+
+            string = pa.string()
+            self._guarded = [
+                udf(repeat, [string, pa.int64()], string, "immutable", name="repeat"),
+                udf(replace, [string, string, string], string, "immutable", name="replace"),
+            ]
         return self._guarded
 
     def _context(self, db: DatabaseDef) -> SessionContext:
@@ -364,6 +380,53 @@ def _outcome(fn: Callable[..., Any], *args: Any) -> tuple[bool, Any]:
 
 #: Marks a guard's refusal inside the text DataFusion wraps around a Python exception.
 _GUARD_MARK = "value limit: "
+
+
+def _guarded_replace(text: pa.Array, old: pa.Array, new: pa.Array, limit: int) -> pa.Array:
+    """DataFusion's replace(text, from, to), refused when the batch's result would exceed limit.
+
+    One `from` of n bytes replaced by a `to` of m bytes grows the text by m - n per occurrence:
+    the result's size is known before it is built. An empty `from` leaves the text as it is.
+    """
+    if old.null_count == 0 and new.null_count == 0 and len(text) and pc.count_distinct(old).as_py() == 1:
+        if pc.count_distinct(new).as_py() == 1:
+            pattern, replacement = old[0].as_py(), new[0].as_py()
+            if pattern == "":
+                return text  # (Arrow's replace_substring never ends on an empty pattern)
+            found = int(pc.sum(pc.count_substring(text, pattern)).as_py() or 0)
+            grown = len(replacement.encode()) - len(pattern.encode())
+            total = int(pc.sum(pc.binary_length(text)).as_py() or 0) + found * max(grown, 0)
+            _check_built("replace", total, limit)
+            return pc.replace_substring(text, pattern, replacement)
+    rows = list(zip(text.to_pylist(), old.to_pylist(), new.to_pylist(), strict=True))
+    total = 0
+    for value, pattern, replacement in rows:
+        if value is not None and pattern and replacement is not None:
+            total += len(value.encode()) + value.count(pattern) * max(
+                len(replacement.encode()) - len(pattern.encode()), 0
+            )
+    _check_built("replace", total, limit)
+    return pa.array(
+        [
+            None
+            if value is None or pattern is None or replacement is None
+            else value.replace(pattern, replacement)
+            if pattern
+            else value
+            for value, pattern, replacement in rows
+        ],
+        pa.string(),
+    )
+
+
+def _check_built(name: str, total: int, limit: int) -> None:
+    if total > limit:
+        raise ValueError(
+            f"{_GUARD_MARK}{name}() would build {total} bytes, more than the query memory limit of {limit}"
+            " bytes (query.memory_limit)"
+        )
+
+
 _GUARD_ERROR = re.compile(re.escape(_GUARD_MARK) + r"(.*?)['\"]\)")
 _REFUSED = re.compile(r"(?:DDL|DML|Statement) not supported: (\w[\w ]*)|Unsupported SQL statement: (\w+)")
 #: Paths of the installation (site-packages, cargo registry) that DataFusion messages may carry.

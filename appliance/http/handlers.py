@@ -188,11 +188,11 @@ async def write_v1(request: web.Request) -> web.Response:
 
 # -- queries -------------------------------------------------------------------
 async def query_sql(request: web.Request) -> web.Response:
+    app = request.app[APP_KEY]
     if request.method == "POST":
-        # room for the longest SQL text allowed (query.max_sql_bytes), which then gets its own 400
-        body = await _json_body(
-            request, max(MAX_JSON_BODY, 2 * request.app[APP_KEY].queries.limits.max_sql_bytes)
-        )
+        # Room for a query of query.max_sql_bytes, escaped, and its parameters: a longer text gets
+        # query.max_sql_bytes' own 400, not a 413.
+        body = await _json_body(request, max(MAX_JSON_BODY, 2 * app.queries.limits.max_sql_bytes))
         db, sql, fmt, params = body.get("db"), body.get("q"), body.get("format"), body.get("params")
     else:
         db, sql, fmt = request.query.get("db"), request.query.get("q"), request.query.get("format")
@@ -203,7 +203,6 @@ async def query_sql(request: web.Request) -> web.Response:
     if params is not None and not isinstance(params, dict):
         raise BadRequest("'params' must be a JSON object of name: value")
     chosen = formats.choose_format(fmt, request.headers.get("Accept"))
-    app = request.app[APP_KEY]
 
     def run() -> list[bytes]:  # query and rendering in one hop to the query pool, off the event loop
         limits = app.queries.limits
@@ -231,13 +230,21 @@ async def _run_query(app: App, run: Any) -> list[bytes]:
     """Run `run` on the query pool once a slot is free; the slot is held until the thread is done."""
     timeout = app.queries.limits.timeout_ns / 1e9
     try:
-        await asyncio.wait_for(app.query_slots.acquire(), timeout)
+        # Not wait_for: on Python 3.11 it can drop a permit that was granted as the timeout fired.
+        # Semaphore.acquire gives a granted permit back itself if it is cancelled.
+        async with asyncio.timeout(timeout):
+            await app.query_slots.acquire()
     except TimeoutError:
         raise QueryError(
             f"too many queries running (query.max_concurrent = {app.config.max_concurrent}); retry later",
             http_status=503,
         ) from None
-    future = asyncio.get_running_loop().run_in_executor(app.query_pool, run)
+    # No await between the acquire and the hand-off: the permit belongs to the thread's future.
+    try:
+        future = asyncio.get_running_loop().run_in_executor(app.query_pool, run)
+    except RuntimeError:  # the pool is shut down: the server is stopping
+        app.query_slots.release()
+        raise QueryError("query refused: the server is shutting down", http_status=503) from None
     future.add_done_callback(lambda _: app.query_slots.release())
     try:
         return await asyncio.wait_for(asyncio.shield(future), timeout + QUERY_GRACE_SECONDS)
