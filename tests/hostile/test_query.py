@@ -223,11 +223,11 @@ def test_runaway_queries_stop_at_deadline(tmp_path: Path) -> None:
     for t in threads:
         t.join(30)
     assert [status for status, _ in answers] == [408, 408]
-    assert all(took < 2 + 4 for _, took in answers), answers
+    assert all(took < 2 + 8 for _, took in answers), answers  # slack for a loaded 2-core machine
     # the engine stopped too: the process goes idle (two runaways would burn ~6 s of CPU in 3 s)
     cpu = _cpu_seconds(server.proc.pid)
     time.sleep(3)
-    assert _cpu_seconds(server.proc.pid) - cpu < 1.5
+    assert _cpu_seconds(server.proc.pid) - cpu < 2.0
     assert server.query("h", "SELECT count(*) AS n FROM cpu") == [{"n": 2}]
     # a sort over the memory limit fails instead of spilling to disk
     spill = _post(
