@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 
 from appliance.lineprotocol import parse
 from appliance.model import ColumnType, Precision, name_problem
-from appliance.mqtt.payload import JsonOptions, PayloadError, TopicParsing, json_to_lines, retag_lines
+from appliance.mqtt.payload import (
+    MAX_REASONS,
+    JsonOptions,
+    PayloadError,
+    Reasons,
+    TopicParsing,
+    json_to_lines,
+    retag_lines,
+)
 
 NOW = 1_700_000_000_123_456_789
 ARRIVAL = 1_800_000_000_000_000_001
@@ -773,6 +781,39 @@ def test_retag_keeps_lines_that_do_not_parse_as_they_are() -> None:
     assert out.split(b"\n") == [b"new,site=lab v=1 1", *bad]
     result = parse(out, Precision.NS, NOW)
     assert result.tables[0].num_rows == 1 and len(result.errors) == len(bad)
+
+
+def test_retag_lists_the_first_unreadable_lines_and_counts_the_rest() -> None:
+    body = b"x\n" * 1000 + b"ok v=1 1"
+    errors = Reasons()
+    out = retag_lines(body, None, {"dev": "a"}, errors)
+    assert out.endswith(b"\nok,dev=a v=1 1") and out.count(b"\n") == 1000
+    assert len(errors) == MAX_REASONS and errors.omitted == 1000 - MAX_REASONS and errors.total == 1000
+    assert errors[0].startswith("line 1: its series key") and errors[-1].startswith(f"line {MAX_REASONS}:")
+    plain: list[str] = []  # a plain list gets the listed ones and one line counting the rest
+    retag_lines(body, None, {"dev": "a"}, plain)
+    assert (
+        plain[:-1] == errors
+        and plain[-1] == f"and {1000 - MAX_REASONS} more lines whose series key could not be read"
+    )
+
+
+def test_json_array_of_junk_lists_the_first_reasons_and_counts_the_rest() -> None:
+    payload = json.dumps([{"a": []}] * 1000 + [{"v": 1}]).encode()
+    body, errors = json_to_lines(payload, JsonOptions(measurement="m"), None, {}, 7)
+    assert body == b"m v=1.0 7"
+    assert len(errors) == MAX_REASONS and errors.total == 1000
+    assert errors[0] == "element 0: no fields" and errors[-1] == f"element {MAX_REASONS - 1}: no fields"
+
+
+def test_reasons_keep_the_first_ones_and_count_the_rest() -> None:
+    r = Reasons(limit=2)
+    r.extend(["a", "b", "c"])
+    r.append("d")
+    inner = Reasons(limit=1)
+    inner.extend(["e", "f"])
+    r.extend(inner)
+    assert r == ["a", "b"] and r.omitted == 4 and r.total == 6
 
 
 def test_retag_keeps_bytes_that_are_not_utf8() -> None:

@@ -43,7 +43,15 @@ from ..config import MQTT_SCHEMES, Config, Subscription
 from ..errors import ApplianceError, CatalogError, ConfigError, LimitExceeded, WalError
 from ..model import Precision
 from ..write import WriteRequest, WriteService
-from .payload import NO_MEASUREMENT, JsonOptions, PayloadError, TopicParsing, json_to_lines, retag_lines
+from .payload import (
+    NO_MEASUREMENT,
+    JsonOptions,
+    PayloadError,
+    Reasons,
+    TopicParsing,
+    json_to_lines,
+    retag_lines,
+)
 
 log = logging.getLogger("appliance.mqtt")
 
@@ -114,6 +122,7 @@ class _Part:
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
     unlisted: int = 0  # rejected lines past the ones a write describes
+    omitted: int = 0  # conversion problems past the MAX_REASONS listed in `errors`
 
 
 @dataclass
@@ -514,11 +523,12 @@ class MqttIngest:
         if route.json is not None:
             body, errors = json_to_lines(msg.payload, route.json, measurement, tags, msg.arrival_ns)
         else:
-            errors = []
+            errors = Reasons()
             body = retag_lines(msg.payload, measurement, tags, errors)
         body = body.rstrip(b"\n")
         lines = sum(1 for _ in _DATA_LINE.finditer(body))  # no list of lines: memory stays flat
-        return _Part(msg, span=body.count(b"\n") + 1, lines=lines, errors=list(errors)), body
+        span = body.count(b"\n") + 1
+        return _Part(msg, span=span, lines=lines, errors=list(errors), omitted=errors.omitted), body
 
     def _submit(self, db: str, precision: Precision, body: bytes, parts: list[_Part]) -> Future[Any] | None:
         """Write one joined body; per-line errors go back to the message that held the line."""
@@ -566,9 +576,8 @@ class MqttIngest:
                 continue
             if not p.errors:
                 continue
-            reason = "; ".join(p.errors[:3]) + (
-                f"; and {len(p.errors) - 3} more" if len(p.errors) > 3 else ""
-            )
+            more = len(p.errors) - 3 + p.omitted
+            reason = "; ".join(p.errors[:3]) + (f"; and {more} more" if more > 0 else "")
             if p.unlisted:
                 reason += f"; {p.rejected} lines rejected in all"
             self.errors.append(

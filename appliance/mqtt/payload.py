@@ -15,10 +15,11 @@ is left out with a reason.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -65,6 +66,40 @@ _UNESCAPE_NAME = re.compile(r"\\([,= \\])")
 _QUOTING = re.compile(r'\\[\s\S]?|[ "=,]')
 
 Scalar = str | int | float | bool | None
+
+
+#: Reasons listed per message; past this many they are only counted (Reasons.omitted).
+MAX_REASONS = 100
+
+
+class Reasons(list[str]):
+    """Why parts of a payload were left out: the first `limit` reasons listed, the rest counted.
+
+    A list, so code that appends reasons needs no change; memory stays bounded whatever the
+    payload holds (a million bad lines or JSON elements cost one counter).
+    """
+
+    def __init__(self, limit: int = MAX_REASONS) -> None:
+        super().__init__()
+        self.limit = limit
+        self.omitted = 0
+
+    def append(self, reason: str) -> None:
+        if len(self) < self.limit:
+            super().append(reason)
+        else:
+            self.omitted += 1
+
+    def extend(self, reasons: Iterable[str]) -> None:
+        for reason in reasons:
+            self.append(reason)
+        if isinstance(reasons, Reasons):
+            self.omitted += reasons.omitted
+
+    @property
+    def total(self) -> int:
+        """Every reason noted, listed or not."""
+        return len(self) + self.omitted
 
 
 class PayloadError(ValueError):
@@ -226,27 +261,32 @@ class JsonOptions:
 
 def json_to_lines(
     payload: bytes, opts: JsonOptions, measurement: str | None, tags: Mapping[str, str], arrival_ns: int
-) -> tuple[bytes, list[str]]:
+) -> tuple[bytes, Reasons]:
     """Line protocol (ns timestamps) for a JSON object or array of objects, and the reasons for
-    what was left out; never raises for payload content."""
+    what was left out (the first MAX_REASONS, the rest counted); never raises for payload content."""
+    errors = Reasons()
     doc, problem = _load(payload)
     if problem is not None:
-        return b"", [problem]
+        errors.append(problem)
+        return b"", errors
     default = measurement if measurement is not None else opts.measurement or None
     if not opts.measurement_key:
-        if default is None:
-            return b"", [NO_MEASUREMENT]
-        problem = _problem(default, _MEASUREMENT)
+        problem = NO_MEASUREMENT if default is None else _problem(default, _MEASUREMENT)
         if problem is not None:
-            return b"", [problem]
-    errors: list[str] = []
+            errors.append(problem)
+            return b"", errors
     topic_tags = _topic_tags(tags, errors)
     points, prefix = (doc, "element {}: ") if isinstance(doc, list) else ([doc], "")
     lines = []
     for i, point in enumerate(points):
-        reasons: list[str] = []
+        reasons = Reasons()
         line = _point_line(point, opts, default or "", topic_tags, arrival_ns, reasons)
-        errors.extend(prefix.format(i) + r for r in reasons)
+        if reasons:
+            if len(errors) >= errors.limit:  # listed in full already: only count
+                errors.omitted += reasons.total
+            else:
+                errors.extend(prefix.format(i) + r for r in reasons)
+                errors.omitted += reasons.omitted
         if line is not None:
             lines.append(line)
     return "\n".join(lines).encode("utf-8"), errors
@@ -513,26 +553,33 @@ def retag_lines(
     }
     if new is None and not extra:
         return body
-    out = []
+    sink = errors if isinstance(errors, Reasons) or errors is None else Reasons()
+    out = io.StringIO()  # line by line: no list of a million lines, whatever the payload holds
     state: tuple[bool, bool, int] | None = None  # quoting state while a record spans lines
-    for number, line in enumerate(body.decode("utf-8", "surrogateescape").split("\n"), 1):
+    text = io.StringIO(body.decode("utf-8", "surrogateescape"), newline="\n")
+    for number, raw in enumerate(text, 1):
+        line, end = (raw[:-1], "\n") if raw.endswith("\n") else (raw, "")
         if state is not None:
-            out.append(line)
+            out.write(raw)
             state = _continued(line, state)
             continue
         content = line.lstrip(" \t")
         if not content or content[0] == "#" or content == "\r":
-            out.append(line)
+            out.write(raw)
             continue
         retagged = _retag(content, new, extra)
-        if retagged is content and errors is not None:
-            errors.append(
-                f"line {number}: its series key could not be read, so the topic tags were not added"
-            )
-        out.append(line[: len(line) - len(content)] + retagged)
+        if retagged is content and sink is not None:
+            sink.append(f"line {number}: its series key could not be read, so the topic tags were not added")
+        out.write(line[: len(line) - len(content)])
+        out.write(retagged)
+        out.write(end)
         if '"' in content or content.endswith("\\"):
             state = _continued(content, (False, False, 0))
-    return "\n".join(out).encode("utf-8", "surrogateescape")
+    if errors is not None and sink is not errors and sink is not None:
+        errors.extend(sink)
+        if sink.omitted:
+            errors.append(f"and {sink.omitted} more lines whose series key could not be read")
+    return out.getvalue().encode("utf-8", "surrogateescape")
 
 
 def _retag(line: str, measurement: str | None, extra: dict[str, str]) -> str:
