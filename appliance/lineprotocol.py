@@ -42,6 +42,7 @@ from appliance._lpfast import (
 from appliance._lpvec import try_parse
 from appliance.model import (
     BAD_NAME_CHAR,
+    BAD_NAME_CHAR_BUT_JOINERS,
     ColumnType,
     LineErrors,
     ParsedTable,
@@ -93,6 +94,10 @@ _COMPILE_KEYS, _BYTES_PER_COMPILED_KEY = 256, 256  # layout regexes a body may c
 _FAST_LAYOUTS_PER_TABLE = 32
 
 
+#: A UTF-8 byte order mark: one at the start of a body is dropped, not read as part of line 1.
+_BOM = b"\xef\xbb\xbf"
+
+
 def parse(
     body: bytes,
     precision: Precision,
@@ -112,9 +117,10 @@ def parse(
     columns than that between them (`limit_hit`). `table_room` is how many tables the body may
     add that `known` lacks, and the message for the lines of any table past that (`limit_hit`).
     """
+    data = body[len(_BOM) :] if body.startswith(_BOM) else body  # _Body drops it the same way
     try:  # regular bodies: whole-body Arrow kernels that release the GIL (None: not regular)
         result = try_parse(
-            body, precision, now_ns, known, scan=_scan, max_columns=max_columns, max_new_tables=table_room
+            data, precision, now_ns, known, scan=_scan, max_columns=max_columns, max_new_tables=table_room
         )
     except Exception:  # a bug there must not make parse() raise: the routes below answer
         result = None
@@ -136,6 +142,8 @@ class _Body:
         max_columns: int | None = None,
         table_room: tuple[int, str] | None = None,
     ) -> None:
+        if body.startswith(_BOM):  # as Notepad and PowerShell's Out-File save UTF-8: not line 1's data
+            body = body[len(_BOM) :]
         self.body, self.now_ns, self.known = body, now_ns, known or {}
         self.max_columns = max_columns
         self.room = self.start_room = table_room  # new tables the body may still add, and why not
@@ -286,15 +294,25 @@ class _Body:
 
     def _fast_series(self, key: str) -> tuple[str, dict[str, str]] | None:
         """Measurement and tags of a fast-route line's series key; None when the exact route must decide."""
-        if not key or key[0] == "#" or len(key) > MAX_STRING_BYTES // 4 or BAD_NAME_CHAR.search(key):
+        if (
+            not key
+            or key[0] == "#"
+            or len(key) > MAX_STRING_BYTES // 4
+            or BAD_NAME_CHAR_BUT_JOINERS.search(key)
+        ):
             return None  # the exact route decides (a bad character may sit in a value, which is fine)
         if "\\" in key:
             try:
                 measurement, tags, end = _scan_series(key)
             except Reject:
                 return None
-            return (measurement, tags) if end == len(key) else None
-        return split_series(key)
+            parsed = (measurement, tags) if end == len(key) else None
+        else:
+            parsed = split_series(key)
+        if parsed is not None and ("\u200c" in key or "\u200d" in key):  # a joiner: fine in a value
+            if name_problem(parsed[0]) is not None or any(name_problem(k) is not None for k in parsed[1]):
+                return None  # the exact route words the error
+        return parsed
 
     def _register(self, raw: str, measurement: str, tags: dict[str, str]) -> list[Any] | None:
         """Cache a parsed series key; its first layout guess is the table's latest layout.

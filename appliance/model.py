@@ -45,17 +45,44 @@ BAD_NAME_CHAR = re.compile("[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in _BAD_N
 BAD_NAME_CHAR_RE2 = "[" + "".join(f"\\x{{{a:X}}}-\\x{{{b:X}}}" for a, b in _BAD_NAME_RANGES) + "]"
 
 
+#: ZERO WIDTH NON-JOINER and JOINER: Cf, but part of how Persian (`می‌خواهم`) and emoji
+#: sequences (`🏳️‍🌈`) are written. A name may hold one between two visible characters
+#: (roughly as UAX #31 allows them); at the start or end, or beside another invisible
+#: character or a space, they are refused like the rest of the class.
+JOINERS = "\u200c\u200d"
+#: BAD_NAME_CHAR without the joiners: a name free of these needs name_problem only if it holds one.
+BAD_NAME_CHAR_BUT_JOINERS = re.compile(
+    "["
+    + "".join(
+        f"{chr(a)}-{chr(b)}"
+        for lo, hi in _BAD_NAME_RANGES
+        for a, b in ((lo, min(hi, 0x200B)), (max(lo, 0x200E), hi))
+        if a <= b
+    )
+    + "]"
+)
+
+
 def name_problem(name: str) -> str | None:
     """Why `name` cannot name a table, tag or field (None: it can); one rule for every path."""
     if not name:
         return "is empty"
-    m = BAD_NAME_CHAR.search(name)
-    if m is None:
-        return None
-    return (
-        f"contains U+{ord(m.group()):04X} at position {m.start() + 1}; names may not hold control,"
-        " zero-width, bidi-override, line-separator or private-use characters"
-    )
+    for m in BAD_NAME_CHAR.finditer(name):
+        i = m.start()
+        joiner = m.group() in JOINERS
+        if joiner and _visible(name, i - 1) and _visible(name, i + 1):
+            continue
+        return (
+            f"contains U+{ord(m.group()):04X} at position {i + 1}; names may not hold control,"
+            " zero-width, bidi-override, line-separator or private-use characters"
+            + (" (a zero-width joiner or non-joiner only between two visible characters)" if joiner else "")
+        )
+    return None
+
+
+def _visible(name: str, i: int) -> bool:
+    """Whether name[i] exists and is neither in the bad-name class nor white space."""
+    return 0 <= i < len(name) and not name[i].isspace() and BAD_NAME_CHAR.match(name[i]) is None
 
 
 def time_problem(ns: int) -> str | None:

@@ -296,6 +296,19 @@ def test_a_group_submitted_before_another_group_fails_is_not_written_again(tmp_p
     ingest.stop()
 
 
+def test_a_byte_order_mark_starting_a_line_protocol_payload_is_dropped(tmp_path: Path) -> None:
+    writes = FakeWrites()
+    subs = '[[mqtt.subscription]]\ntopic = "s/#"\ndatabase = "iot"\ntopic_parsing = "_/{dev}"\n'
+    ingest, acks = make(tmp_path, subs, writes)
+    queue_one_batch(ingest, [b"m v=1 1", b"\xef\xbb\xbfm v=2 2"])  # as Notepad saves a file
+    settle(lambda: len(writes.requests) == 1)
+    assert writes.requests[0].body == b"m,dev=1 v=1 1\nm,dev=2 v=2 2"
+    writes.commit_all()
+    settle(lambda: acks.mids == [1, 2])
+    assert list(ingest.errors) == []
+    ingest.stop()
+
+
 def test_a_message_matching_no_subscription_is_acknowledged_and_counted(tmp_path: Path) -> None:
     writes = FakeWrites()
     ingest, acks = make(tmp_path, LP, writes)

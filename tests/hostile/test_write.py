@@ -73,6 +73,15 @@ def test_nul_and_invisible_characters_in_values_are_data_and_survive_persist(ser
     assert got == [{"t": "a\0b\u200b", "s": "x\0y\u202e", "v": 1.0}, {"t": "plain", "s": "ok", "v": 2.0}]
 
 
+def test_joined_persian_and_emoji_names_and_a_leading_byte_order_mark_are_written(server: Server) -> None:
+    body = "\ufeffمی\u200cخواهم,flag=🏳️\u200d🌈 v=1 1000000000\nمی\u200cخواهم,flag=x v=2 2000000000"
+    assert v3(server, "db", body).status == 204  # the BOM as Notepad and PowerShell's Out-File write it
+    got = rows(server, "db", 'SELECT flag, v FROM "می\u200cخواهم" ORDER BY time')
+    assert got == [{"flag": "🏳️\u200d🌈", "v": 1.0}, {"flag": "x", "v": 2.0}]
+    r = v3(server, "db", "m,\u200dflag=a v=1 1")  # a joiner that joins nothing is still refused
+    assert r.status == 400 and "U+200D" in r.text, r.body
+
+
 def test_the_configure_api_applies_the_same_name_rule(server: Server) -> None:
     for bad in ("usage\0", "usage\u200b"):
         r = server.request(
