@@ -680,8 +680,9 @@ def _split_state(seg: str, fields: bool, quoted: bool, depth: int) -> tuple[bool
     return fields, quoted, depth, escaped
 
 
-def _scan_series(rec: str) -> tuple[str, dict[str, str], int]:
-    """Measurement and tags at the start of a record, and where the series key ends."""
+def _scan_series(rec: str, max_tags: int | None = None) -> tuple[str, dict[str, str], int]:
+    """Measurement and tags at the start of a record, and where the series key ends; Reject
+    as soon as there are more than `max_tags` tags (the rest is not read)."""
     n = len(rec)
     pos = _skip(_MEASUREMENT, rec, 0)
     if pos == 0:
@@ -701,6 +702,11 @@ def _scan_series(rec: str) -> tuple[str, dict[str, str], int]:
         if pos == start:
             raise Reject(f"Expected tag value, got {_got(rec, start)}")
         tags[key] = _unescape(rec[start:pos], _UNESCAPE_NAME)  # a repeated tag: last value wins
+        if max_tags is not None and len(tags) > max_tags:
+            raise Reject(
+                f"the line has more than {max_tags} tags; a table holds at most {max_tags}"
+                " columns (catalog.max_columns)"
+            )
     return measurement, tags, pos
 
 
@@ -714,12 +720,7 @@ def _scan(
     checked here (name_problem), and a record with more than `max_columns` tags and fields
     is rejected as soon as the scan passes that many.
     """
-    measurement, tags, pos = _scan_series(rec)
-    if max_columns is not None and len(tags) > max_columns:
-        raise Reject(
-            f"the line has more than {max_columns} tags; a table holds at most {max_columns}"
-            " columns (catalog.max_columns)"
-        )
+    measurement, tags, pos = _scan_series(rec, max_columns)
     limit = max_columns - len(tags) if max_columns is not None else -1
     n = len(rec)
     series_end = pos

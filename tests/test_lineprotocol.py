@@ -1022,6 +1022,17 @@ def test_a_line_with_more_fields_than_a_table_holds_is_rejected_without_scanning
     assert parse(b"m,a=1,b=2 f1=1,f2=2 1", Precision.NS, NOW, max_columns=3).errors[0].line_number == 1
 
 
+def test_a_line_with_more_tags_than_a_table_holds_is_rejected_before_the_rest_is_read() -> None:
+    tags = ",".join(f"t{i}=a" for i in range(600))
+    for rest in [" f=1 1", ",broken\\", "=junk f="]:  # what follows the 501st tag is never read
+        for body in [f"m,{tags}{rest}", f"m\\ x,{tags}{rest}", "m,a=1 f=1 1\n" * 2 + f"m,{tags}{rest}"]:
+            errors = parse(body.encode(), Precision.NS, NOW, max_columns=500).errors
+            assert [e.error_message for e in errors] == [
+                "the line has more than 500 tags; a table holds at most 500 columns (catalog.max_columns)"
+            ], body[-40:]
+    assert not parse(f"m,{tags} f=1 1".encode(), Precision.NS, NOW, max_columns=601).errors
+
+
 def test_a_table_naming_more_columns_than_it_may_hold_is_rejected_whole() -> None:
     body = "\n".join(f"m f{i}=1 {i}" for i in range(1, 8)) + "\nother v=1 1"
     result = parse(body.encode(), Precision.NS, NOW, max_columns=5)
