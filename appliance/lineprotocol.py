@@ -366,7 +366,7 @@ class _Body:
         reason = self.bad_records.get(text)
         if reason is not None:  # the same bad record again (a body of junk): no second scan
             self.scan_errors += 1
-            self._error(ln, text, reason)
+            self._error(ln, reason, text)
             return
         try:
             if self.dirty and _bad_utf8(text):
@@ -374,7 +374,7 @@ class _Body:
             measurement, tags, series_end, keys, tokens = _scan(text, self.max_columns)
         except Reject as exc:
             self.scan_errors += 1
-            self._error(ln, text, str(exc))
+            self._error(ln, str(exc), text)
             if len(text) <= _CACHED_BAD_CHARS and len(self.bad_records) < _CACHED_BAD_RECORDS:
                 self.bad_records[text] = str(exc)
             return
@@ -382,13 +382,15 @@ class _Body:
         ent = self.series.get(series) or self._register(series, measurement, tags)
         if ent is not None and not ent[3].layouts and self.room is not None and measurement not in self.known:
             if self.room[0] > 0:
-                self.room = (self.room[0] - 1, self.room[1])  # the table's first row: it takes room
+                # The table's first scanned line takes room, even if every line of it is later
+                # rejected for its values (the room is checked before judging, as the columns are).
+                self.room = (self.room[0] - 1, self.room[1])
             else:
                 ent = None
         if ent is None:  # a new table past the room left for tables
             self.limit_hit = True
             self.scan_errors += 1
-            self._error(ln, text, self.room[1] if self.room is not None else "")
+            self._error(ln, self.room[1] if self.room is not None else "", text)
             return
         table: Table = ent[3]
         lay = table.by_keys.get(keys)
@@ -410,9 +412,10 @@ class _Body:
         if lay.match is not None:
             _use_layout(ent, lay)
 
-    def _error(self, ln: int, record: str, message: str) -> None:
+    def _error(self, ln: int, message: str, record: str | None = None) -> None:
+        """Note line `ln` rejected; its text (`record`, else read back) only if it is listed."""
         if self.errors.wants(ln):
-            self.errors.add(ln, _original_line(record), message)
+            self.errors.add(ln, _original_line(self._record(ln) if record is None else record), message)
         else:
             self.errors.count(ln)
 
@@ -485,6 +488,9 @@ class _Body:
 
         The catalog would refuse the table's new columns all together anyway; judging it here
         keeps a body of many distinct field names from costing work per column and layout.
+        The count is taken before the lines are judged, so the keys of lines later rejected
+        for their values count too: near the limit a table can be refused whole although its
+        good lines alone would fit (deliberate: judging first is the per-column work avoided).
         """
         if self.max_columns is None:
             return False
@@ -501,7 +507,7 @@ class _Body:
         )
         for lay in layouts:
             for ln in lay.flat[0 :: lay.stride]:
-                self._error(ln, self._record(ln) if self.errors.wants(ln) else "", message)
+                self._error(ln, message)
         return True
 
     def _fast_finish(
@@ -558,7 +564,7 @@ class _Body:
                 try:
                     self._judge(schema, used, table, layouts[n], r * layouts[n].stride)
                 except Reject as exc:
-                    self._error(ln, self._record(ln) if self.errors.wants(ln) else "", str(exc))
+                    self._error(ln, str(exc))
                     continue
                 accepted.add(sig)
             keep[n][r] = True
@@ -575,7 +581,7 @@ class _Body:
             try:
                 typed, time = self._judge(schema, used, table, lay, i)
             except Reject as exc:
-                self._error(ln, self._record(ln) if self.errors.wants(ln) else "", str(exc))
+                self._error(ln, str(exc))
                 continue
             values = {k: v for k, (_, v) in zip(lay.keys, typed, strict=True)}
             accepted.append((ln, table.series[lay.flat[i + 1]], values, time))

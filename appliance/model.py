@@ -85,6 +85,12 @@ def _visible(name: str, i: int) -> bool:
     return 0 <= i < len(name) and not name[i].isspace() and BAD_NAME_CHAR.match(name[i]) is None
 
 
+#: precision=auto (line protocol and MQTT JSON times alike): below 5e9 a number is seconds
+#: (until year 2128), below 5e12 milliseconds, below 5e15 microseconds, else nanoseconds.
+#: (size limit, ns per unit), ascending.
+AUTO_UNITS = ((5_000_000_000, 1_000_000_000), (5_000_000_000_000, 1_000_000), (5_000_000_000_000_000, 1_000))
+
+
 def time_problem(ns: int) -> str | None:
     """Why a time in ns cannot be stored (None: it can)."""
     if MIN_TIME_NS <= ns <= MAX_TIME_NS:
@@ -262,11 +268,7 @@ class LineErrors:
         """Note a rejected line (call once per line)."""
         self.numbers.append(line_number)
         if self.wants(line_number):
-            item = (-line_number, next(_ORDER), LineError(line_number, original_line, message))
-            if len(self._kept) < self.limit:
-                heapq.heappush(self._kept, item)
-            else:
-                heapq.heapreplace(self._kept, item)
+            self._keep(LineError(line_number, original_line, message))
 
     def count(self, line_number: int) -> None:
         """Note a rejected line that wants() said would not be kept."""
@@ -277,11 +279,15 @@ class LineErrors:
         self.numbers.extend(other.numbers)
         for _, _, e in other._kept:
             if self.wants(e.line_number):
-                item = (-e.line_number, next(_ORDER), e)
-                if len(self._kept) < self.limit:
-                    heapq.heappush(self._kept, item)
-                else:
-                    heapq.heapreplace(self._kept, item)
+                self._keep(e)
+
+    def _keep(self, e: LineError) -> None:
+        """Keep `e` (wants() said so), dropping the highest line kept if full."""
+        item = (-e.line_number, next(_ORDER), e)
+        if len(self._kept) < self.limit:
+            heapq.heappush(self._kept, item)
+        else:
+            heapq.heapreplace(self._kept, item)
 
     def sorted_numbers(self) -> Sequence[int]:
         """Every rejected line number, ascending, without a Python int per line (for bisect)."""

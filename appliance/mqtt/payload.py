@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from appliance.model import MAX_TIME_NS, MIN_TIME_NS, TIME_COLUMN, TIME_RANGE, name_problem
+from appliance.model import AUTO_UNITS, MAX_TIME_NS, MIN_TIME_NS, TIME_COLUMN, TIME_RANGE, name_problem
 
 TIME_FORMATS = ("auto", "s", "ms", "us", "ns", "rfc3339")
 NO_MEASUREMENT = "no measurement: set measurement, measurement_key or {measurement} in topic_parsing"
@@ -45,9 +45,6 @@ _EXPECTED = {
     "rfc3339": "an RFC 3339 time such as 2026-11-28T10:00:00Z",
 }
 _OUT_OF_RANGE = f"is out of range ({TIME_RANGE})"
-# Unit guessed from a number's size, as line protocol's precision=auto does: below 5e9 it is
-# seconds (until year 2128), below 5e12 milliseconds, below 5e15 microseconds, else ns.
-_AUTO_UNITS = ((5_000_000_000, 1_000_000_000), (5_000_000_000_000, 1_000_000), (5_000_000_000_000_000, 1_000))
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _RFC3339 = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
@@ -506,7 +503,7 @@ def _decimal(value: Scalar) -> Decimal | None:
 
 def _guess_unit(number: Decimal) -> int:
     size = abs(number)
-    return next((unit for limit, unit in _AUTO_UNITS if size < limit), 1)
+    return next((unit for limit, unit in AUTO_UNITS if size < limit), 1)  # as line protocol's auto
 
 
 def _rfc3339_ns(text: str) -> int:
