@@ -892,3 +892,41 @@ def test_retag_lines_reports_lines_it_cannot_retag() -> None:
     out = retag_lines(b"m,t,=v f=1 1\ncpu,h=a u=1 2", None, {"site": "x"}, errors)
     assert out == b"m,t,=v f=1 1\ncpu,h=a,site=x u=1 2"
     assert errors == ["line 1: its series key could not be read, so the topic tags were not added"]
+
+
+def _loads_problem(text: str) -> str | None:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+    except (ValueError, RecursionError):
+        return "other"
+    return None
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(["", " ", "\n "]),
+    st.text(st.sampled_from(list(' \n[]{},:"1a-.e0tnulrs\\')), max_size=30),
+    st.sampled_from(["", "]", '{"v":1}]', "1,2]"]),
+)
+def test_arrays_read_element_by_element_fail_as_json_loads_does(lead: str, middle: str, tail: str) -> None:
+    text = lead + "[" + middle + tail
+    body, errors = json_to_lines(text.encode(), JsonOptions(measurement="m"), None, {}, 7)
+    want = _loads_problem(text)
+    if want is None:
+        assert not any(e.startswith("invalid JSON") for e in errors), (text, errors)
+    elif want != "other":
+        assert errors == [want] and body == b"", (text, errors)
+
+
+def test_a_large_array_is_not_held_as_objects_all_at_once() -> None:
+    import tracemalloc
+
+    payload = b"[" + b",".join([b'{"a":[],"v":1}'] * 100_000) + b"]"
+    tracemalloc.start()
+    body, errors = json_to_lines(payload, JsonOptions(measurement="m"), None, {}, 7)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert body.count(b"\n") == 99_999 and errors == []
+    assert peak < 20 << 20, peak  # ~10 MB: the lines themselves (was 33 MB with every element parsed at once)

@@ -19,7 +19,7 @@ import io
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -263,49 +263,103 @@ def json_to_lines(
     what was left out (the first MAX_REASONS, the rest counted); never raises for payload content."""
     errors = Reasons()
     doc, problem = _load(payload)
+    default = measurement if measurement is not None else opts.measurement or None
+    if problem is None and not opts.measurement_key:
+        problem = NO_MEASUREMENT if default is None else _problem(default, _MEASUREMENT)
+        if problem is not None and isinstance(doc, _Elements):
+            problem = _json_problem(lambda: sum(1 for _ in doc)) or problem  # invalid JSON says more
     if problem is not None:
         errors.append(problem)
         return b"", errors
-    default = measurement if measurement is not None else opts.measurement or None
-    if not opts.measurement_key:
-        problem = NO_MEASUREMENT if default is None else _problem(default, _MEASUREMENT)
-        if problem is not None:
-            errors.append(problem)
-            return b"", errors
     topic_tags = _topic_tags(tags, errors)
-    points, prefix = (doc, "element {}: ") if isinstance(doc, list) else ([doc], "")
+    points, prefix = (doc, "element {}: ") if isinstance(doc, _Elements) else ([doc], "")
     lines = []
-    for i, point in enumerate(points):
-        reasons = Reasons()
-        line = _point_line(point, opts, default or "", topic_tags, arrival_ns, reasons)
-        if reasons:
-            if len(errors) >= errors.limit:  # listed in full already: only count
-                errors.omitted += reasons.total
-            else:
-                errors.extend(prefix.format(i) + r for r in reasons)
-                errors.omitted += reasons.omitted
-        if line is not None:
-            lines.append(line)
+
+    def convert() -> None:
+        for i, point in enumerate(points):
+            reasons = Reasons()
+            line = _point_line(point, opts, default or "", topic_tags, arrival_ns, reasons)
+            if reasons:
+                if len(errors) >= errors.limit:  # listed in full already: only count
+                    errors.omitted += reasons.total
+                else:
+                    errors.extend(prefix.format(i) + r for r in reasons)
+                    errors.omitted += reasons.omitted
+            if line is not None:
+                lines.append(line)
+
+    problem = _json_problem(convert)  # an array is read element by element: it may fail late
+    if problem is not None:
+        errors = Reasons()
+        errors.append(problem)
+        return b"", errors
     return "\n".join(lines).encode("utf-8"), errors
 
 
 def _load(payload: bytes) -> tuple[Any, str | None]:
-    """The parsed payload, or the one reason it is unusable as a whole."""
+    """The parsed payload (an array as _Elements, read as it is used), or the one reason it is
+    unusable as a whole (an array's syntax errors show up while its elements are read)."""
     try:
         text = payload.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         return None, f"payload is not UTF-8: invalid byte at offset {exc.start}"
-    try:
+    start = _JSON_SPACE.match(text).end()  # type: ignore[union-attr]
+    if text.startswith("[", start):
+        return _Elements(text, start + 1), None
+    doc: Any = None
+
+    def load() -> None:
+        nonlocal doc
         doc = json.loads(text)
+
+    problem = _json_problem(load)
+    if problem is None and not isinstance(doc, dict):
+        problem = f"payload must be a JSON object or an array of objects, got {_kind(doc)}"
+    return doc, problem
+
+
+def _json_problem(run: Callable[[], object]) -> str | None:
+    """None if run() reads its JSON without error, else why the payload is not valid JSON."""
+    try:
+        run()
     except json.JSONDecodeError as exc:
-        return None, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        return f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
     except ValueError as exc:  # e.g. an integer of more than 4300 digits
-        return None, f"invalid JSON: {exc}"
+        return f"invalid JSON: {exc}"
     except RecursionError:
-        return None, "invalid JSON: nested too deeply"
-    if not isinstance(doc, dict | list):
-        return None, f"payload must be a JSON object or an array of objects, got {_kind(doc)}"
-    return doc, None
+        return "invalid JSON: nested too deeply"
+    return None
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+_JSON_DECODER = json.JSONDecoder()
+
+
+class _Elements:
+    """The elements of a JSON array, parsed one at a time as they are iterated: a payload of
+    a million small objects never exists as a million dicts at once. Iterating raises what
+    json.loads would for the same text (JSONDecodeError at the same line and column)."""
+
+    def __init__(self, text: str, pos: int) -> None:
+        self.text, self.pos = text, pos  # just after the opening bracket
+
+    def __iter__(self) -> Iterator[Any]:
+        text, space = self.text, _JSON_SPACE
+        pos = space.match(text, self.pos).end()  # type: ignore[union-attr]
+        if not text.startswith("]", pos):
+            while True:
+                value, pos = _JSON_DECODER.raw_decode(text, pos)
+                yield value
+                pos = space.match(text, pos).end()  # type: ignore[union-attr]
+                if text.startswith(",", pos):
+                    pos = space.match(text, pos + 1).end()  # type: ignore[union-attr]
+                elif text.startswith("]", pos):
+                    break
+                else:
+                    raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
+        end = space.match(text, pos + 1).end()  # type: ignore[union-attr]
+        if end != len(text):
+            raise json.JSONDecodeError("Extra data", text, end)
 
 
 def _topic_tags(tags: Mapping[str, str], errors: list[str]) -> dict[str, str]:
