@@ -16,7 +16,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from appliance.model import MAX_TIME_NS, MIN_TIME_NS, ColumnType, ParsedTable, Precision, time_problem
+from appliance.model import (
+    AUTO_UNITS,
+    MAX_TIME_NS,
+    MIN_TIME_NS,
+    ColumnType,
+    ParsedTable,
+    Precision,
+    time_problem,
+)
 
 MAX_STRING_BYTES = 1 << 20
 TOO_LONG = "String is greater than 1MB"
@@ -56,11 +64,7 @@ _CHECKS = {  # whole-token patterns for the column-wise type check (RE2 syntax)
 }
 _TRUE_CHECK = "^(?:" + "|".join(TRUE) + ")$"
 _KINDS = (ColumnType.BOOLEAN, ColumnType.INTEGER, ColumnType.UINTEGER, ColumnType.FLOAT)  # codes 2..5
-_AUTO_LIMITS = (
-    (5_000_000_000, 1_000_000_000),
-    (5_000_000_000_000, 1_000_000),
-    (5_000_000_000_000_000, 1_000),
-)
+(_S_BELOW, _S), (_MS_BELOW, _MS), (_US_BELOW, _US) = AUTO_UNITS
 
 
 class Reject(Exception):
@@ -356,12 +360,12 @@ def _int(text: str) -> int | None:
 def _guess_unit(ts: int) -> int:
     """InfluxDB's auto precision: the unit a timestamp of this size most likely uses."""
     size = abs(ts)
-    if size < 5_000_000_000:
-        return 1_000_000_000
-    if size < 5_000_000_000_000:
-        return 1_000_000
-    if size < 5_000_000_000_000_000:
-        return 1_000
+    if size < _S_BELOW:
+        return _S
+    if size < _MS_BELOW:
+        return _MS
+    if size < _US_BELOW:
+        return _US
     return 1
 
 
@@ -437,7 +441,7 @@ def scale_timestamps(ts: pa.Array, precision: Precision) -> pa.Array:
     if precision is Precision.AUTO:
         size = pc.abs_checked(ts)
         unit: Any = _i64(1)
-        for limit, factor in reversed(_AUTO_LIMITS):
+        for limit, factor in reversed(AUTO_UNITS):
             unit = pc.if_else(pc.less(size, _i64(limit)), _i64(factor), unit)
         return pc.multiply_checked(ts, unit)
     if precision.ns_per_unit != 1:

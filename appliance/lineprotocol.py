@@ -42,6 +42,7 @@ from appliance._lpfast import (
 from appliance._lpvec import try_parse
 from appliance.model import (
     BAD_NAME_CHAR,
+    BAD_NAME_CHAR_BUT_JOINERS,
     ColumnType,
     LineErrors,
     ParsedTable,
@@ -93,6 +94,10 @@ _COMPILE_KEYS, _BYTES_PER_COMPILED_KEY = 256, 256  # layout regexes a body may c
 _FAST_LAYOUTS_PER_TABLE = 32
 
 
+#: A UTF-8 byte order mark: one at the start of a body is dropped, not read as part of line 1.
+_BOM = b"\xef\xbb\xbf"
+
+
 def parse(
     body: bytes,
     precision: Precision,
@@ -112,9 +117,10 @@ def parse(
     columns than that between them (`limit_hit`). `table_room` is how many tables the body may
     add that `known` lacks, and the message for the lines of any table past that (`limit_hit`).
     """
+    data = body[len(_BOM) :] if body.startswith(_BOM) else body  # _Body drops it the same way
     try:  # regular bodies: whole-body Arrow kernels that release the GIL (None: not regular)
         result = try_parse(
-            body, precision, now_ns, known, scan=_scan, max_columns=max_columns, max_new_tables=table_room
+            data, precision, now_ns, known, scan=_scan, max_columns=max_columns, max_new_tables=table_room
         )
     except Exception:  # a bug there must not make parse() raise: the routes below answer
         result = None
@@ -136,6 +142,8 @@ class _Body:
         max_columns: int | None = None,
         table_room: tuple[int, str] | None = None,
     ) -> None:
+        if body.startswith(_BOM):  # as Notepad and PowerShell's Out-File save UTF-8: not line 1's data
+            body = body[len(_BOM) :]
         self.body, self.now_ns, self.known = body, now_ns, known or {}
         self.max_columns = max_columns
         self.room = self.start_room = table_room  # new tables the body may still add, and why not
@@ -286,15 +294,25 @@ class _Body:
 
     def _fast_series(self, key: str) -> tuple[str, dict[str, str]] | None:
         """Measurement and tags of a fast-route line's series key; None when the exact route must decide."""
-        if not key or key[0] == "#" or len(key) > MAX_STRING_BYTES // 4 or BAD_NAME_CHAR.search(key):
+        if (
+            not key
+            or key[0] == "#"
+            or len(key) > MAX_STRING_BYTES // 4
+            or BAD_NAME_CHAR_BUT_JOINERS.search(key)
+        ):
             return None  # the exact route decides (a bad character may sit in a value, which is fine)
         if "\\" in key:
             try:
                 measurement, tags, end = _scan_series(key)
             except Reject:
                 return None
-            return (measurement, tags) if end == len(key) else None
-        return split_series(key)
+            parsed = (measurement, tags) if end == len(key) else None
+        else:
+            parsed = split_series(key)
+        if parsed is not None and ("\u200c" in key or "\u200d" in key):  # a joiner: fine in a value
+            if name_problem(parsed[0]) is not None or any(name_problem(k) is not None for k in parsed[1]):
+                return None  # the exact route words the error
+        return parsed
 
     def _register(self, raw: str, measurement: str, tags: dict[str, str]) -> list[Any] | None:
         """Cache a parsed series key; its first layout guess is the table's latest layout.
@@ -348,7 +366,7 @@ class _Body:
         reason = self.bad_records.get(text)
         if reason is not None:  # the same bad record again (a body of junk): no second scan
             self.scan_errors += 1
-            self._error(ln, text, reason)
+            self._error(ln, reason, text)
             return
         try:
             if self.dirty and _bad_utf8(text):
@@ -356,7 +374,7 @@ class _Body:
             measurement, tags, series_end, keys, tokens = _scan(text, self.max_columns)
         except Reject as exc:
             self.scan_errors += 1
-            self._error(ln, text, str(exc))
+            self._error(ln, str(exc), text)
             if len(text) <= _CACHED_BAD_CHARS and len(self.bad_records) < _CACHED_BAD_RECORDS:
                 self.bad_records[text] = str(exc)
             return
@@ -364,13 +382,15 @@ class _Body:
         ent = self.series.get(series) or self._register(series, measurement, tags)
         if ent is not None and not ent[3].layouts and self.room is not None and measurement not in self.known:
             if self.room[0] > 0:
-                self.room = (self.room[0] - 1, self.room[1])  # the table's first row: it takes room
+                # The table's first scanned line takes room, even if every line of it is later
+                # rejected for its values (the room is checked before judging, as the columns are).
+                self.room = (self.room[0] - 1, self.room[1])
             else:
                 ent = None
         if ent is None:  # a new table past the room left for tables
             self.limit_hit = True
             self.scan_errors += 1
-            self._error(ln, text, self.room[1] if self.room is not None else "")
+            self._error(ln, self.room[1] if self.room is not None else "", text)
             return
         table: Table = ent[3]
         lay = table.by_keys.get(keys)
@@ -392,9 +412,10 @@ class _Body:
         if lay.match is not None:
             _use_layout(ent, lay)
 
-    def _error(self, ln: int, record: str, message: str) -> None:
+    def _error(self, ln: int, message: str, record: str | None = None) -> None:
+        """Note line `ln` rejected; its text (`record`, else read back) only if it is listed."""
         if self.errors.wants(ln):
-            self.errors.add(ln, _original_line(record), message)
+            self.errors.add(ln, _original_line(self._record(ln) if record is None else record), message)
         else:
             self.errors.count(ln)
 
@@ -467,6 +488,9 @@ class _Body:
 
         The catalog would refuse the table's new columns all together anyway; judging it here
         keeps a body of many distinct field names from costing work per column and layout.
+        The count is taken before the lines are judged, so the keys of lines later rejected
+        for their values count too: near the limit a table can be refused whole although its
+        good lines alone would fit (deliberate: judging first is the per-column work avoided).
         """
         if self.max_columns is None:
             return False
@@ -483,7 +507,7 @@ class _Body:
         )
         for lay in layouts:
             for ln in lay.flat[0 :: lay.stride]:
-                self._error(ln, self._record(ln) if self.errors.wants(ln) else "", message)
+                self._error(ln, message)
         return True
 
     def _fast_finish(
@@ -540,7 +564,7 @@ class _Body:
                 try:
                     self._judge(schema, used, table, layouts[n], r * layouts[n].stride)
                 except Reject as exc:
-                    self._error(ln, self._record(ln) if self.errors.wants(ln) else "", str(exc))
+                    self._error(ln, str(exc))
                     continue
                 accepted.add(sig)
             keep[n][r] = True
@@ -557,7 +581,7 @@ class _Body:
             try:
                 typed, time = self._judge(schema, used, table, lay, i)
             except Reject as exc:
-                self._error(ln, self._record(ln) if self.errors.wants(ln) else "", str(exc))
+                self._error(ln, str(exc))
                 continue
             values = {k: v for k, (_, v) in zip(lay.keys, typed, strict=True)}
             accepted.append((ln, table.series[lay.flat[i + 1]], values, time))
@@ -662,8 +686,9 @@ def _split_state(seg: str, fields: bool, quoted: bool, depth: int) -> tuple[bool
     return fields, quoted, depth, escaped
 
 
-def _scan_series(rec: str) -> tuple[str, dict[str, str], int]:
-    """Measurement and tags at the start of a record, and where the series key ends."""
+def _scan_series(rec: str, max_tags: int | None = None) -> tuple[str, dict[str, str], int]:
+    """Measurement and tags at the start of a record, and where the series key ends; Reject
+    as soon as there are more than `max_tags` tags (the rest is not read)."""
     n = len(rec)
     pos = _skip(_MEASUREMENT, rec, 0)
     if pos == 0:
@@ -683,6 +708,11 @@ def _scan_series(rec: str) -> tuple[str, dict[str, str], int]:
         if pos == start:
             raise Reject(f"Expected tag value, got {_got(rec, start)}")
         tags[key] = _unescape(rec[start:pos], _UNESCAPE_NAME)  # a repeated tag: last value wins
+        if max_tags is not None and len(tags) > max_tags:
+            raise Reject(
+                f"the line has more than {max_tags} tags; a table holds at most {max_tags}"
+                " columns (catalog.max_columns)"
+            )
     return measurement, tags, pos
 
 
@@ -696,12 +726,7 @@ def _scan(
     checked here (name_problem), and a record with more than `max_columns` tags and fields
     is rejected as soon as the scan passes that many.
     """
-    measurement, tags, pos = _scan_series(rec)
-    if max_columns is not None and len(tags) > max_columns:
-        raise Reject(
-            f"the line has more than {max_columns} tags; a table holds at most {max_columns}"
-            " columns (catalog.max_columns)"
-        )
+    measurement, tags, pos = _scan_series(rec, max_columns)
     limit = max_columns - len(tags) if max_columns is not None else -1
     n = len(rec)
     series_end = pos

@@ -45,17 +45,50 @@ BAD_NAME_CHAR = re.compile("[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in _BAD_N
 BAD_NAME_CHAR_RE2 = "[" + "".join(f"\\x{{{a:X}}}-\\x{{{b:X}}}" for a, b in _BAD_NAME_RANGES) + "]"
 
 
+#: ZERO WIDTH NON-JOINER and JOINER: Cf, but part of how Persian (`می‌خواهم`) and emoji
+#: sequences (`🏳️‍🌈`) are written. A name may hold one between two visible characters
+#: (roughly as UAX #31 allows them); at the start or end, or beside another invisible
+#: character or a space, they are refused like the rest of the class.
+JOINERS = "\u200c\u200d"
+#: BAD_NAME_CHAR without the joiners: a name free of these needs name_problem only if it holds one.
+BAD_NAME_CHAR_BUT_JOINERS = re.compile(
+    "["
+    + "".join(
+        f"{chr(a)}-{chr(b)}"
+        for lo, hi in _BAD_NAME_RANGES
+        for a, b in ((lo, min(hi, 0x200B)), (max(lo, 0x200E), hi))
+        if a <= b
+    )
+    + "]"
+)
+
+
 def name_problem(name: str) -> str | None:
     """Why `name` cannot name a table, tag or field (None: it can); one rule for every path."""
     if not name:
         return "is empty"
-    m = BAD_NAME_CHAR.search(name)
-    if m is None:
-        return None
-    return (
-        f"contains U+{ord(m.group()):04X} at position {m.start() + 1}; names may not hold control,"
-        " zero-width, bidi-override, line-separator or private-use characters"
-    )
+    for m in BAD_NAME_CHAR.finditer(name):
+        i = m.start()
+        joiner = m.group() in JOINERS
+        if joiner and _visible(name, i - 1) and _visible(name, i + 1):
+            continue
+        return (
+            f"contains U+{ord(m.group()):04X} at position {i + 1}; names may not hold control,"
+            " zero-width, bidi-override, line-separator or private-use characters"
+            + (" (a zero-width joiner or non-joiner only between two visible characters)" if joiner else "")
+        )
+    return None
+
+
+def _visible(name: str, i: int) -> bool:
+    """Whether name[i] exists and is neither in the bad-name class nor white space."""
+    return 0 <= i < len(name) and not name[i].isspace() and BAD_NAME_CHAR.match(name[i]) is None
+
+
+#: precision=auto (line protocol and MQTT JSON times alike): below 5e9 a number is seconds
+#: (until year 2128), below 5e12 milliseconds, below 5e15 microseconds, else nanoseconds.
+#: (size limit, ns per unit), ascending.
+AUTO_UNITS = ((5_000_000_000, 1_000_000_000), (5_000_000_000_000, 1_000_000), (5_000_000_000_000_000, 1_000))
 
 
 def time_problem(ns: int) -> str | None:
@@ -235,11 +268,7 @@ class LineErrors:
         """Note a rejected line (call once per line)."""
         self.numbers.append(line_number)
         if self.wants(line_number):
-            item = (-line_number, next(_ORDER), LineError(line_number, original_line, message))
-            if len(self._kept) < self.limit:
-                heapq.heappush(self._kept, item)
-            else:
-                heapq.heapreplace(self._kept, item)
+            self._keep(LineError(line_number, original_line, message))
 
     def count(self, line_number: int) -> None:
         """Note a rejected line that wants() said would not be kept."""
@@ -250,11 +279,15 @@ class LineErrors:
         self.numbers.extend(other.numbers)
         for _, _, e in other._kept:
             if self.wants(e.line_number):
-                item = (-e.line_number, next(_ORDER), e)
-                if len(self._kept) < self.limit:
-                    heapq.heappush(self._kept, item)
-                else:
-                    heapq.heapreplace(self._kept, item)
+                self._keep(e)
+
+    def _keep(self, e: LineError) -> None:
+        """Keep `e` (wants() said so), dropping the highest line kept if full."""
+        item = (-e.line_number, next(_ORDER), e)
+        if len(self._kept) < self.limit:
+            heapq.heappush(self._kept, item)
+        else:
+            heapq.heapreplace(self._kept, item)
 
     def sorted_numbers(self) -> Sequence[int]:
         """Every rejected line number, ascending, without a Python int per line (for bisect)."""

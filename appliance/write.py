@@ -197,10 +197,7 @@ class _KnownColumns(Mapping[str, Mapping[str, ColumnType]]):
 def _report(errors: LineErrors, line_numbers: pa.Array, mask: pa.Array, message: str) -> None:
     """Note every row selected by mask as rejected (their text is filled in by _describe)."""
     for n in line_numbers.filter(mask).to_pylist():
-        if errors.wants(n):
-            errors.add(n, "", message)
-        else:
-            errors.count(n)
+        errors.add(n, "", message)  # kept in full only among the first listed
 
 
 def _describe(errors: LineErrors, body: bytes) -> None:

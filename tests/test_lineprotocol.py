@@ -767,7 +767,10 @@ def test_round_trip(case: tuple[list[Any], str]) -> None:
 
 
 _JUNK = st.one_of(
-    st.text(st.sampled_from(list('ab=,"\\ \t\r\n#-.eiut0159\x00é\x01\u200b\u202e\ufeff\ue000')), max_size=40),
+    st.text(
+        st.sampled_from(list('ab=,"\\ \t\r\n#-.eiut0159\x00é\x01\u200b\u200c\u200d\u202e\ufeff\ue000')),
+        max_size=40,
+    ),
     st.sampled_from(["99999999999999999999i", "18446744073709551616u", "-9223372036854775808", "1e99999"]),
 )
 
@@ -962,6 +965,51 @@ def test_names_with_control_or_invisible_characters_are_rejected_naming_them(cha
     assert one(f'm,t=a{char}b s="x{char}y" 1')["t"] == f"a{char}b"
 
 
+@pytest.mark.parametrize("name", ["می\u200cخواهم", "🏳️\u200d🌈", "a\u200db", "x\u200c\u0301y"])
+def test_a_zero_width_joiner_between_visible_characters_is_part_of_a_name(name: str) -> None:
+    assert name_problem(name) is None
+    escaped = name.replace(" ", "\\ ")
+    for _ in range(2):  # the second line takes the cached fast route
+        row = one(f"{escaped},t{escaped}=v {escaped}=1 1")
+        assert row["table"] == name and row[f"t{name}"] == "v" and row[name] == 1.0
+    body = "\n".join(f"{escaped},t{name}=v{i} f{name}=1,g=2 {i}" for i in range(50)).encode()
+    result = lp(body)
+    assert not result.errors and result.tables[0].name == name and result.tables[0].num_rows == 50
+    assert set(result.tables[0].tags) == {f"t{name}"} and f"f{name}" in result.tables[0].fields
+
+
+@pytest.mark.parametrize("name", ["\u200dab", "ab\u200c", "a\u200d\u200db", "a\u200b\u200db", "a\\ \u200db"])
+def test_a_zero_width_joiner_at_either_end_or_beside_another_invisible_character_is_refused(
+    name: str,
+) -> None:
+    for line, kind in [
+        (f"{name} f=1", "measurement"),
+        (f"m,{name}=v f=1", "tag key"),
+        (f"m {name}=1", "field key"),
+    ]:
+        assert error(line).startswith(f"invalid {kind} "), line
+        errors = lp(f"{line}\n{line}").errors  # the second through the series cache
+        assert [e.line_number for e in errors] == [1, 2] and errors[1].error_message.startswith(
+            f"invalid {kind} "
+        )
+
+
+def test_tag_values_and_strings_with_joiners_are_data_on_every_route() -> None:
+    body = "\n".join(f'm,t=\u200d{i}\u200c f=1,s="\u200d" {i}' for i in range(50)).encode()
+    result = lp(body)
+    assert not result.errors and result.tables[0].tags["t"][0].as_py() == "\u200d0\u200c"
+
+
+def test_a_byte_order_mark_at_the_start_of_a_body_is_dropped() -> None:
+    assert one(b"\xef\xbb\xbfm v=1 1") == {"table": "m", "v": 1.0, "time": 1, "line": 1}
+    body = b"\xef\xbb\xbf" + b"\n".join(b"m v=%d %d" % (i, i) for i in range(1, 50))
+    result = lp(body)
+    assert not result.errors and result.tables[0].num_rows == 49
+    # Only one, and only at the start: elsewhere it is part of a name, which may not hold one.
+    assert "U+FEFF" in error(b"\xef\xbb\xbf\xef\xbb\xbfm v=1 1")
+    assert lp(b"m v=1 1\n\xef\xbb\xbfm v=2 2").errors[0].line_number == 2
+
+
 def test_a_line_with_more_fields_than_a_table_holds_is_rejected_without_scanning_them_all() -> None:
     body = ("m,a=1,b=2 " + ",".join(f"f{i}=1" for i in range(200_000))).encode()
     result = parse(body, Precision.NS, NOW, max_columns=500)
@@ -972,6 +1020,17 @@ def test_a_line_with_more_fields_than_a_table_holds_is_rejected_without_scanning
     assert one("m,a=1,b=2 f1=1,f2=2 1")["f2"] == 2.0
     assert parse(b"m,a=1,b=2 f1=1 1", Precision.NS, NOW, max_columns=3).errors == []
     assert parse(b"m,a=1,b=2 f1=1,f2=2 1", Precision.NS, NOW, max_columns=3).errors[0].line_number == 1
+
+
+def test_a_line_with_more_tags_than_a_table_holds_is_rejected_before_the_rest_is_read() -> None:
+    tags = ",".join(f"t{i}=a" for i in range(600))
+    for rest in [" f=1 1", ",broken\\", "=junk f="]:  # what follows the 501st tag is never read
+        for body in [f"m,{tags}{rest}", f"m\\ x,{tags}{rest}", "m,a=1 f=1 1\n" * 2 + f"m,{tags}{rest}"]:
+            errors = parse(body.encode(), Precision.NS, NOW, max_columns=500).errors
+            assert [e.error_message for e in errors] == [
+                "the line has more than 500 tags; a table holds at most 500 columns (catalog.max_columns)"
+            ], body[-40:]
+    assert not parse(f"m,{tags} f=1 1".encode(), Precision.NS, NOW, max_columns=601).errors
 
 
 def test_a_table_naming_more_columns_than_it_may_hold_is_rejected_whole() -> None:

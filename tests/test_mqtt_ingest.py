@@ -236,6 +236,79 @@ def test_a_message_whose_write_keeps_raising_is_given_up_alone(
     ingest.stop()
 
 
+def test_one_poison_message_costs_its_batch_a_few_retries_not_a_second_per_message(
+    tmp_path: Path,
+) -> None:
+    writes = FakeWrites()  # RETRY_SECONDS left at its real value (1 s)
+    real = writes.submit
+
+    def submit(req: WriteRequest) -> WriteReport:
+        if b"poison" in req.body:
+            raise MemoryError("parser blew up")
+        return real(req)
+
+    writes.submit = submit  # type: ignore[method-assign]
+    ingest, acks = make(tmp_path, LP, writes)
+    payloads = [b"m v=%d %d" % (i, i) for i in range(1, 21)]
+    payloads[3] = b"m poison=1"
+    start = time.monotonic()
+    queue_one_batch(ingest, payloads)
+    while len(acks.mids) < 20:  # was one 1 s pause before each message: 20 s
+        assert time.monotonic() - start < 8, (acks.mids, [r.body for r in writes.requests])
+        writes.commit_all()
+        time.sleep(0.01)
+    written = sorted(line for r in writes.requests for line in r.body.split(b"\n"))
+    assert written == sorted(p for p in payloads if b"poison" not in p)  # each good one once
+    assert len(writes.requests) < 12  # halves, not one write per message
+    assert [(t, r) for _, t, r, _ in ingest.errors] == [
+        ("s/4", "internal error while writing it (see the log)")
+    ]
+    assert ingest.health()["inflight"] == 0
+    ingest.stop()
+
+
+def test_a_group_submitted_before_another_group_fails_is_not_written_again(tmp_path: Path) -> None:
+    writes = FakeWrites()
+    real = writes.submit
+    failures = [MemoryError("once")]
+
+    def submit(req: WriteRequest) -> WriteReport:
+        if req.db == "b" and failures:
+            raise failures.pop()
+        return real(req)
+
+    writes.submit = submit  # type: ignore[method-assign]
+    subs = '[[mqtt.subscription]]\ntopic = "a/#"\ndatabase = "a"\n\n[[mqtt.subscription]]\ntopic = "b/#"\ndatabase = "b"\n'
+    ingest, acks = make(tmp_path, subs, writes)
+    with ingest._cond:
+        for seq, (route, payload) in enumerate([(0, b"m v=1 1"), (1, b"m v=2 2")], 1):
+            ingest._inflight += 1
+            ingest._queue.append(_Message(ingest.routes[route], f"x/{seq}", payload, seq, 1, 0, seq, 1))
+        ingest._cond.notify_all()
+    deadline = time.monotonic() + 8
+    while len(acks.mids) < 2:
+        assert time.monotonic() < deadline, [(r.db, r.body) for r in writes.requests]
+        writes.commit_all()
+        time.sleep(0.01)
+    # Database a's write went to the WAL before b's failed: only b's message is written again.
+    assert [(r.db, r.body) for r in writes.requests] == [("a", b"m v=1 1"), ("b", b"m v=2 2")]
+    assert sorted(acks.mids) == [1, 2] and list(ingest.errors) == []
+    ingest.stop()
+
+
+def test_a_byte_order_mark_starting_a_line_protocol_payload_is_dropped(tmp_path: Path) -> None:
+    writes = FakeWrites()
+    subs = '[[mqtt.subscription]]\ntopic = "s/#"\ndatabase = "iot"\ntopic_parsing = "_/{dev}"\n'
+    ingest, acks = make(tmp_path, subs, writes)
+    queue_one_batch(ingest, [b"m v=1 1", b"\xef\xbb\xbfm v=2 2"])  # as Notepad saves a file
+    settle(lambda: len(writes.requests) == 1)
+    assert writes.requests[0].body == b"m,dev=1 v=1 1\nm,dev=2 v=2 2"
+    writes.commit_all()
+    settle(lambda: acks.mids == [1, 2])
+    assert list(ingest.errors) == []
+    ingest.stop()
+
+
 def test_a_message_matching_no_subscription_is_acknowledged_and_counted(tmp_path: Path) -> None:
     writes = FakeWrites()
     ingest, acks = make(tmp_path, LP, writes)

@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 
 from appliance.lineprotocol import parse
 from appliance.model import ColumnType, Precision, name_problem
-from appliance.mqtt.payload import JsonOptions, PayloadError, TopicParsing, json_to_lines, retag_lines
+from appliance.mqtt.payload import (
+    MAX_REASONS,
+    JsonOptions,
+    PayloadError,
+    Reasons,
+    TopicParsing,
+    json_to_lines,
+    retag_lines,
+)
 
 NOW = 1_700_000_000_123_456_789
 ARRIVAL = 1_800_000_000_000_000_001
@@ -775,6 +783,39 @@ def test_retag_keeps_lines_that_do_not_parse_as_they_are() -> None:
     assert result.tables[0].num_rows == 1 and len(result.errors) == len(bad)
 
 
+def test_retag_lists_the_first_unreadable_lines_and_counts_the_rest() -> None:
+    body = b"x\n" * 1000 + b"ok v=1 1"
+    errors = Reasons()
+    out = retag_lines(body, None, {"dev": "a"}, errors)
+    assert out.endswith(b"\nok,dev=a v=1 1") and out.count(b"\n") == 1000
+    assert len(errors) == MAX_REASONS and errors.omitted == 1000 - MAX_REASONS and errors.total == 1000
+    assert errors[0].startswith("line 1: its series key") and errors[-1].startswith(f"line {MAX_REASONS}:")
+    plain: list[str] = []  # a plain list gets the listed ones and one line counting the rest
+    retag_lines(body, None, {"dev": "a"}, plain)
+    assert (
+        plain[:-1] == errors
+        and plain[-1] == f"and {1000 - MAX_REASONS} more lines whose series key could not be read"
+    )
+
+
+def test_json_array_of_junk_lists_the_first_reasons_and_counts_the_rest() -> None:
+    payload = json.dumps([{"a": []}] * 1000 + [{"v": 1}]).encode()
+    body, errors = json_to_lines(payload, JsonOptions(measurement="m"), None, {}, 7)
+    assert body == b"m v=1.0 7"
+    assert len(errors) == MAX_REASONS and errors.total == 1000
+    assert errors[0] == "element 0: no fields" and errors[-1] == f"element {MAX_REASONS - 1}: no fields"
+
+
+def test_reasons_keep_the_first_ones_and_count_the_rest() -> None:
+    r = Reasons(limit=2)
+    r.extend(["a", "b", "c"])
+    r.append("d")
+    inner = Reasons(limit=1)
+    inner.extend(["e", "f"])
+    r.extend(inner)
+    assert r == ["a", "b"] and r.omitted == 4 and r.total == 6
+
+
 def test_retag_keeps_bytes_that_are_not_utf8() -> None:
     body = b"m,t=\xff v=1 1\nm v=\xfe 2"
     assert retag_lines(body, None, {"a": "b"}) == b"m,t=\xff,a=b v=1 1\nm,a=b v=\xfe 2"
@@ -851,3 +892,41 @@ def test_retag_lines_reports_lines_it_cannot_retag() -> None:
     out = retag_lines(b"m,t,=v f=1 1\ncpu,h=a u=1 2", None, {"site": "x"}, errors)
     assert out == b"m,t,=v f=1 1\ncpu,h=a,site=x u=1 2"
     assert errors == ["line 1: its series key could not be read, so the topic tags were not added"]
+
+
+def _loads_problem(text: str) -> str | None:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+    except (ValueError, RecursionError):
+        return "other"
+    return None
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(["", " ", "\n "]),
+    st.text(st.sampled_from(list(' \n[]{},:"1a-.e0tnulrs\\')), max_size=30),
+    st.sampled_from(["", "]", '{"v":1}]', "1,2]"]),
+)
+def test_arrays_read_element_by_element_fail_as_json_loads_does(lead: str, middle: str, tail: str) -> None:
+    text = lead + "[" + middle + tail
+    body, errors = json_to_lines(text.encode(), JsonOptions(measurement="m"), None, {}, 7)
+    want = _loads_problem(text)
+    if want is None:
+        assert not any(e.startswith("invalid JSON") for e in errors), (text, errors)
+    elif want != "other":
+        assert errors == [want] and body == b"", (text, errors)
+
+
+def test_a_large_array_is_not_held_as_objects_all_at_once() -> None:
+    import tracemalloc
+
+    payload = b"[" + b",".join([b'{"a":[],"v":1}'] * 100_000) + b"]"
+    tracemalloc.start()
+    body, errors = json_to_lines(payload, JsonOptions(measurement="m"), None, {}, 7)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert body.count(b"\n") == 99_999 and errors == []
+    assert peak < 20 << 20, peak  # ~10 MB: the lines themselves (was 33 MB with every element parsed at once)

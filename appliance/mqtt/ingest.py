@@ -43,12 +43,22 @@ from ..config import MQTT_SCHEMES, Config, Subscription
 from ..errors import ApplianceError, CatalogError, ConfigError, LimitExceeded, WalError
 from ..model import Precision
 from ..write import WriteRequest, WriteService
-from .payload import NO_MEASUREMENT, JsonOptions, PayloadError, TopicParsing, json_to_lines, retag_lines
+from .payload import (
+    NO_MEASUREMENT,
+    JsonOptions,
+    PayloadError,
+    Reasons,
+    TopicParsing,
+    json_to_lines,
+    retag_lines,
+)
 
 log = logging.getLogger("appliance.mqtt")
 
 #: The start of a line that is neither blank nor a comment.
 _DATA_LINE = re.compile(rb"^[ \t\r\v\f]*+[^ \t\r\v\f\n#]", re.MULTILINE)
+
+_BOM = b"\xef\xbb\xbf"
 
 #: Most messages and payload bytes the batcher turns into one write.
 BATCH_MESSAGES = 10_000
@@ -59,9 +69,11 @@ PAYLOAD_HEAD = 64
 TOPIC_KEPT = 256
 #: At most this many error lines per minute reach the log; the rest are only counted.
 LOG_ERRORS_PER_MINUTE = 20
-#: Pause before retrying a write the WAL or the buffer refused (full, behind).
+#: Pause before retrying a write the WAL or the buffer refused (full, behind), and once per
+#: batch that failed unexpectedly (its halves are then tried at once, down to the one message
+#: that fails, which waits this long before each of its attempts).
 RETRY_SECONDS = 1.0
-#: Times a message goes back to the queue after an unexpected failure before it is given up.
+#: Times a message that fails alone is written before it is given up.
 MAX_ATTEMPTS = 3
 #: Topics whose subscription is remembered (the cache starts over when full).
 ROUTE_CACHE = 10_000
@@ -98,9 +110,9 @@ class _Message:
     arrival_ns: int
     seq: int  # arrival order: acknowledgements follow it
     session: int  # connection number: an ack never goes to a later connection
-    attempts: int = 0  # unexpected failures so far
-    delayed: bool = False  # written again after a failure: wait a moment first
-    alone: bool = False  # failed in a batch: written by itself, so only a poison message fails
+    attempts: int = 0  # unexpected failures while written alone
+    retry_at: float = 0.0  # monotonic time before which it is not written again (after a failure)
+    group: int = 0  # not 0: part of a failed batch, written only with the messages of its group
 
 
 @dataclass
@@ -114,6 +126,7 @@ class _Part:
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
     unlisted: int = 0  # rejected lines past the ones a write describes
+    omitted: int = 0  # conversion problems past the MAX_REASONS listed in `errors`
 
 
 @dataclass
@@ -230,6 +243,7 @@ class MqttIngest:
         self.errors: collections.deque[tuple[int, str, str, bytes]] = collections.deque(maxlen=ERRORS_KEPT)
         self._session = 0
         self._seq = itertools.count()
+        self._groups = itertools.count(1)
         self._queue: collections.deque[_Message] = collections.deque()
         self._inflight = 0
         self._pending_bytes = 0
@@ -418,48 +432,67 @@ class MqttIngest:
                     return
                 batch: list[_Message] = [self._queue.popleft()]
                 size = len(batch[0].payload)
+                group = batch[0].group
                 while (
-                    not batch[0].alone
-                    and self._queue
-                    and not self._queue[0].alone
+                    self._queue
+                    and self._queue[0].group == group
                     and len(batch) < BATCH_MESSAGES
                     and size < BATCH_BYTES
                 ):
                     batch.append(self._queue.popleft())
                     size += len(batch[-1].payload)
-            if any(m.delayed for m in batch):  # a retry: give what failed a moment
-                self._stopping.wait(RETRY_SECONDS)
-            for m in batch:
-                m.delayed = False
+            wait = max(m.retry_at for m in batch) - time.monotonic()
+            if wait > 0:  # a retry: give what failed a moment (once per failure, not per message)
+                self._stopping.wait(wait)
             try:
-                self._write(batch)
-            except _Abandoned:
-                self._release(batch)
-            except Exception:
-                if not any(m.attempts for m in batch):  # once: retries of the same messages stay quiet
-                    log.exception("MQTT batch of %d messages failed; writing each alone again", len(batch))
-                self._retry(batch)
+                try:
+                    self._write(batch)
+                except _Unwritten:
+                    raise
+                except Exception as e:  # before anything was submitted
+                    raise _Unwritten(batch, False) from e
+            except _Unwritten as e:
+                if e.abandoned:
+                    self._release(e.messages)
+                    continue
+                if not any(m.group for m in batch):  # once: retries of the same messages stay quiet
+                    log.error(
+                        "MQTT batch of %d messages failed; writing the %d not yet written again, in"
+                        " halves, to find the message that fails",
+                        len(batch),
+                        len(e.messages),
+                        exc_info=e.__cause__,
+                    )
+                self._retry(e.messages)
 
     def _retry(self, batch: list[_Message]) -> None:
-        """Put messages back at the head of the queue; after MAX_ATTEMPTS, record and ack them."""
-        again: list[_Message] = []
-        given_up: list[_Message] = []
-        for m in batch:
-            m.attempts += 1
-            m.alone = True
-            (again if m.attempts < MAX_ATTEMPTS else given_up).append(m)
-        if given_up:
-            parts = [_Part(m, errors=["internal error while writing it (see the log)"]) for m in given_up]
-            self._record(parts)
-            done = _Batch(parts, 0)
-            with self._ack_lock:
-                self._batches.append(done)
-            self._settle(done)
-        self._requeue(again)
+        """Put a failed batch back at the head of the queue in two halves, each written on its
+        own, so that the messages beside a poison message are written after about log2(n) tries;
+        a message failing alone is tried MAX_ATTEMPTS times, then recorded and acknowledged."""
+        now = time.monotonic()
+        if len(batch) > 1:
+            pause = 0.0 if batch[0].group else now + RETRY_SECONDS  # one pause per failed batch
+            half = len(batch) // 2
+            for part in (batch[:half], batch[half:]):
+                group = next(self._groups)
+                for m in part:
+                    m.group, m.retry_at = group, pause
+            self._requeue(batch)
+            return
+        m = batch[0]
+        m.attempts += 1
+        if m.attempts < MAX_ATTEMPTS:
+            m.group, m.retry_at = next(self._groups), now + RETRY_SECONDS
+            self._requeue(batch)
+            return
+        parts = [_Part(m, errors=["internal error while writing it (see the log)"])]
+        self._record(parts)
+        done = _Batch(parts, 0)
+        with self._ack_lock:
+            self._batches.append(done)
+        self._settle(done)
 
     def _requeue(self, messages: list[_Message]) -> None:
-        for m in messages:
-            m.delayed = True
         with self._cond:
             self._queue.extendleft(sorted(messages, key=lambda m: m.seq, reverse=True))
             self._cond.notify_all()
@@ -488,13 +521,24 @@ class MqttIngest:
             parts.append(part)
             bodies.append(body)
         self._record(loose)
-        futures = []
-        for (db, precision, _), (parts, bodies) in groups.items():
-            committed = self._submit(db, precision, b"\n".join(bodies), parts)
-            if committed is not None:
-                futures.append(committed)
-        every = loose + [p for parts, _ in groups.values() for p in parts]
-        pending = _Batch(every, len(futures))
+        futures: list[Future[Any]] = []
+        written = loose  # recorded or submitted: acknowledged with this batch, never written again
+        try:
+            for (db, precision, _), (parts, bodies) in groups.items():
+                committed = self._submit(db, precision, b"\n".join(bodies), parts)
+                written.extend(parts)
+                if committed is not None:
+                    futures.append(committed)
+        except Exception as e:  # the groups already submitted are in the WAL: retry only the rest
+            done = {id(p.msg) for p in written}
+            raise _Unwritten([m for m in batch if id(m) not in done], isinstance(e, _Abandoned)) from e
+        finally:
+            if written:
+                self._settle_later(written, futures)
+
+    def _settle_later(self, written: list[_Part], futures: list[Future[Any]]) -> None:
+        """Acknowledge `written` (in order with earlier batches) once every commit in `futures` is durable."""
+        pending = _Batch(written, len(futures))
         with self._ack_lock:
             self._batches.append(pending)
         if not futures:
@@ -514,11 +558,15 @@ class MqttIngest:
         if route.json is not None:
             body, errors = json_to_lines(msg.payload, route.json, measurement, tags, msg.arrival_ns)
         else:
-            errors = []
-            body = retag_lines(msg.payload, measurement, tags, errors)
+            errors = Reasons()
+            payload = msg.payload
+            if payload.startswith(_BOM):  # a UTF-8 byte order mark, as Notepad saves it: not data
+                payload = payload[len(_BOM) :]
+            body = retag_lines(payload, measurement, tags, errors)
         body = body.rstrip(b"\n")
         lines = sum(1 for _ in _DATA_LINE.finditer(body))  # no list of lines: memory stays flat
-        return _Part(msg, span=body.count(b"\n") + 1, lines=lines, errors=list(errors)), body
+        span = body.count(b"\n") + 1
+        return _Part(msg, span=span, lines=lines, errors=list(errors), omitted=errors.omitted), body
 
     def _submit(self, db: str, precision: Precision, body: bytes, parts: list[_Part]) -> Future[Any] | None:
         """Write one joined body; per-line errors go back to the message that held the line."""
@@ -566,9 +614,8 @@ class MqttIngest:
                 continue
             if not p.errors:
                 continue
-            reason = "; ".join(p.errors[:3]) + (
-                f"; and {len(p.errors) - 3} more" if len(p.errors) > 3 else ""
-            )
+            more = len(p.errors) - 3 + p.omitted
+            reason = "; ".join(p.errors[:3]) + (f"; and {more} more" if more > 0 else "")
             if p.unlisted:
                 reason += f"; {p.rejected} lines rejected in all"
             self.errors.append(
@@ -599,6 +646,9 @@ class MqttIngest:
         messages = [p.msg for p in batch.parts]
         if not batch.ok:
             log.error("MQTT: a WAL commit failed; writing %d messages again", len(messages))
+            retry_at = time.monotonic() + RETRY_SECONDS
+            for m in messages:
+                m.retry_at = retry_at
             self._requeue(messages)
             return
         with self._cond:  # held across the acks: no reconnect can slip in between check and ack
@@ -703,3 +753,12 @@ class MqttIngest:
 
 class _Abandoned(Exception):
     """Stopping while a write waited for room: its messages stay unacknowledged."""
+
+
+class _Unwritten(Exception):
+    """A batch was written in part: `messages` were not (abandoned, or the write failed)."""
+
+    def __init__(self, messages: list[_Message], abandoned: bool) -> None:
+        super().__init__(f"{len(messages)} messages not written")
+        self.messages = messages
+        self.abandoned = abandoned

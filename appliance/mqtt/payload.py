@@ -15,16 +15,17 @@ is left out with a reason.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from appliance.model import MAX_TIME_NS, MIN_TIME_NS, TIME_COLUMN, TIME_RANGE, name_problem
+from appliance.model import AUTO_UNITS, MAX_TIME_NS, MIN_TIME_NS, TIME_COLUMN, TIME_RANGE, name_problem
 
 TIME_FORMATS = ("auto", "s", "ms", "us", "ns", "rfc3339")
 NO_MEASUREMENT = "no measurement: set measurement, measurement_key or {measurement} in topic_parsing"
@@ -44,9 +45,6 @@ _EXPECTED = {
     "rfc3339": "an RFC 3339 time such as 2026-11-28T10:00:00Z",
 }
 _OUT_OF_RANGE = f"is out of range ({TIME_RANGE})"
-# Unit guessed from a number's size, as line protocol's precision=auto does: below 5e9 it is
-# seconds (until year 2128), below 5e12 milliseconds, below 5e15 microseconds, else ns.
-_AUTO_UNITS = ((5_000_000_000, 1_000_000_000), (5_000_000_000_000, 1_000_000), (5_000_000_000_000_000, 1_000))
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _RFC3339 = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
@@ -65,6 +63,40 @@ _UNESCAPE_NAME = re.compile(r"\\([,= \\])")
 _QUOTING = re.compile(r'\\[\s\S]?|[ "=,]')
 
 Scalar = str | int | float | bool | None
+
+
+#: Reasons listed per message; past this many they are only counted (Reasons.omitted).
+MAX_REASONS = 100
+
+
+class Reasons(list[str]):
+    """Why parts of a payload were left out: the first `limit` reasons listed, the rest counted.
+
+    A list, so code that appends reasons needs no change; memory stays bounded whatever the
+    payload holds (a million bad lines or JSON elements cost one counter).
+    """
+
+    def __init__(self, limit: int = MAX_REASONS) -> None:
+        super().__init__()
+        self.limit = limit
+        self.omitted = 0
+
+    def append(self, reason: str) -> None:
+        if len(self) < self.limit:
+            super().append(reason)
+        else:
+            self.omitted += 1
+
+    def extend(self, reasons: Iterable[str]) -> None:
+        for reason in reasons:
+            self.append(reason)
+        if isinstance(reasons, Reasons):
+            self.omitted += reasons.omitted
+
+    @property
+    def total(self) -> int:
+        """Every reason noted, listed or not."""
+        return len(self) + self.omitted
 
 
 class PayloadError(ValueError):
@@ -226,49 +258,108 @@ class JsonOptions:
 
 def json_to_lines(
     payload: bytes, opts: JsonOptions, measurement: str | None, tags: Mapping[str, str], arrival_ns: int
-) -> tuple[bytes, list[str]]:
+) -> tuple[bytes, Reasons]:
     """Line protocol (ns timestamps) for a JSON object or array of objects, and the reasons for
-    what was left out; never raises for payload content."""
+    what was left out (the first MAX_REASONS, the rest counted); never raises for payload content."""
+    errors = Reasons()
     doc, problem = _load(payload)
-    if problem is not None:
-        return b"", [problem]
     default = measurement if measurement is not None else opts.measurement or None
-    if not opts.measurement_key:
-        if default is None:
-            return b"", [NO_MEASUREMENT]
-        problem = _problem(default, _MEASUREMENT)
-        if problem is not None:
-            return b"", [problem]
-    errors: list[str] = []
+    if problem is None and not opts.measurement_key:
+        problem = NO_MEASUREMENT if default is None else _problem(default, _MEASUREMENT)
+        if problem is not None and isinstance(doc, _Elements):
+            problem = _json_problem(lambda: sum(1 for _ in doc)) or problem  # invalid JSON says more
+    if problem is not None:
+        errors.append(problem)
+        return b"", errors
     topic_tags = _topic_tags(tags, errors)
-    points, prefix = (doc, "element {}: ") if isinstance(doc, list) else ([doc], "")
+    points, prefix = (doc, "element {}: ") if isinstance(doc, _Elements) else ([doc], "")
     lines = []
-    for i, point in enumerate(points):
-        reasons: list[str] = []
-        line = _point_line(point, opts, default or "", topic_tags, arrival_ns, reasons)
-        errors.extend(prefix.format(i) + r for r in reasons)
-        if line is not None:
-            lines.append(line)
+
+    def convert() -> None:
+        for i, point in enumerate(points):
+            reasons = Reasons()
+            line = _point_line(point, opts, default or "", topic_tags, arrival_ns, reasons)
+            if reasons:
+                if len(errors) >= errors.limit:  # listed in full already: only count
+                    errors.omitted += reasons.total
+                else:
+                    errors.extend(prefix.format(i) + r for r in reasons)
+                    errors.omitted += reasons.omitted
+            if line is not None:
+                lines.append(line)
+
+    problem = _json_problem(convert)  # an array is read element by element: it may fail late
+    if problem is not None:
+        errors = Reasons()
+        errors.append(problem)
+        return b"", errors
     return "\n".join(lines).encode("utf-8"), errors
 
 
 def _load(payload: bytes) -> tuple[Any, str | None]:
-    """The parsed payload, or the one reason it is unusable as a whole."""
+    """The parsed payload (an array as _Elements, read as it is used), or the one reason it is
+    unusable as a whole (an array's syntax errors show up while its elements are read)."""
     try:
         text = payload.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         return None, f"payload is not UTF-8: invalid byte at offset {exc.start}"
-    try:
+    start = _JSON_SPACE.match(text).end()  # type: ignore[union-attr]
+    if text.startswith("[", start):
+        return _Elements(text, start + 1), None
+    doc: Any = None
+
+    def load() -> None:
+        nonlocal doc
         doc = json.loads(text)
+
+    problem = _json_problem(load)
+    if problem is None and not isinstance(doc, dict):
+        problem = f"payload must be a JSON object or an array of objects, got {_kind(doc)}"
+    return doc, problem
+
+
+def _json_problem(run: Callable[[], object]) -> str | None:
+    """None if run() reads its JSON without error, else why the payload is not valid JSON."""
+    try:
+        run()
     except json.JSONDecodeError as exc:
-        return None, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        return f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
     except ValueError as exc:  # e.g. an integer of more than 4300 digits
-        return None, f"invalid JSON: {exc}"
+        return f"invalid JSON: {exc}"
     except RecursionError:
-        return None, "invalid JSON: nested too deeply"
-    if not isinstance(doc, dict | list):
-        return None, f"payload must be a JSON object or an array of objects, got {_kind(doc)}"
-    return doc, None
+        return "invalid JSON: nested too deeply"
+    return None
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+_JSON_DECODER = json.JSONDecoder()
+
+
+class _Elements:
+    """The elements of a JSON array, parsed one at a time as they are iterated: a payload of
+    a million small objects never exists as a million dicts at once. Iterating raises what
+    json.loads would for the same text (JSONDecodeError at the same line and column)."""
+
+    def __init__(self, text: str, pos: int) -> None:
+        self.text, self.pos = text, pos  # just after the opening bracket
+
+    def __iter__(self) -> Iterator[Any]:
+        text, space = self.text, _JSON_SPACE
+        pos = space.match(text, self.pos).end()  # type: ignore[union-attr]
+        if not text.startswith("]", pos):
+            while True:
+                value, pos = _JSON_DECODER.raw_decode(text, pos)
+                yield value
+                pos = space.match(text, pos).end()  # type: ignore[union-attr]
+                if text.startswith(",", pos):
+                    pos = space.match(text, pos + 1).end()  # type: ignore[union-attr]
+                elif text.startswith("]", pos):
+                    break
+                else:
+                    raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
+        end = space.match(text, pos + 1).end()  # type: ignore[union-attr]
+        if end != len(text):
+            raise json.JSONDecodeError("Extra data", text, end)
 
 
 def _topic_tags(tags: Mapping[str, str], errors: list[str]) -> dict[str, str]:
@@ -466,7 +557,7 @@ def _decimal(value: Scalar) -> Decimal | None:
 
 def _guess_unit(number: Decimal) -> int:
     size = abs(number)
-    return next((unit for limit, unit in _AUTO_UNITS if size < limit), 1)
+    return next((unit for limit, unit in AUTO_UNITS if size < limit), 1)  # as line protocol's auto
 
 
 def _rfc3339_ns(text: str) -> int:
@@ -513,26 +604,33 @@ def retag_lines(
     }
     if new is None and not extra:
         return body
-    out = []
+    sink = errors if isinstance(errors, Reasons) or errors is None else Reasons()
+    out = io.StringIO()  # line by line: no list of a million lines, whatever the payload holds
     state: tuple[bool, bool, int] | None = None  # quoting state while a record spans lines
-    for number, line in enumerate(body.decode("utf-8", "surrogateescape").split("\n"), 1):
+    text = io.StringIO(body.decode("utf-8", "surrogateescape"), newline="\n")
+    for number, raw in enumerate(text, 1):
+        line, end = (raw[:-1], "\n") if raw.endswith("\n") else (raw, "")
         if state is not None:
-            out.append(line)
+            out.write(raw)
             state = _continued(line, state)
             continue
         content = line.lstrip(" \t")
         if not content or content[0] == "#" or content == "\r":
-            out.append(line)
+            out.write(raw)
             continue
         retagged = _retag(content, new, extra)
-        if retagged is content and errors is not None:
-            errors.append(
-                f"line {number}: its series key could not be read, so the topic tags were not added"
-            )
-        out.append(line[: len(line) - len(content)] + retagged)
+        if retagged is content and sink is not None:
+            sink.append(f"line {number}: its series key could not be read, so the topic tags were not added")
+        out.write(line[: len(line) - len(content)])
+        out.write(retagged)
+        out.write(end)
         if '"' in content or content.endswith("\\"):
             state = _continued(content, (False, False, 0))
-    return "\n".join(out).encode("utf-8", "surrogateescape")
+    if errors is not None and sink is not errors and sink is not None:
+        errors.extend(sink)
+        if sink.omitted:
+            errors.append(f"and {sink.omitted} more lines whose series key could not be read")
+    return out.getvalue().encode("utf-8", "surrogateescape")
 
 
 def _retag(line: str, measurement: str | None, extra: dict[str, str]) -> str:

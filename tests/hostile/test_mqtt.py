@@ -31,6 +31,7 @@ def broker(tmp_path: Path) -> Broker:
 SUBSCRIPTIONS = [
     {"topic": "lp/#", "database": "iot", "qos": 1},
     {"topic": "json/#", "database": "iot", "qos": 1, "format": "json", "measurement": "js"},
+    {"topic": "tagged/#", "database": "iot", "qos": 1, "topic_parsing": "_/{dev}"},
 ]
 
 
@@ -89,6 +90,32 @@ def test_a_ten_megabyte_message_of_bad_lines_is_recorded_once_and_not_redelivere
     wait_count(server, "iot", "ok", 2)
     time.sleep(1)
     assert mqtt_errors(server) == [] and server.proc is not None and server.proc.poll() is None
+    assert server.request("GET", "/health").status == 200
+
+
+def test_junk_retagged_from_the_topic_or_sent_as_a_json_array_is_reported_in_bounded_memory(
+    tmp_path: Path, broker: Broker
+) -> None:
+    server = ready(tmp_path, broker)
+    baseline = vm_hwm_mb(server)
+    # Every line unreadable, so no topic tag can be added to it (was one reason per line: +819 MB).
+    broker.publish("tagged/a", [b"x\n" * 5_000_000], timeout=120)
+    errors = wait_for(lambda: mqtt_errors(server), 120, "the retagged junk recorded")
+    assert [e["topic"] for e in errors] == ["tagged/a"]
+    assert vm_hwm_mb(server) < baseline + 250, (baseline, vm_hwm_mb(server))
+    assert (
+        errors[0]["reason"].endswith("; and 5000097 more; 5000000 lines rejected in all")
+        and len(errors[0]["reason"]) < 2000
+    )
+    # A JSON array of a million elements without fields (was one reason per element: +254 MB).
+    broker.publish("json/junk", [b"[" + b",".join([b'{"a":[]}'] * 1_000_000) + b"]"], timeout=120)
+    errors = wait_for(lambda: len(mqtt_errors(server)) == 2 and mqtt_errors(server), 120, "the JSON junk")
+    assert errors[1]["reason"].startswith("element 0: no fields; element 1: no fields")
+    assert errors[1]["reason"].endswith("; and 999997 more") and len(errors[1]["reason"]) < 2000
+    assert vm_hwm_mb(server) < baseline + 250, (baseline, vm_hwm_mb(server))  # elements read one by one
+    broker.publish("tagged/b", ["ok v=1 1000000000"])  # acknowledged, and the server still writes
+    wait_count(server, "iot", "ok", 1)
+    assert server.query("iot", "SELECT dev FROM ok") == [{"dev": "b"}]
     assert server.request("GET", "/health").status == 200
 
 
