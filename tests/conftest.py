@@ -5,17 +5,20 @@ from pathlib import Path
 
 import pytest
 
+from tests import mosquitto
+from tests.mosquitto import Broker
 from tests.server import RUNNING, Server
 
 
 @pytest.fixture(autouse=True)
 def _reap_servers() -> Iterator[None]:
-    """Kill any server a test left running (a failed assertion skips its stop())."""
+    """Kill any server or broker a test left running (a failed assertion skips its stop())."""
     yield
     while RUNNING:
         s = RUNNING.pop()
         if s.proc is not None:
             s.kill()
+    mosquitto.reap()
 
 
 @pytest.fixture
@@ -34,3 +37,9 @@ def auth_server(tmp_path: Path) -> Iterator[Server]:
     yield s
     if s.proc is not None:
         s.stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Broker:
+    """A real Mosquitto broker on its own port (killed after the test by `_reap_servers`)."""
+    return Broker(tmp_path / "broker").start()

@@ -110,6 +110,14 @@ class Server:
             self.token = (self.data_dir / "admin-token").read_text().strip()
         return self
 
+    def memory_mib(self, key: str = "VmHWM") -> float:
+        """The server process's peak (VmHWM) or current (VmRSS) resident memory, in MiB."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError(f"no {key} in /proc/{self.proc.pid}/status")
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

@@ -7,28 +7,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests import mosquitto
 from tests.mosquitto import Broker
 from tests.server import REPO, Server, wait_for
 
 BASE_NS = 1_764_000_000_000_000_000
-
-
-@pytest.fixture(autouse=True)
-def _reap_brokers() -> Iterator[None]:
-    yield
-    mosquitto.reap()
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Broker:
-    return Broker(tmp_path / "broker").start()
 
 
 def toml_config(broker: Broker, subscriptions: list[dict[str, Any]], **mqtt: Any) -> str:

@@ -28,24 +28,6 @@ JSON = {"Content-Type": "application/json"}
 GZ = {"Content-Encoding": "gzip"}
 
 
-def vm_hwm_mib(server: Server) -> float:
-    """Peak resident memory of the server process so far (VmHWM), in MiB."""
-    assert server.proc is not None
-    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM in /proc/<pid>/status")
-
-
-def vm_rss_mib(server: Server) -> float:
-    """Resident memory of the server process now (VmRSS), in MiB."""
-    assert server.proc is not None
-    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS in /proc/<pid>/status")
-
-
 def connect(server: Server, source: str = "127.0.0.1") -> socket.socket:
     """A raw TCP connection to the server from a given loopback address (127.0.0.x)."""
     s = socket.socket()
@@ -146,7 +128,7 @@ def test_gzip_bomb_gets_413_with_bounded_memory(server: Server) -> None:
     bomb = b"".join(packer.compress(zeros) for _ in range(512)) + packer.flush()  # 512 MiB inflated
     assert len(bomb) < 1024 * 1024
     assert health_answers(server)
-    before = vm_hwm_mib(server)
+    before = server.memory_mib()
     send = (server.request, "POST", "/api/v3/write_lp", {"db": "db"}, bomb, GZ)
     threads = [in_thread(*send)[1] for _ in range(4)]
     for result in wait_for(lambda: all(threads) and threads, timeout=60, what="four 413s"):
@@ -154,7 +136,7 @@ def test_gzip_bomb_gets_413_with_bounded_memory(server: Server) -> None:
         assert r.status == 413 and "http.max_request_size" in r.text, (r.status, r.body)
     assert health_answers(server)
     # each bomb is decoded only up to the 10 MiB limit; 512 MiB each without the bound
-    assert vm_hwm_mib(server) - before < 150
+    assert server.memory_mib() - before < 150
 
 
 # -- item 9: slow bodies -----------------------------------------------------------
@@ -316,7 +298,7 @@ def test_a_client_that_never_reads_its_response_is_dropped(tmp_path: Path) -> No
         finally:
             for c in readers:
                 c.close()
-        rounds.append(vm_rss_mib(s))
+        rounds.append(s.memory_mib("VmRSS"))
     metrics = s.request("GET", "/metrics").text
     assert 'appliance_http_refused_total{reason="send_timeout"} 8' in metrics, metrics
     assert rounds[1] - rounds[0] < 100, rounds  # the unsent responses are not kept

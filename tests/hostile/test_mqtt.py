@@ -4,29 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests import mosquitto
 from tests.e2e.test_mqtt import count, mqtt_health, start_server, toml_config, wait_count
-from tests.hostile.test_write import vm_hwm_mb
 from tests.mosquitto import Broker
 from tests.server import Server, wait_for
-
-
-@pytest.fixture(autouse=True)
-def _reap_brokers() -> Iterator[None]:
-    yield
-    mosquitto.reap()
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Broker:
-    return Broker(tmp_path / "broker").start()
-
 
 SUBSCRIPTIONS = [
     {"topic": "lp/#", "database": "iot", "qos": 1},
@@ -69,7 +52,7 @@ def test_a_ten_megabyte_message_of_bad_lines_is_recorded_once_and_not_redelivere
     tmp_path: Path, broker: Broker
 ) -> None:
     server = ready(tmp_path, broker)
-    baseline = vm_hwm_mb(server)
+    baseline = server.memory_mib()
     broker.publish("lp/junk", [b"x\n" * 5_000_000], timeout=120)
     errors = wait_for(lambda: mqtt_errors(server), 120, "the junk message recorded")
     assert len(errors) == 1 and errors[0]["topic"] == "lp/junk"
@@ -77,7 +60,7 @@ def test_a_ten_megabyte_message_of_bad_lines_is_recorded_once_and_not_redelivere
         errors[0]["reason"].endswith("and 97 more; 5000000 lines rejected in all")
         and len(errors[0]["reason"]) < 2000
     )
-    assert vm_hwm_mb(server) < baseline + 250, (baseline, vm_hwm_mb(server))  # was +2.9 GB (OOM)
+    assert server.memory_mib() < baseline + 250, (baseline, server.memory_mib())  # was +2.9 GB (OOM)
     counted = 'appliance_mqtt_errors_total{subscription="lp/#"} 1'
     wait_for(lambda: counted in server.request("GET", "/metrics").text, 10, "the message counted as bad")
     broker.publish("lp/ok", ["ok v=1 1000000000"])
@@ -97,12 +80,12 @@ def test_junk_retagged_from_the_topic_or_sent_as_a_json_array_is_reported_in_bou
     tmp_path: Path, broker: Broker
 ) -> None:
     server = ready(tmp_path, broker)
-    baseline = vm_hwm_mb(server)
+    baseline = server.memory_mib()
     # Every line unreadable, so no topic tag can be added to it (was one reason per line: +819 MB).
     broker.publish("tagged/a", [b"x\n" * 5_000_000], timeout=120)
     errors = wait_for(lambda: mqtt_errors(server), 120, "the retagged junk recorded")
     assert [e["topic"] for e in errors] == ["tagged/a"]
-    assert vm_hwm_mb(server) < baseline + 250, (baseline, vm_hwm_mb(server))
+    assert server.memory_mib() < baseline + 250, (baseline, server.memory_mib())
     assert (
         errors[0]["reason"].endswith("; and 5000097 more; 5000000 lines rejected in all")
         and len(errors[0]["reason"]) < 2000
@@ -112,7 +95,7 @@ def test_junk_retagged_from_the_topic_or_sent_as_a_json_array_is_reported_in_bou
     errors = wait_for(lambda: len(mqtt_errors(server)) == 2 and mqtt_errors(server), 120, "the JSON junk")
     assert errors[1]["reason"].startswith("element 0: no fields; element 1: no fields")
     assert errors[1]["reason"].endswith("; and 999997 more") and len(errors[1]["reason"]) < 2000
-    assert vm_hwm_mb(server) < baseline + 250, (baseline, vm_hwm_mb(server))  # elements read one by one
+    assert server.memory_mib() < baseline + 250, (baseline, server.memory_mib())  # elements read one by one
     broker.publish("tagged/b", ["ok v=1 1000000000"])  # acknowledged, and the server still writes
     wait_count(server, "iot", "ok", 1)
     assert server.query("iot", "SELECT dev FROM ok") == [{"dev": "b"}]

@@ -24,14 +24,6 @@ def _post(server: Server, sql: str, timeout: float = 60.0, **extra: Any) -> Resp
     )
 
 
-def _status(pid: int, key: str) -> int:
-    """A `kB` line of /proc/<pid>/status, in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -126,12 +118,11 @@ def test_constant_scalar_queries_answer(hserver: Server) -> None:
 # -- item 4: memory of scalar functions and rendering --------------------------------------
 def test_amplifying_function_is_refused_within_memory(hserver: Server) -> None:
     assert hserver.proc is not None
-    pid = hserver.proc.pid
     assert _post(hserver, "SELECT repeat(host, 3) AS r FROM cpu ORDER BY r").json() == [
         {"r": "aaa"},
         {"r": "bbb"},
     ]
-    baseline = _status(pid, "VmHWM")
+    baseline = hserver.memory_mib()
     for sql in [
         "SELECT length(concat(repeat('x',1000000000), repeat('y',1000000000)))",
         "SELECT length(repeat(host, 1000000000)) FROM cpu",
@@ -153,7 +144,7 @@ def test_amplifying_function_is_refused_within_memory(hserver: Server) -> None:
         r = _post(hserver, sql, params={"n": 1_000_000_000} if "$n" in sql else None)
         assert r.status == 400 and (b"query.memory_limit" in r.body or b"must be constants" in r.body), r.body
         assert b"Traceback" not in r.body and b"\n" not in r.body.strip()
-    assert _status(pid, "VmHWM") - baseline < 300 << 20
+    assert hserver.memory_mib() - baseline < 300
     r = _post(
         hserver,
         "SELECT length(replace(repeat(CAST(value % 2 AS VARCHAR), 8000), '0', repeat('y', 8000)))"
@@ -170,14 +161,14 @@ def test_rendering_memory_stays_near_the_result_limit(tmp_path: Path) -> None:
     server = _start(tmp_path, APPLIANCE_QUERY_MAX_RESULT_BYTES="32MiB")
     assert server.proc is not None
     assert _post(server, "SELECT 1 AS n").status == 200
-    baseline = _status(server.proc.pid, "VmHWM")
+    baseline = server.memory_mib()
     sql = "SELECT value AS v FROM generate_series(1000000, 2999999)"  # 16 MB of Arrow
     for fmt in ["json", "pretty", "csv", "jsonl"]:
         r = _post(server, sql, format=fmt)
         assert r.status == 200 and len(r.body) > 16_000_000, (fmt, r.status, r.body[:200])
     assert _post(server, sql.replace("2999999", "9999999")).status == 413  # 64 MB of Arrow
     # the result and its body, each under the limit, and one chunk of work in flight
-    assert _status(server.proc.pid, "VmHWM") - baseline < 3 * (32 << 20) + (40 << 20)
+    assert server.memory_mib() - baseline < 3 * 32 + 40
     server.stop()
 
 

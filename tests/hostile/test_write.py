@@ -16,15 +16,6 @@ from tests.server import Server, wait_for
 GOOD = "cpu,host=a usage=1 1000000000"
 
 
-def vm_hwm_mb(server: Server) -> float:
-    """The server process's peak resident memory, MB."""
-    assert server.proc is not None
-    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
 def v3(server: Server, db: str, body: str | bytes, **params: Any) -> Any:
     return server.request("POST", "/api/v3/write_lp", {"db": db, **params}, body)
 
@@ -98,7 +89,7 @@ def test_the_configure_api_applies_the_same_name_rule(server: Server) -> None:
 # -- item 5: error reports are bounded ---------------------------------------------------------------
 def test_ten_megabytes_of_bad_lines_get_a_small_answer_in_bounded_memory(server: Server) -> None:
     assert v3(server, "db", GOOD).status == 204
-    baseline = vm_hwm_mb(server)
+    baseline = server.memory_mib()
     body = b"x\n" * 5_000_000  # 10 MB, 5 M bad lines
     r = v3(server, "db", body)
     assert r.status == 400
@@ -106,7 +97,7 @@ def test_ten_megabytes_of_bad_lines_get_a_small_answer_in_bounded_memory(server:
     answer = r.json()
     assert len(answer["data"]) == 100 and answer["data"][0]["line_number"] == 1
     assert "5000000 lines were rejected; the first 100 are listed" in answer["error"]
-    assert vm_hwm_mb(server) < baseline + 250, (baseline, vm_hwm_mb(server))  # was +2.9 GB (OOM)
+    assert server.memory_mib() < baseline + 250, (baseline, server.memory_mib())  # was +2.9 GB (OOM)
     assert v3(server, "db", "cpu,host=c usage=4 5000000000").status == 204
     r = server.request("POST", "/api/v2/write", {"bucket": "db"}, body)
     assert r.status == 400 and len(r.body) < 1000 and "line 1" in r.json()["message"]
