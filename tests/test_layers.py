@@ -10,7 +10,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "appliance"
 #: Lowest first; a module may import only modules of strictly lower layers.
 LAYERS: list[set[str]] = [
     {"errors", "units", "fileio", "backoff"},
-    {"model", "log", "metrics", "notify", "engine.names"},
+    {"model", "log", "metrics", "notify"},
+    {"engine.names"},
     {"config"},
     {
         "_lpfast",

@@ -1,7 +1,8 @@
 """What a client-given name or value may hold: one rule per kind of text, one function that checks it.
 
-Names (trigger names) must look like what they are: printable characters only, so no zero-width
-or other invisible character makes two names look alike. Everything else (plugin filenames,
+Names (trigger names, and the specs that name request paths) follow the rule of table and column
+names (`model.name_problem`): no control, zero-width, bidi-override or other invisible character
+makes two names look alike. Everything else (plugin filenames,
 argument keys and values, pip requirements) may hold any character a file system or a plugin
 takes, NBSP and emoji sequences included, but never a control character (Cc: NUL, ESC, ...) or a
 lone surrogate (Cs), which cannot be stored, logged or encoded as UTF-8. Multi-line values (SQL,
@@ -14,6 +15,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from ..errors import BadRequest
+from ..model import name_problem
 
 _LINE_CONTROLS = frozenset("\t\n\r")
 
@@ -23,7 +25,7 @@ class TextRule:
     """How long a text may be and which characters it may not hold."""
 
     limit: int
-    #: Printable characters only (trigger names): no invisible look-alikes either.
+    #: The rule of table and column names (trigger names): no invisible look-alikes either.
     printable: bool = False
     #: Tabs and line breaks allowed (multi-line values).
     multiline: bool = False
@@ -38,11 +40,11 @@ def text_problem(text: str, rule: TextRule) -> str | None:
         return "it is empty"
     if len(text) > rule.limit:
         return f"it has {len(text)} characters, at most {rule.limit} are allowed"
+    if rule.printable:
+        problem = name_problem(text) if text else None
+        return f"it {problem}" if problem else None
     for c in text:
-        if rule.printable:
-            if not c.isprintable():
-                return f"it contains the control or invisible character U+{ord(c):04X}"
-        elif unicodedata.category(c) in ("Cc", "Cs") and not (rule.multiline and c in _LINE_CONTROLS):
+        if unicodedata.category(c) in ("Cc", "Cs") and not (rule.multiline and c in _LINE_CONTROLS):
             return f"it contains the control character U+{ord(c):04X}"
     return None
 
