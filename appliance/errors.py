@@ -121,7 +121,8 @@ class WalError(ApplianceError):
 
 
 class StorageFull(WalError):
-    """Nothing could be stored for lack of space: 507. `kind` is "disk" or "map" (the WAL's LMDB map)."""
+    """Nothing could be stored for lack of space: 507. `kind` is "disk", "map" (the WAL's LMDB map)
+    or "budget" (storage.max_disk_bytes holds only data not yet uploaded)."""
 
     code = "unavailable"  # the InfluxDB v2 code closest to "retry once there is room"
     http_status = 507

@@ -105,9 +105,9 @@ def content_type(fmt: str) -> str:
     return _CONTENT_TYPES[fmt]
 
 
-def render(table: pa.Table | pa.RecordBatch, fmt: str, max_bytes: int | None = None) -> bytes:
-    """Serialise a query result in one of FORMATS; QueryTooLarge once the body passes max_bytes."""
-    return b"".join(render_pieces(table, fmt, max_bytes))
+def render(table: pa.Table | pa.RecordBatch, fmt: str) -> bytes:
+    """Serialise a (small) query result in one of FORMATS, whole."""
+    return b"".join(render_pieces(table, fmt))
 
 
 def render_pieces(

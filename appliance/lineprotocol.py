@@ -49,6 +49,7 @@ from appliance.model import (
     ParseResult,
     Precision,
     name_problem,
+    strip_bom,
 )
 
 ORIGINAL_LINE_BYTES = 20
@@ -94,10 +95,6 @@ _COMPILE_KEYS, _BYTES_PER_COMPILED_KEY = 256, 256  # layout regexes a body may c
 _FAST_LAYOUTS_PER_TABLE = 32
 
 
-#: A UTF-8 byte order mark: one at the start of a body is dropped, not read as part of line 1.
-_BOM = b"\xef\xbb\xbf"
-
-
 def parse(
     body: bytes,
     precision: Precision,
@@ -117,7 +114,7 @@ def parse(
     columns than that between them (`limit_hit`). `table_room` is how many tables the body may
     add that `known` lacks, and the message for the lines of any table past that (`limit_hit`).
     """
-    data = body[len(_BOM) :] if body.startswith(_BOM) else body  # _Body drops it the same way
+    data = strip_bom(body)  # _Body drops it the same way (from the body as sent: only one)
     try:  # regular bodies: whole-body Arrow kernels that release the GIL (None: not regular)
         result = try_parse(
             data, precision, now_ns, known, scan=_scan, max_columns=max_columns, max_new_tables=table_room
@@ -142,8 +139,7 @@ class _Body:
         max_columns: int | None = None,
         table_room: tuple[int, str] | None = None,
     ) -> None:
-        if body.startswith(_BOM):  # as Notepad and PowerShell's Out-File save UTF-8: not line 1's data
-            body = body[len(_BOM) :]
+        body = strip_bom(body)
         self.body, self.now_ns, self.known = body, now_ns, known or {}
         self.max_columns = max_columns
         self.room = self.start_room = table_room  # new tables the body may still add, and why not

@@ -41,8 +41,6 @@ _BAD_NAME_RANGES = (
     (0xF0000, 0xFFFFD), (0x100000, 0x10FFFD),
 )  # fmt: skip
 BAD_NAME_CHAR = re.compile("[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in _BAD_NAME_RANGES) + "]")
-#: The same class in RE2 syntax, for Arrow's regex kernels.
-BAD_NAME_CHAR_RE2 = "[" + "".join(f"\\x{{{a:X}}}-\\x{{{b:X}}}" for a, b in _BAD_NAME_RANGES) + "]"
 
 
 #: ZERO WIDTH NON-JOINER and JOINER: Cf, but part of how Persian (`می‌خواهم`) and emoji
@@ -61,6 +59,15 @@ BAD_NAME_CHAR_BUT_JOINERS = re.compile(
     )
     + "]"
 )
+
+
+#: A UTF-8 byte order mark, as Notepad and PowerShell's Out-File save UTF-8.
+_BOM = b"\xef\xbb\xbf"
+
+
+def strip_bom(body: bytes) -> bytes:
+    """`body` without one leading UTF-8 byte order mark: it is not line 1's data."""
+    return body[len(_BOM) :] if body.startswith(_BOM) else body
 
 
 def name_problem(name: str) -> str | None:

@@ -267,10 +267,9 @@ class GzipStream:
     """Decodes a (multi-member) gzip stream fed piece by piece, in time linear in its size, at
     most `limit` bytes out and MAX_GZIP_MEMBERS members. Not thread-safe: feed one piece at a time."""
 
-    def __init__(self, limit: int, max_members: int = MAX_GZIP_MEMBERS, setting: str = "") -> None:
+    def __init__(self, limit: int, setting: str = "") -> None:
         self.limit = limit
         self.setting = setting
-        self.max_members = max_members
         self.size = 0
         self.members = 0
         self._inflater: Any = None
@@ -284,10 +283,10 @@ class GzipStream:
             while pending or pos < len(view):
                 if self._inflater is None:
                     self.members += 1
-                    if self.members > self.max_members:
+                    if self.members > MAX_GZIP_MEMBERS:
                         HTTP_REFUSED.inc(reason="gzip_members")
                         raise BadRequest(
-                            f"request body has more than {self.max_members} gzip members; send one gzip stream"
+                            f"request body has more than {MAX_GZIP_MEMBERS} gzip members; send one gzip stream"
                         )
                     self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
                 if not pending:
@@ -309,14 +308,6 @@ class GzipStream:
     def finish(self) -> None:
         if self._inflater is not None:
             raise BadRequest("request body is truncated gzip data; nothing was stored")
-
-
-def gunzip(raw: bytes, limit: int, max_members: int = MAX_GZIP_MEMBERS) -> bytes:
-    """Decode a whole (multi-member) gzip body; at most `limit` bytes out."""
-    stream = GzipStream(limit, max_members)
-    out = stream.feed(raw)
-    stream.finish()
-    return out
 
 
 def _too_large(limit: int, setting: str = "", after_decoding: bool = False) -> TooLarge:

@@ -117,7 +117,6 @@ async def _in_pool(request: web.Request, pool: str, fn: Any, *args: Any) -> Any:
     app = request.app[APP_KEY]
     executor = {
         "write": app.write_pool,
-        "query": app.query_pool,
         "admin": app.admin_pool,
         "engine": app.engine_pool,
     }[pool]

@@ -41,7 +41,7 @@ from ..backoff import backoff_delay
 from ..catalog import check_database_name
 from ..config import MQTT_SCHEMES, Config, Subscription
 from ..errors import ApplianceError, CatalogError, ConfigError, LimitExceeded, WalError
-from ..model import Precision
+from ..model import Precision, strip_bom
 from ..write import WriteRequest, WriteService
 from .payload import (
     NO_MEASUREMENT,
@@ -58,7 +58,6 @@ log = logging.getLogger("appliance.mqtt")
 #: The start of a line that is neither blank nor a comment.
 _DATA_LINE = re.compile(rb"^[ \t\r\v\f]*+[^ \t\r\v\f\n#]", re.MULTILINE)
 
-_BOM = b"\xef\xbb\xbf"
 
 #: Most messages and payload bytes the batcher turns into one write.
 BATCH_MESSAGES = 10_000
@@ -559,10 +558,7 @@ class MqttIngest:
             body, errors = json_to_lines(msg.payload, route.json, measurement, tags, msg.arrival_ns)
         else:
             errors = Reasons()
-            payload = msg.payload
-            if payload.startswith(_BOM):  # a UTF-8 byte order mark, as Notepad saves it: not data
-                payload = payload[len(_BOM) :]
-            body = retag_lines(payload, measurement, tags, errors)
+            body = retag_lines(strip_bom(msg.payload), measurement, tags, errors)
         body = body.rstrip(b"\n")
         lines = sum(1 for _ in _DATA_LINE.finditer(body))  # no list of lines: memory stays flat
         span = body.count(b"\n") + 1

@@ -17,7 +17,7 @@ import logging
 import threading
 from typing import Any
 
-from ..errors import WalError
+from ..errors import StorageFull
 from ..manifest import Manifest, ParquetFile
 from ..persist import Persister
 from .queue import QUEUED, SYNCED, SyncQueue
@@ -60,7 +60,7 @@ class DiskBudget:
     def admit(self) -> None:
         """Refuse a write with 507 while the budget is full of data not yet uploaded."""
         if self.refusing is not None:
-            raise WalError(self.refusing, http_status=507)
+            raise StorageFull(self.refusing, kind="budget")
 
     def used(self) -> int:
         return self.manifest.total_bytes()
