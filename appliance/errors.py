@@ -156,3 +156,7 @@ class QueryTooLarge(QueryError):
 class ConfigError(ApplianceError):
     code = "invalid"
     http_status = 500
+
+
+#: What a request refused or cut short by a stop is told (503, to retry once the server is back).
+SHUTTING_DOWN = "the server is shutting down; retry once it is back"

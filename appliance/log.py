@@ -132,3 +132,28 @@ def parse_filter(log_filter: str) -> list[tuple[str, int]]:
             )
         out.append((name or "appliance", _LEVELS[level.lower()]))
     return out
+
+
+class QuietLog:
+    """At most one line per `interval` seconds for each kind of repeated trouble (client errors,
+    failing commits), saying how many were not logged; a flood never floods the journal."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def log(self, level: int, kind: str, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -self.interval) < self.interval:
+            self._skipped[kind] = self._skipped.get(kind, 0) + 1
+            return
+        skipped = self._skipped.pop(kind, 0)
+        self._last[kind] = now
+        self.logger.log(
+            level, "%s%s", message, f" ({skipped} more since the last such line)" if skipped else ""
+        )
+
+    def info(self, kind: str, message: str) -> None:
+        self.log(logging.INFO, kind, message)

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from . import overlap, system_tables
 from .buffer import Buffer, TableKey
 from .catalog import Catalog, DatabaseDef, TableDef
-from .errors import ApplianceError, DatabaseNotFound, QueryError, QueryTimeout, QueryTooLarge
+from .errors import SHUTTING_DOWN, ApplianceError, DatabaseNotFound, QueryError, QueryTimeout, QueryTooLarge
 from .manifest import Manifest, ParquetFile
 from .metrics import QUERIES, QUERY_SECONDS
 from .model import TIME_COLUMN
@@ -77,7 +77,7 @@ class QueryService:
     def execute(self, db_name: str, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
         """Run one read-only SQL statement; raises QueryError (400/408/413/503) or DatabaseNotFound (404)."""
         if self._stopping.is_set():
-            raise QueryError("query refused: the server is shutting down", http_status=503)
+            raise QueryError(f"query refused: {SHUTTING_DOWN}", http_status=503)
         check_sql(sql, self.limits.max_sql_bytes)
         db = self.catalog.get(db_name)
         if db is None:
@@ -165,7 +165,7 @@ class QueryService:
         while not task.done() and stop is None:
             remaining = deadline - time.monotonic()
             if self._stopping.is_set():
-                stop = QueryError("query cancelled: the server is shutting down", http_status=503)
+                stop = QueryError(f"query cancelled: {SHUTTING_DOWN}", http_status=503)
             elif remaining <= 0:
                 stop = QueryTimeout(timeout_message(self.limits))
             else:

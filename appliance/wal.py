@@ -34,8 +34,9 @@ import lmdb
 import msgpack
 import pyarrow as pa
 
-from .errors import StorageFull, TooLarge, WalError
+from .errors import SHUTTING_DOWN, StorageFull, TooLarge, WalError
 from .fileio import free_bytes
+from .log import QuietLog
 from .metrics import WAL_COMMIT_SECONDS, WAL_COMMITS, WAL_ENTRIES
 from .model import WalSeq
 
@@ -165,6 +166,7 @@ class Wal:
         #: Why commits keep failing for another reason (EIO with room, MDB_PANIC), until one succeeds.
         self.failing: str | None = None
         self._failures = 0  # consecutive failed commits (not for lack of space)
+        self._quiet = QuietLog(log)  # a failing disk logs a line per 10 s, not one per commit
         self._space_lock = threading.Lock()
         #: Called on the writer thread when the map is full (persisting frees WAL pages).
         self.on_map_full: list[Callable[[], None]] = []
@@ -207,7 +209,7 @@ class Wal:
         For an entry, the result is its WalSeq unless `fn` returns something else.
         """
         if self._stopped.is_set():
-            raise WalError("the server is shutting down; the write was not accepted")
+            raise WalError(f"the write was not accepted: {SHUTTING_DOWN}")
         encoded = entry.encode() if entry is not None else None
         if encoded is not None and len(encoded) > self.map_size // 2:
             # It could never fit (507 "retry" would be a lie): the map also holds the catalog,
@@ -408,7 +410,9 @@ class Wal:
     def _note_failure(self, failure: WalError) -> None:
         """A commit failed for a reason other than space: `failing` after FAILING_AFTER in a row."""
         self._failures += 1
-        log.error("WAL commit failed (%d in a row): %s", self._failures, failure.message)
+        self._quiet.log(
+            logging.ERROR, "commit", f"WAL commit failed ({self._failures} in a row): {failure.message}"
+        )
         if self._failures >= FAILING_AFTER and self.failing is None:
             self.failing = f"{self._failures} write-ahead log commits in a row failed: {failure.message}"
             log.critical("writes are failing: %s", self.failing)

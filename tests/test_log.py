@@ -67,3 +67,18 @@ def test_a_reload_forgets_levels_the_new_filter_no_longer_sets() -> None:
     assert logging.getLogger("appliance.wal").level == logging.DEBUG
     log_module.setup("info")
     assert logging.getLogger("appliance.wal").getEffectiveLevel() == logging.INFO
+
+
+def test_quiet_log_writes_one_line_per_interval_and_counts_the_rest(caplog: pytest.LogCaptureFixture) -> None:
+    quiet = log_module.QuietLog(logging.getLogger("appliance.test"), interval=60.0)
+    with caplog.at_level(logging.INFO, logger="appliance.test"):
+        for i in range(5):
+            quiet.info("bad-request", f"bad request {i}")
+        quiet.log(logging.ERROR, "commit", "commit failed")
+        quiet._last["bad-request"] -= 61  # the interval has passed
+        quiet.info("bad-request", "bad request 5")
+    assert [r.getMessage() for r in caplog.records] == [
+        "bad request 0",
+        "commit failed",
+        "bad request 5 (4 more since the last such line)",
+    ]

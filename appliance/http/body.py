@@ -10,6 +10,7 @@ slower than http.body_min_rate once http.body_timeout has passed, gets 408.
 from __future__ import annotations
 
 import asyncio
+import logging
 import zlib
 from collections import Counter, deque
 from collections.abc import AsyncIterator
@@ -22,8 +23,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import BadRequest, BodyTimeout, Busy, NotImplementedYet, TooLarge, UnsupportedMediaType
+from ..log import QuietLog
 from ..metrics import HTTP_REFUSED
-from .connections import QuietLog, client_key, parser_reason
+from .connections import client_key, parser_reason
 
 #: Most gzip members one body may hold; clients that append a member per batch stay far below.
 MAX_GZIP_MEMBERS = 1000
@@ -35,7 +37,7 @@ PEER_SHARE = 2
 #: at http.body_min_rate at least.
 RATE_WINDOW_SECONDS = 10.0
 
-_QUIET = QuietLog()
+_QUIET = QuietLog(logging.getLogger("appliance.http"))
 
 
 @dataclass(frozen=True)

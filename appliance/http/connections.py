@@ -12,7 +12,6 @@ import asyncio
 import ipaddress
 import logging
 import re
-import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, InvalidURLError, LineTooLong
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
+from ..log import QuietLog
 from ..metrics import HTTP_REFUSED
 
 log = logging.getLogger("appliance.http")
@@ -33,8 +33,6 @@ _QUOTED = re.compile(r"\s+b?['\"]|:\s*$")
 _LOCAL_PEERS = frozenset({"127.0.0.1", "::1"})
 #: A client whose response waits unsent must read at least this much every http.send_timeout.
 _SEND_PROGRESS = 64 * 1024
-#: At most one log line per this many seconds for each kind of client misbehaviour.
-_LOG_INTERVAL_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -48,24 +46,6 @@ class ConnectionLimits:
     send_timeout: float = 30.0
 
 
-class QuietLog:
-    """One INFO line per interval for a kind of client error, saying how many were not logged."""
-
-    def __init__(self, interval: float = _LOG_INTERVAL_SECONDS) -> None:
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._skipped: Counter[str] = Counter()
-
-    def info(self, kind: str, message: str) -> None:
-        now = time.monotonic()
-        if now - self._last.get(kind, -self.interval) < self.interval:
-            self._skipped[kind] += 1
-            return
-        skipped = self._skipped.pop(kind, 0)
-        self._last[kind] = now
-        log.info("%s%s", message, f" ({skipped} more since the last such line)" if skipped else "")
-
-
 class ConnectionGuard:
     """Counts open connections in total and per client address, and refuses those over a cap."""
 
@@ -73,7 +53,7 @@ class ConnectionGuard:
         self.limits = limits
         self.total = 0
         self.per_peer: Counter[str] = Counter()
-        self.quiet = QuietLog()
+        self.quiet = QuietLog(log)
 
     def admit(self, peer: str) -> str | None:
         """Count a new connection; or, over a cap, say why it is refused (and count nothing).

@@ -17,6 +17,7 @@ from ..app import ADMIT_TIMEOUT_SECONDS, App
 from ..catalog import MAX_RETENTION_NS
 from ..engine.store import TriggerDef
 from ..errors import (
+    SHUTTING_DOWN,
     BadRequest,
     CatalogError,
     Forbidden,
@@ -243,7 +244,7 @@ async def _run_query(app: App, run: Any) -> list[bytes]:
         future = asyncio.get_running_loop().run_in_executor(app.query_pool, run)
     except RuntimeError:  # the pool is shut down: the server is stopping
         app.query_slots.release()
-        raise QueryError("query refused: the server is shutting down", http_status=503) from None
+        raise QueryError(f"query refused: {SHUTTING_DOWN}", http_status=503) from None
     future.add_done_callback(lambda _: app.query_slots.release())
     try:
         return await asyncio.wait_for(asyncio.shield(future), timeout + QUERY_GRACE_SECONDS)

@@ -140,8 +140,20 @@ def loopback_bind(bind: str) -> bool:
         return False
 
 
+#: Seconds a client is asked to wait before retrying a 503 (busy, shutting down): Telegraf and
+#: the InfluxDB client libraries honour Retry-After.
+RETRY_AFTER_SECONDS = 5
+
+
 def error_response(request: web.Request, err: ApplianceError) -> web.Response:
     """Shape an error as the endpoint's InfluxDB counterpart does."""
+    response = _error_body(request, err)
+    if err.http_status == 503:
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+def _error_body(request: web.Request, err: ApplianceError) -> web.Response:
     style = handlers.error_style(request)
     status = err.http_status
     if style == "v2":

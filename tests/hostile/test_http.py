@@ -205,6 +205,7 @@ def test_bodies_in_memory_are_bounded_in_bytes(tmp_path: Path) -> None:
         time.sleep(0.5)
         r = s.write("db", "m v=2 2", precision="ns", timeout=10)  # no room, even for a small body
         assert r.status == 503 and "http.max_buffered_bytes" in r.text, (r.status, r.body)
+        assert r.headers["Retry-After"] == "5"  # Telegraf and the client libraries wait, then retry
         for c in hogs:  # cut off once silent for http.body_idle_timeout
             answer = read_all(c)
             assert answer.startswith(b"HTTP/1.1 408") and b"http.body_idle_timeout" in answer, answer[:300]
