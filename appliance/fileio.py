@@ -1,8 +1,10 @@
-"""Crash-safe file system steps: fsync a folder, mkdir -p durably, write a private file."""
+"""Crash-safe file system steps: fsync a folder, mkdir -p durably, write a file atomically or privately."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -44,3 +46,23 @@ def write_private(path: Path, text: str) -> Path:
     finally:
         os.close(fd)
     return path
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` as the house rule says: temp file, fsync, rename, fsync the folder.
+
+    The temp name is short (mkstemp's): `path.name` + ".tmp" passes NAME_MAX when the name is close to it.
+    """
+    make_dirs(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)

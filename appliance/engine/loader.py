@@ -8,12 +8,10 @@ with another trigger (InfluxDB 3 re-executes the file on every call instead).
 from __future__ import annotations
 
 import builtins
-import contextlib
 import importlib.util
 import itertools
 import os
 import sys
-import tempfile
 import threading
 import urllib.error
 import urllib.parse
@@ -24,7 +22,7 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import BadRequest, NotFound
-from ..fileio import fsync_dir, make_dirs
+from ..fileio import write_atomically
 from .names import TextRule, check_text
 
 GH_PREFIX = "gh:"
@@ -109,7 +107,7 @@ class PluginLoader:
         url = f"{self.repo}/{urllib.parse.quote(rel)}"
         body = _download(url)
         try:
-            _write_atomically(path, body)
+            write_atomically(path, body)
         except OSError as e:
             raise BadRequest(
                 f"cannot store plugin {filename[:80]!r} in the plugin cache: {e.strerror or e}"
@@ -205,23 +203,3 @@ def _download(url: str) -> bytes:
             f"error fetching plugin from repository: {url} is larger than {MAX_PLUGIN_BYTES} bytes"
         )
     return body
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to `path` as the house rule says: temp file, fsync, rename, fsync the folder.
-
-    The temp name is short (mkstemp's): `path.name` + ".tmp" passes NAME_MAX when the name is close to it.
-    """
-    make_dirs(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
