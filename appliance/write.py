@@ -46,10 +46,14 @@ class WriteReport:
 
     lines: int = 0
     rows: int = 0
-    errors: list[LineError] = field(default_factory=list)
     limit_hit: bool = False
     committed: Future[WalSeq] | None = None
     rejected: LineErrors = field(default_factory=LineErrors)
+
+    @property
+    def errors(self) -> list[LineError]:
+        """The listed rejected lines, by line number."""
+        return self.rejected.listed()
 
     def summary(self) -> str:
         """The partial-write message, with the count when not every rejected line is listed."""
@@ -114,7 +118,6 @@ class WriteService:
         report.rows = sum(t.batch.num_rows for t in rows)
         if rows:
             report.committed = self.wal.submit(entry=WalEntry(db.id, db.name, rows, req.origin))
-        report.errors = report.rejected.listed()
         LINES.inc(report.rows, protocol=req.protocol)
         REJECTED.inc(len(report.rejected), protocol=req.protocol)
         if req.no_sync and report.committed is not None:

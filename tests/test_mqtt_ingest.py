@@ -39,15 +39,10 @@ class FakeWrites:
         for n, line in enumerate(lines, 1):
             if line.startswith(b"bad"):
                 rejected.add(n, "", "bad line")
-        errors = rejected.listed()
         committed: Future[int] = Future()
         self.commits.append(committed)
         return WriteReport(
-            lines=len(lines),
-            rows=len(lines) - len(errors),
-            errors=errors,
-            committed=committed,
-            rejected=rejected,
+            lines=len(lines), rows=len(lines) - len(rejected), committed=committed, rejected=rejected
         )
 
     def commit_all(self) -> None:
@@ -72,6 +67,20 @@ class Acks:
 
     def loop_stop(self) -> None:
         pass
+
+
+def poisoned_writes() -> FakeWrites:
+    """FakeWrites whose submit raises for any write holding a `poison` line, as a parser bug would."""
+    writes = FakeWrites()
+    real = writes.submit
+
+    def submit(req: WriteRequest) -> WriteReport:
+        if b"poison" in req.body:
+            raise MemoryError("parser blew up")
+        return real(req)
+
+    writes.submit = submit  # type: ignore[method-assign]
+    return writes
 
 
 def make(tmp_path: Path, subs: str, writes: FakeWrites, **mqtt: Any) -> tuple[MqttIngest, Acks]:
@@ -215,15 +224,7 @@ def test_a_message_whose_write_keeps_raising_is_given_up_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ingest_module, "RETRY_SECONDS", 0.01)
-    writes = FakeWrites()
-    real = writes.submit
-
-    def submit(req: WriteRequest) -> WriteReport:
-        if b"poison" in req.body:
-            raise MemoryError("parser blew up")
-        return real(req)
-
-    writes.submit = submit  # type: ignore[method-assign]
+    writes = poisoned_writes()
     ingest, acks = make(tmp_path, LP, writes)
     queue_one_batch(ingest, [b"m v=1 1", b"m poison=1", b"m v=2 2"])
     settle(lambda: sorted(r.body for r in writes.requests) == [b"m v=1 1", b"m v=2 2"])
@@ -239,15 +240,7 @@ def test_a_message_whose_write_keeps_raising_is_given_up_alone(
 def test_one_poison_message_costs_its_batch_a_few_retries_not_a_second_per_message(
     tmp_path: Path,
 ) -> None:
-    writes = FakeWrites()  # RETRY_SECONDS left at its real value (1 s)
-    real = writes.submit
-
-    def submit(req: WriteRequest) -> WriteReport:
-        if b"poison" in req.body:
-            raise MemoryError("parser blew up")
-        return real(req)
-
-    writes.submit = submit  # type: ignore[method-assign]
+    writes = poisoned_writes()  # RETRY_SECONDS left at its real value (1 s)
     ingest, acks = make(tmp_path, LP, writes)
     payloads = [b"m v=%d %d" % (i, i) for i in range(1, 21)]
     payloads[3] = b"m poison=1"

@@ -25,7 +25,15 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from appliance.model import AUTO_UNITS, MAX_TIME_NS, MIN_TIME_NS, TIME_COLUMN, TIME_RANGE, name_problem
+from appliance.model import (
+    AUTO_UNITS,
+    MAX_LINE_ERRORS,
+    MAX_TIME_NS,
+    MIN_TIME_NS,
+    TIME_COLUMN,
+    TIME_RANGE,
+    name_problem,
+)
 
 TIME_FORMATS = ("auto", "s", "ms", "us", "ns", "rfc3339")
 NO_MEASUREMENT = "no measurement: set measurement, measurement_key or {measurement} in topic_parsing"
@@ -65,8 +73,9 @@ _QUOTING = re.compile(r'\\[\s\S]?|[ "=,]')
 Scalar = str | int | float | bool | None
 
 
-#: Reasons listed per message; past this many they are only counted (Reasons.omitted).
-MAX_REASONS = 100
+#: Reasons listed per message, as many as a write lists rejected lines; past this many they are
+#: only counted (Reasons.omitted).
+MAX_REASONS = MAX_LINE_ERRORS
 
 
 class Reasons(list[str]):
