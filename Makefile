@@ -41,5 +41,18 @@ bench: $(STAMP)
 binary: $(STAMP)
 	sh packaging/build.sh
 
+# The aarch64 build on an x86_64 Debian machine, in an emulated Debian root (no binfmt needed):
+# dist/arm64/ (bookworm, glibc 2.36) or, with BASE=bullseye, dist/arm64-bullseye/ (glibc 2.31).
+# test-arm64 runs the frozen-binary tests against it under the same emulation.
+ARM64_DIST := dist/arm64$(if $(filter-out bookworm,$(or $(BASE),bookworm)),-$(BASE))
+.PHONY: binary-arm64 test-arm64
+binary-arm64:
+	sh packaging/build-in-root $(or $(BASE),bookworm) arm64
+
+test-arm64: $(STAMP)
+	ARM64_ROOT=build/roots/$(or $(BASE),bookworm)-arm64 APPLIANCE_BINARY=$(ARM64_DIST)/appliance-onedir/appliance \
+		APPLIANCE_BINARY_RUNNER=packaging/emulate-arm64 \
+		$(BIN)/pytest tests/e2e/test_binary.py $(ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info

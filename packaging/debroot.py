@@ -103,7 +103,12 @@ def _proot_env() -> dict[str, str]:
 
 # -- seccomp: faccessat2 and statx fail with ENOSYS -----------------------------------------------
 class _SockFilter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+    _fields_ = [
+        ("code", ctypes.c_ushort),
+        ("jt", ctypes.c_ubyte),
+        ("jf", ctypes.c_ubyte),
+        ("k", ctypes.c_uint),
+    ]
 
 
 class _SockFprog(ctypes.Structure):
@@ -146,8 +151,8 @@ def command(
     arch = root_arch(root)
     if arch == host_arch():
         mounts = "".join(
-            f'mkdir -p "$R{p}" && mount --rbind "{p}" "$R{p}" && '
-            for p in ("/proc", "/sys", "/dev", *binds)
+            f'{"mkdir -p" if os.path.isdir(p) else "touch"} "$R{p}" && mount --rbind "{p}" "$R{p}" && '
+            for p in ("/proc", "/sys", "/dev", "/etc/resolv.conf", *binds)
         )
         script = f'{mounts}cd / && exec chroot "$R" sh -c \'cd "$0" && exec "$@"\' "{cwd}" "$@"'
         env = dict(os.environ, R=str(root))
@@ -213,7 +218,9 @@ def make(suite: str, arch: str, root: Path, include: Sequence[str] = ()) -> Path
     if shutil.which("debootstrap") is None:
         log("installing debootstrap (apt-get)")
         subprocess.run(["apt-get", "update", "-q"], check=True)
-        subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "debootstrap"], check=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", "debootstrap"], check=True
+        )
     shutil.rmtree(root, ignore_errors=True)
     root.parent.mkdir(parents=True, exist_ok=True)
     foreign = arch != host_arch()
@@ -223,7 +230,9 @@ def make(suite: str, arch: str, root: Path, include: Sequence[str] = ()) -> Path
         cmd.append("--include=" + ",".join(include))
     if foreign:
         cmd.append("--foreign")
-    log(f"debootstrap {suite} {arch} into {root}{' (first stage; second under emulation)' if foreign else ''}")
+    log(
+        f"debootstrap {suite} {arch} into {root}{' (first stage; second under emulation)' if foreign else ''}"
+    )
     subprocess.run([*cmd, suite, str(root), MIRROR], check=True)
     if foreign:
         proc = root / "proc"
