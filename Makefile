@@ -38,8 +38,8 @@ bench: $(STAMP)
 # The frozen executable (PyInstaller), for this machine's architecture: dist/appliance and
 # dist/appliance-onedir/. MODE=onefile|onedir|both (default both); see packaging/README.md.
 .PHONY: binary
-binary: $(STAMP)
-	sh packaging/build.sh
+binary:
+	PYTHON='$(PYTHON)' sh packaging/build.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -214,14 +214,17 @@ def describe(report: Report, top: int, maximum: Version | None) -> list[str]:
     for i, (v, names) in enumerate(report.by_glibc().items()):
         if i >= top and not (maximum and v > maximum):
             break
-        mark = "  ABOVE the maximum" if maximum and v > maximum else ""
-        lines.append(f"  GLIBC_{fmt(v)} needed by {len(names)} file(s){mark}:")
-        for n in sorted(names)[:5]:
+        above = bool(maximum and v > maximum)
+        shown_files = len(names) if above else 5  # all of them when they break the build
+        lines.append(
+            f"  GLIBC_{fmt(v)} needed by {len(names)} file(s){'  ABOVE the maximum' if above else ''}:"
+        )
+        for n in sorted(names)[:shown_files]:
             syms = report.symbols_for(n, v)
             shown = ", ".join(syms[:4]) + (f", ... ({len(syms)})" if len(syms) > 4 else "")
             lines.append(f"    {n}" + (f"  ({shown})" if shown else ""))
-        if len(names) > 5:
-            lines.append(f"    ... and {len(names) - 5} more")
+        if len(names) > shown_files:
+            lines.append(f"    ... and {len(names) - shown_files} more")
     unmet = report.cxx_unmet()
     if unmet:
         for kind, (v, names) in sorted(unmet.items()):
