@@ -156,11 +156,13 @@ pyinstaller_version=$("$VENV/bin/python" -c 'import PyInstaller; print(PyInstall
 
 # -- PyInstaller --------------------------------------------------------------------------------
 echo "build.sh: building appliance $version MODE=$MODE for $arch with PyInstaller $pyinstaller_version and Python $py_full (glibc floor allowed: $declared, $declared_from)"
-outputs=
+# What this run builds, checks and describes (an output of the other shape left from an earlier
+# run is not touched, and not described by build-info.json).
+build_onefile=false build_onedir=false
 case "$MODE" in
-onefile) outputs="$DIST/appliance" ;;
-onedir) outputs="$DIST/appliance-onedir" ;;
-both) outputs="$DIST/appliance $DIST/appliance-onedir" ;;
+onefile) build_onefile=true outputs="$DIST/appliance" ;;
+onedir) build_onedir=true outputs="$DIST/appliance-onedir" ;;
+both) build_onefile=true build_onedir=true outputs="$DIST/appliance $DIST/appliance-onedir" ;;
 esac
 # Old outputs go first, so a failed build never leaves the previous binary looking fresh.
 remove_outputs() {
@@ -177,8 +179,8 @@ start=$(date +%s)
 end=$(date +%s)
 
 # A quick check that what was built starts at all, and is this checkout's version.
-for exe in "$DIST/appliance" "$DIST/appliance-onedir/appliance"; do
-    [ -e "$exe" ] || continue
+for exe in $outputs; do
+    [ -d "$exe" ] && exe="$exe/appliance"
     out=$("$exe" --version) || { remove_outputs; die "$exe --version failed"; }
     [ "$out" = "appliance $version" ] || { remove_outputs; die "$exe --version says '$out', not 'appliance $version'"; }
 done
@@ -187,14 +189,15 @@ done
 rm -f "$WORK/floor-onedir.json" "$WORK/floor-onefile.json" "$WORK/onefile-archive.json"
 floor_fail() {
     remove_outputs
+    rm -rf "$WORK/onefile-contents"
     die "the $1 build needs a newer glibc than $declared ($declared_from); its outputs were deleted. Build on an older system (packaging/README.md), or set GLIBC_FLOOR= higher if that is really the target."
 }
-if [ -d "$DIST/appliance-onedir" ]; then
+if $build_onedir; then
     echo "build.sh: glibc check of $DIST/appliance-onedir:"
     "$VENV/bin/python" packaging/glibc_floor.py --max "$declared" --json "$WORK/floor-onedir.json" \
         "$DIST/appliance-onedir" || floor_fail one-folder
 fi
-if [ -f "$DIST/appliance" ]; then
+if $build_onefile; then
     # The one-file program is the bootloader (an ELF) with the bundle appended, compressed: unpack
     # the bundle's files to scan them too.
     rm -rf "$WORK/onefile-contents"
@@ -227,7 +230,8 @@ fi
 BUILD_INFO_ARCH=$arch BUILD_INFO_VERSION=$version BUILD_INFO_PYINSTALLER=$pyinstaller_version \
     BUILD_INFO_DECLARED=$declared BUILD_INFO_DECLARED_FROM=$declared_from BUILD_INFO_BUILD_GLIBC=$build_glibc \
     BUILD_INFO_LOCK_SHA=$lock_sha BUILD_INFO_SECONDS=$((end - start)) BUILD_INFO_VENV_SECONDS=$((venv_end - venv_start)) \
-    BUILD_INFO_DIST=$DIST BUILD_INFO_WORK=$WORK BUILD_INFO_MODE=$MODE \
+    BUILD_INFO_DIST=$DIST BUILD_INFO_WORK=$WORK BUILD_INFO_MODE=$MODE BUILD_INFO_ONEDIR=$build_onedir \
+    BUILD_INFO_ONEFILE=$build_onefile \
     "$VENV/bin/python" - <<'EOF' || { remove_outputs; die "cannot write build-info.json"; }
 import json, os, platform, shlex, sys, time
 from pathlib import Path
@@ -263,7 +267,7 @@ def floor_summary(data: dict) -> dict:
 
 outputs = {}
 onedir = dist / "appliance-onedir"
-if onedir.is_dir():
+if env["BUILD_INFO_ONEDIR"] == "true":
     files = [p for p in onedir.rglob("*") if p.is_file() and not p.is_symlink()]
     parts: dict[str, list[int]] = {}
     for p in files:
@@ -281,7 +285,7 @@ if onedir.is_dir():
         **floor_summary(load("floor-onedir.json")),
     }
 onefile = dist / "appliance"
-if onefile.is_file():
+if env["BUILD_INFO_ONEFILE"] == "true":
     outputs["onefile"] = {
         "path": str(onefile),
         "bytes": onefile.stat().st_size,
@@ -319,3 +323,8 @@ print(
     f" PyInstaller {info['pyinstaller_seconds']} s; {dist / 'build-info.json'}"
 )
 EOF
+earlier() {
+    echo "build.sh: note: $1 is left from an earlier build (not made by this MODE=$MODE run; not in build-info.json)"
+}
+if ! $build_onefile && [ -e "$DIST/appliance" ]; then earlier "$DIST/appliance"; fi
+if ! $build_onedir && [ -e "$DIST/appliance-onedir" ]; then earlier "$DIST/appliance-onedir"; fi
