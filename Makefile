@@ -37,6 +37,7 @@ bench: $(STAMP)
 
 # The frozen executable (PyInstaller), for this machine's architecture: dist/appliance and
 # dist/appliance-onedir/. MODE=onefile|onedir|both (default both); see packaging/README.md.
+# Built in its own venv (build/venv-ARCH) from packaging/requirements.lock, not from .venv.
 .PHONY: binary
 binary:
 	PYTHON='$(PYTHON)' sh packaging/build.sh

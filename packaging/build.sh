@@ -50,7 +50,7 @@ die() {
 }
 
 cd "$(dirname "$0")/.."
-REPO=$(pwd)
+REPO=$(pwd -P)
 arch=$(uname -m)
 MODE=${MODE:-both}
 PYTHON=${PYTHON:-python3}
