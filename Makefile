@@ -37,9 +37,10 @@ bench: $(STAMP)
 
 # The frozen executable (PyInstaller), for this machine's architecture: dist/appliance and
 # dist/appliance-onedir/. MODE=onefile|onedir|both (default both); see packaging/README.md.
+# Built in its own venv (build/venv-ARCH) from packaging/requirements.lock, not from .venv.
 .PHONY: binary
-binary: $(STAMP)
-	sh packaging/build.sh
+binary:
+	PYTHON='$(PYTHON)' sh packaging/build.sh
 
 # The aarch64 build on an x86_64 Debian machine, in an emulated Debian root (no binfmt needed):
 # dist/arm64/ (bookworm, glibc 2.36) or, with BASE=bullseye, dist/arm64-bullseye/ (glibc 2.31).
