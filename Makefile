@@ -38,9 +38,21 @@ bench: $(STAMP)
 # The frozen executable (PyInstaller), for this machine's architecture: dist/appliance and
 # dist/appliance-onedir/. MODE=onefile|onedir|both (default both); see packaging/README.md.
 # Built in its own venv (build/venv-ARCH) from packaging/requirements.lock, not from .venv.
-.PHONY: binary
+# BASE=bullseye builds in a Debian bullseye root instead: dist/amd64-bullseye/, glibc 2.31 (see
+# packaging/README.md); test-bullseye runs the frozen-binary tests against it inside that root.
+HOST_ARCH := $(shell dpkg --print-architecture 2>/dev/null || uname -m)
+.PHONY: binary test-bullseye
 binary:
+ifeq ($(BASE),)
 	PYTHON='$(PYTHON)' sh packaging/build.sh
+else
+	sh packaging/build-in-root $(BASE) $(HOST_ARCH)
+endif
+
+test-bullseye: $(STAMP)
+	APPLIANCE_BINARY=dist/$(HOST_ARCH)-bullseye/appliance-onedir/appliance \
+		APPLIANCE_BINARY_RUNNER="python3 packaging/debroot.py run build/roots/bullseye-$(HOST_ARCH) --bind $(CURDIR) --bind /tmp --cwd $(CURDIR) --" \
+		$(BIN)/pytest tests/e2e/test_binary.py $(ARGS)
 
 # The aarch64 build on an x86_64 Debian machine, in an emulated Debian root (no binfmt needed):
 # dist/arm64/ (bookworm, glibc 2.36) or, with BASE=bullseye, dist/arm64-bullseye/ (glibc 2.31).

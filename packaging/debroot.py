@@ -44,6 +44,9 @@ DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 QEMU = {"arm64": "qemu-aarch64-static"}
 #: Packages the emulation needs, unpacked (never installed) into TOOLS.
 TOOL_PACKAGES = ("qemu-user-static", "proot", "libtalloc2")
+#: The host's name resolution and CA certificates, so a program inside reaches the network the
+#: host reaches (a TLS-inspecting proxy's CA included).
+HOST_FILES = ("/etc/resolv.conf", "/etc/ssl/certs/ca-certificates.crt")
 
 
 def log(message: str) -> None:
@@ -151,8 +154,7 @@ def command(
     arch = root_arch(root)
     if arch == host_arch():
         mounts = "".join(
-            f'{"mkdir -p" if os.path.isdir(p) else "touch"} "$R{p}" && mount --rbind "{p}" "$R{p}" && '
-            for p in ("/proc", "/sys", "/dev", "/etc/resolv.conf", *binds)
+            _mount(p) for p in ("/proc", "/sys", "/dev", *HOST_FILES, *binds) if os.path.exists(p)
         )
         script = f'{mounts}cd / && exec chroot "$R" sh -c \'cd "$0" && exec "$@"\' "{cwd}" "$@"'
         env = dict(os.environ, R=str(root))
@@ -165,10 +167,20 @@ def command(
     proot += ["-q", f"{qemu} -p {page}" if page else qemu]
     if root_user:
         proot.append("-0")
-    for path in ("/proc", "/dev", "/sys", "/etc/resolv.conf", *binds):
-        proot += ["-b", path]
+    for path in ("/proc", "/dev", "/sys", *HOST_FILES, *binds):
+        if os.path.exists(path):
+            proot += ["-b", path]
     # LD_LIBRARY_PATH finds proot's libtalloc; the guest must not inherit it.
     return [*proot, "/usr/bin/env", "-u", "LD_LIBRARY_PATH", "-u", "PROOT_LOADER", *argv], _proot_env(), True
+
+
+def _mount(path: str) -> str:
+    """Shell that binds host `path` at the same place under $R (an empty target made first)."""
+    target = f'"$R{path}"'
+    make = (
+        f"mkdir -p {target}" if os.path.isdir(path) else f'mkdir -p "$(dirname {target})" && touch {target}'
+    )
+    return f'{make} && mount --rbind "{path}" {target} && '
 
 
 def run(
@@ -263,14 +275,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     rn.add_argument("--bind", action="append", default=[], help="a host path visible at the same path")
     rn.add_argument("--cwd", default="/", help="working directory inside the root")
     rn.add_argument("--root-user", action="store_true", help="appear as root inside (proot -0)")
-    rn.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
-    args = parser.parse_args(argv)
+    parser.epilog = "run: the command follows `--`"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: len(argv) - len(cmd) - 1] if cmd else argv)
     if args.cmd == "make":
         make(args.suite, args.arch, args.dir.resolve(), [p for p in args.include.split(",") if p])
         return 0
-    cmd = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not cmd:
-        parser.error("run: no command given")
+        parser.error("run: no command given (run DIR [options] -- CMD [ARGS...])")
     return run(args.dir.resolve(), cmd, args.bind, args.cwd, args.root_user)
 
 
