@@ -329,3 +329,92 @@ def test_install_rejects_a_missing_build(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "no build at" in done.stderr
     assert not (tmp_path / "root").exists()
+
+
+# -- systemd/low-memory.conf: the drop-in for packaging/low-memory.toml (512 MB boards) ----------
+
+LOW_MEMORY_DROPIN = REPO / "systemd" / "low-memory.conf"
+LOW_MEMORY_PROFILE = REPO / "packaging" / "low-memory.toml"
+#: The drop-in's baseline: VmRSS after the first query and persist with its Environment= (157-166 MiB).
+LOW_MEMORY_BASELINE_MIB = 176
+#: One pip child (`appliance install package`) beside the process: 53 MiB peak (frozen build).
+PIP_CHILD_MIB = 56
+
+
+def process_memory_sum(c: config_module.Config, baseline_mib: int) -> int:
+    """Bytes the process may hold with config `c`: the sum in appliance.service's MemoryMax= comment."""
+    return (
+        baseline_mib * (1 << 20)
+        + 3 * c.max_buffer_bytes
+        + PARSE_FACTOR * c.max_buffered_bytes
+        + c.max_concurrent * (c.memory_limit + RENDER_FACTOR * c.max_result_bytes)
+        + c.cache_max_bytes
+        + c.mqtt_max_pending_bytes
+        + c.sync_concurrency * SYNC_UPLOAD_MIB * (1 << 20)
+    )
+
+
+def low_memory_service() -> dict[str, list[str]]:
+    return read_unit(LOW_MEMORY_DROPIN.read_text())["Service"]
+
+
+def test_low_memory_dropin_caps_memory_at_the_sum_of_the_profile() -> None:
+    service = low_memory_service()
+    assert set(service) == {"MemoryMax", "MemoryHigh", "Environment"}
+    cap = _systemd_bytes(_one(service, "MemoryMax"))
+    high = _systemd_bytes(_one(service, "MemoryHigh"))
+    c = config_module.load(str(LOW_MEMORY_PROFILE), environ={})
+    process = process_memory_sum(c, LOW_MEMORY_BASELINE_MIB)
+    needed = process + PIP_CHILD_MIB * (1 << 20)
+    assert needed <= cap <= needed + (32 << 20), f"MemoryMax={cap >> 20} MiB, the sum is {needed >> 20} MiB"
+    assert process <= high < cap, (process >> 20, high >> 20, cap >> 20)
+    # the comment shows the same sum
+    text = LOW_MEMORY_DROPIN.read_text()
+    assert f"= {process >> 20:>3}  the process" in text
+    assert f"= {needed >> 20:>3}  -> {cap >> 20}M" in text
+    assert f"{(cap >> 20) - PIP_CHILD_MIB} MiB" in text
+    # compaction holds a whole merge in memory, which no setting bounds: off on this board
+    assert c.compact_target_bytes == 0
+
+
+def test_low_memory_profile_only_lowers_settings() -> None:
+    low = config_module.load(str(LOW_MEMORY_PROFILE), environ={})
+    default = config_module.load(None, environ={})
+    changed = {
+        s.name for s in config_module.SETTINGS if getattr(low, s.field) != getattr(default, s.field)
+    }
+    assert changed == {
+        "http.max_request_size",
+        "http.max_buffered_bytes",
+        "storage.max_buffer_bytes",
+        "storage.compact_target_bytes",
+        "query.memory_limit",
+        "query.max_result_bytes",
+        "query.max_concurrent",
+        "engine.cache_max_bytes",
+        "mqtt.max_pending_bytes",
+        "sync.concurrency",
+    }
+    for s in config_module.SETTINGS:
+        if s.name in changed:
+            assert getattr(low, s.field) < getattr(default, s.field), s.name
+    assert process_memory_sum(low, LOW_MEMORY_BASELINE_MIB) < 320 << 20
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze is not installed here (no systemd): the drop-in is checked only by the parser tests",
+)
+def test_systemd_analyze_verify_with_the_low_memory_dropin(tmp_path: Path) -> None:
+    text = UNIT.read_text().replace(
+        "ExecStart=/usr/local/bin/appliance ", f"ExecStart={shutil.which('true')} "
+    )
+    dropins = tmp_path / "appliance.service.d"
+    dropins.mkdir()
+    (dropins / "low-memory.conf").write_text(LOW_MEMORY_DROPIN.read_text())
+    done = _verify(tmp_path, text)
+    assert done.returncode == 0, done.stderr
+    assert "low-memory" not in done.stdout + done.stderr, done.stdout + done.stderr
+    # the drop-in is read: a bad value in it is reported
+    (dropins / "low-memory.conf").write_text(LOW_MEMORY_DROPIN.read_text().replace("=368M", "=lots"))
+    assert "lots" in _verify(tmp_path, text).stderr
