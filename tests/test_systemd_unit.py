@@ -380,9 +380,7 @@ def test_low_memory_dropin_caps_memory_at_the_sum_of_the_profile() -> None:
 def test_low_memory_profile_only_lowers_settings() -> None:
     low = config_module.load(str(LOW_MEMORY_PROFILE), environ={})
     default = config_module.load(None, environ={})
-    changed = {
-        s.name for s in config_module.SETTINGS if getattr(low, s.field) != getattr(default, s.field)
-    }
+    changed = {s.name for s in config_module.SETTINGS if getattr(low, s.field) != getattr(default, s.field)}
     assert changed == {
         "http.max_request_size",
         "http.max_buffered_bytes",
@@ -416,5 +414,5 @@ def test_systemd_analyze_verify_with_the_low_memory_dropin(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr
     assert "low-memory" not in done.stdout + done.stderr, done.stdout + done.stderr
     # the drop-in is read: a bad value in it is reported
-    (dropins / "low-memory.conf").write_text(LOW_MEMORY_DROPIN.read_text().replace("=368M", "=lots"))
+    (dropins / "low-memory.conf").write_text(LOW_MEMORY_DROPIN.read_text().replace("=352M", "=lots"))
     assert "lots" in _verify(tmp_path, text).stderr
