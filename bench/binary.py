@@ -209,7 +209,8 @@ def measure(artifact: Artifact, args: argparse.Namespace, env: dict[str, str]) -
                 finally:
                     server.stop()
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        row.error = str(exc).splitlines()[0]
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        row.error = " / ".join(lines[:1] + lines[-1:])
         print(f"  failed: {exc}")
     return row
 
@@ -294,7 +295,8 @@ def default_artifacts() -> list[Artifact]:
     dist = REPO / "dist"
     found = [*sorted(dist.glob("*/appliance-onedir/appliance")), dist / "appliance-onedir" / "appliance"]
     found.append(dist / "appliance")
-    return [runner_for(Artifact(p)) for p in found if p.is_file() and os.access(p, os.X_OK)]
+    # Resolved: a runner binds the real current directory, which must hold the executable's path.
+    return [runner_for(Artifact(p.resolve())) for p in found if p.is_file() and os.access(p, os.X_OK)]
 
 
 def runner_for(artifact: Artifact) -> Artifact:
