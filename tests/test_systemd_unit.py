@@ -335,8 +335,9 @@ def test_install_rejects_a_missing_build(tmp_path: Path) -> None:
 
 LOW_MEMORY_DROPIN = REPO / "systemd" / "low-memory.conf"
 LOW_MEMORY_PROFILE = REPO / "packaging" / "low-memory.toml"
-#: The drop-in's baseline: VmRSS after the first query and persist with its Environment= (157-166 MiB).
-LOW_MEMORY_BASELINE_MIB = 176
+#: The drop-in's baseline: VmRSS after the first query and persist of tests/e2e/test_low_memory.py's
+#: 200,000 rows, with the drop-in's Environment= (211-222 MiB in 30 runs).
+LOW_MEMORY_BASELINE_MIB = 224
 #: One pip child (`appliance install package`) beside the process: 53 MiB peak (frozen build).
 PIP_CHILD_MIB = 56
 
@@ -396,7 +397,7 @@ def test_low_memory_profile_only_lowers_settings() -> None:
     for s in config_module.SETTINGS:
         if s.name in changed:
             assert getattr(low, s.field) < getattr(default, s.field), s.name
-    assert process_memory_sum(low, LOW_MEMORY_BASELINE_MIB) < 320 << 20
+    assert process_memory_sum(low, LOW_MEMORY_BASELINE_MIB) <= 350 << 20  # a 512 MB board
 
 
 @pytest.mark.skipif(
@@ -414,5 +415,5 @@ def test_systemd_analyze_verify_with_the_low_memory_dropin(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr
     assert "low-memory" not in done.stdout + done.stderr, done.stdout + done.stderr
     # the drop-in is read: a bad value in it is reported
-    (dropins / "low-memory.conf").write_text(LOW_MEMORY_DROPIN.read_text().replace("=352M", "=lots"))
+    (dropins / "low-memory.conf").write_text(LOW_MEMORY_DROPIN.read_text().replace("=400M", "=lots"))
     assert "lots" in _verify(tmp_path, text).stderr

@@ -151,6 +151,7 @@ def main() -> int:
     runs = {
         "low-memory profile + drop-in Environment=": (["--config", str(PROFILE)], dropin_environment()),
         "low-memory profile alone": (["--config", str(PROFILE)], {}),
+        "defaults + drop-in Environment=": ([], dropin_environment()),
         "defaults": ([], {}),
     }
     for name, (args, env) in runs.items():
