@@ -4,9 +4,10 @@ For every artifact (`--binary PATH`, repeatable, each optionally followed by `--
 it under, e.g. packaging/emulate-arm64), it reports:
 
 - size on disk and number of files (the one-folder build's folder, or the one-file executable);
-- the glibc floor: `glibc_floor` from build-info.json next to it when the build wrote one, else
-  the newest GLIBC_ version any ELF file needs (`readelf -V --wide`); for a one-file build that
-  is its bootloader only (the libraries it unpacks are not scanned);
+- the glibc floor: the one packaging/build.sh recorded in build-info.json beside the build, else
+  what packaging/glibc_floor.py measures, else the newest GLIBC_ version any ELF file needs
+  (`readelf -V --wide`); measured here, a one-file build's floor is its bootloader's only (the
+  libraries in its archive are not scanned);
 - start-to-healthy time, the median of `--runs` starts on fresh data dirs: from spawning
   `[runner] binary serve --data-dir TMP --http-bind 127.0.0.1:PORT --without-auth --node-id bench`
   to the first 200 from GET /health;
@@ -14,9 +15,9 @@ it under, e.g. packaging/emulate-arm64), it reports:
   running one SQL query (the process tree: the one-file build's bootloader and its child). Under a
   runner the resident memory is the emulator's, so it is reported as n/a.
 
-Without `--binary` it takes every dist/*/appliance-onedir/appliance, dist/appliance-onedir/appliance
-and dist/appliance that exists; aarch64 executables (read from the ELF header) on another machine
-run under packaging/emulate-arm64. Under emulation absolute times mean little. Figures only:
+Without `--binary` it takes every dist/appliance-onedir/appliance, dist/appliance and the same in
+each folder of dist/ (dist/arm64/..., dist/amd64-bullseye/...) that exists; aarch64 executables
+(read from the ELF header) on another machine run under packaging/emulate-arm64. Under emulation absolute times mean little. Figures only:
 nothing is asserted.
 """
 
@@ -56,6 +57,7 @@ from common import (
 )
 
 EMULATE_ARM64 = REPO / "packaging" / "emulate-arm64"
+GLIBC_FLOOR = REPO / "packaging" / "glibc_floor.py"
 #: ELF e_machine values we know by name.
 MACHINES = {3: "i386", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv64"}
 #: platform.machine() names of this host that run each e_machine natively.
@@ -130,13 +132,52 @@ def disk_usage(artifact: Artifact) -> tuple[int, int]:
 
 
 def glibc_floor(artifact: Artifact) -> str:
-    """build-info.json's glibc_floor, else the newest GLIBC_ version needed by any ELF file."""
-    info = artifact.path.parent / "build-info.json"
-    if info.is_file():
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            floor = json.loads(info.read_text()).get("glibc_floor")
-            if floor:
-                return f"{floor} (build-info.json)"
+    """The build's own measurement (build-info.json), else packaging/glibc_floor.py, else readelf."""
+    recorded = floor_from_build_info(artifact)
+    if recorded is not None:
+        return recorded
+    # A one-file build's libraries are inside its archive: only its bootloader can be scanned.
+    note = "" if artifact.folder is not None else " (bootloader only)"
+    target = artifact.folder or artifact.path
+    if GLIBC_FLOOR.is_file():
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "floor.json"
+            cmd = [sys.executable, str(GLIBC_FLOOR), "--json", str(out), str(target)]
+            subprocess.run(cmd, capture_output=True, timeout=600)
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                floor = json.loads(out.read_text()).get("glibc_floor")
+                if floor:
+                    return f"GLIBC_{floor}{note}"
+    return readelf_floor(artifact) + note
+
+
+def floor_from_build_info(artifact: Artifact) -> str | None:
+    """glibc_floor of this output in the build-info.json that packaging/build.sh writes beside it."""
+    for folder in (artifact.path.parent, artifact.path.parent.parent):
+        info = folder / "build-info.json"
+        if not info.is_file():
+            continue
+        try:
+            data = json.loads(info.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        outputs = data.get("outputs") or {}
+        if artifact.folder is not None and artifact.folder.parent == folder:
+            output = outputs.get("onedir") or {}
+        elif artifact.folder is None and artifact.path.parent == folder:
+            output = outputs.get("onefile") or {}
+        else:
+            continue
+        floor = output.get("glibc_floor") or data.get("glibc_floor")
+        if floor:
+            return f"GLIBC_{floor} (build-info.json)"
+    return None
+
+
+def readelf_floor(artifact: Artifact) -> str:
+    """The newest GLIBC_ version that any ELF file of the artifact needs (`readelf -V --wide`)."""
     readelf = shutil.which("readelf")
     if readelf is None:
         return "? (no readelf: apt-get install binutils)"
@@ -152,10 +193,7 @@ def glibc_floor(artifact: Artifact) -> str:
         done = subprocess.run([readelf, "-V", "--wide", str(path)], capture_output=True, timeout=60)
         for match in GLIBC.finditer(done.stdout):
             newest = max(newest, tuple(int(part) for part in match.groups() if part is not None))
-    if not newest:
-        return "none found"
-    version = "GLIBC_" + ".".join(map(str, newest))
-    return version if artifact.folder is not None else f"{version} (bootloader only)"
+    return "GLIBC_" + ".".join(map(str, newest)) if newest else "none found"
 
 
 # --- running --------------------------------------------------------------------------------
@@ -290,11 +328,11 @@ class _RunnerAction(argparse.Action):
         ns.artifacts[-1].runner = shlex.split(value)
 
 
-def default_artifacts() -> list[Artifact]:
+def default_artifacts(dist: Path) -> list[Artifact]:
     """The builds in dist/, each with the emulator when it is for another architecture."""
-    dist = REPO / "dist"
-    found = [*sorted(dist.glob("*/appliance-onedir/appliance")), dist / "appliance-onedir" / "appliance"]
-    found.append(dist / "appliance")
+    found = [dist / "appliance-onedir" / "appliance", dist / "appliance"]
+    for variant in sorted(p for p in dist.iterdir() if p.is_dir()) if dist.is_dir() else []:
+        found += [variant / "appliance-onedir" / "appliance", variant / "appliance"]
     # Resolved: a runner binds the real current directory, which must hold the executable's path.
     return [runner_for(Artifact(p.resolve())) for p in found if p.is_file() and os.access(p, os.X_OK)]
 
@@ -320,6 +358,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action=_RunnerAction,
         metavar="CMD",
         help="command to run the --binary before it under, e.g. packaging/emulate-arm64",
+    )
+    parser.add_argument(
+        "--dist",
+        type=Path,
+        default=REPO / "dist",
+        help="where to look without --binary (default <repo>/dist)",
     )
     parser.add_argument("--runs", type=int, default=3, help="starts per artifact (default 3)")
     parser.add_argument(
@@ -347,7 +391,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     install_signal_handlers()
-    artifacts = [runner_for(a) for a in args.artifacts] or default_artifacts()
+    artifacts = [runner_for(a) for a in args.artifacts] or default_artifacts(args.dist)
     if not artifacts:
         print("no artifact: build one (`make binary`) or give --binary PATH")
         return 1
