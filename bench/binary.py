@@ -331,10 +331,13 @@ class _RunnerAction(argparse.Action):
 def default_artifacts(dist: Path) -> list[Artifact]:
     """The builds in dist/, each with the emulator when it is for another architecture."""
     found = [dist / "appliance-onedir" / "appliance", dist / "appliance"]
-    for variant in sorted(p for p in dist.iterdir() if p.is_dir()) if dist.is_dir() else []:
-        found += [variant / "appliance-onedir" / "appliance", variant / "appliance"]
+    variants = sorted(p for p in dist.iterdir() if p.is_dir()) if dist.is_dir() else []
+    for variant in variants:
+        if not (variant / "_internal").is_dir():  # dist/appliance-onedir is a build, not a variant
+            found += [variant / "appliance-onedir" / "appliance", variant / "appliance"]
     # Resolved: a runner binds the real current directory, which must hold the executable's path.
-    return [runner_for(Artifact(p.resolve())) for p in found if p.is_file() and os.access(p, os.X_OK)]
+    paths = dict.fromkeys(p.resolve() for p in found if p.is_file() and os.access(p, os.X_OK))
+    return [runner_for(Artifact(p)) for p in paths]
 
 
 def runner_for(artifact: Artifact) -> Artifact:
