@@ -237,7 +237,9 @@ def test_frozen_binary_end_to_end(binary: Path, tmp_path: Path) -> None:
     # persist: the buffer goes to Parquet files under the data folder.
     r = cli("persist")
     assert r.returncode == 0 and "persisted" in r.stdout, fail(f"persist: {r.stdout}\n{r.stderr}")
-    assert list((server.data_dir / "parquet" / "smoke").rglob("*.parquet")), fail("no Parquet file after persist")
+    assert list((server.data_dir / "parquet" / "smoke").rglob("*.parquet")), fail(
+        "no Parquet file after persist"
+    )
     assert server.write("smoke", "room,name=d temp=4 1735689603", precision="s").status == 204  # WAL only
 
     # SIGTERM: a clean stop, exit code 0; a restart finds every row (Parquet and WAL replay).
@@ -251,7 +253,9 @@ def test_frozen_binary_end_to_end(binary: Path, tmp_path: Path) -> None:
         {"name": "d", "temp": 4.0},
     ], fail(f"rows after restart: {rooms}")
     doubled = _rows(server, "smoke", "SELECT name, temp FROM doubled ORDER BY name")
-    assert doubled == [{"name": "c", "temp": 3.0}, {"name": "d", "temp": 8.0}], fail(f"after restart: {doubled}")
+    assert doubled == [{"name": "c", "temp": 3.0}, {"name": "d", "temp": 8.0}], fail(
+        f"after restart: {doubled}"
+    )
     _stop(server, fail)
 
 
