@@ -40,7 +40,7 @@ bench: $(STAMP)
 # Built in its own venv (build/venv-ARCH) from packaging/requirements.lock, not from .venv.
 # BASE=bullseye builds in a Debian bullseye root instead: dist/amd64-bullseye/, glibc 2.31 (see
 # packaging/README.md); test-bullseye runs the frozen-binary tests against it inside that root.
-HOST_ARCH := $(shell dpkg --print-architecture 2>/dev/null || uname -m)
+HOST_ARCH := $(shell dpkg --print-architecture)
 .PHONY: binary test-bullseye
 binary:
 ifeq ($(BASE),)
@@ -50,8 +50,8 @@ else
 endif
 
 test-bullseye: $(STAMP)
-	APPLIANCE_BINARY=dist/$(HOST_ARCH)-bullseye/appliance-onedir/appliance \
-		APPLIANCE_BINARY_RUNNER="python3 packaging/debroot.py run build/roots/bullseye-$(HOST_ARCH) --bind $(CURDIR) --bind /tmp --cwd $(CURDIR) --" \
+	APPLIANCE_BINARY=dist/$(HOST_ARCH)-bullseye/appliance-onedir/appliance:dist/$(HOST_ARCH)-bullseye/appliance \
+		APPLIANCE_BINARY_RUNNER="python3 packaging/debroot.py run build/roots/bullseye-$(HOST_ARCH) --bind '$(CURDIR)' --bind /tmp --cwd '$(CURDIR)' --" \
 		$(BIN)/pytest tests/e2e/test_binary.py $(ARGS)
 
 # The aarch64 build on an x86_64 Debian machine, in an emulated Debian root (no binfmt needed):
@@ -63,7 +63,8 @@ binary-arm64:
 	sh packaging/build-in-root $(or $(BASE),bookworm) arm64
 
 test-arm64: $(STAMP)
-	ARM64_ROOT=build/roots/$(or $(BASE),bookworm)-arm64 APPLIANCE_BINARY=$(ARM64_DIST)/appliance-onedir/appliance \
+	ARM64_ROOT=build/roots/$(or $(BASE),bookworm)-arm64 \
+		APPLIANCE_BINARY=$(ARM64_DIST)/appliance-onedir/appliance:$(ARM64_DIST)/appliance \
 		APPLIANCE_BINARY_RUNNER=packaging/emulate-arm64 \
 		$(BIN)/pytest tests/e2e/test_binary.py $(ARGS)
 

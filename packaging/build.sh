@@ -101,10 +101,11 @@ esac
 command -v "$PYTHON" >/dev/null 2>&1 ||
     die "no Python '$PYTHON': set PYTHON= to a CPython $(sed -n 's/^# python-version: //p' "$LOCK") with its shared library"
 want_py=$(sed -n 's/^# python-version: //p' "$LOCK")
-py_id=$("$PYTHON" -c 'import sys, sysconfig; print("%d.%d" % sys.version_info[:2], sys.version.split()[0], sys.executable, sysconfig.get_config_var("Py_ENABLE_SHARED") or 0)') ||
+py_id=$("$PYTHON" -c 'import sys, sysconfig; print("%d.%d" % sys.version_info[:2], sys.version.split()[0], sysconfig.get_config_var("Py_ENABLE_SHARED") or 0, sys.executable)') ||
     die "'$PYTHON' does not run"
-set -- $py_id
-py_minor=$1 py_full=$2 py_exe=$3 py_shared=$4
+py_minor=${py_id%% *} py_id=${py_id#* }
+py_full=${py_id%% *} py_id=${py_id#* }
+py_shared=${py_id%% *} py_exe=${py_id#* }
 [ "$py_minor" = "$want_py" ] ||
     die "$PYTHON is Python $py_full, but $LOCK pins wheels for $want_py: set PYTHON=python$want_py (or a path to it)"
 [ "$py_shared" = 1 ] ||
@@ -160,16 +161,20 @@ echo "build.sh: building appliance $version MODE=$MODE for $arch with PyInstalle
 # run is not touched, and not described by build-info.json).
 build_onefile=false build_onedir=false
 case "$MODE" in
-onefile) build_onefile=true outputs="$DIST/appliance" ;;
-onedir) build_onedir=true outputs="$DIST/appliance-onedir" ;;
-both) build_onefile=true build_onedir=true outputs="$DIST/appliance $DIST/appliance-onedir" ;;
+onefile) build_onefile=true ;;
+onedir) build_onedir=true ;;
+both) build_onefile=true build_onedir=true ;;
 esac
-# Old outputs go first, so a failed build never leaves the previous binary looking fresh.
+# Old outputs go first, and every way out before the end (a failure, Ctrl-C, SIGTERM) removes
+# the new ones, so a failed or interrupted build never leaves a binary looking fresh.
 remove_outputs() {
-    # shellcheck disable=SC2086
-    rm -rf $outputs "$DIST/build-info.json"
+    if $build_onefile; then rm -rf "$DIST/appliance"; fi
+    if $build_onedir; then rm -rf "$DIST/appliance-onedir"; fi
+    rm -rf "$DIST/build-info.json" "$WORK/onefile-contents"
 }
 remove_outputs
+trap remove_outputs EXIT
+trap 'exit 130' INT TERM
 start=$(date +%s)
 "$VENV/bin/python" -m PyInstaller --noconfirm --clean --log-level WARN \
     --distpath "$DIST" --workpath "$WORK" packaging/appliance.spec || {
@@ -179,8 +184,8 @@ start=$(date +%s)
 end=$(date +%s)
 
 # A quick check that what was built starts at all, and is this checkout's version.
-for exe in $outputs; do
-    [ -d "$exe" ] && exe="$exe/appliance"
+for exe in "$DIST/appliance" "$DIST/appliance-onedir/appliance"; do
+    [ -e "$exe" ] || continue
     out=$("$exe" --version) || { remove_outputs; die "$exe --version failed"; }
     [ "$out" = "appliance $version" ] || { remove_outputs; die "$exe --version says '$out', not 'appliance $version'"; }
 done
@@ -323,6 +328,7 @@ print(
     f" PyInstaller {info['pyinstaller_seconds']} s; {dist / 'build-info.json'}"
 )
 EOF
+trap - EXIT INT TERM # built, checked and described: the outputs stay
 earlier() {
     echo "build.sh: note: $1 is left from an earlier build (not made by this MODE=$MODE run; not in build-info.json)"
 }

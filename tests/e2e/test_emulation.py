@@ -27,7 +27,7 @@ PYTHON = "/usr/bin/python3.11"  # the root's own interpreter, an aarch64 program
 def _arm64_root() -> None:
     if platform.machine() != "x86_64":
         pytest.skip("emulation of aarch64 is for x86_64 hosts")
-    if not (ROOT / ".debroot-arch").is_file():
+    if not (ROOT / ".debroot.json").is_file():
         message = f"no arm64 root at {ROOT}: run `make binary-arm64` first"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
@@ -93,6 +93,28 @@ def test_sigterm_reaches_the_program(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_killing_the_wrapper_kills_the_program(tmp_path: Path) -> None:
+    """proot leaves its tracees running when it dies; the guard kills them with the wrapper."""
+    pid_file = tmp_path / "pid"
+    script = f"import os, pathlib, time; pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid())); time.sleep(120)"
+    proc = subprocess.Popen(
+        [str(EMULATE), PYTHON, "-c", script], cwd=REPO, env=os.environ | {"ARM64_ROOT": str(ROOT)}
+    )
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, "the emulated program did not start"
+        time.sleep(0.05)
+    program = int(pid_file.read_text())  # qemu's host PID: the emulated process is that process
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{program}").exists():
+        if time.monotonic() > deadline:
+            os.kill(program, signal.SIGKILL)
+            pytest.fail("the emulated program outlived its wrapper's SIGKILL")
+        time.sleep(0.05)
 
 
 def test_sixteen_kib_pages_are_shown_when_asked() -> None:
