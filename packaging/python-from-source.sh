@@ -14,13 +14,19 @@ FIRST_FIX_PATCH=shutdown-deadlock.diff
 MODULES="ssl, _ssl, sqlite3, _sqlite3, lzma, _lzma, bz2, _bz2, zlib, ctypes, _ctypes, uuid, _uuid"
 MODULES="$MODULES, readline, curses, _curses, _curses_panel, dbm.gnu, dbm.ndbm, decimal, _decimal"
 MODULES="$MODULES, hashlib, _hashlib, pyexpat, nis"
-BUILD_DEPS="build-essential pkg-config patch curl ca-certificates xz-utils gpgv libssl-dev zlib1g-dev
- libffi-dev libsqlite3-dev liblzma-dev libbz2-dev libreadline-dev libncursesw5-dev libgdbm-dev
- libgdbm-compat-dev uuid-dev libexpat1-dev libnsl-dev"
+TOOL_DEPS="pkg-config patch curl ca-certificates xz-utils gpgv"
+LIB_DEPS="libssl-dev zlib1g-dev libffi-dev libsqlite3-dev liblzma-dev libbz2-dev libreadline-dev
+ libncursesw5-dev libgdbm-dev libgdbm-compat-dev uuid-dev libexpat1-dev libnsl-dev"
+BUILD_DEPS="build-essential $TOOL_DEPS $LIB_DEPS"
+# --cross aarch64: the shared objects of lib-dynload that must be there (the cross build cannot
+# import them), for the same modules as MODULES.
+CROSS_EXTENSIONS="_ssl _sqlite3 _lzma _bz2 zlib _ctypes _uuid readline _curses _curses_panel _gdbm
+ _dbm _decimal _hashlib pyexpat nis"
 
 usage() {
     cat <<EOF
 usage: packaging/python-from-source.sh [--no-patches] [--pgo] [--help]
+       packaging/python-from-source.sh --cross aarch64 --out FILE.tar.gz [--no-patches]
 
 Run as root inside a Debian root (bullseye, any architecture). Makes sure that
 $PY exists, with its shared library $LIBPY
@@ -43,7 +49,20 @@ every C module listed below. Otherwise:
 It writes nothing outside $PREFIX and \${TMPDIR:-/tmp}, apart from apt's own places.
 About 10 minutes on two x86_64 cores; hours under arm64 emulation.
 
+Cross mode (--cross aarch64, in an x86_64 bullseye root that already has the native
+$PY above, of the same version): the same checked, patched source is
+cross-compiled for aarch64 with crossbuild-essential-arm64 and the :arm64 development
+packages (dpkg --add-architecture arm64; apt-get installs them), configured with
+  --host=aarch64-linux-gnu --build=x86_64-linux-gnu --with-build-python=$PY
+and the same options as above, installed with make install DESTDIR=..., checked (every
+extension module's shared object is there and is aarch64; no module failed) and packed as
+FILE.tar.gz holding opt/python3.11 (unpack with tar -xzf FILE -C /). The native
+$PREFIX is left alone. Minutes instead of hours: packaging/build-in-root bullseye
+arm64 unpacks it into the emulated root, where the check above then passes.
+
 options:
+  --cross ARCH   cross-compile for ARCH (only aarch64) into the tarball --out names
+  --out FILE     the tarball of --cross (its folder must exist)
   --no-patches   build the plain upstream source of the orig tarball (no Debian patches)
   --pgo          ./configure --enable-optimizations (profile-guided: several times slower)
 
@@ -58,9 +77,21 @@ EOF
 
 PATCHES=yes
 PGO=no
+CROSS=""
+OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
     -h | --help) usage; exit 0 ;;
+    --cross)
+        [ $# -ge 2 ] || { echo "python-from-source.sh: --cross needs an architecture (aarch64)" >&2; exit 2; }
+        CROSS=$2
+        shift
+        ;;
+    --out)
+        [ $# -ge 2 ] || { echo "python-from-source.sh: --out needs a file name" >&2; exit 2; }
+        OUT=$2
+        shift
+        ;;
     --no-patches) PATCHES=no ;;
     --pgo) PGO=yes ;;
     *) echo "python-from-source.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -76,13 +107,52 @@ say() { echo "python-from-source: $*" >&2; }
 die() { echo "python-from-source: error: $*" >&2; exit 1; }
 now() { date +%s; }
 
+case "$CROSS" in
+"") [ -z "$OUT" ] || die "--out goes with --cross aarch64" ;;
+aarch64)
+    CROSS_TRIPLET=aarch64-linux-gnu CROSS_DEB_ARCH=arm64
+    [ -n "$OUT" ] || die "--cross aarch64 needs --out FILE.tar.gz (where the cross-built $PREFIX goes)"
+    case "$OUT" in /*) ;; *) OUT="$(pwd)/$OUT" ;; esac
+    [ -d "$(dirname "$OUT")" ] || die "the folder of --out $OUT does not exist"
+    ;;
+*) die "--cross: only aarch64 is supported, not '$CROSS'" ;;
+esac
+
 works() {
     [ -x "$PY" ] && [ -e "$LIBPY" ] && "$PY" -W ignore::DeprecationWarning -c "import $MODULES" 2>/dev/null
 }
 
-if works; then
+if [ -n "$CROSS" ]; then
+    [ "$(uname -m)" = x86_64 ] || die "--cross runs in an x86_64 root, not on $(uname -m)"
+    works || die "--cross needs the native $PY (same version) as the build Python: run packaging/python-from-source.sh without --cross first"
+    say "cross-compiling CPython for $CROSS with the build Python $PY ($("$PY" -V 2>&1)) into $OUT"
+    BUILD_DEPS="crossbuild-essential-$CROSS_DEB_ARCH $TOOL_DEPS"
+    for pkg in $LIB_DEPS; do BUILD_DEPS="$BUILD_DEPS $pkg:$CROSS_DEB_ARCH"; done
+elif works; then
     say "$PY is present and works ($("$PY" -V 2>&1)); nothing to do"
     exit 0
+elif [ -x "$PY" ] && [ -s "$PREFIX/DEBIAN-RUNTIME-PACKAGES" ]; then
+    # A prefix unpacked from a --cross tarball: it names the Debian packages of the shared
+    # libraries it links; with those installed it works, and nothing is compiled here.
+    missing=""
+    for pkg in $(cat "$PREFIX/DEBIAN-RUNTIME-PACKAGES"); do
+        case "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)" in
+        *" installed") ;;
+        *) missing="$missing $pkg" ;;
+        esac
+    done
+    if [ -n "$missing" ] && [ "$(id -u)" = 0 ]; then
+        say "$PY was unpacked from a cross build; installing the libraries it needs:$missing"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q >/dev/null || die "apt-get update failed: check the root's /etc/apt/sources.list and its network (DNS)"
+        # shellcheck disable=SC2086 # one word per package
+        apt-get install -y -q --no-install-recommends $missing >/dev/null || die "apt-get install failed:$missing"
+    fi
+    if works; then
+        say "$PY (unpacked from a cross build) works ($("$PY" -V 2>&1)); nothing to do"
+        exit 0
+    fi
+    say "$PY (unpacked from a cross build) does not import every module; building it here instead"
 fi
 
 [ "$(id -u)" = 0 ] || die "run me as root inside the Debian root (debroot.py run ... -- sh packaging/python-from-source.sh)"
@@ -110,6 +180,10 @@ done
 if [ -n "$missing" ]; then
     say "apt-get install:$missing"
     export DEBIAN_FRONTEND=noninteractive
+    if [ -n "$CROSS" ] && ! dpkg --print-foreign-architectures | grep -qx "$CROSS_DEB_ARCH"; then
+        say "dpkg --add-architecture $CROSS_DEB_ARCH"
+        dpkg --add-architecture "$CROSS_DEB_ARCH"
+    fi
     apt-get update -q >/dev/null || die "apt-get update failed: check the root's /etc/apt/sources.list and its network (DNS)"
     # shellcheck disable=SC2086 # one word per package
     apt-get install -y -q --no-install-recommends $missing >/dev/null ||
@@ -285,7 +359,7 @@ if [ $PATCHES = yes ]; then
 fi
 phase_done "unpack and patch" "$t"
 
-if [ -e "$PREFIX" ]; then
+if [ -z "$CROSS" ] && [ -e "$PREFIX" ]; then
     # A broken earlier install would also be found by the new build's python through its rpath.
     say "$PREFIX exists but does not work (or lacks a module): removing it and building again"
     rm -rf "$PREFIX"
@@ -316,6 +390,21 @@ run_logged() {
 
 CONFIGURE="--prefix=$PREFIX --enable-shared --with-ensurepip=install --with-system-expat"
 [ $PGO = no ] || CONFIGURE="$CONFIGURE --enable-optimizations"
+if [ -n "$CROSS" ]; then
+    CONFIGURE="$CONFIGURE --host=$CROSS_TRIPLET --build=x86_64-linux-gnu --with-build-python=$PY"
+    # What configure cannot find out by running a program on the build machine: answers for
+    # Linux (glibc) on the target, the way a native configure there finds them.
+    cat >"$WORK/config.site" <<EOF
+ac_cv_file__dev_ptmx=yes
+ac_cv_file__dev_ptc=no
+ac_cv_buggy_getaddrinfo=no
+EOF
+    export CONFIG_SITE="$WORK/config.site"
+    # pkg-config finds the target's .pc files only, never the build machine's.
+    export PKG_CONFIG="$CROSS_TRIPLET-pkg-config"
+    export PKG_CONFIG_LIBDIR="/usr/lib/$CROSS_TRIPLET/pkgconfig:/usr/share/pkgconfig"
+    command -v "$PKG_CONFIG" >/dev/null 2>&1 || PKG_CONFIG=pkg-config
+fi
 t=$(now)
 say "configure $CONFIGURE LDFLAGS=-Wl,-rpath,$PREFIX/lib"
 cd "$WORK/src"
@@ -334,6 +423,66 @@ awk '/necessary bits to build these optional modules|Failed to build these modul
 cat "$WORK/modules.txt" >&2
 if grep -q -e 'Failed to build' -e 'failed to import' "$WORK/modules.txt"; then
     die "some modules did not build (see above); their compiler output is in $WORK/make.log"
+fi
+
+if [ -n "$CROSS" ]; then
+    t=$(now)
+    DEST="$WORK/dest"
+    say "make install DESTDIR=$DEST"
+    run_logged "make install" "$WORK/install.log" make install DESTDIR="$DEST"
+    phase_done "make install" "$t"
+    XPY="$DEST$PY" XLIBPY="$DEST$LIBPY"
+    [ -e "$XPY" ] && [ -e "$XLIBPY" ] || die "make install left no $PY or $LIBPY under $DEST"
+    dynload="$DEST$PREFIX/lib/python3.11/lib-dynload"
+    absent=""
+    for ext in $CROSS_EXTENSIONS; do
+        set -- "$dynload/$ext".cpython-311-*.so
+        [ -e "$1" ] || absent="$absent $ext"
+    done
+    [ -z "$absent" ] || die "extension modules missing from $dynload:$absent (their compiler output is in $WORK/make.log)"
+    for elf in "$XPY" "$XLIBPY" "$dynload"/_ssl.cpython-311-*.so; do
+        "$CROSS_TRIPLET-readelf" -h "$elf" | grep -q 'Machine:.*AArch64' || die "$elf is not an AArch64 program"
+    done
+    # The newest glibc symbol version the build links against (the program's floor).
+    floor=$(find "$DEST$PREFIX" -name '*.so*' -o -path '*/bin/python3.11' | while read -r f; do
+        "$CROSS_TRIPLET-objdump" -T "$f" 2>/dev/null; done |
+        grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -t. -k1,1n -k2,2n -k3,3n -u | tail -n 1)
+    say "cross build is aarch64, has every extension module, needs glibc >= $floor"
+    # The Debian packages (of the target architecture) holding the libraries it links, for the
+    # root it is unpacked into (see the check at the top).
+    find "$DEST$PREFIX" -name '*.so*' -o -path '*/bin/python3.11' | while read -r f; do
+        "$CROSS_TRIPLET-readelf" -d "$f" 2>/dev/null | sed -n 's/.*(NEEDED).*\[\(.*\)\]$/\1/p'
+    done | sort -u | while read -r lib; do
+        for d in /lib/$CROSS_TRIPLET /usr/lib/$CROSS_TRIPLET; do
+            pkg=$(dpkg -S "$d/$lib" 2>/dev/null | sed -n "s/^\([^:]*\):$CROSS_DEB_ARCH: .*/\1/p")
+            if [ -n "$pkg" ]; then
+                echo "$pkg"
+                break
+            fi
+        done
+    done | sort -u >"$DEST$PREFIX/DEBIAN-RUNTIME-PACKAGES"
+    say "it links libraries of: $(tr '\n' ' ' <"$DEST$PREFIX/DEBIAN-RUNTIME-PACKAGES")"
+    SOURCE_INFO="cross-compiled for $CROSS ($CROSS_TRIPLET-gcc $("$CROSS_TRIPLET-gcc" -dumpversion)) by packaging/python-from-source.sh --cross $CROSS on $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    cat >"$DEST$PREFIX/BUILD-INFO.txt" <<EOF
+CPython $("$PY" -c 'import platform; print(platform.python_version())') $SOURCE_INFO
+source: Debian $SOURCE_PACKAGE $VERSION from $SUITE ($POOL)
+$(awk '{ print "sha256 " $2 "  " $3 }' "$WORK/files")
+checked: InRelease signature (gpgv, $KEYRING) -> Sources.xz SHA256 -> files' Checksums-Sha256
+patches: ${APPLIED:- none (plain upstream source)}
+configure: $CONFIGURE LDFLAGS=-Wl,-rpath,$PREFIX/lib
+build system: $(cat /etc/debian_version) $(dpkg --print-architecture), build Python $PY, target libraries from $(dpkg-query -W -f='${Package}:${Architecture} ${Version}' "libc6-dev:$CROSS_DEB_ARCH" 2>/dev/null || echo "libc6-dev-$CROSS_DEB_ARCH-cross")
+glibc floor (newest GLIBC_ symbol version needed): $floor
+EOF
+    t=$(now)
+    tar -C "$DEST" -czf "$OUT.part" "${PREFIX#/}"
+    mv "$OUT.part" "$OUT"
+    phase_done "pack $(basename "$OUT") ($(du -h "$OUT" | cut -f1))" "$t"
+    cd /
+    rm -rf "$WORK"
+    say "$OUT ready; times:"
+    printf '%s' "$TIMES" >&2
+    say "total $(($(now) - START)) s"
+    exit 0
 fi
 
 t=$(now)
