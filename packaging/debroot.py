@@ -49,9 +49,11 @@ QEMU = {"arm64": "qemu-aarch64-static"}
 #: Packages the emulation needs, unpacked (never installed) into TOOLS.
 TOOL_PACKAGES = ("qemu-user-static", "proot", "libtalloc2")
 #: The host's name resolution and CA certificates, so a program run inside reaches the network
-#: the host reaches (a TLS-inspecting proxy's CA included). Not bound while maintaining a root
-#: (`--root-user`): apt's own steps would replace those files.
+#: the host reaches (a TLS-inspecting proxy's CA included). Copies are bound, never the files
+#: themselves (a guest's update-ca-certificates would rewrite the host's bundle), and not while
+#: maintaining a root (`--root-user`), whose packages manage their own.
 HOST_FILES = ("/etc/resolv.conf", "/etc/ssl/certs/ca-certificates.crt")
+HOST_COPIES = REPO / "build" / "host-files"
 #: What a root was made as (suite, arch, packages), written last: its absence means unfinished.
 MARKER = ".debroot.json"
 GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -181,8 +183,11 @@ def _proot_command(
     proot += ["-q", f"{qemu} -p {int(page)}" if page else qemu]
     if root_user:
         proot.append("-0")
-    for path in ("/proc", "/dev", "/sys", *([] if root_user else HOST_FILES), *binds):
+    for path in ("/proc", "/dev", "/sys", *binds):
         proot += ["-b", path]
+    if not root_user:
+        for path, copy in _host_copies():
+            proot += ["-b", f"{copy}:{path}"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("QEMU_", "PROOT_"))}
     env["LD_LIBRARY_PATH"] = ":".join(str(p) for p in (TOOLS / "usr" / "lib").glob("*-linux-gnu"))
     env["PROOT_TMP_DIR"] = "/tmp"
@@ -204,20 +209,35 @@ def _chroot_and_exec(
         raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
     if libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0:
         raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
-    for path in ("/proc", "/sys", "/dev", *([] if root_user else HOST_FILES), *binds):
+    mounts = [(p, p) for p in ("/proc", "/sys", "/dev", *binds)]
+    for path, source in mounts + ([] if root_user else [(p, str(c)) for p, c in _host_copies()]):
         target = root / path.lstrip("/")
-        if os.path.isdir(path):
+        if os.path.isdir(source):
             target.mkdir(parents=True, exist_ok=True)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.touch()
-        if libc.mount(path.encode(), str(target).encode(), None, ms_bind | ms_rec, None) != 0:
-            raise OSError(ctypes.get_errno(), f"bind {path} at {target}")
+        if libc.mount(source.encode(), str(target).encode(), None, ms_bind | ms_rec, None) != 0:
+            raise OSError(ctypes.get_errno(), f"bind {source} at {target}")
     os.chroot(root)
     os.chdir(cwd)
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
     env["PATH"] = GUEST_PATH
     os.execvpe(argv[0], list(argv), env)
+
+
+def _host_copies() -> list[tuple[str, Path]]:
+    """(guest path, a fresh copy of the host's file) for each HOST_FILES entry the host has."""
+    HOST_COPIES.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for path in HOST_FILES:
+        if os.path.isfile(path):
+            copy = HOST_COPIES / path.lstrip("/").replace("/", "_")
+            tmp = copy.with_name(f"{copy.name}.{os.getpid()}")
+            shutil.copyfile(path, tmp)
+            tmp.replace(copy)
+            copies.append((path, copy))
+    return copies
 
 
 def run(

@@ -128,3 +128,12 @@ def test_help_and_a_missing_root_say_what_to_do(tmp_path: Path) -> None:
     assert r.returncode == 0 and "ARM64_ROOT" in r.stdout
     r = _emulate("/bin/true", ARM64_ROOT=str(tmp_path))
     assert r.returncode == 2 and "make binary-arm64" in r.stderr
+
+
+def test_the_guest_trusts_the_hosts_ca_bundle_but_cannot_write_it() -> None:
+    bundle = Path("/etc/ssl/certs/ca-certificates.crt")
+    before = bundle.read_bytes()
+    r = _emulate("/bin/sh", "-c", f"grep -c 'BEGIN CERT' {bundle}; echo 'not a certificate' >> {bundle}")
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) == before.count(b"BEGIN CERT")  # the host's CAs, a proxy's included
+    assert bundle.read_bytes() == before
