@@ -341,15 +341,18 @@ def make(suite: str, arch: str, root: Path, include: Sequence[str] = ()) -> Path
         _debootstrap(suite, arch, root, include)
     start = time.monotonic()
     _write_sources(suite, root)
-    apt = ["apt-get", *APT_RETRIES, "-q", "-y"]
-    script = f"{' '.join(apt)} update && DEBIAN_FRONTEND=noninteractive {' '.join(apt)} dist-upgrade"
+    apt = "DEBIAN_FRONTEND=noninteractive " + " ".join(["apt-get", *APT_RETRIES, "-q", "-y"])
+    # A mirror that lists updates it cannot serve (404) must not stop every build: then the root
+    # stays as it was, a warning says so, and debian-packages.txt beside the build shows the versions.
+    warning = "debroot: WARNING: the mirror could not serve these updates (above); building without them"
+    script = f"{apt} update && {{ {apt} dist-upgrade || echo '{warning}' >&2; }}"
     if include:
-        script += f" && DEBIAN_FRONTEND=noninteractive {' '.join(apt)} install --no-install-recommends {' '.join(include)}"
+        script += f" && {apt} install --no-install-recommends {' '.join(include)}"
     code = _maintain(root, arch, ["/bin/sh", "-c", script])
     if code != 0:
         fail(f"updating {root} failed ({code}); run the same command again (network?)")
     (root / MARKER).write_text(json.dumps({"suite": suite, "arch": arch, "include": sorted(include)}) + "\n")
-    log(f"{root} up to date in {time.monotonic() - start:.0f} s")
+    log(f"{root} updated and ready in {time.monotonic() - start:.0f} s")
     return root
 
 
