@@ -5,9 +5,8 @@ it under, e.g. packaging/emulate-arm64), it reports:
 
 - size on disk and number of files (the one-folder build's folder, or the one-file executable);
 - the glibc floor: the one packaging/build.sh recorded in build-info.json beside the build, else
-  what packaging/glibc_floor.py measures, else the newest GLIBC_ version any ELF file needs
-  (`readelf -V --wide`); measured here, a one-file build's floor is its bootloader's only (the
-  libraries in its archive are not scanned);
+  what packaging/glibc_floor.py measures; measured here, a one-file build's floor is its
+  bootloader's only (the libraries in its archive are not scanned);
 - start-to-healthy time, the median of `--runs` starts on fresh data dirs: from spawning
   `[runner] binary serve --data-dir TMP --http-bind 127.0.0.1:PORT --without-auth --node-id bench`
   to the first 200 from GET /health;
@@ -29,9 +28,7 @@ import http.client
 import json
 import os
 import platform
-import re
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -62,7 +59,6 @@ GLIBC_FLOOR = REPO / "packaging" / "glibc_floor.py"
 MACHINES = {3: "i386", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv64"}
 #: platform.machine() names of this host that run each e_machine natively.
 NATIVE = {"x86_64": {"x86_64", "amd64"}, "aarch64": {"aarch64", "arm64"}}
-GLIBC = re.compile(rb"GLIBC_(\d+)\.(\d+)(?:\.(\d+))?")
 QUERY = (
     f"SELECT device, count(*) AS n, avg(temp) AS temp FROM {MEASUREMENT}"
     " GROUP BY device ORDER BY n DESC, device LIMIT 10"
@@ -132,23 +128,22 @@ def disk_usage(artifact: Artifact) -> tuple[int, int]:
 
 
 def glibc_floor(artifact: Artifact) -> str:
-    """The build's own measurement (build-info.json), else packaging/glibc_floor.py, else readelf."""
+    """The build's own measurement (build-info.json), else what packaging/glibc_floor.py measures."""
     recorded = floor_from_build_info(artifact)
     if recorded is not None:
         return recorded
     # A one-file build's libraries are inside its archive: only its bootloader can be scanned.
     note = "" if artifact.folder is not None else " (bootloader only)"
     target = artifact.folder or artifact.path
-    if GLIBC_FLOOR.is_file():
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "floor.json"
-            cmd = [sys.executable, str(GLIBC_FLOOR), "--json", str(out), str(target)]
-            subprocess.run(cmd, capture_output=True, timeout=600)
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                floor = json.loads(out.read_text()).get("glibc_floor")
-                if floor:
-                    return f"GLIBC_{floor}{note}"
-    return readelf_floor(artifact) + note
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "floor.json"
+        cmd = [sys.executable, str(GLIBC_FLOOR), "--json", str(out), str(target)]
+        subprocess.run(cmd, capture_output=True, timeout=600)
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            floor = json.loads(out.read_text()).get("glibc_floor")
+            if floor:
+                return f"GLIBC_{floor}{note}"
+    return "? (packaging/glibc_floor.py found no GLIBC version; is binutils' readelf installed?)"
 
 
 def floor_from_build_info(artifact: Artifact) -> str | None:
@@ -174,26 +169,6 @@ def floor_from_build_info(artifact: Artifact) -> str | None:
         if floor:
             return f"GLIBC_{floor} (build-info.json)"
     return None
-
-
-def readelf_floor(artifact: Artifact) -> str:
-    """The newest GLIBC_ version that any ELF file of the artifact needs (`readelf -V --wide`)."""
-    readelf = shutil.which("readelf")
-    if readelf is None:
-        return "? (no readelf: apt-get install binutils)"
-    paths = (
-        [p for p in artifact.folder.rglob("*") if p.is_file() and not p.is_symlink()]
-        if artifact.folder is not None
-        else [artifact.path]
-    )
-    newest: tuple[int, ...] = ()
-    for path in paths:
-        if elf_machine(path) is None:
-            continue
-        done = subprocess.run([readelf, "-V", "--wide", str(path)], capture_output=True, timeout=60)
-        for match in GLIBC.finditer(done.stdout):
-            newest = max(newest, tuple(int(part) for part in match.groups() if part is not None))
-    return "GLIBC_" + ".".join(map(str, newest)) if newest else "none found"
 
 
 # --- running --------------------------------------------------------------------------------
