@@ -258,23 +258,26 @@ def run(
         _chroot_and_exec(root, argv, binds, cwd, root_user)
     full, env = _proot_command(root, arch, argv, binds, cwd, root_user)
     pending: list[int] = []
-    for signum in _FORWARDED:
-        signal.signal(signum, lambda signum, _frame: pending.append(signum))
-    # Blocked until proot runs: a signal arriving meanwhile waits instead of killing the wrapper.
-    signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+    previous = {signum: signal.signal(signum, lambda n, _frame: pending.append(n)) for signum in _FORWARDED}
     try:
-        proc = subprocess.Popen(full, env=env, preexec_fn=_prepare_proot)
+        # Blocked until proot runs: a signal arriving meanwhile waits instead of being lost.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+        try:
+            proc = subprocess.Popen(full, env=env, preexec_fn=_prepare_proot)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+        guard = subprocess.Popen(
+            [sys.executable, "-c", _GUARD, str(proc.pid), str(os.getpid())],
+            preexec_fn=lambda: _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM),
+        )
+        try:
+            return _wait_forwarding(proc, pending)
+        finally:
+            guard.kill()
+            guard.wait()
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
-    guard = subprocess.Popen(
-        [sys.executable, "-c", _GUARD, str(proc.pid), str(os.getpid())],
-        preexec_fn=lambda: _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM),
-    )
-    try:
-        return _wait_forwarding(proc, pending)
-    finally:
-        guard.kill()
-        guard.wait()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 #: proot does not kill its tracees when it dies, so a guard kills proot's whole process group
