@@ -47,7 +47,7 @@ every C module listed below. Otherwise:
   4. removes its work folder under \${TMPDIR:-/tmp} (kept, and named, when a step fails).
 
 It writes nothing outside $PREFIX and \${TMPDIR:-/tmp}, apart from apt's own places.
-About 10 minutes on two x86_64 cores; hours under arm64 emulation.
+About 2.5 minutes on two x86_64 cores; hours under arm64 emulation.
 
 Cross mode (--cross aarch64, in an x86_64 bullseye root that already has the native
 $PY above, of the same version): the same checked, patched source is
