@@ -260,12 +260,18 @@ def load(name: str) -> dict:
     return json.loads(p.read_text()) if p.exists() else {}
 
 
+def inside(file: str) -> str:
+    """A file unpacked from the one-file archive for the scan, named as part of that program."""
+    unpacked = str(work / "onefile-contents") + "/"
+    return f"{dist / 'appliance'}:{file[len(unpacked):]}" if file.startswith(unpacked) else file
+
+
 def floor_summary(data: dict) -> dict:
     levels = list(data.get("by_glibc", {}).items())
     return {
         "glibc_floor": data.get("glibc_floor"),
         "elf_files": data.get("elf_files"),
-        "set_by": [dict(e, glibc=v) for v, entries in levels[:2] for e in entries],
+        "set_by": [dict(e, file=inside(e["file"]), glibc=v) for v, entries in levels[:2] for e in entries],
         "cxx_unmet": data.get("cxx_unmet", {}),
     }
 
