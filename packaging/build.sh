@@ -66,6 +66,13 @@ esac
 export MODE
 # The stdlib's distutils, not setuptools' copy (which also warns when the spec looks it up).
 export SETUPTOOLS_USE_DISTUTILS=stdlib
+# PyInstaller's cache in this build's work folder, not the user's ~/.cache: --clean empties it,
+# which broke another build running at the same time.
+case "$WORK" in
+/*) PYINSTALLER_CONFIG_DIR=$WORK/cache ;;
+*) PYINSTALLER_CONFIG_DIR=$PWD/$WORK/cache ;;
+esac
+export PYINSTALLER_CONFIG_DIR
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # Nothing from outside the venv and this checkout: no user site-packages, no caller's PYTHONPATH.
 export PYTHONNOUSERSITE=1
