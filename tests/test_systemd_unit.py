@@ -125,19 +125,22 @@ def _systemd_bytes(value: str) -> int:
     return int(value[:-1]) * units[value[-1]] if value[-1] in units else int(value)
 
 
-def test_unit_caps_memory_at_the_sum_of_the_default_caps(service: dict[str, list[str]]) -> None:
-    cap = _systemd_bytes(_one(service, "MemoryMax"))
-    c = config_module.load(None, environ={})
-    bodies = c.max_buffered_bytes  # every request body in memory at once
-    needed = (
-        BASELINE_MIB * (1 << 20)
+def process_memory_sum(c: config_module.Config, baseline_mib: int) -> int:
+    """Bytes the process may hold with config `c`: the sum in appliance.service's MemoryMax= comment."""
+    return (
+        baseline_mib * (1 << 20)
         + 3 * c.max_buffer_bytes
-        + PARSE_FACTOR * bodies
+        + PARSE_FACTOR * c.max_buffered_bytes
         + c.max_concurrent * (c.memory_limit + RENDER_FACTOR * c.max_result_bytes)
         + c.cache_max_bytes
         + c.mqtt_max_pending_bytes
         + c.sync_concurrency * SYNC_UPLOAD_MIB * (1 << 20)
     )
+
+
+def test_unit_caps_memory_at_the_sum_of_the_default_caps(service: dict[str, list[str]]) -> None:
+    cap = _systemd_bytes(_one(service, "MemoryMax"))
+    needed = process_memory_sum(config_module.load(None, environ={}), BASELINE_MIB)
     assert needed <= cap <= needed * 1.5, (
         f"MemoryMax={cap >> 20} MiB, the default caps add up to {needed >> 20} MiB"
     )
@@ -167,15 +170,20 @@ def _verify(unit_dir: Path, unit_text: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _verifiable_unit() -> str:
+    """The unit, for systemd-analyze verify, which insists that ExecStart's binary exists: it
+    points at /bin/true, everything else kept."""
+    return UNIT.read_text().replace(
+        "ExecStart=/usr/local/bin/appliance ", f"ExecStart={shutil.which('true')} "
+    )
+
+
 @pytest.mark.skipif(
     shutil.which("systemd-analyze") is None,
     reason="systemd-analyze is not installed here (no systemd): the unit is checked only by the parser tests",
 )
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
-    # verify insists that ExecStart's binary exists: point it at /bin/true, keep everything else.
-    text = UNIT.read_text().replace(
-        "ExecStart=/usr/local/bin/appliance ", f"ExecStart={shutil.which('true')} "
-    )
+    text = _verifiable_unit()
     good = tmp_path / "good"
     good.mkdir()
     done = _verify(good, text)
@@ -342,19 +350,6 @@ LOW_MEMORY_BASELINE_MIB = 224
 PIP_CHILD_MIB = 56
 
 
-def process_memory_sum(c: config_module.Config, baseline_mib: int) -> int:
-    """Bytes the process may hold with config `c`: the sum in appliance.service's MemoryMax= comment."""
-    return (
-        baseline_mib * (1 << 20)
-        + 3 * c.max_buffer_bytes
-        + PARSE_FACTOR * c.max_buffered_bytes
-        + c.max_concurrent * (c.memory_limit + RENDER_FACTOR * c.max_result_bytes)
-        + c.cache_max_bytes
-        + c.mqtt_max_pending_bytes
-        + c.sync_concurrency * SYNC_UPLOAD_MIB * (1 << 20)
-    )
-
-
 def low_memory_service() -> dict[str, list[str]]:
     return read_unit(LOW_MEMORY_DROPIN.read_text())["Service"]
 
@@ -405,9 +400,7 @@ def test_low_memory_profile_only_lowers_settings() -> None:
     reason="systemd-analyze is not installed here (no systemd): the drop-in is checked only by the parser tests",
 )
 def test_systemd_analyze_verify_with_the_low_memory_dropin(tmp_path: Path) -> None:
-    text = UNIT.read_text().replace(
-        "ExecStart=/usr/local/bin/appliance ", f"ExecStart={shutil.which('true')} "
-    )
+    text = _verifiable_unit()
     dropins = tmp_path / "appliance.service.d"
     dropins.mkdir()
     (dropins / "low-memory.conf").write_text(LOW_MEMORY_DROPIN.read_text())
