@@ -140,9 +140,10 @@ else
     extra=$("$VENV/bin/python" - "$LOCK" <<'EOF'
 import re, sys
 from importlib.metadata import distributions
-norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
-pinned = {norm(m.group(1)) for m in re.finditer(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", open(sys.argv[1]).read(), re.M)}
-print(" ".join(sorted({d.metadata["Name"] for d in distributions() if norm(d.metadata["Name"]) not in pinned})))
+sys.path[0] = "packaging"  # not the checkout, whose appliance.egg-info is no installed package
+from lock import normalize
+pinned = {normalize(m.group(1)) for m in re.finditer(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", open(sys.argv[1]).read(), re.M)}
+print(" ".join(sorted({d.metadata["Name"] for d in distributions() if normalize(d.metadata["Name"]) not in pinned})))
 EOF
 )
     if [ -n "$extra" ]; then
