@@ -18,22 +18,22 @@ from typing import Any
 from . import __version__
 from . import log as log_module
 from .auth import Tokens, bootstrap_admin
-from .buffer import Buffer
-from .catalog import Catalog, CatalogLimits
 from .config import SETTINGS, Config
 from .engine.pool import DaemonPool
 from .engine.runner import Engine, EngineArgs
 from .errors import ConfigError
-from .manifest import Manifest
 from .metrics import REGISTRY
 from .mqtt.ingest import MqttIngest
-from .persist import PersistArgs, Persister
-from .query import QueryLimits, QueryService
-from .sync.budget import DiskBudget
+from .query.service import QueryLimits, QueryService
+from .storage.budget import DiskBudget
+from .storage.buffer import Buffer
+from .storage.catalog import Catalog, CatalogLimits
+from .storage.manifest import Manifest
+from .storage.persist import PersistArgs, Persister
+from .storage.wal import Wal
 from .sync.queue import QUEUED, SyncQueue
 from .sync.store import ObjectStore
 from .sync.uploader import Syncer
-from .wal import Wal
 from .write import WriteService
 
 log = logging.getLogger("appliance.app")

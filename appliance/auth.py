@@ -18,7 +18,7 @@ import msgpack
 
 from .errors import Conflict
 from .fileio import fsync_dir, write_private
-from .wal import Wal
+from .storage.wal import Wal
 
 log = logging.getLogger("appliance.auth")
 

@@ -30,7 +30,7 @@ TIME_RANGE = "1677-09-22T00:00:00Z to 2262-04-10T23:59:59.999999999Z"
 #: Cc (controls, NUL), Cf (format: zero-width, bidi overrides, BOM, soft hyphen), Zl, Zp
 #: (line and paragraph separators), Cs (surrogates) and Co (private use), as of Unicode 14.
 #: A name holding one reads like another name (`usage\u200b` shows as `usage`) or breaks
-#: SQL (DataFusion cuts a name at NUL). tests/test_lineprotocol.py checks the list against
+#: SQL (DataFusion cuts a name at NUL). tests/lineprotocol/test_parser.py checks the list against
 #: unicodedata. Values (tag values, strings) may hold them: they are data.
 _BAD_NAME_RANGES = (
     (0x0, 0x1F), (0x7F, 0x9F), (0xAD, 0xAD), (0x600, 0x605), (0x61C, 0x61C), (0x6DD, 0x6DD),

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import lineprotocol
-from .catalog import Catalog, DatabaseDef, SchemaChange
 from .errors import CatalogError, LimitExceeded, LineProtocolError
+from .lineprotocol import parser
 from .metrics import BYTES, LINES, REJECTED
 from .model import TIME_COLUMN, ColumnType, LineError, LineErrors, ParsedTable, Precision
-from .wal import TableRows, Wal, WalEntry, WalSeq
+from .storage.catalog import Catalog, DatabaseDef, SchemaChange
+from .storage.wal import TableRows, Wal, WalEntry, WalSeq
 
 
 @dataclass
@@ -85,7 +85,7 @@ class WriteService:
         written), and LimitExceeded when the database itself cannot be created.
         """
         self.admit()
-        parsed = lineprotocol.parse(
+        parsed = parser.parse(
             req.body,
             req.precision,
             self.clock(),

@@ -11,9 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from appliance import lineprotocol  # noqa: E402
-from appliance._lpvec import try_parse  # noqa: E402
-from appliance.lineprotocol import _Body, parse  # noqa: E402
+from appliance.lineprotocol import parser as lineprotocol  # noqa: E402
+from appliance.lineprotocol.parser import _Body, parse  # noqa: E402
+from appliance.lineprotocol.vector import try_parse  # noqa: E402
 from appliance.model import ParseResult, Precision  # noqa: E402
 
 Parser = Callable[[bytes, Precision, int], ParseResult]

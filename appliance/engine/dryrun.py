@@ -10,10 +10,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from .. import lineprotocol
-from ..catalog import Catalog
+from ..lineprotocol import parser
 from ..model import TIME_COLUMN, ParsedTable, Precision
-from ..query import QueryService
+from ..query.service import QueryService
+from ..storage.catalog import Catalog
 from .api import PluginApi, PluginCache, own_copy
 from .loader import PluginLoader
 from .triggers import Schedule, parse_spec
@@ -56,7 +56,7 @@ class DryRun:
         arguments: dict[str, str] | None,
         cache_name: str | None,
     ) -> dict[str, Any]:
-        parsed = lineprotocol.parse(input_lp.encode(), Precision.NS, time.time_ns())
+        parsed = parser.parse(input_lp.encode(), Precision.NS, time.time_ns())
         if parsed.errors:
             e = parsed.errors[0]
             return _result([], {}, [f"line {e.line_number}: {e.error_message} ({e.original_line!r})"])
@@ -119,7 +119,7 @@ class DryRun:
         for db, lines in writes.items():
             current = self.catalog.get(db)
             known = {n: t.columns for n, t in current.tables.items()} if current is not None else None
-            result = lineprotocol.parse("\n".join(lines).encode(), Precision.NS, time.time_ns(), known=known)
+            result = parser.parse("\n".join(lines).encode(), Precision.NS, time.time_ns(), known=known)
             problems.extend(f"{db}: line {e.line_number}: {e.error_message}" for e in result.errors)
         return problems
 

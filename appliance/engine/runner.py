@@ -25,12 +25,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..catalog import Catalog
 from ..errors import BadRequest, Conflict, NotFound
 from ..metrics import PLUGIN_DROPPED, PLUGIN_ERRORS, PLUGIN_RUNS, PLUGIN_SECONDS
 from ..model import TIME_COLUMN, Precision, WalSeq
-from ..query import QueryService
-from ..wal import Wal, WalEntry
+from ..query.service import QueryService
+from ..storage.catalog import Catalog
+from ..storage.wal import Wal, WalEntry
 from ..write import WriteRequest, WriteService
 from . import tables
 from .api import PluginApi, PluginCache, api_globals, own_copy

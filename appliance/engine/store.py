@@ -16,7 +16,7 @@ import lmdb
 import msgpack
 import pyarrow as pa
 
-from ..wal import Wal
+from ..storage.wal import Wal
 
 log = logging.getLogger("appliance.engine")
 

@@ -12,9 +12,8 @@ import pyarrow as pa
 from aiohttp import web
 from aiohttp.payload import AsyncIterablePayload
 
-from .. import __version__, formats
+from .. import __version__
 from ..app import ADMIT_TIMEOUT_SECONDS, App
-from ..catalog import MAX_RETENTION_NS
 from ..engine.store import TriggerDef
 from ..errors import (
     SHUTTING_DOWN,
@@ -32,7 +31,9 @@ from ..errors import (
 )
 from ..metrics import REGISTRY
 from ..model import ColumnType, Precision
-from ..query import timeout_message
+from ..query import formats
+from ..query.service import timeout_message
+from ..storage.catalog import MAX_RETENTION_NS
 from ..units import parse_duration_ns
 from ..write import WriteRequest
 from . import routes

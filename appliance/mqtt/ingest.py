@@ -36,12 +36,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from .. import lineprotocol
 from ..backoff import backoff_delay
-from ..catalog import check_database_name
 from ..config import MQTT_SCHEMES, Config, Subscription
 from ..errors import ApplianceError, CatalogError, ConfigError, LimitExceeded, WalError
+from ..lineprotocol import parser
 from ..model import Precision, strip_bom
+from ..storage.catalog import check_database_name
 from ..write import WriteRequest, WriteService
 from .payload import (
     NO_MEASUREMENT,
@@ -514,7 +514,7 @@ class MqttIngest:
                 loose.append(part)
                 continue
             precision = msg.route.precision if msg.route.json is None else Precision.NS
-            alone = msg.seq if msg.route.json is None and lineprotocol.ends_open(body) else -1
+            alone = msg.seq if msg.route.json is None and parser.ends_open(body) else -1
             parts, bodies = groups.setdefault((msg.route.sub.database, precision, alone), ([], []))
             part.first_line = parts[-1].first_line + parts[-1].span if parts else 1
             parts.append(part)

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, field
 import lmdb
 import msgpack
 
-from ..manifest import Change, ParquetFile
-from ..wal import Wal
+from ..storage.manifest import Change, ParquetFile
+from ..storage.wal import Wal
 
 QUEUED, SYNCED, DELETE = "queued", "synced", "delete"
 _DBS = {QUEUED: "sync", SYNCED: "synced", DELETE: "sync_del"}

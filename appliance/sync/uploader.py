@@ -24,7 +24,7 @@ import pyarrow as pa
 from ..backoff import backoff_delay
 from ..config import Config
 from ..engine.pool import DaemonPool
-from ..manifest import Manifest
+from ..storage.manifest import Manifest
 from .queue import DELETE, QUEUED, SYNCED, SyncQueue, SyncRecord
 from .s3 import S3Error
 from .store import ObjectStore, Stopped

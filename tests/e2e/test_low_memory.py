@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.packaging.test_systemd_unit import PIP_CHILD_MIB, _one, _systemd_bytes, read_unit
 from tests.server import REPO, Server
-from tests.test_systemd_unit import PIP_CHILD_MIB, _one, _systemd_bytes, read_unit
 
 PROFILE = REPO / "packaging" / "low-memory.toml"
 DROPIN = REPO / "systemd" / "low-memory.conf"

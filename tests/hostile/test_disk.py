@@ -21,7 +21,7 @@ import pyarrow as pa
 import pytest
 
 from appliance.errors import StorageFull, WalError
-from appliance.wal import FAILING_AFTER, TableRows, Wal, WalEntry
+from appliance.storage.wal import FAILING_AFTER, TableRows, Wal, WalEntry
 from tests.server import RUNNING, Server, wait_for
 
 MiB = 1 << 20
@@ -328,7 +328,7 @@ def test_the_map_reserve_lets_the_trim_commit_through_fill_and_trim_cycles(
     """A 64 MiB map with only a 16th in reserve (the real reserve is larger below 256 MiB):
     filled with WAL entries (large and small) to the 507, the persist's transaction (trim
     every entry, record files and queue records) still commits, three times over."""
-    monkeypatch.setattr("appliance.wal.map_reserve", lambda map_size: map_size // 16)
+    monkeypatch.setattr("appliance.storage.wal.map_reserve", lambda map_size: map_size // 16)
     wal = Wal(tmp_path / "lmdb", 64 * MiB)
     wal.start()
     big = WalEntry(1, "iot", [TableRows(1, "m", pa.record_batch({"v": pa.array([b"x" * 256_000])}))])

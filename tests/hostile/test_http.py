@@ -612,7 +612,7 @@ def test_influxdb_clients_handshake(auth_server: Server) -> None:
 def test_connection_cap_fits_a_low_open_file_limit() -> None:
     """With LimitNOFILE=600 the server serves at most 600 - FD_RESERVE - 2 x 64 connections
     (room for this machine's own clients, 64 each on 127.0.0.1 and ::1, beyond the cap), logged."""
-    code = "from appliance.server import _fit_fd_limit; print(_fit_fd_limit(512, 64))"
+    code = "from appliance.lifecycle import _fit_fd_limit; print(_fit_fd_limit(512, 64))"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

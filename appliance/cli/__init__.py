@@ -1,0 +1,1 @@
+"""Command line: `appliance serve` and client commands mirroring `influxdb3`."""

@@ -1,0 +1,1 @@
+"""Queries: the SQL service over buffer and Parquet, result formats and system tables."""

@@ -1,0 +1,1 @@
+"""Storage: the LMDB store, WAL, catalog, buffer, dedupe, manifest, persist and the disk budget."""

@@ -1,0 +1,409 @@
+"""MqttIngest's ordering and failure handling, driven message by message without a broker.
+
+The paho client is replaced by a recorder of acknowledgements and WriteService by one whose
+commits the test resolves by hand; the end-to-end behaviour is in tests/e2e/test_mqtt.py.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from appliance import config
+from appliance.errors import ConfigError
+from appliance.lineprotocol import parser as lineprotocol
+from appliance.model import LineErrors
+from appliance.mqtt import ingest as ingest_module
+from appliance.mqtt.ingest import Backoff, MqttIngest, _Message
+from appliance.write import WriteReport, WriteRequest
+
+
+class FakeWrites:
+    """Records each write; its commit resolves when the test says so."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.requests: list[WriteRequest] = []
+        self.commits: list[Future[int]] = []
+        self.fail_first = fail_first
+
+    def submit(self, req: WriteRequest) -> WriteReport:
+        self.requests.append(req)
+        lines = req.body.split(b"\n")
+        rejected = LineErrors()
+        for n, line in enumerate(lines, 1):
+            if line.startswith(b"bad"):
+                rejected.add(n, "", "bad line")
+        committed: Future[int] = Future()
+        self.commits.append(committed)
+        return WriteReport(
+            lines=len(lines), rows=len(lines) - len(rejected), committed=committed, rejected=rejected
+        )
+
+    def commit_all(self) -> None:
+        for f in self.commits:
+            if not f.done():
+                if self.fail_first > 0:
+                    self.fail_first -= 1
+                    f.set_exception(OSError("disk gone"))
+                else:
+                    f.set_result(1)
+
+
+class Acks:
+    def __init__(self) -> None:
+        self.mids: list[int] = []
+
+    def ack(self, mid: int, qos: int) -> None:
+        self.mids.append(mid)
+
+    def disconnect(self) -> None:
+        pass
+
+    def loop_stop(self) -> None:
+        pass
+
+
+def poisoned_writes() -> FakeWrites:
+    """FakeWrites whose submit raises for any write holding a `poison` line, as a parser bug would."""
+    writes = FakeWrites()
+    real = writes.submit
+
+    def submit(req: WriteRequest) -> WriteReport:
+        if b"poison" in req.body:
+            raise MemoryError("parser blew up")
+        return real(req)
+
+    writes.submit = submit  # type: ignore[method-assign]
+    return writes
+
+
+def make(tmp_path: Path, subs: str, writes: FakeWrites, **mqtt: Any) -> tuple[MqttIngest, Acks]:
+    extra = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in mqtt.items())
+    path = tmp_path / "config.toml"
+    path.write_text(f'[mqtt]\nbroker = "mqtt://127.0.0.1:1"\n{extra}\n{subs}')
+    ingest = MqttIngest(config.load(str(path), environ={}))
+    acks = Acks()
+    ingest._client = acks  # type: ignore[assignment]
+    ingest.writes = writes  # type: ignore[assignment]
+    ingest._session = 1
+    ingest._batcher.start()
+    return ingest, acks
+
+
+LP = '[[mqtt.subscription]]\ntopic = "s/#"\ndatabase = "iot"\n'
+
+
+def deliver(ingest: MqttIngest, mid: int, payload: bytes, topic: str = "s/x") -> None:
+    msg = paho.MQTTMessage(mid=mid, topic=topic.encode())
+    msg.payload, msg.qos = payload, 1
+    ingest._on_message(None, None, msg)  # type: ignore[arg-type]
+
+
+def settle(check: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_no_ack_before_the_commit_then_acks_in_arrival_order(tmp_path: Path) -> None:
+    writes = FakeWrites()
+    ingest, acks = make(tmp_path, LP, writes)
+    for mid in range(1, 6):
+        deliver(ingest, mid, f"m v={mid} {mid}".encode())
+    settle(lambda: sum(r.body.count(b"\n") + 1 for r in writes.requests) == 5)
+    time.sleep(0.05)
+    assert acks.mids == []
+    writes.commit_all()
+    settle(lambda: len(acks.mids) == 5)
+    assert acks.mids == [1, 2, 3, 4, 5]
+    assert ingest.health()["inflight"] == 0
+    ingest.stop()
+
+
+def queue_one_batch(ingest: MqttIngest, payloads: list[bytes]) -> None:
+    """Queue messages while holding the batcher's lock, so they form one batch."""
+    with ingest._cond:
+        for seq, payload in enumerate(payloads, 1):
+            ingest._inflight += 1
+            ingest._queue.append(_Message(ingest.routes[0], f"s/{seq}", payload, seq, 1, 0, seq, 1))
+        ingest._cond.notify_all()
+
+
+def test_an_open_string_cannot_swallow_the_next_message(tmp_path: Path) -> None:
+    writes = FakeWrites()
+    ingest, acks = make(tmp_path, LP, writes)
+    queue_one_batch(ingest, [b'm,dev=a note="unterminated', b"m,dev=b v=1 1000\nm,dev=b v=2 2000"])
+    settle(lambda: len(writes.requests) == 2)
+    assert sorted(r.body for r in writes.requests) == [
+        b'm,dev=a note="unterminated',
+        b"m,dev=b v=1 1000\nm,dev=b v=2 2000",
+    ]
+    writes.commit_all()
+    settle(lambda: acks.mids == [1, 2])
+    ingest.stop()
+
+
+def test_errors_go_to_the_message_that_held_the_line(tmp_path: Path) -> None:
+    writes = FakeWrites()
+    ingest, acks = make(tmp_path, LP, writes)
+    queue_one_batch(ingest, [b"good 1\n\n", b"", b"good 2\nbad 3\r\ngood 4", b"bad 5"])
+    settle(lambda: len(writes.requests) == 1)
+    writes.commit_all()
+    settle(lambda: len(acks.mids) == 4)
+    assert [(t, r) for _, t, r, _ in ingest.errors] == [
+        ("s/3", "line 2: bad line"),
+        ("s/4", "line 1: bad line"),
+    ]
+    route = ingest.routes[0]
+    assert (route.messages, route.lines, route.errors) == (4, 3, 2)
+    ingest.stop()
+
+
+def test_many_empty_batches_behind_a_slow_commit_are_all_acknowledged(tmp_path: Path) -> None:
+    writes = FakeWrites()
+    ingest, acks = make(tmp_path, LP, writes, max_inflight=5000)
+    deliver(ingest, 1, b"m v=1 1")
+    settle(lambda: len(writes.requests) == 1)
+    for mid in range(2, 1500):  # each its own row-less batch, all waiting behind the first
+        deliver(ingest, mid, b"# only a comment")
+        if mid % 50 == 0:
+            time.sleep(0.001)
+    settle(lambda: not ingest._queue)
+    writes.commit_all()
+    settle(lambda: len(acks.mids) == 1499, timeout=10)
+    assert acks.mids == list(range(1, 1500))
+    ingest.stop()
+
+
+def test_a_failed_commit_writes_the_messages_again(tmp_path: Path) -> None:
+    writes = FakeWrites(fail_first=1)
+    ingest, acks = make(tmp_path, LP, writes)
+    deliver(ingest, 7, b"m v=1 1")
+    settle(lambda: len(writes.requests) == 1)
+    writes.commit_all()  # fails
+    settle(lambda: len(writes.requests) == 2, timeout=5)
+    assert acks.mids == []
+    writes.commit_all()
+    settle(lambda: acks.mids == [7])
+    ingest.stop()
+
+
+def test_a_payload_whose_handling_raises_is_recorded_and_acknowledged_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = FakeWrites()
+    ingest, acks = make(tmp_path, LP, writes)
+    real = ingest._convert
+
+    def convert(msg: _Message) -> Any:
+        if msg.payload == b"boom":
+            raise RuntimeError("bug")
+        return real(msg)
+
+    monkeypatch.setattr(ingest, "_convert", convert)
+    queue_one_batch(ingest, [b"m v=1 1", b"boom", b"m v=2 2"])
+    settle(lambda: len(writes.requests) == 1)
+    assert writes.requests[0].body == b"m v=1 1\nm v=2 2"
+    writes.commit_all()
+    settle(lambda: acks.mids == [1, 2, 3])
+    assert [(t, r) for _, t, r, _ in ingest.errors] == [
+        ("s/2", "internal error while converting it: RuntimeError('bug')")
+    ]
+    assert ingest.routes[0].errors == 1 and ingest.health()["inflight"] == 0
+    ingest.stop()
+
+
+def test_a_message_whose_write_keeps_raising_is_given_up_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest_module, "RETRY_SECONDS", 0.01)
+    writes = poisoned_writes()
+    ingest, acks = make(tmp_path, LP, writes)
+    queue_one_batch(ingest, [b"m v=1 1", b"m poison=1", b"m v=2 2"])
+    settle(lambda: sorted(r.body for r in writes.requests) == [b"m v=1 1", b"m v=2 2"])
+    writes.commit_all()
+    settle(lambda: acks.mids == [1, 2, 3])
+    assert [(t, r) for _, t, r, _ in ingest.errors] == [
+        ("s/2", "internal error while writing it (see the log)")
+    ]
+    assert ingest.health()["inflight"] == 0
+    ingest.stop()
+
+
+def test_one_poison_message_costs_its_batch_a_few_retries_not_a_second_per_message(
+    tmp_path: Path,
+) -> None:
+    writes = poisoned_writes()  # RETRY_SECONDS left at its real value (1 s)
+    ingest, acks = make(tmp_path, LP, writes)
+    payloads = [b"m v=%d %d" % (i, i) for i in range(1, 21)]
+    payloads[3] = b"m poison=1"
+    start = time.monotonic()
+    queue_one_batch(ingest, payloads)
+    while len(acks.mids) < 20:  # was one 1 s pause before each message: 20 s
+        assert time.monotonic() - start < 8, (acks.mids, [r.body for r in writes.requests])
+        writes.commit_all()
+        time.sleep(0.01)
+    written = sorted(line for r in writes.requests for line in r.body.split(b"\n"))
+    assert written == sorted(p for p in payloads if b"poison" not in p)  # each good one once
+    assert len(writes.requests) < 12  # halves, not one write per message
+    assert [(t, r) for _, t, r, _ in ingest.errors] == [
+        ("s/4", "internal error while writing it (see the log)")
+    ]
+    assert ingest.health()["inflight"] == 0
+    ingest.stop()
+
+
+def test_a_group_submitted_before_another_group_fails_is_not_written_again(tmp_path: Path) -> None:
+    writes = FakeWrites()
+    real = writes.submit
+    failures = [MemoryError("once")]
+
+    def submit(req: WriteRequest) -> WriteReport:
+        if req.db == "b" and failures:
+            raise failures.pop()
+        return real(req)
+
+    writes.submit = submit  # type: ignore[method-assign]
+    subs = '[[mqtt.subscription]]\ntopic = "a/#"\ndatabase = "a"\n\n[[mqtt.subscription]]\ntopic = "b/#"\ndatabase = "b"\n'
+    ingest, acks = make(tmp_path, subs, writes)
+    with ingest._cond:
+        for seq, (route, payload) in enumerate([(0, b"m v=1 1"), (1, b"m v=2 2")], 1):
+            ingest._inflight += 1
+            ingest._queue.append(_Message(ingest.routes[route], f"x/{seq}", payload, seq, 1, 0, seq, 1))
+        ingest._cond.notify_all()
+    deadline = time.monotonic() + 8
+    while len(acks.mids) < 2:
+        assert time.monotonic() < deadline, [(r.db, r.body) for r in writes.requests]
+        writes.commit_all()
+        time.sleep(0.01)
+    # Database a's write went to the WAL before b's failed: only b's message is written again.
+    assert [(r.db, r.body) for r in writes.requests] == [("a", b"m v=1 1"), ("b", b"m v=2 2")]
+    assert sorted(acks.mids) == [1, 2] and list(ingest.errors) == []
+    ingest.stop()
+
+
+def test_a_byte_order_mark_starting_a_line_protocol_payload_is_dropped(tmp_path: Path) -> None:
+    writes = FakeWrites()
+    subs = '[[mqtt.subscription]]\ntopic = "s/#"\ndatabase = "iot"\ntopic_parsing = "_/{dev}"\n'
+    ingest, acks = make(tmp_path, subs, writes)
+    queue_one_batch(ingest, [b"m v=1 1", b"\xef\xbb\xbfm v=2 2"])  # as Notepad saves a file
+    settle(lambda: len(writes.requests) == 1)
+    assert writes.requests[0].body == b"m,dev=1 v=1 1\nm,dev=2 v=2 2"
+    writes.commit_all()
+    settle(lambda: acks.mids == [1, 2])
+    assert list(ingest.errors) == []
+    ingest.stop()
+
+
+def test_a_message_matching_no_subscription_is_acknowledged_and_counted(tmp_path: Path) -> None:
+    writes = FakeWrites()
+    ingest, acks = make(tmp_path, LP, writes)
+    deliver(ingest, 3, b"m v=1 1", topic="old/topic")
+    settle(lambda: acks.mids == [3])
+    assert writes.requests == [] and ingest.health()["unrouted_messages"] == 1
+    ingest.stop()
+
+
+def test_back_pressure_stops_reading_at_the_cap(tmp_path: Path) -> None:
+    import threading
+
+    writes = FakeWrites()
+    ingest, acks = make(tmp_path, LP, writes, max_inflight=3)
+    reader = threading.Thread(target=lambda: [deliver(ingest, m, b"m v=1 1") for m in range(1, 8)])
+    reader.start()
+    settle(lambda: ingest._inflight == 3)
+    time.sleep(0.2)
+    assert reader.is_alive() and ingest._inflight == 3  # the "network thread" waits
+    while reader.is_alive() or len(acks.mids) < 7:
+        writes.commit_all()
+        time.sleep(0.01)
+    assert acks.mids == list(range(1, 8))
+    ingest.stop()
+
+
+# -- configuration -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ('[[mqtt.subscription]]\ntopic = "$share/g/s"\ndatabase = "iot"\n', "shared subscriptions"),
+        ('[[mqtt.subscription]]\ntopic = "s/#/x"\ndatabase = "iot"\n', "'#' the whole last level"),
+        ('[[mqtt.subscription]]\ntopic = "s/a+"\ndatabase = "iot"\n', "'+' must be a whole level"),
+        (LP + LP, "given twice"),
+        ('[[mqtt.subscription]]\ntopic = "s"\ndatabase = "bad name"\n', "invalid database name"),
+        ('[[mqtt.subscription]]\ntopic = "s"\ndatabase = "iot"\nformat = "json"\n', "no measurement"),
+        ("", "no [[mqtt.subscription]] block"),
+    ],
+)
+def test_subscription_errors_name_the_problem(tmp_path: Path, block: str, message: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[mqtt]\nbroker = "mqtt://127.0.0.1:1"\n{block}')
+    with pytest.raises(
+        ConfigError, match=message.replace("$", r"\$").replace("[", r"\[").replace("+", r"\+")
+    ):
+        MqttIngest(config.load(str(path), environ={}))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("broker", "mqtt://user:secret@host:1883", "not in the URL"),
+        ("broker", "mqtt://host:99999", "out of range"),
+        ("broker", "http://host", "expected mqtt://"),
+        ("keepalive", "0s", "between 1s and 65535s"),
+        ("keepalive", "100000s", "between 1s and 65535s"),
+        ("max_pending_bytes", "0", "more than 0"),
+        ("reconnect_min", "0s", "more than 0"),
+        ("protocol", "4", "3.1.1 or 5"),
+    ],
+)
+def test_mqtt_settings_are_validated(key: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"mqtt.{key}") as e:
+        config.load(None, {f"mqtt.{key}": value}, environ={})
+    assert message in str(e.value) and "secret" not in str(e.value)
+
+
+def test_the_password_is_never_shown_by_config_check() -> None:
+    cfg = config.load(None, {"mqtt.password": "hunter2"}, environ={})
+    shown = {name: value for name, value, _ in config.describe(cfg)}
+    assert shown["mqtt.password"] == "(set, hidden)"
+
+
+def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
+    b = Backoff(1.0, 8.0)
+    delays = [b.next() for _ in range(6)]
+    for d, base in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
+        assert base / 2 <= d <= base
+    b.reset()
+    assert b.next() <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("body", "open_"),
+    [
+        (b"m v=1", False),
+        (b'm s="open', True),
+        (b'm s="a" 1', False),
+        (b"m v=1\\", True),
+        (b'm s="x\ny" 1', False),
+        (b'# a comment with a " quote', False),
+        (b"m,t=a\\ b v=1", False),
+        (b'good v=1\nm s="a\nb', True),
+    ],
+)
+def test_ends_open(body: bytes, open_: bool) -> None:
+    assert lineprotocol.ends_open(body) is open_
+
+
+@given(st.text(alphabet='m ,="\\\nab#\t1\r', max_size=24))
+@settings(max_examples=3000, deadline=None)
+def test_ends_open_fast_path_agrees_with_the_state_machine(text: str) -> None:
+    body = text.encode()
+    assert lineprotocol.ends_open(body) is lineprotocol._ends_open_exact(body)
