@@ -12,6 +12,7 @@ PACKAGES = ("__init__", *(p.name for p in PACKAGE.iterdir() if (p / "__init__.py
 LAYERS: list[set[str]] = [
     {"errors", "units", "fileio", "backoff"},
     {"model", "log", "metrics"},
+    {"threads"},
     {"engine.names"},
     {"config"},
     {

@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.errors import BadRequest
-from appliance.query.formats import choose_format, content_type, render
 from appliance.query import formats
+from appliance.query.formats import choose_format, content_type, render
 
 NS = 1_000_000_000
 T0 = 1_740_515_974 * NS  # 2025-02-25T20:39:34
