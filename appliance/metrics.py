@@ -189,6 +189,10 @@ REJECTED = REGISTRY.counter(
     "Lines rejected (parse, type or limit errors), by protocol.",
     ["protocol"],
 )
+VECTOR_FALLBACKS = REGISTRY.counter(
+    "appliance_lineprotocol_vector_fallbacks_total",
+    "Bodies the vectorised line protocol parser failed on (a bug), parsed on the exact route instead.",
+)
 WAL_COMMITS = REGISTRY.counter("appliance_wal_commits_total", "WAL group commits (each one fsync).")
 WAL_ENTRIES = REGISTRY.counter("appliance_wal_entries_total", "Writes committed to the WAL.")
 WAL_COMMIT_SECONDS = REGISTRY.histogram(

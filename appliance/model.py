@@ -5,7 +5,6 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
-import re
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,9 +13,17 @@ from typing import NewType
 import pyarrow as pa
 import pyarrow.compute as pc
 
-WalSeq = NewType("WalSeq", int)
+from appliance.lineprotocol.syntax import BAD_NAME_CHAR as BAD_NAME_CHAR
+from appliance.lineprotocol.syntax import BAD_NAME_CHAR_BUT_JOINERS as BAD_NAME_CHAR_BUT_JOINERS
+from appliance.lineprotocol.syntax import JOINERS as JOINERS
+from appliance.lineprotocol.syntax import NS_PER_UNIT
+from appliance.lineprotocol.syntax import TIME_COLUMN as TIME_COLUMN
+from appliance.lineprotocol.syntax import name_problem as name_problem
 
-TIME_COLUMN = "time"
+# Names and their rules live with line protocol's other rules (lineprotocol.syntax); they are
+# re-exported here because every stage checks names.
+
+WalSeq = NewType("WalSeq", int)
 
 #: The times a point may carry: the whole UTC days that int64 nanoseconds hold, 1677-09-22
 #: to 2262-04-10. Every gen1 window and `date=` folder of a time in this range is itself a
@@ -26,41 +33,6 @@ MIN_TIME_NS = -9_223_286_400 * 10**9
 MAX_TIME_NS = 9_223_286_400 * 10**9 - 1
 TIME_RANGE = "1677-09-22T00:00:00Z to 2262-04-10T23:59:59.999999999Z"
 
-#: Characters no name (database, table, tag key, field key) may hold: the Unicode categories
-#: Cc (controls, NUL), Cf (format: zero-width, bidi overrides, BOM, soft hyphen), Zl, Zp
-#: (line and paragraph separators), Cs (surrogates) and Co (private use), as of Unicode 14.
-#: A name holding one reads like another name (`usage\u200b` shows as `usage`) or breaks
-#: SQL (DataFusion cuts a name at NUL). tests/lineprotocol/test_parser.py checks the list against
-#: unicodedata. Values (tag values, strings) may hold them: they are data.
-_BAD_NAME_RANGES = (
-    (0x0, 0x1F), (0x7F, 0x9F), (0xAD, 0xAD), (0x600, 0x605), (0x61C, 0x61C), (0x6DD, 0x6DD),
-    (0x70F, 0x70F), (0x890, 0x891), (0x8E2, 0x8E2), (0x180E, 0x180E), (0x200B, 0x200F),
-    (0x2028, 0x202E), (0x2060, 0x2064), (0x2066, 0x206F), (0xD800, 0xF8FF), (0xFEFF, 0xFEFF),
-    (0xFFF9, 0xFFFB), (0x110BD, 0x110BD), (0x110CD, 0x110CD), (0x13430, 0x13438),
-    (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0001, 0xE0001), (0xE0020, 0xE007F),
-    (0xF0000, 0xFFFFD), (0x100000, 0x10FFFD),
-)  # fmt: skip
-BAD_NAME_CHAR = re.compile("[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in _BAD_NAME_RANGES) + "]")
-
-
-#: ZERO WIDTH NON-JOINER and JOINER: Cf, but part of how Persian (`می‌خواهم`) and emoji
-#: sequences (`🏳️‍🌈`) are written. A name may hold one between two visible characters
-#: (roughly as UAX #31 allows them); at the start or end, or beside another invisible
-#: character or a space, they are refused like the rest of the class.
-JOINERS = "\u200c\u200d"
-#: BAD_NAME_CHAR without the joiners: a name free of these needs name_problem only if it holds one.
-BAD_NAME_CHAR_BUT_JOINERS = re.compile(
-    "["
-    + "".join(
-        f"{chr(a)}-{chr(b)}"
-        for lo, hi in _BAD_NAME_RANGES
-        for a, b in ((lo, min(hi, 0x200B)), (max(lo, 0x200E), hi))
-        if a <= b
-    )
-    + "]"
-)
-
-
 #: A UTF-8 byte order mark, as Notepad and PowerShell's Out-File save UTF-8.
 _BOM = b"\xef\xbb\xbf"
 
@@ -68,34 +40,6 @@ _BOM = b"\xef\xbb\xbf"
 def strip_bom(body: bytes) -> bytes:
     """`body` without one leading UTF-8 byte order mark: it is not line 1's data."""
     return body[len(_BOM) :] if body.startswith(_BOM) else body
-
-
-def name_problem(name: str) -> str | None:
-    """Why `name` cannot name a table, tag or field (None: it can); one rule for every path."""
-    if not name:
-        return "is empty"
-    for m in BAD_NAME_CHAR.finditer(name):
-        i = m.start()
-        joiner = m.group() in JOINERS
-        if joiner and _visible(name, i - 1) and _visible(name, i + 1):
-            continue
-        return (
-            f"contains U+{ord(m.group()):04X} at position {i + 1}; names may not hold control,"
-            " zero-width, bidi-override, line-separator or private-use characters"
-            + (" (a zero-width joiner or non-joiner only between two visible characters)" if joiner else "")
-        )
-    return None
-
-
-def _visible(name: str, i: int) -> bool:
-    """Whether name[i] exists and is neither in the bad-name class nor white space."""
-    return 0 <= i < len(name) and not name[i].isspace() and BAD_NAME_CHAR.match(name[i]) is None
-
-
-#: precision=auto (line protocol and MQTT JSON times alike): below 5e9 a number is seconds
-#: (until year 2128), below 5e12 milliseconds, below 5e15 microseconds, else nanoseconds.
-#: (size limit, ns per unit), ascending.
-AUTO_UNITS = ((5_000_000_000, 1_000_000_000), (5_000_000_000_000, 1_000_000), (5_000_000_000_000_000, 1_000))
 
 
 def time_problem(ns: int) -> str | None:
@@ -126,6 +70,7 @@ class Precision(enum.Enum):
 
     @property
     def ns_per_unit(self) -> int:
+        """Nanoseconds per unit of this precision (AUTO: 1; the unit is guessed per timestamp)."""
         return _NS_PER_UNIT[self]
 
 
@@ -146,13 +91,7 @@ _PRECISION_SPELLINGS = {
     "nanosecond": Precision.NS,
     "nanoseconds": Precision.NS,
 }
-_NS_PER_UNIT = {
-    Precision.AUTO: 1,
-    Precision.S: 1_000_000_000,
-    Precision.MS: 1_000_000,
-    Precision.US: 1_000,
-    Precision.NS: 1,
-}
+_NS_PER_UNIT = {Precision.AUTO: 1} | {p: NS_PER_UNIT[p.value] for p in Precision if p is not Precision.AUTO}
 
 
 class ColumnType(enum.Enum):

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import re
 
+from appliance.lineprotocol.syntax import NS_PER_SECOND, NS_PER_UNIT
+
+_S = NS_PER_SECOND
 _DURATION_UNITS = {
-    "ns": 1,
-    "us": 1_000,
-    "µs": 1_000,
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "sec": 1_000_000_000,
-    "m": 60 * 1_000_000_000,
-    "min": 60 * 1_000_000_000,
-    "h": 3600 * 1_000_000_000,
-    "hr": 3600 * 1_000_000_000,
-    "d": 86400 * 1_000_000_000,
-    "day": 86400 * 1_000_000_000,
-    "days": 86400 * 1_000_000_000,
-    "w": 7 * 86400 * 1_000_000_000,
-    "y": 365 * 86400 * 1_000_000_000,
+    **NS_PER_UNIT,
+    "µs": NS_PER_UNIT["us"],
+    "sec": _S,
+    "m": 60 * _S,
+    "min": 60 * _S,
+    "h": 3600 * _S,
+    "hr": 3600 * _S,
+    "d": 86400 * _S,
+    "day": 86400 * _S,
+    "days": 86400 * _S,
+    "w": 7 * 86400 * _S,
+    "y": 365 * 86400 * _S,
 }
 _DURATION_PART = re.compile(r"(\d+)\s*([a-zµ]+)")
 _SIZE_UNITS = {
@@ -43,10 +43,10 @@ _SIZE_UNITS = {
 def parse_duration_ns(text: str | int) -> int:
     """Parse "10m", "1h30m", "30d" (or bare seconds as int) into nanoseconds."""
     if isinstance(text, int):
-        return text * 1_000_000_000
+        return text * _S
     s = text.strip().lower()
     if s.isdigit():
-        return int(s) * 1_000_000_000
+        return int(s) * _S
     pos, total = 0, 0
     for m in _DURATION_PART.finditer(s):
         if s[pos : m.start()].strip() or m.group(2) not in _DURATION_UNITS:

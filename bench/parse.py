@@ -60,7 +60,7 @@ def with_bad_lines(lines: list[bytes], body_lines: int) -> list[bytes]:
 
 def vectorised_only(body: bytes, precision: Precision, now_ns: int) -> ParseResult:
     """The whole-body vectorised route alone; the body must be regular."""
-    result = try_parse(body, precision, now_ns, scan=lineprotocol._scan)
+    result = try_parse(body, precision, now_ns, scan=lineprotocol.scan)
     if result is None:
         raise SystemExit("the vectorised route declined a body it should take")
     return result

@@ -10,6 +10,7 @@ PACKAGES = ("__init__", *(p.name for p in PACKAGE.iterdir() if (p / "__init__.py
 
 #: Lowest first; a module may import only modules of strictly lower layers.
 LAYERS: list[set[str]] = [
+    {"lineprotocol.syntax"},
     {"errors", "units", "fileio", "backoff"},
     {"model", "log", "metrics"},
     {"threads"},
@@ -17,6 +18,7 @@ LAYERS: list[set[str]] = [
     {"config"},
     {
         "lineprotocol.columns",
+        "query.rows",
         "mqtt.payload",
         "query.formats",
         "query.sqlcheck",
@@ -27,7 +29,7 @@ LAYERS: list[set[str]] = [
         "engine.packages",
         "engine.pool",
     },
-    {"lineprotocol.vector"},
+    {"lineprotocol.vector", "lineprotocol.scanner", "lineprotocol.finish"},
     {"lineprotocol.parser"},
     {"storage.wal"},
     {"storage.catalog", "auth", "engine.store"},

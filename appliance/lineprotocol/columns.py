@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from appliance.model import (
-    AUTO_UNITS,
     MAX_TIME_NS,
     MIN_TIME_NS,
     ColumnType,
@@ -25,6 +24,8 @@ from appliance.model import (
     Precision,
     time_problem,
 )
+
+from .syntax import AUTO_UNITS, UNESCAPE_STRING_RE2, guess_unit, unescape_string
 
 MAX_STRING_BYTES = 1 << 20
 TOO_LONG = "String is greater than 1MB"
@@ -44,7 +45,6 @@ _INT = re.compile(r"-?[0-9]+i")
 _UINT = re.compile(r"[0-9]+u")
 _FLOAT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _TIMESTAMP = re.compile(r"-?[0-9]+")
-_UNESCAPE_STRING = re.compile(r'\\(["\\])')
 
 _FEW_LAYOUTS = 16  # more layouts in a table: gather its tokens column-wise (_gather_many)
 NEVER: Callable[[str], re.Match[str] | None] = re.compile(r"(?!)").fullmatch
@@ -64,7 +64,6 @@ _CHECKS = {  # whole-token patterns for the column-wise type check (RE2 syntax)
 }
 _TRUE_CHECK = "^(?:" + "|".join(TRUE) + ")$"
 _KINDS = (ColumnType.BOOLEAN, ColumnType.INTEGER, ColumnType.UINTEGER, ColumnType.FLOAT)  # codes 2..5
-(_S_BELOW, _S), (_MS_BELOW, _MS), (_US_BELOW, _US) = AUTO_UNITS
 
 
 class Reject(Exception):
@@ -288,9 +287,7 @@ def classify(key: str, token: Token) -> tuple[ColumnType, Any]:
     """Type and value of one field token, or Reject naming the field."""
     assert token is not None
     if token[:1] == '"':
-        text = token[1:-1]
-        if "\\" in text:
-            text = _UNESCAPE_STRING.sub(r"\1", text)
+        text = unescape_string(token[1:-1])
         if len(text) > MAX_STRING_BYTES // 4 and len(text.encode()) > MAX_STRING_BYTES:
             raise Reject(f"invalid field value for field '{key}': {TOO_LONG}")
         return ColumnType.STRING, text
@@ -357,23 +354,11 @@ def _int(text: str) -> int | None:
     return int(sign + digits) if len(digits) <= 20 else None
 
 
-def _guess_unit(ts: int) -> int:
-    """InfluxDB's auto precision: the unit a timestamp of this size most likely uses."""
-    size = abs(ts)
-    if size < _S_BELOW:
-        return _S
-    if size < _MS_BELOW:
-        return _MS
-    if size < _US_BELOW:
-        return _US
-    return 1
-
-
 def scale(ts: int | None, precision: Precision, default_time: int) -> int:
     """A parsed timestamp in ns under the precision (AUTO: guessed per value), or Reject."""
     if ts is None:
         return default_time
-    unit = _guess_unit(ts) if precision is Precision.AUTO else precision.ns_per_unit
+    unit = guess_unit(ts) if precision is Precision.AUTO else precision.ns_per_unit
     ns = ts * unit
     if not _I64_MIN <= ns <= _I64_MAX:
         name = _PRECISION_NAMES.get(precision, "Auto")
@@ -401,7 +386,7 @@ def _field(arr: pa.Array) -> tuple[ColumnType, pa.Array]:
             raise Fallback
         out = pc.utf8_slice_codeunits(arr, 1, -1)
         if pc.any(pc.match_substring(out, "\\")).as_py():
-            out = pc.replace_substring_regex(out, r'\\(["\\])', r"\1")
+            out = pc.replace_substring_regex(out, *UNESCAPE_STRING_RE2)
         if pc.max(pc.binary_length(out)).as_py() > MAX_STRING_BYTES:
             raise Fallback
         return ColumnType.STRING, out

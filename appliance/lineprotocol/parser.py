@@ -13,81 +13,28 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import re
-from collections.abc import Iterator, Mapping
-from itertools import repeat
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
 
-from appliance.model import (
-    BAD_NAME_CHAR,
-    BAD_NAME_CHAR_BUT_JOINERS,
-    ColumnType,
-    LineErrors,
-    ParsedTable,
-    ParseResult,
-    Precision,
-    name_problem,
-    strip_bom,
-)
+from appliance.metrics import VECTOR_FALLBACKS
+from appliance.model import ColumnType, LineErrors, ParsedTable, ParseResult, Precision, strip_bom
 
-from .columns import (
-    MAX_STRING_BYTES,
-    NEVER,
-    TOO_LONG,
-    Fallback,
-    Layout,
-    Reject,
-    Table,
-    Token,
-    build,
-    check_schema,
-    classify,
-    kind_codes,
-    parse_timestamp,
-    scale,
-    snip,
-    split_series,
-    time_codes,
-)
+from .columns import MAX_STRING_BYTES, NEVER, Fallback, Layout, Reject, Table, split_series
+from .finish import Finisher
+from .scanner import scan, scan_series, series_text_end
+from .syntax import BAD_NAME_CHAR_BUT_JOINERS, RECORD_START, continued, name_problem, skipped, truncate
+from .syntax import ends_open as ends_open  # MQTT asks the parser whether a body leaves a record open
+from .syntax import ends_open_exact as _ends_open_exact  # noqa: F401 (tests compare it with ends_open)
 from .vector import try_parse
 
-ORIGINAL_LINE_BYTES = 20
-_ENDS_WITH_BACKSLASH = "Measurements, tag keys and values, and field keys may not end with a backslash"
+log = logging.getLogger("appliance.write")
 
-# Scanner pieces. A backslash always pairs with the next character (InfluxDB keeps unknown
-# escapes literally), so `\\[\s\S]?` is part of every name; `?` lets a trailing one through
-# to the ends-with-backslash check.
-_MEASUREMENT = re.compile(r"(?:[^\\, \t\n\x00]++|\\[\s\S]?)*+")
-_TAG_KEY = re.compile(r"(?:[^\\= \t\n]++|\\[\s\S]?)*+")  # field keys too; commas are legal
-_TAG_VALUE = re.compile(r"(?:[^\\, \t\n]++|\\[\s\S]?)*+")
-_STRING = re.compile(r'"(?:[^"\\]++|\\[\s\S])*+"')
-_VALUE = re.compile(r"[^, ]*+")
-_TOKEN = re.compile(r"[^ ]*+")
-_SPACES = re.compile(r" *+")
-_UNESCAPE_MEASUREMENT = re.compile(r"\\([, \\])")
-_UNESCAPE_NAME = re.compile(r"\\([,= \\])")
-_SPLIT_TOKEN = re.compile(r'\\[\s\S]?|[ "=,]')
-_SERIES_TEXT = re.compile(r"(?:[^\\ ]++|\\[\s\S]?)*+")  # up to the first unescaped space
-# Bodies whose every record is closed in the common shape (fields `key=value,...`, strings
-# quoted and terminated, no trailing backslash): one C-speed match instead of the state
-# machine below. Anything it does not match goes to the state machine, which decides.
-_CLOSED_KEY = rb'(?:[^\\"=, \n]++|\\[^\n])++'
-_CLOSED_VALUE = rb'(?:"(?:[^"\\]++|\\[\s\S])*+"|(?:[^\\", \n]++|\\[^\n])*+)'
-_CLOSED_LINE = (
-    rb"(?>[ \t]*+#[^\n]*+|[ \t]*+(?:[^ \\\n]++|\\[^\n])*+"
-    rb"(?: ++"
-    + _CLOSED_KEY
-    + b"="
-    + _CLOSED_VALUE
-    + rb"(?:,"
-    + _CLOSED_KEY
-    + b"="
-    + _CLOSED_VALUE
-    + rb')*+(?: [^"\\\n]*+)?)?)'
-)
-_CLOSED_BODY = re.compile(rb"(?:" + _CLOSED_LINE + rb"\n)*+" + _CLOSED_LINE)
+ORIGINAL_LINE_BYTES = 20
 _MRU_LAYOUTS = 4
 _CACHED_BAD_RECORDS, _CACHED_BAD_CHARS = 1024, 256
 _CHUNK_CHARS = 1 << 20
@@ -118,13 +65,49 @@ def parse(
     data = strip_bom(body)  # _Body drops it the same way (from the body as sent: only one)
     try:  # regular bodies: whole-body Arrow kernels that release the GIL (None: not regular)
         result = try_parse(
-            data, precision, now_ns, known, scan=_scan, max_columns=max_columns, max_new_tables=table_room
+            data, precision, now_ns, known, scan=scan, max_columns=max_columns, max_new_tables=table_room
         )
-    except Exception:  # a bug there must not make parse() raise: the routes below answer
+    except Exception as exc:  # a bug there must not make parse() raise: the routes below answer
+        VECTOR_FALLBACKS.inc()
+        _FALLBACK_LOG.note(exc)
         result = None
     if result is not None:
         return result
     return _Body(body, precision, now_ns, True, known, max_columns, table_room).result()
+
+
+class _QuietFailures:
+    """Logs a failure at most once per `interval` seconds, with its traceback the first time."""
+
+    def __init__(self, what: str, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.what, self.interval, self.clock = what, interval, clock
+        self._lock = threading.Lock()
+        self._logged_at: float | None = None
+        self._skipped = 0
+
+    def note(self, exc: BaseException) -> None:
+        """Log `exc` unless a failure was logged less than `interval` seconds ago (then count it)."""
+        with self._lock:
+            now = self.clock()
+            if self._logged_at is not None and now - self._logged_at < self.interval:
+                self._skipped += 1
+                return
+            first, skipped = self._logged_at is None, self._skipped
+            self._logged_at, self._skipped = now, 0
+        log.error(
+            "%s failed (%d more since the last such line): %r",
+            self.what,
+            skipped,
+            exc,
+            exc_info=exc if first else None,
+        )
+
+
+#: A bug in the vectorised route costs speed, never data: the body goes the exact route. The
+#: metric and this log (once a minute) keep the bug from hiding as merely slower ingest.
+_FALLBACK_LOG = _QuietFailures(
+    "the vectorised line protocol parser (the body was parsed on the exact route instead)", 60.0
+)
 
 
 class _Body:
@@ -147,7 +130,7 @@ class _Body:
         self.limit_hit = False
         self.precision = precision
         unit = precision.ns_per_unit
-        self.default_time = now_ns if precision is Precision.AUTO else _truncate(now_ns, unit)
+        self.default_time = now_ns if precision is Precision.AUTO else truncate(now_ns, unit)
         self.fast = fast
         self.errors = LineErrors()
         self.tables: dict[str, Table] = {}
@@ -231,7 +214,7 @@ class _Body:
             return
         if "\\" in line:
             # Escapes in the series key are fine: the cache maps its raw text to its parse.
-            end = _skip(_SERIES_TEXT, line, 0)
+            end = series_text_end(line)
             if line[end : end + 1] != " ":
                 self._slow(ln, raw, it)
                 return
@@ -300,7 +283,7 @@ class _Body:
             return None  # the exact route decides (a bad character may sit in a value, which is fine)
         if "\\" in key:
             try:
-                measurement, tags, end = _scan_series(key)
+                measurement, tags, end = scan_series(key)
             except Reject:
                 return None
             parsed = (measurement, tags) if end == len(key) else None
@@ -341,20 +324,20 @@ class _Body:
     def _slow(self, ln: int, line: str, it: Iterator[tuple[int, str]]) -> None:
         """Exact route: find the logical line, scan it and store its tokens."""
         line = line.lstrip(" \t")
-        if not line or line[0] == "#" or line == "\r":
+        if skipped(line):
             # Blank or comment. Unlike InfluxDB, a comment is a whole physical line: a quote in
             # it (`# x="y`) does not swallow the lines after it.
             return
         text = line
         if '"' in line or line.endswith("\\"):
-            fields, quoted, depth, escaped = _split_state(line, False, False, 0)
+            state = continued(line, RECORD_START)
             parts = [line]
-            while quoted or escaped:
+            while state is not None:  # a string left open or a trailing backslash: read on
                 nxt = next(it, None)
                 if nxt is None:
                     break
                 parts.append(nxt[1])
-                fields, quoted, depth, escaped = _split_state(nxt[1], fields, quoted, depth)
+                state = continued(nxt[1], state)
             text = "\n".join(parts)
         if text.endswith("\r"):  # deliberate difference from InfluxDB: accept CRLF
             text = text[:-1]
@@ -368,7 +351,7 @@ class _Body:
         try:
             if self.dirty and _bad_utf8(text):
                 raise Reject("invalid UTF-8 in line")
-            measurement, tags, series_end, keys, tokens = _scan(text, self.max_columns)
+            measurement, tags, series_end, keys, tokens = scan(text, self.max_columns)
         except Reject as exc:
             self.scan_errors += 1
             self._error(ln, str(exc), text)
@@ -454,24 +437,27 @@ class _Body:
     # -- finishing tables -------------------------------------------------------------------
 
     def _finish(self) -> list[ParsedTable]:
+        """Every table with accepted lines, in the order of its first accepted line."""
         done: list[tuple[int, ParsedTable]] = []
         body_errors = self.errors
+        finisher = Finisher(self.precision, self.default_time, self.max_columns, self._error)
         for table in self.tables.values():
             layouts = [lay for lay in table.layouts if lay.flat]
             if not layouts:
                 continue
             known = self.known.get(table.name, {})
-            if self._too_many_columns(table, layouts, known):
+            if finisher.too_many_columns(table, layouts, known):
+                self.limit_hit = True
                 continue
             self.errors = LineErrors()  # this table's; dropped if the exact pass must redo it
             try:
                 if self.fast and sum(lay.rows for lay in layouts) >= _COLUMNWISE_ROWS:
-                    out = self._fast_finish(table, layouts, known)
+                    out = finisher.columnwise(table, layouts, known)
                 else:  # a few rows: Python per value costs less than kernel calls per column
-                    out = self._row_by_row(table, layouts, known)
+                    out = finisher.row_by_row(table, layouts, known)
             except (Fallback, pa.ArrowException):
                 self.errors = LineErrors()  # the exact pass reports them again
-                out = self._row_by_row(table, layouts, known)
+                out = finisher.row_by_row(table, layouts, known)
             finally:
                 body_errors.extend(self.errors)
                 self.errors = body_errors
@@ -479,151 +465,6 @@ class _Body:
                 done.append(out)
         done.sort(key=lambda pair: pair[0])
         return [t for _, t in done]
-
-    def _too_many_columns(self, table: Table, layouts: list[Layout], known: Mapping[str, ColumnType]) -> bool:
-        """Reject every line of a table whose lines name more columns than a table may hold.
-
-        The catalog would refuse the table's new columns all together anyway; judging it here
-        keeps a body of many distinct field names from costing work per column and layout.
-        The count is taken before the lines are judged, so the keys of lines later rejected
-        for their values count too: near the limit a table can be refused whole although its
-        good lines alone would fit (deliberate: judging first is the per-column work avoided).
-        """
-        if self.max_columns is None:
-            return False
-        names = {k for lay in layouts for k in lay.keys}
-        used = {sid for lay in layouts for sid in lay.flat[1 :: lay.stride]}  # series of kept lines
-        names.update(k for sid in used for k in table.series[sid])
-        names.update(known)
-        names.discard("time")
-        if len(names) <= self.max_columns:
-            return False
-        self.limit_hit = True
-        message = (
-            f"Update to schema would exceed number of columns per table limit of {self.max_columns} columns"
-        )
-        for lay in layouts:
-            for ln in lay.flat[0 :: lay.stride]:
-                self._error(ln, message)
-        return True
-
-    def _fast_finish(
-        self, table: Table, layouts: list[Layout], known: Mapping[str, ColumnType]
-    ) -> tuple[int, ParsedTable] | None:
-        """Whole columns when the table is regular, else signature-cached line judging."""
-        try:
-            return build(table, layouts, self.precision, self.default_time, known=known)
-        except (Fallback, pa.ArrowException):
-            pass
-        kept = self._by_signature(table, layouts, known)
-        return build(table, layouts, self.precision, self.default_time, kept) if kept[1] else None
-
-    def _by_signature(
-        self, table: Table, layouts: list[Layout], known: Mapping[str, ColumnType]
-    ) -> tuple[list[list[bool]], dict[str, ColumnType]]:
-        """Exact line-by-line decisions, judging in full only lines of a new shape or rejected ones.
-
-        A line's signature is its layout, tag-key set, value kinds and timestamp syntax. Types
-        are only ever added, so a line whose signature was accepted before is accepted too and
-        costs one set lookup; a value out of range in such a line makes build() fall back.
-        Returns the kept-row mask per layout and the types of the kept rows' columns, in order.
-        """
-        tagsets: dict[frozenset[str], int] = {}
-        series_sigs = [tagsets.setdefault(frozenset(tags), len(tagsets)) for tags in table.series]
-        # One kernel pass over every value token and one over every timestamp, for all layouts
-        # at once: a body whose lines each have their own layout costs no kernel calls per line.
-        values: list[Token] = []
-        stamps: list[Token] = []
-        for lay in layouts:
-            flat, stride = lay.flat, lay.stride
-            for i in range(len(lay.keys)):
-                values += flat[2 + i :: stride]
-            stamps += flat[stride - 1 :: stride]
-        all_codes, all_times = kind_codes(values), time_codes(stamps)
-        sigs: list[list[tuple[int, ...]]] = []
-        at = done = 0
-        for n, lay in enumerate(layouts):
-            flat, stride, count = lay.flat, lay.stride, lay.rows
-            codes = [all_codes[at + i * count : at + (i + 1) * count] for i in range(len(lay.keys))]
-            at += count * len(lay.keys)
-            tagset = [series_sigs[sid] for sid in flat[1::stride]]
-            sigs.append(list(zip(repeat(n), tagset, all_times[done : done + count], *codes)))
-            done += count
-        rows = [(lay.flat[r * lay.stride], n, r) for n, lay in enumerate(layouts) for r in range(lay.rows)]
-        if len(layouts) > 1:
-            rows.sort()
-        keep = [[False] * lay.rows for lay in layouts]
-        schema, used = dict(known), dict[str, ColumnType]()
-        accepted: set[tuple[int, ...]] = set()
-        for ln, n, r in rows:
-            sig = sigs[n][r]
-            if sig not in accepted:
-                try:
-                    self._judge(schema, used, table, layouts[n], r * layouts[n].stride)
-                except Reject as exc:
-                    self._error(ln, str(exc))
-                    continue
-                accepted.add(sig)
-            keep[n][r] = True
-        return keep, used
-
-    def _row_by_row(
-        self, table: Table, layouts: list[Layout], known: Mapping[str, ColumnType]
-    ) -> tuple[int, ParsedTable] | None:
-        """Exact per-line finishing in Python: the reference the faster finishers must match."""
-        rows = sorted((lay.flat[i], i, lay) for lay in layouts for i in range(0, len(lay.flat), lay.stride))
-        schema, used = dict(known), dict[str, ColumnType]()
-        accepted: list[tuple[int, dict[str, str], dict[str, Any], int]] = []
-        for ln, i, lay in rows:
-            try:
-                typed, time = self._judge(schema, used, table, lay, i)
-            except Reject as exc:
-                self._error(ln, str(exc))
-                continue
-            values = {k: v for k, (_, v) in zip(lay.keys, typed, strict=True)}
-            accepted.append((ln, table.series[lay.flat[i + 1]], values, time))
-        if not accepted:
-            return None
-        tag_cols = {
-            k: pa.array([a[1].get(k) for a in accepted], pa.string())
-            for k, kind in used.items()
-            if kind is ColumnType.TAG
-        }
-        field_cols: dict[str, tuple[ColumnType, pa.Array]] = {
-            k: (kind, pa.array([a[2].get(k) for a in accepted], kind.arrow_type))
-            for k, kind in used.items()
-            if kind is not ColumnType.TAG
-        }
-        time = pa.array([a[3] for a in accepted], pa.int64())
-        line_numbers = pa.array([a[0] for a in accepted], pa.int32())
-        parsed = ParsedTable(table.name, len(accepted), time, line_numbers, tag_cols, field_cols)
-        return accepted[0][0], parsed
-
-    def _judge(
-        self, schema: dict[str, ColumnType], used: dict[str, ColumnType], table: Table, lay: Layout, i: int
-    ) -> tuple[list[tuple[ColumnType, Any]], int]:
-        """Decide the row at flat[i] given the types fixed so far; if accepted, fix its new ones.
-
-        `schema` holds every type fixed (known ones included), `used` the columns of accepted
-        rows in first-seen order, which become the table's columns.
-
-        Checks run in InfluxDB's order: values, timestamp syntax, duplicate fields, column
-        types, timestamp range. Raises Reject with the first failure.
-        """
-        tags = table.series[lay.flat[i + 1]]
-        end = i + lay.stride - 1  # the timestamp token
-        typed = [classify(k, tok) for k, tok in zip(lay.keys, lay.flat[i + 2 : end], strict=True)]
-        ts = parse_timestamp(lay.flat[end])
-        if lay.dup:
-            name = next(k for n, k in enumerate(lay.keys) if k in lay.keys[:n])
-            raise Reject(f"invalid line protocol - multiple instances of '{name}' field found")
-        check_schema(schema, tags, lay.keys, [kind for kind, _ in typed])
-        time = scale(ts, self.precision, self.default_time)
-        for k in tags:
-            used.setdefault(k, schema.setdefault(k, ColumnType.TAG))
-        for k, (kind, _) in zip(lay.keys, typed, strict=True):
-            used.setdefault(k, schema.setdefault(k, kind))
-        return typed, time
 
 
 def _use_layout(ent: list[Any], lay: Layout) -> None:
@@ -636,176 +477,6 @@ def _use_layout(ent: list[Any], lay: Layout) -> None:
         recent.insert(0, lay)
         del recent[_MRU_LAYOUTS:]
     ent[3].last = lay
-
-
-def ends_open(body: bytes) -> bool:
-    """Whether the body's last record is left open (an unterminated string or a trailing
-    backslash), so text appended after a newline would be read as part of it."""
-    if (b'"' not in body and b"\\" not in body) or _CLOSED_BODY.fullmatch(body):
-        return False
-    return _ends_open_exact(body)
-
-
-def _ends_open_exact(body: bytes) -> bool:
-    """ends_open by the line-splitting state machine, line by line (the reference)."""
-    fields = quoted = escaped = False
-    depth = 0
-    for line in body.decode("utf-8", errors="replace").split("\n"):
-        if quoted or escaped:
-            fields, quoted, depth, escaped = _split_state(line, fields, quoted, depth)
-            continue
-        line = line.lstrip(" \t")
-        if line and line[0] != "#" and line != "\r":
-            fields, quoted, depth, escaped = _split_state(line, False, False, 0)
-    return quoted or escaped
-
-
-def _split_state(seg: str, fields: bool, quoted: bool, depth: int) -> tuple[bool, bool, int, bool]:
-    """Run InfluxDB's line-splitting state machine over one physical line.
-
-    After the first unescaped space, `=` and `,` outside quotes move `depth`; a `"` toggles
-    quoting only while depth > 0 (inside a field value). Returns the state and whether the
-    line ends in an unpaired backslash, which escapes the newline.
-    """
-    escaped = False
-    for m in _SPLIT_TOKEN.finditer(seg):
-        tok = m.group()
-        if tok == " ":
-            fields = True
-        elif tok[0] == "\\":
-            escaped = len(tok) == 1
-        elif fields:
-            if tok == '"':
-                if depth > 0:
-                    quoted = not quoted
-            elif not quoted:
-                depth += 1 if tok == "=" else -1
-    return fields, quoted, depth, escaped
-
-
-def _scan_series(rec: str, max_tags: int | None = None) -> tuple[str, dict[str, str], int]:
-    """Measurement and tags at the start of a record, and where the series key ends; Reject
-    as soon as there are more than `max_tags` tags (the rest is not read)."""
-    n = len(rec)
-    pos = _skip(_MEASUREMENT, rec, 0)
-    if pos == 0:
-        raise Reject("Invalid measurement was provided")
-    measurement = _unescape(rec[:pos], _UNESCAPE_MEASUREMENT)
-    tags: dict[str, str] = {}
-    while pos < n and rec[pos] == ",":
-        start = pos + 1
-        pos = _skip(_TAG_KEY, rec, start)
-        if pos == start:
-            raise Reject(f"Expected tag key, got {_got(rec, start)}")
-        if pos >= n or rec[pos] != "=":
-            raise Reject(f"Tag set malformed: could not find equals sign in `{snip(rec[start:])}`")
-        key = _unescape(rec[start:pos], _UNESCAPE_NAME)
-        start = pos + 1
-        pos = _skip(_TAG_VALUE, rec, start)
-        if pos == start:
-            raise Reject(f"Expected tag value, got {_got(rec, start)}")
-        tags[key] = _unescape(rec[start:pos], _UNESCAPE_NAME)  # a repeated tag: last value wins
-        if max_tags is not None and len(tags) > max_tags:
-            raise Reject(
-                f"the line has more than {max_tags} tags; a table holds at most {max_tags}"
-                " columns (catalog.max_columns)"
-            )
-    return measurement, tags, pos
-
-
-def _scan(
-    rec: str, max_columns: int | None = None
-) -> tuple[str, dict[str, str], int, tuple[str, ...], tuple[Token, ...]]:
-    """Split one record into measurement, tags, series end, field keys and canonical tokens.
-
-    Tokens are the raw text of each field value (strings still quoted and escaped) and the
-    raw timestamp (or None) last; their values are checked later, per table. Names are
-    checked here (name_problem), and a record with more than `max_columns` tags and fields
-    is rejected as soon as the scan passes that many.
-    """
-    measurement, tags, pos = _scan_series(rec, max_columns)
-    limit = max_columns - len(tags) if max_columns is not None else -1
-    n = len(rec)
-    series_end = pos
-    if pos >= n or rec[pos] != " ":
-        raise Reject(f"Expected at least one space character, got {_got(rec, pos)}")
-    pos = _skip(_SPACES, rec, pos)
-    keys: list[str] = []
-    tokens: list[Token] = []
-    while True:
-        start = pos
-        pos = _skip(_TAG_KEY, rec, start)
-        if pos == start or pos >= n or rec[pos] != "=":
-            if not keys:
-                raise Reject("No fields were provided")
-            raise Reject(f"Could not parse entire line. Found trailing content: `{snip(rec[start - 1 :])}`")
-        key = _unescape(rec[start:pos], _UNESCAPE_NAME)
-        pos += 1
-        if pos < n and rec[pos] == '"':
-            m = _STRING.match(rec, pos)
-            if m is None:
-                raise Reject(f"invalid field value for field '{key}': unterminated string")
-            token, pos = m.group(), m.end()
-            if pos < n and rec[pos] not in ", ":
-                raise Reject(f"invalid field value for field '{key}': `{snip(rec[pos:])}` after string")
-        else:
-            end = _skip(_VALUE, rec, pos)
-            token, pos = rec[pos:end], end
-        keys.append(key)
-        tokens.append(token)
-        if len(keys) > limit >= 0:
-            raise Reject(
-                f"the line has more than {max_columns} tags and fields; a table holds at most"
-                f" {max_columns} columns (catalog.max_columns): split it into several lines"
-            )
-        if pos < n and rec[pos] == ",":
-            pos += 1
-            continue
-        break
-    timestamp = None
-    if pos < n:  # a space: the loop above stops only at a space or the end
-        pos = _skip(_SPACES, rec, pos)
-        if pos < n:
-            end = _skip(_TOKEN, rec, pos)
-            timestamp = rec[pos:end]
-            pos = _skip(_SPACES, rec, end)
-            if pos < n:
-                raise Reject(f"Could not parse entire line. Found trailing content: `{snip(rec[pos:])}`")
-    tokens.append(timestamp)
-    if BAD_NAME_CHAR.search(rec, 0, pos) is not None:  # rare: find which name holds it
-        _check_name(measurement, "measurement")
-        for k in tags:
-            _check_name(k, "tag key")
-        for k in keys:
-            _check_name(k, "field key")
-    return measurement, tags, series_end, tuple(keys), tuple(tokens)
-
-
-def _check_name(name: str, kind: str) -> None:
-    problem = name_problem(name)
-    if problem is not None:
-        raise Reject(f"invalid {kind} {snip(ascii(name), 40)}: it {problem}")
-
-
-def _skip(pattern: re.Pattern[str], rec: str, pos: int) -> int:
-    """End of `pattern` matched at pos (every scanner pattern can match empty)."""
-    m = pattern.match(rec, pos)
-    return m.end() if m is not None else pos
-
-
-def _unescape(raw: str, pattern: re.Pattern[str]) -> str:
-    text = pattern.sub(r"\1", raw) if "\\" in raw else raw
-    if text.endswith("\\"):
-        raise Reject(_ENDS_WITH_BACKSLASH)
-    if len(text) > MAX_STRING_BYTES // 4 and len(text.encode()) > MAX_STRING_BYTES:
-        raise Reject(TOO_LONG)
-    return text
-
-
-def _truncate(ns: int, unit: int) -> int:
-    """Round toward zero to a multiple of unit (Rust integer division)."""
-    q = abs(ns) // unit * unit
-    return q if ns >= 0 else -q
 
 
 def _bad_utf8(text: str) -> bool:
@@ -825,7 +496,3 @@ def _original_line(record: str) -> str:
     while ORIGINAL_LINE_BYTES - 3 < cut < len(raw) and raw[cut] & 0xC0 == 0x80:
         cut -= 1
     return raw[:cut].decode("utf-8", "replace")
-
-
-def _got(rec: str, pos: int) -> str:
-    return "end of input" if pos >= len(rec) else f"`{snip(rec[pos:])}`"

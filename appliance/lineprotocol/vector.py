@@ -17,9 +17,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from appliance.model import BAD_NAME_CHAR, ColumnType, ParsedTable, ParseResult, Precision
+from appliance.model import ColumnType, ParsedTable, ParseResult, Precision
 
 from .columns import BOOLS, MAX_STRING_BYTES, TRUE, Reject, in_time_range, scale_timestamps
+from .syntax import BAD_NAME_CHAR, truncate
 
 Scanner = Callable[[str, int | None], tuple[Any, ...]]  # the exact scanner of one record: parser._scan
 
@@ -360,11 +361,8 @@ def _check_digits(tokens: pa.Array, signed: bool) -> None:
 
 def _time(stamps: pa.Array, precision: Precision, now_ns: int) -> pa.Array:
     """Timestamps in ns by the precision (AUTO: guessed per value); the default for missing ones."""
-    unit = precision.ns_per_unit
-    if precision is Precision.AUTO:
-        default = now_ns
-    else:  # now, truncated toward zero to the precision
-        default = abs(now_ns) // unit * unit * (1 if now_ns >= 0 else -1)
+    # now, truncated toward zero to the precision (AUTO: as is)
+    default = now_ns if precision is Precision.AUTO else truncate(now_ns, precision.ns_per_unit)
     if stamps.null_count == len(stamps):
         return pa.nulls(len(stamps), pa.int64()).fill_null(pa.scalar(default, pa.int64()))
     _check_digits(stamps, signed=True)

@@ -25,25 +25,37 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from appliance.model import (
-    AUTO_UNITS,
-    MAX_LINE_ERRORS,
-    MAX_TIME_NS,
-    MIN_TIME_NS,
-    TIME_COLUMN,
-    TIME_RANGE,
-    name_problem,
+from appliance.lineprotocol.syntax import (
+    FIELD_KEY,
+    MEASUREMENT,
+    NS_PER_SECOND,
+    NS_PER_UNIT,
+    RECORD_START,
+    TAG_KEY,
+    TAG_VALUE,
+    SplitState,
+    carry_problem,
+    continued,
+    encodable,
+    escape_measurement,
+    escape_name,
+    escape_string,
+    guess_unit,
+    skipped,
+    split_unescaped,
+    unescape_measurement,
+    unescape_name,
 )
+from appliance.model import MAX_LINE_ERRORS, MAX_TIME_NS, MIN_TIME_NS, TIME_RANGE
 
 TIME_FORMATS = ("auto", "s", "ms", "us", "ns", "rfc3339")
 NO_MEASUREMENT = "no measurement: set measurement, measurement_key or {measurement} in topic_parsing"
 
-_MEASUREMENT, _TAG_KEY, _TAG_VALUE, _FIELD_KEY = "measurement", "tag key", "tag value", "field key"
+_MEASUREMENT, _TAG_KEY, _TAG_VALUE, _FIELD_KEY = MEASUREMENT, TAG_KEY, TAG_VALUE, FIELD_KEY
 _SKIP_LEVEL = ("_", "+")
 _MEASUREMENT_LEVEL = "measurement"
 _NAMED = re.compile(r"\{([^{}]*)\}")
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
-_UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 _EXPECTED = {
     "auto": "a number (s, ms, us or ns, guessed from its size) or an RFC 3339 time",
     "s": "a number of seconds",
@@ -60,15 +72,6 @@ _RFC3339 = re.compile(
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
-# A backslash is doubled where the parser would pair it with the next character and drop it.
-_ESCAPE_MEASUREMENT = re.compile(r"\\(?=[\\, ])|[, ]")
-_ESCAPE_NAME = re.compile(r"\\(?=[\\,= ])|[,= ]")
-_ESCAPE_STRING = re.compile(r'[\\"]')
-# Raw line protocol: an escape pair, or a character that separates parts of a line.
-_PAIR_OR = {sep: re.compile(r"\\[\s\S]|" + re.escape(sep)) for sep in (" ", ",", "=")}
-_UNESCAPE_MEASUREMENT = re.compile(r"\\([, \\])")
-_UNESCAPE_NAME = re.compile(r"\\([,= \\])")
-_QUOTING = re.compile(r'\\[\s\S]?|[ "=,]')
 
 Scalar = str | int | float | bool | None
 
@@ -410,9 +413,7 @@ def _point_line(
     except _Dropped as exc:
         errors.append(str(exc))
         return None
-    series = "".join(
-        [_escape(name, _ESCAPE_MEASUREMENT)] + [f",{_name(k)}={_name(v)}" for k, v in tags.items()]
-    )
+    series = "".join([escape_measurement(name)] + [f",{_name(k)}={_name(v)}" for k, v in tags.items()])
     return f"{series} {','.join(f'{_name(k)}={v}' for k, v in fields.items())} {time_ns}"
 
 
@@ -497,9 +498,9 @@ def _field_text(key: str, value: str | int | float | bool, tags: dict[str, str])
     if isinstance(value, str):
         if "\n" in value or "\r" in value:
             raise ValueError(f"string value {_show(value)} contains a line break")
-        if not _encodable(value):
+        if not encodable(value):
             raise ValueError("string value is not valid Unicode (lone surrogate)")
-        return '"' + _escape(value, _ESCAPE_STRING) + '"'
+        return '"' + escape_string(value) + '"'
     try:
         number = float(value)
     except OverflowError:
@@ -537,7 +538,7 @@ def _time_ns(value: Scalar, time_format: str) -> int:
             raise ValueError(f"is not {_EXPECTED[time_format]}")
         if abs(number) > _I64_MAX:
             raise ArithmeticError
-        unit = _UNIT_NS[time_format] if time_format != "auto" else _guess_unit(number)
+        unit = NS_PER_UNIT[time_format] if time_format != "auto" else guess_unit(number)
         return _in_range(int((number * unit).to_integral_value(ROUND_HALF_EVEN)))
     except ArithmeticError:  # also Decimal's overflow on exponents like 1e99999999999
         raise ValueError(_OUT_OF_RANGE) from None
@@ -564,11 +565,6 @@ def _decimal(value: Scalar) -> Decimal | None:
     return Decimal(value.strip()) if _is_number(value) else None
 
 
-def _guess_unit(number: Decimal) -> int:
-    size = abs(number)
-    return next((unit for limit, unit in AUTO_UNITS if size < limit), 1)  # as line protocol's auto
-
-
 def _rfc3339_ns(text: str) -> int:
     """ns since the epoch of an RFC 3339 time (fraction digits past ns are cut), or ValueError."""
     m = _RFC3339.fullmatch(text.strip())
@@ -585,7 +581,7 @@ def _rfc3339_ns(text: str) -> int:
             raise ValueError(f"has an invalid UTC offset {sign}{off_h}:{off_m}")
         offset = (int(off_h) * 3600 + int(off_m) * 60) * (-1 if sign == "-" else 1)
     seconds = (when - _EPOCH) // _SECOND - offset
-    return seconds * 1_000_000_000 + int((fraction or "")[:9].ljust(9, "0"))
+    return seconds * NS_PER_SECOND + int((fraction or "")[:9].ljust(9, "0"))
 
 
 # -- line protocol payloads ---------------------------------------------------------------
@@ -605,7 +601,7 @@ def retag_lines(
         return body
     new = None
     if measurement is not None and _problem(measurement, _MEASUREMENT) is None:
-        new = _escape(measurement, _ESCAPE_MEASUREMENT)
+        new = escape_measurement(measurement)
     extra = {
         k: f"{_name(k)}={_name(v)}"
         for k, v in tags.items()
@@ -615,16 +611,16 @@ def retag_lines(
         return body
     sink = errors if isinstance(errors, Reasons) or errors is None else Reasons()
     out = io.StringIO()  # line by line: no list of a million lines, whatever the payload holds
-    state: tuple[bool, bool, int] | None = None  # quoting state while a record spans lines
+    state: SplitState | None = None  # quoting state while a record spans lines
     text = io.StringIO(body.decode("utf-8", "surrogateescape"), newline="\n")
     for number, raw in enumerate(text, 1):
         line, end = (raw[:-1], "\n") if raw.endswith("\n") else (raw, "")
         if state is not None:
             out.write(raw)
-            state = _continued(line, state)
+            state = continued(line, state)
             continue
         content = line.lstrip(" \t")
-        if not content or content[0] == "#" or content == "\r":
+        if skipped(content):
             out.write(raw)
             continue
         retagged = _retag(content, new, extra)
@@ -634,7 +630,7 @@ def retag_lines(
         out.write(retagged)
         out.write(end)
         if '"' in content or content.endswith("\\"):
-            state = _continued(content, (False, False, 0))
+            state = continued(content, RECORD_START)
     if errors is not None and sink is not errors and sink is not None:
         errors.extend(sink)
         if sink.omitted:
@@ -644,16 +640,16 @@ def retag_lines(
 
 def _retag(line: str, measurement: str | None, extra: dict[str, str]) -> str:
     """One record's first line with a new series key; unchanged when its series key does not parse."""
-    split = _split_unescaped(line, " ", 1)
+    split = split_unescaped(line, " ", 1)
     if len(split) < 2 or "\t" in split[0]:
         return line
-    old, *pairs = _split_unescaped(split[0], ",")
-    if not old or "\x00" in old or _UNESCAPE_MEASUREMENT.sub(r"\1", old).endswith("\\"):
+    old, *pairs = split_unescaped(split[0], ",")
+    if not old or "\x00" in old or unescape_measurement(old).endswith("\\"):
         return line
     have = set()
     for pair in pairs:
-        key, *value = _split_unescaped(pair, "=", 1)
-        names = [_UNESCAPE_NAME.sub(r"\1", raw) for raw in (key, *value)]
+        key, *value = split_unescaped(pair, "=", 1)
+        names = [unescape_name(raw) for raw in (key, *value)]
         if len(names) < 2 or not all(names) or any(n.endswith("\\") for n in names):
             return line
         have.add(names[0])
@@ -661,90 +657,18 @@ def _retag(line: str, measurement: str | None, extra: dict[str, str]) -> str:
     return ",".join([measurement if measurement is not None else old, *pairs, *added]) + " " + split[1]
 
 
-def _split_unescaped(text: str, sep: str, limit: int = -1) -> list[str]:
-    """`text` split at `sep` where no backslash escapes it (at most `limit` splits)."""
-    parts, start = [], 0
-    for m in _PAIR_OR[sep].finditer(text):
-        if m.group() == sep:
-            parts.append(text[start : m.start()])
-            start = m.end()
-            if len(parts) == limit:
-                break
-    parts.append(text[start:])
-    return parts
-
-
-def _continued(line: str, state: tuple[bool, bool, int]) -> tuple[bool, bool, int] | None:
-    """The state after one physical line of a record, or None if the record ends with it.
-
-    As line protocol splits records: past the first unescaped space, `=` and `,` outside
-    quotes move a depth, a `"` opens or closes a string only at depth > 0, and a record goes
-    on while a string is open or the line ends in an unpaired backslash.
-    """
-    in_fields, quoted, depth = state
-    token = ""
-    for m in _QUOTING.finditer(line):
-        token = m.group()
-        if token == " ":
-            in_fields = True
-        elif token[0] == "\\" or not in_fields:
-            continue
-        elif token == '"':
-            if depth > 0:
-                quoted = not quoted
-        elif not quoted:
-            depth += 1 if token == "=" else -1
-    escaped = token == "\\"  # a lone backslash can only be the last token
-    return (in_fields, quoted, depth) if quoted or escaped else None
-
-
 # -- names --------------------------------------------------------------------------------
 
 
 def _problem(text: str, kind: str) -> str | None:
     """Why line protocol cannot carry `text` as a `kind` (measurement, tag key...), or None."""
-    reason = _reason(text, kind)
+    reason = carry_problem(text, kind)
     return None if reason is None else f"{kind} {_show(text)} {reason}"
-
-
-def _reason(text: str, kind: str) -> str | None:
-    cannot = ", which line protocol cannot carry"
-    if text == "":
-        return "is empty"
-    if "\n" in text or "\r" in text:
-        return "contains a line break" + cannot
-    if "\t" in text:
-        return "contains a tab" + cannot
-    if text.endswith("\\"):
-        return "ends with a backslash" + cannot
-    if not _encodable(text):
-        return "is not valid Unicode (lone surrogate)"
-    if kind == _MEASUREMENT and text[0] == "#":
-        return "starts with #, which line protocol reads as a comment"
-    if kind in (_TAG_KEY, _FIELD_KEY) and text == TIME_COLUMN:
-        return "is reserved for the timestamp column"
-    if kind != _TAG_VALUE:
-        return name_problem(text)  # the write path's rule for names (a tag value is data)
-    return None
-
-
-def _encodable(text: str) -> bool:
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _escape(text: str, pattern: re.Pattern[str]) -> str:
-    return pattern.sub(lambda m: "\\" + m.group(), text)
 
 
 def _name(text: str) -> str:
     """A tag key, tag value or field key escaped."""
-    return _escape(text, _ESCAPE_NAME)
+    return escape_name(text)
 
 
 def _kind(value: Any) -> str:
@@ -761,7 +685,7 @@ def _kind(value: Any) -> str:
 
 def _show(text: str) -> str:
     """A name or value quoted for a message (JSON string syntax), shortened when long."""
-    return _snip(json.dumps(text, ensure_ascii=not _encodable(text)))
+    return _snip(json.dumps(text, ensure_ascii=not encodable(text)))
 
 
 def _snip(text: str, limit: int = 60) -> str:

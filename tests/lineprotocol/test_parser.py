@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from appliance.lineprotocol import finish
 from appliance.lineprotocol import parser as lineprotocol
 from appliance.lineprotocol.parser import _Body, parse
 from appliance.lineprotocol.vector import try_parse
@@ -610,13 +611,13 @@ def iot_body(n: int, devices: int = 50) -> str:
 
 def test_regular_lines_take_the_fast_route(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    real = lineprotocol._scan
+    real = lineprotocol.scan
 
     def counting(rec: str, *args: Any) -> Any:
         calls.append(rec)
         return real(rec, *args)
 
-    monkeypatch.setattr(lineprotocol, "_scan", counting)
+    monkeypatch.setattr(lineprotocol, "scan", counting)
     body = iot_body(2000).replace('"ok ', '"ok_')  # a space in a string needs the exact route
     result = parse(body.encode(), Precision.NS, NOW)
     assert not result.errors and result.tables[0].num_rows == 2000
@@ -628,12 +629,12 @@ def test_an_internal_error_never_escapes(monkeypatch: pytest.MonkeyPatch) -> Non
         raise RuntimeError("bug")
 
     body = b"m a=1 1\nm a=2 2"
-    monkeypatch.setattr(lineprotocol, "build", boom)  # the fast route breaks: the exact one answers
+    monkeypatch.setattr(finish, "build", boom)  # the fast route breaks: the exact one answers
     assert rows(parse(body, Precision.NS, NOW).tables[0]) == [
         {"a": 1.0, "time": 1, "line": 1},
         {"a": 2.0, "time": 2, "line": 2},
     ]
-    monkeypatch.setattr(lineprotocol, "_scan", boom)  # both break: one error, no exception
+    monkeypatch.setattr(lineprotocol, "scan", boom)  # both break: one error, no exception
     result = parse(body, Precision.NS, NOW)
     assert (
         result.tables == [] and result.errors[0].error_message == "internal parser error: RuntimeError('bug')"
@@ -916,7 +917,7 @@ def test_fuzz_with_a_column_limit_every_route_agrees_and_nothing_raises(
         exact = _Body(body, precision, NOW, fast, max_columns=max_columns, table_room=room)
         assert got == canon(exact.result(safe=False))
     vec = try_parse(
-        body, precision, NOW, scan=lineprotocol._scan, max_columns=max_columns, max_new_tables=room
+        body, precision, NOW, scan=lineprotocol.scan, max_columns=max_columns, max_new_tables=room
     )
     assert vec is None or canon(vec) == got
 

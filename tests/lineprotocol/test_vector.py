@@ -31,7 +31,7 @@ def _small_bodies_too() -> Iterator[None]:
 
 def vec(body: bytes, precision: Precision = Precision.NS, known: Known | None = None) -> ParseResult | None:
     """The vectorised result (None: it declined), checked against the exact route when given."""
-    got = vector.try_parse(body, precision, NOW, known, scan=lineprotocol._scan)
+    got = vector.try_parse(body, precision, NOW, known, scan=lineprotocol.scan)
     exact = _Body(body, precision, NOW, False, known).result(safe=False)
     if got is not None:
         assert canon(got) == canon(exact)
