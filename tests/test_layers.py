@@ -12,13 +12,12 @@ PACKAGES = ("__init__", *(p.name for p in PACKAGE.iterdir() if (p / "__init__.py
 LAYERS: list[set[str]] = [
     {"lineprotocol.syntax"},
     {"errors", "units", "fileio", "backoff"},
-    {"model", "log", "metrics"},
+    {"model", "log", "metrics", "query.rows"},
     {"threads"},
     {"engine.names"},
     {"config"},
     {
         "lineprotocol.columns",
-        "query.rows",
         "mqtt.payload",
         "query.formats",
         "query.sqlcheck",

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from appliance.errors import BadRequest, QueryTimeout, QueryTooLarge
+from appliance.lineprotocol.syntax import NS_PER_SECOND, NS_PER_UNIT
 
 FORMATS = ("json", "jsonl", "csv", "parquet", "pretty")
 _FORMAT_SPELLINGS = {
@@ -53,7 +54,6 @@ _CONTENT_TYPES = {
 }
 #: Rows converted per step: bounds the temporary string arrays (and their int32 offsets).
 CHUNK_ROWS = 131_072
-_NS_PER = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 
 
 def choose_format(format_param: str | None, accept: str | None) -> str:
@@ -512,21 +512,22 @@ def _split_seconds(counts: pa.Array, unit: str) -> tuple[pa.Array, pa.Array]:
     """Whole seconds (floored) and nanoseconds 0..999999999 of int64 counts of `unit`."""
     if unit == "s":
         return counts, pc.multiply(counts, 0)
-    per_second = 1_000_000_000 // _NS_PER[unit]
+    per_second = NS_PER_SECOND // NS_PER_UNIT[unit]
     seconds = pc.divide(counts, per_second)  # truncates toward zero
     rest = pc.subtract(counts, pc.multiply(seconds, per_second))
     negative = pc.less(rest, 0)
     if pc.any(negative).as_py():
         seconds = pc.if_else(negative, pc.subtract(seconds, 1), seconds)
         rest = pc.if_else(negative, pc.add(rest, per_second), rest)
-    return seconds, pc.multiply(rest, _NS_PER[unit])
+    return seconds, pc.multiply(rest, NS_PER_UNIT[unit])
 
 
 def _fraction_text(nanos: pa.Array) -> pa.Array:
     """chrono's fraction: none, or 3, 6 or 9 digits, whichever shows every non-zero digit."""
-    millis, micros = pc.divide(nanos, 1_000_000), pc.divide(nanos, 1_000)
-    ms_exact = pc.equal(pc.multiply(millis, 1_000_000), nanos)
-    us_exact = pc.equal(pc.multiply(micros, 1_000), nanos)
+    ms, us = NS_PER_UNIT["ms"], NS_PER_UNIT["us"]
+    millis, micros = pc.divide(nanos, ms), pc.divide(nanos, us)
+    ms_exact = pc.equal(pc.multiply(millis, ms), nanos)
+    us_exact = pc.equal(pc.multiply(micros, us), nanos)
     digits = pc.if_else(
         ms_exact,
         pc.utf8_lpad(pc.cast(millis, pa.string()), 3, "0"),
@@ -555,7 +556,7 @@ def _timestamp_text(arr: pa.Array) -> pa.Array:
 def _offset_text(wall: pa.Array, utc: pa.Array, unit: str) -> pa.Array:
     """`Z` for a zero offset (as chrono's to_rfc3339 with use_z), else `+HH:MM`."""
     diff = pc.subtract(pc.cast(wall, pa.int64()), pc.cast(utc, pa.int64()))
-    minutes = pc.divide(diff, 60 * 1_000_000_000 // _NS_PER[unit])
+    minutes = pc.divide(diff, 60 * NS_PER_SECOND // NS_PER_UNIT[unit])
     sign = pc.if_else(pc.less(minutes, 0), "-", "+")
     minutes = pc.abs(minutes)
     hours = pc.divide(minutes, 60)
@@ -596,7 +597,7 @@ def _interval_text(value: object) -> str:
         sign, nanos = ("-" if nanos < 0 else ""), abs(nanos)
         hours, nanos = divmod(nanos, 3_600_000_000_000)
         mins, nanos = divmod(nanos, 60_000_000_000)
-        secs, nanos = divmod(nanos, 1_000_000_000)
+        secs, nanos = divmod(nanos, NS_PER_SECOND)
         parts += [f"{sign}{hours} hours"] if hours else []
         parts += [f"{sign}{mins} mins"] if mins else []
         if secs or nanos:
