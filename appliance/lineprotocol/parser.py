@@ -4,9 +4,10 @@ Two routes give identical results. The fast route (pieces in lineprotocol.column
 whose series key (the text before the first unescaped space) was already parsed in this body
 and whose field section matches the regex of a known field-key layout; it keeps the raw value
 tokens, and Arrow kernels convert each column at the end. Every other line takes the exact
-route: InfluxDB's line-splitting state machine (newlines may sit inside quoted strings) and a
-scanner that stores the same tokens. A table whose tokens are not uniformly typed, or that has
-duplicate fields or name clashes, is finished line by line with exact checks.
+route: InfluxDB's line-splitting state machine (lineprotocol.syntax; newlines may sit inside
+quoted strings) and a scanner (lineprotocol.scanner) that stores the same tokens. Tables are
+finished by lineprotocol.finish: column-wise when regular, else line by line with exact checks.
+Regular bodies as a whole go to lineprotocol.vector first.
 """
 
 from __future__ import annotations
