@@ -33,7 +33,8 @@ from ..storage.catalog import Catalog
 from ..storage.wal import Wal, WalEntry
 from ..write import WriteRequest, WriteService
 from . import tables
-from .api import PluginApi, PluginCache, api_globals, own_copy
+from .api import PluginApi, api_globals, own_copy
+from .cache import PluginCache
 from .dryrun import DryRun
 from .loader import PluginLoader, check_filename
 from .packages import PackageInstaller
