@@ -17,7 +17,8 @@ from ..storage.catalog import Catalog
 from .api import PluginApi, own_copy
 from .cache import PluginCache
 from .loader import PluginLoader
-from .triggers import Schedule, parse_spec
+from .schedule import Schedule
+from .triggers import parse_spec
 
 DEFAULT_TEST_SCHEDULE = "* * * * * *"
 _keys = itertools.count()

@@ -39,15 +39,10 @@ from .dryrun import DryRun
 from .loader import PluginLoader, check_filename
 from .packages import PackageInstaller
 from .pool import DaemonPool
+from .responses import flask_response
+from .schedule import Schedule
 from .store import EngineLog, TriggerDef, TriggerStore, trigger_key
-from .triggers import (
-    Schedule,
-    TriggerSpec,
-    check_arguments,
-    check_trigger_name,
-    flask_response,
-    parse_spec,
-)
+from .triggers import TriggerSpec, check_arguments, check_trigger_name, parse_spec
 
 log = logging.getLogger("appliance.engine")
 
