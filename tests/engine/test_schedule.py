@@ -7,7 +7,9 @@ from datetime import datetime
 
 import pytest
 
-from appliance.engine.schedule import Schedule
+from appliance.engine.registry import Event, Running
+from appliance.engine.schedule import Schedule, ScheduleError, Scheduler
+from appliance.engine.store import TriggerDef
 from appliance.engine.triggers import parse_spec
 from tests.engine.test_cron import JAN1, ns
 
@@ -109,3 +111,63 @@ def test_call_time_ignores_the_local_timezone(monkeypatch: pytest.MonkeyPatch) -
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+# -- the scheduler, stepped by hand -------------------------------------------------------------
+
+
+def _run(name: str, spec: str) -> Running:
+    return Running(TriggerDef(name, "db", "p.py", spec), parse_spec(spec))
+
+
+def test_scheduler_fires_due_triggers_and_coalesces_a_stall() -> None:
+    now = [JAN1 + S // 2]
+    fired: list[tuple[str, Event]] = []
+    scheduler = Scheduler(
+        lambda run, e: fired.append((run.trigger.name, e)), lambda run: True, lambda: now[0]
+    )
+    scheduler.plan(_run("t", "every:10s"), now[0])
+    assert scheduler.step() == 1.0  # the next fire is 9.5 s away: wait at most a second
+    assert fired == []
+    now[0] = JAN1 + 35 * S  # stalled past three fire times
+    scheduler.step()
+    assert fired == [("t", Event("schedule", JAN1 + 30 * S, 2))]
+    now[0] = JAN1 + 40 * S
+    scheduler.step()
+    assert fired[-1] == ("t", Event("schedule", JAN1 + 40 * S, 0))
+
+
+def test_scheduler_step_reports_a_broken_trigger_and_keeps_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [JAN1]
+    fired: list[str] = []
+    scheduler = Scheduler(lambda run, e: fired.append(run.trigger.name), lambda run: True, lambda: now[0])
+    real = Schedule.next_after
+    monkeypatch.setattr(Schedule, "next_after", lambda self, t: 1 // 0 if self.spec.cron else real(self, t))
+    scheduler.plan(_run("broken", "cron:* * * * * *"), now[0])
+    scheduler.plan(_run("ok", "every:1s"), now[0])
+    with pytest.raises(ScheduleError, match="'broken' in database 'db': ZeroDivisionError"):
+        scheduler.step()
+    now[0] += S
+    with pytest.raises(ScheduleError):
+        scheduler.step()
+    assert fired == ["ok"]
+    monkeypatch.undo()
+    scheduler.step()  # placed now; fires from the next second on
+    now[0] += S
+    scheduler.step()
+    assert sorted(fired) == ["broken", "ok", "ok"]
+
+
+def test_scheduler_drops_triggers_that_are_no_longer_current() -> None:
+    now = [JAN1]
+    fired: list[str] = []
+    current = {"t": True}
+    scheduler = Scheduler(
+        lambda run, e: fired.append(run.trigger.name), lambda run: current[run.trigger.name], lambda: now[0]
+    )
+    scheduler.plan(_run("t", "every:1s"), now[0])
+    scheduler.step()
+    current["t"] = False  # disabled meanwhile
+    now[0] += 5 * S
+    assert scheduler.step() == 1.0
+    assert fired == []
