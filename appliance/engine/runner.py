@@ -51,6 +51,8 @@ _STATES = ("failed", "degraded", "ok")
 
 @dataclass(frozen=True)
 class EngineArgs:
+    """The engine's settings as plain values (from the config's engine section)."""
+
     plugin_dir: Path
     plugin_repo: str
     max_retries: int
@@ -92,7 +94,15 @@ class Engine:
         )
         self.fanout = Fanout(args.queue_size, self._pool, self.calls.call, self.registry.running)
         self.scheduler = Scheduler(self.fanout.submit, self.registry.is_current)
-        self._log_flusher = BackgroundLoop("engine-logs", self.logs.flush, LOG_FLUSH_INTERVAL_S, log)
+        # Retried every second while failing (a full disk), as before; only the log lines are rate-limited.
+        self._log_flusher = BackgroundLoop(
+            "engine-logs",
+            self.logs.flush,
+            LOG_FLUSH_INTERVAL_S,
+            log,
+            backoff_min=LOG_FLUSH_INTERVAL_S,
+            backoff_max=LOG_FLUSH_INTERVAL_S,
+        )
         self._loops = (self.scheduler.loop, self._log_flusher, self.watchdog.loop)
         self._stopping = False
 
@@ -107,7 +117,7 @@ class Engine:
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop triggers (running calls get `grace_s` to finish) and flush the log ring."""
         self._stopping = True
-        self.scheduler.loop.stop()
+        self.scheduler.loop.stop(2)
         runs = self.registry.halt_all()
         deadline = time.monotonic() + grace_s
         for run in runs:

@@ -33,7 +33,14 @@ class Watchdog:
         self._active: dict[int, tuple[float, TriggerDef, bool]] = {}  # call id -> (started, trigger, warned)
         self._ids = itertools.count()
         self._lock = threading.Lock()
-        self.loop = BackgroundLoop("engine-watchdog", self.check, CHECK_INTERVAL_S, log)
+        self.loop = BackgroundLoop(
+            "engine-watchdog",
+            self.check,
+            CHECK_INTERVAL_S,
+            log,
+            backoff_min=CHECK_INTERVAL_S,
+            backoff_max=CHECK_INTERVAL_S,
+        )
 
     def watch(self, trigger: TriggerDef, started: float) -> int:
         """Note a call of `trigger` begun at monotonic `started`; returns its id for `done`."""
