@@ -14,9 +14,11 @@ from ..lineprotocol import parser
 from ..model import TIME_COLUMN, ParsedTable, Precision
 from ..query.service import QueryService
 from ..storage.catalog import Catalog
-from .api import PluginApi, PluginCache, own_copy
+from .api import PluginApi, own_copy
+from .cache import PluginCache
 from .loader import PluginLoader
-from .triggers import Schedule, parse_spec
+from .schedule import Schedule
+from .triggers import parse_spec
 
 DEFAULT_TEST_SCHEDULE = "* * * * * *"
 _keys = itertools.count()

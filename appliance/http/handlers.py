@@ -38,6 +38,7 @@ from ..units import parse_duration_ns
 from ..write import WriteRequest
 from . import routes
 from .body import READER as BODY_READER
+from .engine_replies import engine_reply
 
 APP_KEY: web.AppKey[App] = web.AppKey("app", App)
 #: Set by the auth middleware on endpoints that need no token: whether a valid one came anyway.
@@ -610,7 +611,7 @@ async def engine_request(request: web.Request) -> web.Response:
     app = request.app[APP_KEY]
     headers = {k.lower(): v for k, v in request.headers.items() if k.lower() != "authorization"}
     async with request.app[BODY_READER].received(request) as body:  # counted while the plugin runs
-        status, out_headers, out = await _in_pool(
+        result = await _in_pool(
             request,
             "engine",
             app.engine.handle_request,
@@ -619,6 +620,7 @@ async def engine_request(request: web.Request) -> web.Response:
             headers,
             body,
         )
+    status, out_headers, out = engine_reply(result)
     return web.Response(status=status, headers=out_headers, body=out)
 
 
