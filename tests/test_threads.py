@@ -15,14 +15,17 @@ log = logging.getLogger("appliance.test")
 class Steps:
     """A step function driven by the test: each call takes the next outcome and signals it ran."""
 
-    def __init__(self, outcomes: list[Exception | None]) -> None:
+    def __init__(self, outcomes: list[Exception | None], gate: threading.Event | None = None) -> None:
         self.outcomes = outcomes
         self.calls = 0
         self.ran = threading.Semaphore(0)
+        self.gate = gate  # once the outcomes are used up, a step waits here before it succeeds
 
     def __call__(self) -> float | None:
         self.calls += 1
         outcome = self.outcomes.pop(0) if self.outcomes else None
+        if outcome is None and self.gate is not None:
+            assert self.gate.wait(10), "the test never opened the gate"
         self.ran.release()
         if outcome is not None:
             raise outcome
@@ -55,11 +58,13 @@ def test_a_step_runs_at_start_and_on_every_wake() -> None:
 
 def test_a_failing_step_degrades_health_and_the_loop_goes_on(caplog: pytest.LogCaptureFixture) -> None:
     before = LOOP_ERRORS.value(loop="test-loop")
-    steps = Steps([OSError("disk on fire"), OSError("disk on fire"), None])
+    gate = threading.Event()
+    steps = Steps([OSError("disk on fire"), OSError("disk on fire")], gate)
     with caplog.at_level(logging.ERROR, logger="appliance.test"):
         loop = _loop(steps)
         steps.wait(2)  # two failures back to back (backoff is capped at 10 ms)
-        failing = loop.health()
+        failing = loop.health()  # the third step is held at the gate
+        gate.set()
         steps.wait()  # the third step succeeds
         loop.stop(timeout=10)
     assert failing["status"] == "degraded" and failing["error"] == "disk on fire"
