@@ -30,7 +30,7 @@ class FakeWrites:
 
     def __init__(self, fail_first: int = 0) -> None:
         self.requests: list[WriteRequest] = []
-        self.commits: list[Future[int]] = []
+        self.commits: list[Future[Any]] = []
         self.fail_first = fail_first
 
     def submit(self, req: WriteRequest) -> WriteReport:
@@ -40,7 +40,7 @@ class FakeWrites:
         for n, line in enumerate(lines, 1):
             if line.startswith(b"bad"):
                 rejected.add(n, "", "bad line")
-        committed: Future[int] = Future()
+        committed: Future[Any] = Future()
         self.commits.append(committed)
         return WriteReport(
             lines=len(lines), rows=len(lines) - len(rejected), committed=committed, rejected=rejected
@@ -319,7 +319,12 @@ def test_back_pressure_stops_reading_at_the_cap(tmp_path: Path) -> None:
 
     writes = FakeWrites()
     ingest, acks = make(tmp_path, LP, writes, max_inflight=3)
-    reader = threading.Thread(target=lambda: [deliver(ingest, m, b"m v=1 1") for m in range(1, 8)])
+
+    def read() -> None:
+        for m in range(1, 8):
+            deliver(ingest, m, b"m v=1 1")
+
+    reader = threading.Thread(target=read)
     reader.start()
     settle(lambda: ingest.batcher._inflight == 3)
     time.sleep(0.2)
