@@ -49,10 +49,10 @@ class SyncSettings:
 
     @property
     def endpoint_label(self) -> str:
-        """The endpoint as status and logs show it: AWS when none is set for an S3 bucket."""
-        if self.endpoint or scheme(self.bucket) != "s3":
-            return self.endpoint
-        return "AWS"
+        """The endpoint as status and logs show it: AWS when none is set for an S3 bucket, local for a folder."""
+        if scheme(self.bucket) == "file":
+            return "local"
+        return self.endpoint or "AWS"
 
 
 def scheme(bucket: str) -> str:

@@ -160,7 +160,7 @@ def test_a_file_url_bucket_picks_the_file_store(tmp_path: Path) -> None:
     cfg = config.load(None, {"sync.bucket": f"file://{tmp_path}/nas", "sync.prefix": "fleet"}, environ={})
     store = open_store(cfg)
     assert isinstance(store, FileStore) and store.root == tmp_path / "nas" and store.prefix == "fleet"
-    assert SyncSettings.from_config(cfg).endpoint_label == ""
+    assert SyncSettings.from_config(cfg).endpoint_label == "local"
 
 
 def test_a_bucket_name_picks_the_s3_store() -> None:

@@ -20,6 +20,7 @@ from appliance.sync.filestore import FileStore
 from appliance.sync.queue import DELETE, QUEUED, SYNCED, SyncQueue
 from appliance.sync.settings import SyncSettings
 from appliance.sync.uploader import Syncer
+from tests.server import wait_for
 from tests.sync.test_queue import change, pf, states
 
 REL = "iot/cpu/date=2025-11-24/node=test-node/1600-1.parquet"
@@ -128,7 +129,7 @@ def test_a_pass_uploads_a_queued_file_to_the_folder(queue: SyncQueue, tmp_path: 
         assert states(queue) == {REL: (SYNCED, [])}
         assert syncer.stats.uploaded_files == 1 and syncer.queued_bytes == 0
         assert syncer.health()["status"] == "ok"
-        assert syncer.status()["endpoint"] == "" and syncer.status()["queued_files"] == 0
+        assert syncer.status()["endpoint"] == "local" and syncer.status()["queued_files"] == 0
 
 
 def test_a_failed_put_is_recorded_and_sent_at_the_next_pass(queue: SyncQueue, tmp_path: Path) -> None:
@@ -153,6 +154,27 @@ def test_reload_takes_the_new_interval_bandwidth_and_retry_times(queue: SyncQueu
         syncer.sync_now().result(timeout=10)
         [rec] = queue.records(QUEUED)
         assert rec.next_ns - before >= 50 * 10**9  # the new retry_min (jittered to half at least)
+
+
+def test_a_failing_step_shows_in_health_and_the_loop_carries_on(
+    queue: SyncQueue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileStore(tmp_path / "nas", "fleet")
+    with running(queue, tmp_path, store) as syncer:
+        real = syncer._refresh
+
+        def refresh() -> None:
+            raise OSError("LMDB read failed")
+
+        monkeypatch.setattr(syncer, "_refresh", refresh)
+        syncer.sync_now().result(timeout=10)  # an asked-for pass resolves even when the step fails
+        health = wait_for(lambda: syncer.health() if syncer._loop.failures else None, 10, "a failed step")
+        assert health["status"] == "degraded" and health["error"] == "LMDB read failed"
+        assert store.head(REL) is not None  # the upload itself went through
+        monkeypatch.setattr(syncer, "_refresh", real)
+        syncer.sync_now().result(timeout=10)  # asked for: a wake ends the loop's backoff
+        wait_for(lambda: syncer._loop.failures == 0, 10, "the loop to recover")
+        assert syncer.health()["status"] == "ok"
 
 
 def test_app_reload_hands_the_syncer_its_new_settings(tmp_path: Path) -> None:
