@@ -32,7 +32,7 @@ from .storage.manifest import Manifest
 from .storage.persist import PersistArgs, Persister
 from .storage.wal import Wal
 from .sync.queue import QUEUED, SyncQueue
-from .sync.store import ObjectStore
+from .sync.settings import SyncSettings, open_store
 from .sync.uploader import Syncer
 from .write import WriteService
 
@@ -267,8 +267,7 @@ class App:
         log_module.setup(new.log_filter, new.log_format)
         self.queries.limits = query_limits(new)
         if self.syncer is not None:
-            self.syncer.config = new
-            self.syncer.store.throttle.rate = new.sync_bandwidth_limit
+            self.syncer.reload(SyncSettings.from_config(new))
         if self.budget is not None and budget_ok:
             self.budget.max_bytes = new.max_disk_bytes
             self.budget.wake()
@@ -315,7 +314,7 @@ def build(config: Config) -> App:
     """Open storage, replay the WAL into the buffer and start the background threads."""
     # Their configuration errors come before anything is opened.
     mqtt = MqttIngest(config) if config.mqtt_broker else None
-    store = ObjectStore(config) if config.sync_bucket else None
+    store = open_store(config) if config.sync_bucket else None
     data_dir = Path(config.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_data_dir(data_dir)
@@ -395,7 +394,7 @@ def build(config: Config) -> App:
     engine.start()
     syncer = None
     if store is not None:
-        syncer = Syncer(config, queue, store, manifest)
+        syncer = Syncer(SyncSettings.from_config(config), queue, store, manifest, data_dir / "parquet")
         manifest.applied.append(syncer.wake)
         queries.system_providers.append(syncer.system_tables)
         syncer.start()

@@ -6,7 +6,8 @@ with jitter, up to `retry_max`, forever. Deletes of replaced objects run once th
 replacements are synced; each failing delete backs off on its own (its record's retry
 time) and never holds up uploads. The state lives in SyncQueue (LMDB), so a restart
 carries on. The first pass that reaches the bucket also removes what earlier versions
-left under the prefix (`_staging/` copies, folder markers).
+left under the prefix (`_staging/` copies, folder markers). The loop is a BackgroundLoop
+(threads.py): a step that raises is logged, counted and shown in `/health`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from typing import Any
 import pyarrow as pa
 
 from ..backoff import backoff_delay
-from ..config import Config
 from ..engine.pool import DaemonPool
 from ..storage.manifest import Manifest
+from ..threads import BackgroundLoop
 from .queue import DELETE, QUEUED, SYNCED, SyncQueue, SyncRecord
 from .s3 import S3Error
+from .settings import SyncSettings
 from .store import ObjectStore, Stopped
 
 log = logging.getLogger("appliance.sync")
@@ -37,6 +39,8 @@ STOP_SECONDS = 5.0
 
 @dataclass
 class SyncStats:
+    """Counters since the start, for status and /metrics."""
+
     uploaded_files: int = 0
     uploaded_bytes: int = 0
     failed_attempts: int = 0
@@ -49,46 +53,55 @@ class SyncStats:
 class Syncer:
     """Uploads, retries, status, `/health` and `system.sync_queue`."""
 
-    def __init__(self, config: Config, queue: SyncQueue, store: ObjectStore, manifest: Manifest) -> None:
-        self.config = config
+    def __init__(
+        self, settings: SyncSettings, queue: SyncQueue, store: ObjectStore, manifest: Manifest, root: Path
+    ) -> None:
+        """`root` is the local parquet/ folder; nothing starts yet."""
+        self.settings = settings
         self.queue = queue
         self.store = store
         self.manifest = manifest
-        self.root = Path(config.data_dir) / "parquet"
+        self.root = root
         self.stats = SyncStats()
         self._stats_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # cuts uploads short; the loop has its own
         self._failures = 0  # consecutive failed passes: the backoff exponent
         self._strays_checked = False
         self._not_before = 0.0  # monotonic time of the next pass after a failure
         self._passes: list[Future[None]] = []
         self._lock = threading.Lock()
-        self._pool = DaemonPool(config.sync_concurrency, "sync-upload")  # never holds up exit
-        self._thread = threading.Thread(target=self._run, name="sync", daemon=True)
+        self._pool = DaemonPool(settings.concurrency, "sync-upload")  # never holds up exit
+        self._started = False
+        self._loop = BackgroundLoop("sync", self._step, settings.interval / 1e9, log)
         self._oldest_ns: int | None = None  # of the queued files, refreshed by each pass
         self.queued_bytes = 0  # likewise
 
     def start(self) -> None:
+        """Start the loop: the first pass comes after one interval, or at the first wake."""
         self._refresh()
-        self._thread.start()
+        self._loop.start()
         log.info(
             "sync to %s (endpoint %s) every %.0fs",
             self.store.url(""),
-            self.config.sync_endpoint or "AWS",
-            self.config.sync_interval / 1e9,
+            self.settings.endpoint_label,
+            self.settings.interval / 1e9,
         )
 
     def stop(self) -> None:
         """Stop the loop and cut uploads short (never publishing them); the queue stays in LMDB."""
         self._stop.set()
-        self._wake.set()
-        self._thread.join(STOP_SECONDS)
+        self._loop.stop(STOP_SECONDS)
         self._pool.shutdown()
+
+    def reload(self, settings: SyncSettings) -> None:
+        """SIGHUP: take new interval, retry, staleness and bandwidth values (the next wait, the next chunk)."""
+        self.settings = settings
+        self._loop.interval = settings.interval / 1e9
+        self.store.throttle.rate = settings.bandwidth_limit
 
     def wake(self, *_: Any) -> None:
         """Try now (new files were queued, or an operator asked)."""
-        self._wake.set()
+        self._loop.wake()
 
     def sync_now(self) -> Future[None]:
         """Run a pass at once, ignoring every backoff; the future resolves when it is done."""
@@ -97,37 +110,43 @@ class Syncer:
         with self._lock:
             self._passes.append(done)
             self._not_before = 0.0
-        self._wake.set()
+        self._loop.wake()
         return done
 
     # -- the loop ------------------------------------------------------------------------------
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.config.sync_interval / 1e9)
-            self._wake.clear()
-            with self._lock:
-                waiters, self._passes = self._passes, []
+    def _step(self) -> None:
+        """One tick: a pass unless backing off (an asked-for pass ignores that), then the figures."""
+        if not self._started:  # as before the loop helper: the first pass waits an interval
+            self._started = True
+            return
+        with self._lock:
+            waiters, self._passes = self._passes, []
+        try:
             if waiters or time.monotonic() >= self._not_before:
-                try:
-                    if self._pass(ignore_backoff=bool(waiters)):
-                        self._failures, self._not_before = 0, 0.0
-                    else:
-                        self._back_off()
-                except Exception as e:  # the loop must outlive any one pass
-                    log.exception("sync pass failed")
-                    self._note_error(str(e))
-                    self._back_off()
+                self._run_pass(bool(waiters))
             self._refresh()
+        finally:
             for w in waiters:
                 w.set_result(None)
 
+    def _run_pass(self, asked: bool) -> None:
+        try:
+            if self._pass(ignore_backoff=asked):
+                self._failures, self._not_before = 0, 0.0
+            else:
+                self._back_off()
+        except Exception as e:  # backs off on the syncer's own retry settings, as a failed upload does
+            log.exception("sync pass failed")
+            self._note_error(str(e))
+            self._back_off()
+
     def _pass(self, ignore_backoff: bool) -> bool:
         """Upload what is due, then run the deletes that may run; False at the first failure."""
-        max_wait = self.config.sync_retry_max
+        max_wait = self.settings.retry_max
         if not self._strays_checked:
             self._remove_strays()
         uploads, _ = self.queue.due(time.time_ns(), max_wait, ignore_backoff)
-        step = self.config.sync_concurrency
+        step = self.settings.concurrency
         for i in range(0, len(uploads), step):  # oldest first
             if self._stop.is_set():
                 return True
@@ -184,7 +203,7 @@ class Syncer:
         return True
 
     def _fail(self, error: str, rec: SyncRecord) -> None:
-        low, high = self.config.sync_retry_min / 1e9, self.config.sync_retry_max / 1e9
+        low, high = self.settings.retry_min / 1e9, self.settings.retry_max / 1e9
         self._note_error(error)
         self.queue.mark_failed(rec, error, int(backoff_delay(rec.attempts, low, high) * 1e9))
 
@@ -194,7 +213,7 @@ class Syncer:
             self.stats.last_error, self.stats.last_error_ns = error, time.time_ns()
 
     def _back_off(self) -> None:
-        low, high = self.config.sync_retry_min / 1e9, self.config.sync_retry_max / 1e9
+        low, high = self.settings.retry_min / 1e9, self.settings.retry_max / 1e9
         delay = backoff_delay(self._failures, low, high)
         self._failures += 1
         self._not_before = time.monotonic() + delay
@@ -224,9 +243,9 @@ class Syncer:
             s = SyncStats(**vars(self.stats))
         return {
             "enabled": True,
-            "bucket": self.config.sync_bucket,
-            "prefix": self.config.sync_prefix,
-            "endpoint": self.config.sync_endpoint or "AWS",
+            "bucket": self.settings.bucket,
+            "prefix": self.settings.prefix,
+            "endpoint": self.settings.endpoint_label,
             "queued_files": len(queued),
             "queued_bytes": sum(r.size_bytes for r in queued),
             "oldest_unsynced_age_seconds": round((now - oldest) / 1e9, 3) if oldest is not None else None,
@@ -242,6 +261,7 @@ class Syncer:
         }
 
     def oldest_age_seconds(self) -> float | None:
+        """Age of the oldest queued file as the last pass saw it; None when nothing waits."""
         oldest = self._oldest_ns
         return (time.time_ns() - oldest) / 1e9 if oldest is not None else None
 
@@ -251,15 +271,17 @@ class Syncer:
         Cheap (no LMDB scan): it uses the figures the last pass left.
         """
         age = self.oldest_age_seconds()
-        stale = age is not None and age > self.config.sync_stale_after / 1e9
+        stale = age is not None and age > self.settings.stale_after / 1e9
+        loop = self._loop.health()
         return {
-            "status": "degraded" if stale or not self._thread.is_alive() else "ok",
+            "status": "degraded" if stale or loop["status"] != "ok" else "ok",
             "queued_files": self.queue.count(QUEUED),
             "oldest_unsynced_age_seconds": round(age, 3) if age is not None else None,
-            "error": self.stats.last_error if stale else None,
+            "error": self.stats.last_error if stale else loop.get("error"),
         }
 
     def system_tables(self, database: str) -> dict[str, pa.Table]:
+        """`system.sync_queue`: every record of the queue, oldest first."""
         records = sorted(self.queue.records(), key=lambda r: r.queued_ns)
         return {
             "sync_queue": pa.table(

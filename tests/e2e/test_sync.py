@@ -424,7 +424,7 @@ def store_for(s3: S3, **over: Any) -> Any:
     """An ObjectStore on the test bucket (prefix "fleet"), settings overridable."""
     from types import SimpleNamespace
 
-    from appliance.sync.store import ObjectStore
+    from appliance.sync.s3store import S3Store
 
     settings: dict[str, Any] = {
         "sync_bucket": s3.bucket,
@@ -438,7 +438,7 @@ def store_for(s3: S3, **over: Any) -> Any:
         "sync_access_key_id": s3.access_key,
         "sync_secret_access_key": s3.secret_key,
     }
-    return ObjectStore(SimpleNamespace(**(settings | over)))  # type: ignore[arg-type]
+    return S3Store(SimpleNamespace(**(settings | over)))  # type: ignore[arg-type]
 
 
 class Watcher:

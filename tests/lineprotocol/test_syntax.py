@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance.engine import api as engine_api
+from appliance.engine import linebuilder as engine_api
 from appliance.lineprotocol import syntax
 from appliance.lineprotocol.parser import parse
 from appliance.model import Precision

@@ -7,7 +7,7 @@ import decimal
 
 import pyarrow as pa
 
-from appliance.engine import api as engine_api
+from appliance.engine import rows as engine_api
 from appliance.query.rows import array_values, column_rows, table_rows
 
 

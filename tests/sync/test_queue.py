@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -163,56 +161,3 @@ def test_reconcile_queues_old_files_and_forgets_missing_ones(queue: SyncQueue) -
     queue.wal.submit(fn=lambda txn, wal: None).result()
     # "gone" was never recorded as sent: its key is deleted in case an upload finished unrecorded.
     assert states(queue) == {"kept": (SYNCED, []), "older": (QUEUED, []), "gone": (DELETE, [])}
-
-
-class _Store:
-    """Uploads succeed; every delete fails (the endpoint refuses deletes, say)."""
-
-    def __init__(self) -> None:
-        self.put_paths: list[str] = []
-        self.delete_calls = 0
-        self.strays_checked = 0
-
-    def put(self, local: Path, rel: str, rows: int, stop: object) -> None:
-        self.put_paths.append(rel)
-
-    def delete(self, rel: str) -> None:
-        self.delete_calls += 1
-        raise OSError(f"DELETE s3://edge/{rel} answered 403 AccessDenied")
-
-    def remove_strays(self) -> int:
-        self.strays_checked += 1
-        return 0
-
-
-class _Manifest:
-    def __init__(self, paths: set[str]) -> None:
-        self.live = paths
-
-    def pinned(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
-
-    def paths(self) -> set[str]:
-        return self.live
-
-
-def test_a_failing_delete_backs_off_alone_and_never_holds_up_uploads(
-    queue: SyncQueue, tmp_path: Path
-) -> None:
-    from appliance import config as config_module
-    from appliance.sync.uploader import Syncer
-
-    config = dataclasses.replace(config_module.load(None, environ={}), data_dir=str(tmp_path))
-    store, manifest = _Store(), _Manifest({"a", "b"})
-    syncer = Syncer(config, queue, store, manifest)  # type: ignore[arg-type]
-    change(queue, Change.PERSIST, [pf("old")], [])
-    queue.mark_synced("old")
-    change(queue, Change.PERSIST, [pf("a")], [pf("old")])  # a replaces old: old's object goes after a
-    assert syncer._pass(ignore_backoff=False)  # the pass succeeds: a delete failing is not an outage
-    assert store.put_paths == ["a"] and store.delete_calls == 1 and store.strays_checked == 1
-    assert states(queue)["old"] == (DELETE, ["a"])  # a is synced now, so it is due, but failed
-    assert queue.records(DELETE)[0].attempts == 1  # its own retry time
-    change(queue, Change.PERSIST, [pf("b")], [])
-    assert syncer._pass(ignore_backoff=False)
-    assert store.put_paths == ["a", "b"] and store.delete_calls == 1  # not due yet: b went anyway
-    assert syncer._failures == 0

@@ -1,4 +1,4 @@
-"""MqttIngest's ordering and failure handling, driven message by message without a broker.
+"""The batcher's ordering and failure handling, driven message by message without a broker.
 
 The paho client is replaced by a recorder of acknowledgements and WriteService by one whose
 commits the test resolves by hand; the end-to-end behaviour is in tests/e2e/test_mqtt.py.
@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance import config
-from appliance.errors import ConfigError
 from appliance.lineprotocol import parser as lineprotocol
 from appliance.model import LineErrors
-from appliance.mqtt import ingest as ingest_module
-from appliance.mqtt.ingest import Backoff, MqttIngest, _Message
+from appliance.mqtt import batcher as batcher_module
+from appliance.mqtt.ingest import MqttIngest
+from appliance.mqtt.messages import Message
 from appliance.write import WriteReport, WriteRequest
 
 
@@ -30,7 +30,7 @@ class FakeWrites:
 
     def __init__(self, fail_first: int = 0) -> None:
         self.requests: list[WriteRequest] = []
-        self.commits: list[Future[int]] = []
+        self.commits: list[Future[Any]] = []
         self.fail_first = fail_first
 
     def submit(self, req: WriteRequest) -> WriteReport:
@@ -40,7 +40,7 @@ class FakeWrites:
         for n, line in enumerate(lines, 1):
             if line.startswith(b"bad"):
                 rejected.add(n, "", "bad line")
-        committed: Future[int] = Future()
+        committed: Future[Any] = Future()
         self.commits.append(committed)
         return WriteReport(
             lines=len(lines), rows=len(lines) - len(rejected), committed=committed, rejected=rejected
@@ -90,10 +90,10 @@ def make(tmp_path: Path, subs: str, writes: FakeWrites, **mqtt: Any) -> tuple[Mq
     path.write_text(f'[mqtt]\nbroker = "mqtt://127.0.0.1:1"\n{extra}\n{subs}')
     ingest = MqttIngest(config.load(str(path), environ={}))
     acks = Acks()
-    ingest._client = acks  # type: ignore[assignment]
-    ingest.writes = writes  # type: ignore[assignment]
-    ingest._session = 1
-    ingest._batcher.start()
+    ingest.connection.client = acks  # type: ignore[assignment]
+    ingest.batcher.writes = writes  # type: ignore[assignment]
+    ingest.batcher._session = 1
+    ingest.batcher.loop.start()
     return ingest, acks
 
 
@@ -103,7 +103,7 @@ LP = '[[mqtt.subscription]]\ntopic = "s/#"\ndatabase = "iot"\n'
 def deliver(ingest: MqttIngest, mid: int, payload: bytes, topic: str = "s/x") -> None:
     msg = paho.MQTTMessage(mid=mid, topic=topic.encode())
     msg.payload, msg.qos = payload, 1
-    ingest._on_message(None, None, msg)  # type: ignore[arg-type]
+    ingest.connection._on_message(None, None, msg)  # type: ignore[arg-type]
 
 
 def settle(check: Any, timeout: float = 5.0) -> None:
@@ -130,11 +130,11 @@ def test_no_ack_before_the_commit_then_acks_in_arrival_order(tmp_path: Path) -> 
 
 def queue_one_batch(ingest: MqttIngest, payloads: list[bytes]) -> None:
     """Queue messages while holding the batcher's lock, so they form one batch."""
-    with ingest._cond:
+    with ingest.batcher._cond:
         for seq, payload in enumerate(payloads, 1):
-            ingest._inflight += 1
-            ingest._queue.append(_Message(ingest.routes[0], f"s/{seq}", payload, seq, 1, 0, seq, 1))
-        ingest._cond.notify_all()
+            ingest.batcher._inflight += 1
+            ingest.batcher._queue.append(Message(ingest.routes[0], f"s/{seq}", payload, seq, 1, 0, seq, 1))
+        ingest.batcher._cond.notify_all()
 
 
 def test_an_open_string_cannot_swallow_the_next_message(tmp_path: Path) -> None:
@@ -176,7 +176,7 @@ def test_many_empty_batches_behind_a_slow_commit_are_all_acknowledged(tmp_path: 
         deliver(ingest, mid, b"# only a comment")
         if mid % 50 == 0:
             time.sleep(0.001)
-    settle(lambda: not ingest._queue)
+    settle(lambda: not ingest.batcher._queue)
     writes.commit_all()
     settle(lambda: len(acks.mids) == 1499, timeout=10)
     assert acks.mids == list(range(1, 1500))
@@ -201,14 +201,14 @@ def test_a_payload_whose_handling_raises_is_recorded_and_acknowledged_alone(
 ) -> None:
     writes = FakeWrites()
     ingest, acks = make(tmp_path, LP, writes)
-    real = ingest._convert
+    real = ingest.batcher._convert
 
-    def convert(msg: _Message) -> Any:
+    def convert(msg: Message) -> Any:
         if msg.payload == b"boom":
             raise RuntimeError("bug")
         return real(msg)
 
-    monkeypatch.setattr(ingest, "_convert", convert)
+    monkeypatch.setattr(ingest.batcher, "_convert", convert)
     queue_one_batch(ingest, [b"m v=1 1", b"boom", b"m v=2 2"])
     settle(lambda: len(writes.requests) == 1)
     assert writes.requests[0].body == b"m v=1 1\nm v=2 2"
@@ -224,7 +224,7 @@ def test_a_payload_whose_handling_raises_is_recorded_and_acknowledged_alone(
 def test_a_message_whose_write_keeps_raising_is_given_up_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ingest_module, "RETRY_SECONDS", 0.01)
+    monkeypatch.setattr(batcher_module, "RETRY_SECONDS", 0.01)
     writes = poisoned_writes()
     ingest, acks = make(tmp_path, LP, writes)
     queue_one_batch(ingest, [b"m v=1 1", b"m poison=1", b"m v=2 2"])
@@ -274,11 +274,13 @@ def test_a_group_submitted_before_another_group_fails_is_not_written_again(tmp_p
     writes.submit = submit  # type: ignore[method-assign]
     subs = '[[mqtt.subscription]]\ntopic = "a/#"\ndatabase = "a"\n\n[[mqtt.subscription]]\ntopic = "b/#"\ndatabase = "b"\n'
     ingest, acks = make(tmp_path, subs, writes)
-    with ingest._cond:
+    with ingest.batcher._cond:
         for seq, (route, payload) in enumerate([(0, b"m v=1 1"), (1, b"m v=2 2")], 1):
-            ingest._inflight += 1
-            ingest._queue.append(_Message(ingest.routes[route], f"x/{seq}", payload, seq, 1, 0, seq, 1))
-        ingest._cond.notify_all()
+            ingest.batcher._inflight += 1
+            ingest.batcher._queue.append(
+                Message(ingest.routes[route], f"x/{seq}", payload, seq, 1, 0, seq, 1)
+            )
+        ingest.batcher._cond.notify_all()
     deadline = time.monotonic() + 8
     while len(acks.mids) < 2:
         assert time.monotonic() < deadline, [(r.db, r.body) for r in writes.requests]
@@ -317,11 +319,16 @@ def test_back_pressure_stops_reading_at_the_cap(tmp_path: Path) -> None:
 
     writes = FakeWrites()
     ingest, acks = make(tmp_path, LP, writes, max_inflight=3)
-    reader = threading.Thread(target=lambda: [deliver(ingest, m, b"m v=1 1") for m in range(1, 8)])
+
+    def read() -> None:
+        for m in range(1, 8):
+            deliver(ingest, m, b"m v=1 1")
+
+    reader = threading.Thread(target=read)
     reader.start()
-    settle(lambda: ingest._inflight == 3)
+    settle(lambda: ingest.batcher._inflight == 3)
     time.sleep(0.2)
-    assert reader.is_alive() and ingest._inflight == 3  # the "network thread" waits
+    assert reader.is_alive() and ingest.batcher._inflight == 3  # the "network thread" waits
     while reader.is_alive() or len(acks.mids) < 7:
         writes.commit_all()
         time.sleep(0.01)
@@ -329,60 +336,35 @@ def test_back_pressure_stops_reading_at_the_cap(tmp_path: Path) -> None:
     ingest.stop()
 
 
-# -- configuration -----------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("block", "message"),
-    [
-        ('[[mqtt.subscription]]\ntopic = "$share/g/s"\ndatabase = "iot"\n', "shared subscriptions"),
-        ('[[mqtt.subscription]]\ntopic = "s/#/x"\ndatabase = "iot"\n', "'#' the whole last level"),
-        ('[[mqtt.subscription]]\ntopic = "s/a+"\ndatabase = "iot"\n', "'+' must be a whole level"),
-        (LP + LP, "given twice"),
-        ('[[mqtt.subscription]]\ntopic = "s"\ndatabase = "bad name"\n', "invalid database name"),
-        ('[[mqtt.subscription]]\ntopic = "s"\ndatabase = "iot"\nformat = "json"\n', "no measurement"),
-        ("", "no [[mqtt.subscription]] block"),
-    ],
-)
-def test_subscription_errors_name_the_problem(tmp_path: Path, block: str, message: str) -> None:
-    path = tmp_path / "config.toml"
-    path.write_text(f'[mqtt]\nbroker = "mqtt://127.0.0.1:1"\n{block}')
-    with pytest.raises(
-        ConfigError, match=message.replace("$", r"\$").replace("[", r"\[").replace("+", r"\+")
-    ):
-        MqttIngest(config.load(str(path), environ={}))
+def test_a_failing_batcher_step_shows_in_health_and_the_loop_carries_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = FakeWrites()
+    ingest, acks = make(tmp_path, LP, writes)
+    real = ingest.batcher._peek
+    failures = [RuntimeError("bug in batching")]
 
+    def peek() -> list[Message]:
+        if failures:
+            raise failures.pop()
+        return real()
 
-@pytest.mark.parametrize(
-    ("key", "value", "message"),
-    [
-        ("broker", "mqtt://user:secret@host:1883", "not in the URL"),
-        ("broker", "mqtt://host:99999", "out of range"),
-        ("broker", "http://host", "expected mqtt://"),
-        ("keepalive", "0s", "between 1s and 65535s"),
-        ("keepalive", "100000s", "between 1s and 65535s"),
-        ("max_pending_bytes", "0", "more than 0"),
-        ("reconnect_min", "0s", "more than 0"),
-        ("protocol", "4", "3.1.1 or 5"),
-    ],
-)
-def test_mqtt_settings_are_validated(key: str, value: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=f"mqtt.{key}") as e:
-        config.load(None, {f"mqtt.{key}": value}, environ={})
-    assert message in str(e.value) and "secret" not in str(e.value)
-
-
-def test_the_password_is_never_shown_by_config_check() -> None:
-    cfg = config.load(None, {"mqtt.password": "hunter2"}, environ={})
-    shown = {name: value for name, value, _ in config.describe(cfg)}
-    assert shown["mqtt.password"] == "(set, hidden)"
-
-
-def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
-    b = Backoff(1.0, 8.0)
-    delays = [b.next() for _ in range(6)]
-    for d, base in zip(delays, [1, 2, 4, 8, 8, 8], strict=True):
-        assert base / 2 <= d <= base
-    b.reset()
-    assert b.next() <= 1.0
+    monkeypatch.setattr(ingest.batcher, "_peek", peek)
+    ingest.batcher.loop.backoff_min = ingest.batcher.loop.backoff_max = 60.0  # only a wake ends it
+    ingest.connection.connected = True
+    for r in ingest.routes:
+        r.state = "subscribed"
+    deliver(ingest, 1, b"m v=1 1")
+    settle(lambda: ingest.batcher.loop.failures == 1)  # backing off now
+    health = ingest.health()
+    assert health["status"] == "degraded" and health["error"] == "bug in batching"
+    assert writes.requests == [] and acks.mids == []
+    ingest.batcher.loop.wake()
+    settle(lambda: len(writes.requests) == 1)  # the loop carried on and wrote it after all
+    writes.commit_all()
+    settle(lambda: acks.mids == [1])
+    assert ingest.health()["status"] == "ok"
+    ingest.stop()
 
 
 @pytest.mark.parametrize(
