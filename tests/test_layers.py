@@ -56,6 +56,9 @@ LAYERS: list[set[str]] = [
     },
     {"http.server"},
     {"lifecycle"},
+    {"cli.client"},
+    {"cli.serve", "cli.write", "cli.query", "cli.ops"},
+    {"cli.manage", "cli.engine"},
     {"cli.main"},
     {"__main__"},
 ]

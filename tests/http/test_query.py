@@ -66,10 +66,13 @@ def test_query_slots_are_given_back_on_timeout_and_when_the_pool_refuses() -> No
             await run_query(app, lambda: [b"never"])
         assert busy.value.http_status == 503
         app.slots.release()
+
         # many waiters timing out while slots come and go leave the count where it was
-        waiters = [
-            asyncio.ensure_future(run_query(app, lambda: time.sleep(0.05) or [b"x"])) for _ in range(20)
-        ]
+        def slow() -> list[bytes]:
+            time.sleep(0.05)
+            return [b"x"]
+
+        waiters = [asyncio.ensure_future(run_query(app, slow)) for _ in range(20)]
         await asyncio.gather(*waiters, return_exceptions=True)
         await asyncio.sleep(0.1)
         assert app.slots._value == 1
