@@ -10,6 +10,7 @@ import os
 import platform
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,6 @@ from . import __version__
 from . import log as log_module
 from .auth import Tokens, bootstrap_admin
 from .config import SETTINGS, Config
-from .engine.pool import DaemonPool
 from .engine.runner import Engine, EngineArgs
 from .errors import ConfigError
 from .metrics import REGISTRY
@@ -34,7 +34,8 @@ from .storage.wal import Wal
 from .sync.queue import QUEUED, SyncQueue
 from .sync.settings import SyncSettings, open_store
 from .sync.uploader import Syncer
-from .write import WriteService
+from .threads import DaemonPool
+from .write import Admission, WriteService
 
 log = logging.getLogger("appliance.app")
 
@@ -55,9 +56,6 @@ RELOADABLE = frozenset(
         "storage.max_disk_bytes",
     }
 )
-
-#: Longest a write waits for the persister to drain a full buffer before it gets 503.
-ADMIT_TIMEOUT_SECONDS = 30.0
 
 
 @dataclass
@@ -366,13 +364,7 @@ def build(config: Config) -> App:
     budget = None
     if config.max_disk_bytes:
         budget = DiskBudget(config.max_disk_bytes, manifest, persister, queue if store is not None else None)
-
-    def admit() -> None:
-        if budget is not None:
-            budget.admit()
-        buffer.admit(ADMIT_TIMEOUT_SECONDS)
-
-    writes = WriteService(catalog, wal, admit)
+    writes = WriteService(catalog, wal, Admission(buffer, budget_refusal(budget)))
     engine = Engine(
         EngineArgs(
             Path(config.plugin_dir),
@@ -440,6 +432,11 @@ def _rss_bytes() -> float:
     except (OSError, IndexError, ValueError):
         return 0.0
     return float(pages * os.sysconf("SC_PAGE_SIZE"))
+
+
+def budget_refusal(budget: DiskBudget | None) -> Callable[[], str | None]:
+    """What write admission asks the disk budget: its 507 message while it refuses writes."""
+    return (lambda: budget.refusing) if budget is not None else (lambda: None)
 
 
 def lock_data_dir(data_dir: Path) -> int:

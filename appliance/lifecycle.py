@@ -26,7 +26,17 @@ from . import log as log_module
 from .config import Config
 from .errors import ConfigError
 from .http import server as http_server
+from .http.body import BodyLimits
 from .http.connections import ConnectionGuard, ConnectionLimits, GuardedRunner
+from .http.services import (
+    ConfigureAccess,
+    EngineAccess,
+    HttpServices,
+    HttpSettings,
+    OpsAccess,
+    QueryAccess,
+    WriteAccess,
+)
 
 log = logging.getLogger("appliance.server")
 
@@ -114,7 +124,7 @@ async def _run_http(
         config.send_timeout / 1e9,
     )
     runner = GuardedRunner(
-        http_server.create(app),
+        http_server.create(http_services(app)),
         ConnectionGuard(limits),
         access_log=logging.getLogger("appliance.access"),  # quiet unless --log-filter enables it
         handle_signals=False,
@@ -156,6 +166,41 @@ async def _run_http(
     beat.cancel()
     log.info("stopping: no new requests; finishing in-flight writes")
     await runner.cleanup()
+
+
+def http_services(app: app_module.App) -> HttpServices:
+    """What the HTTP layer may reach of a running App, by area (handlers never see the App)."""
+    config = app.config
+    syncer = app.syncer
+    settings = HttpSettings(
+        auth_enabled=config.auth_enabled,
+        bind=config.bind,
+        allowed_hosts=config.allowed_hosts,
+        cors_origins=config.cors_origins,
+        metrics_without_token="metrics" in config.disable_authz,
+        body=BodyLimits(
+            config.max_request_size,
+            config.body_timeout / 1e9,
+            config.body_min_rate,
+            config.body_idle_timeout / 1e9,
+        ),
+        max_buffered_bytes=config.max_buffered_bytes,
+    )
+    return HttpServices(
+        settings=settings,
+        write=WriteAccess(app.writes, app.write_pool),
+        query=QueryAccess(app.queries, app.query_pool, app.query_slots, config.max_concurrent),
+        configure=ConfigureAccess(app.catalog, app.tokens, app.admin_pool, config.auth_enabled),
+        engine=EngineAccess(app.engine, app.engine_pool, app.admin_pool),
+        ops=OpsAccess(
+            health=app.health,
+            persist=app.persister.request,
+            sync_status=app.sync_status,
+            sync_now=syncer.sync_now if syncer is not None else None,
+            process_id=app.process_id,
+            pool=app.admin_pool,
+        ),
+    )
 
 
 notify_log = logging.getLogger("appliance.notify")

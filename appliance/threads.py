@@ -1,4 +1,4 @@
-"""BackgroundLoop: the one shape of every background thread (persister, syncer, scheduler, ...).
+"""Thread helpers: BackgroundLoop, the one shape of every background thread, and DaemonPool.
 
 Each loop waits for its interval, a `wake()` or `stop()`, then runs one step. A step that raises
 does not end the loop: the loop keeps the error as `last_error`, counts it in
@@ -6,14 +6,20 @@ does not end the loop: the loop keeps the error as `last_error`, counts it in
 first time with its traceback), and waits with exponential backoff before the next try. A loop
 whose thread has died, or whose last step failed, reports itself in `health()` as failed or
 degraded, so `/health` and `/metrics` never say "ok" about a loop that is not doing its job.
+
+DaemonPool runs plugin code and uploads on daemon threads: concurrent.futures' pool joins its
+(non-daemon) threads at interpreter exit, so one looping plugin would keep a stopped server alive.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from typing import Any
 
 from .backoff import backoff_delay
@@ -121,3 +127,45 @@ class BackgroundLoop:
                 exc_info=first,
             )
         return backoff_delay(self.failures - 1, self.backoff_min, self.backoff_max)
+
+
+class DaemonPool(Executor):
+    """`submit(fn, *args) -> Future` on a fixed number of daemon threads."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._closed = False
+        for i in range(workers):
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True).start()
+        self._workers = workers
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        if kwargs:
+            fn = functools.partial(fn, **kwargs)
+        if self._closed:
+            future.set_exception(RuntimeError("the processing engine is stopping"))
+            return future
+        self._queue.put((future, fn, args))
+        return future
+
+    def shutdown(self, wait: bool = False, *, cancel_futures: bool = False) -> None:
+        """Stop taking work; idle threads end, busy ones end with their call (or with the process)."""
+        self._closed = True
+        for _ in range(self._workers):
+            self._queue.put(None)
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            future, fn, args = item
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while queued: never started
+            try:
+                future.set_result(fn(*args))
+            except BaseException as e:  # noqa: BLE001 - reported through the future
+                future.set_exception(e)

@@ -1,12 +1,14 @@
-"""WriteService: parse, validate against the catalog, stamp time, append to the WAL.
+"""WriteService: admit, parse, validate against the catalog, stamp time, append to the WAL.
 
-HTTP, MQTT and plugins all write through `WriteService.submit`. Validation is per line
+HTTP, MQTT and plugins all write through `WriteService.submit`, so all of them meet the same
+admission (`Admission`: the disk budget's 507, the full buffer's 503). Validation is per line
 (vectorised per column): a line whose field type conflicts with the table's schema is
 rejected alone; with accept_partial=False any bad line rejects the whole body.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
@@ -15,10 +17,11 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import CatalogError, LimitExceeded, LineProtocolError
+from .errors import CatalogError, LimitExceeded, LineProtocolError, StorageFull
 from .lineprotocol import parser
 from .metrics import BYTES, LINES, REJECTED
 from .model import TIME_COLUMN, ColumnType, LineError, LineErrors, ParsedTable, Precision
+from .storage.buffer import Buffer
 from .storage.catalog import Catalog, DatabaseDef, SchemaChange
 from .storage.wal import TableRows, Wal, WalEntry, WalSeq
 
@@ -63,6 +66,52 @@ class WriteReport:
         return text
 
 
+#: Longest a write waits for the persister to drain a full buffer before it gets 503.
+ADMIT_TIMEOUT_SECONDS = 30.0
+#: How often a write held on the event loop looks again whether the buffer has room.
+_ROOM_POLL_SECONDS = 0.05
+
+
+def _never_refusing() -> str | None:
+    return None
+
+
+class Admission:
+    """Whether a write may enter now: the one decision for HTTP, MQTT and plugins.
+
+    In order: while the disk budget holds only data not yet uploaded, 507 with the budget's
+    reason; while the buffer is at twice its cap (persisting is behind), the write waits, and
+    gets the buffer's 503 after `timeout` seconds. (A stopping server refuses with 503 in
+    Wal.submit, which guards every LMDB transaction, not only writes.)
+    """
+
+    def __init__(
+        self,
+        buffer: Buffer,
+        budget_refusing: Callable[[], str | None] = _never_refusing,
+        timeout: float = ADMIT_TIMEOUT_SECONDS,
+    ) -> None:
+        self.buffer = buffer
+        self.budget_refusing = budget_refusing  # the 507 message, or None while writes fit
+        self.timeout = timeout
+
+    def admit(self) -> None:
+        """On a worker thread: refuse (507), or wait for buffer room and refuse (503) after the timeout."""
+        refusing = self.budget_refusing()
+        if refusing is not None:
+            raise StorageFull(refusing, kind="budget")
+        self.buffer.admit(self.timeout)
+
+    async def wait_for_room(self) -> None:
+        """On the event loop, before a body is read: wait without a thread while the buffer is
+        full; the buffer's 503 after the timeout."""
+        deadline = time.monotonic() + self.timeout
+        while not self.buffer.has_room():
+            if time.monotonic() > deadline:
+                self.buffer.admit(0)  # raises the 503 with its explanation
+            await asyncio.sleep(_ROOM_POLL_SECONDS)
+
+
 class WriteService:
     """The one write path shared by every protocol."""
 
@@ -70,13 +119,18 @@ class WriteService:
         self,
         catalog: Catalog,
         wal: Wal,
-        admit: Callable[[], None] = lambda: None,
+        admission: Admission | None = None,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.catalog = catalog
         self.wal = wal
-        self.admit = admit  # blocks or refuses while memory is at its cap
+        self.admission = admission  # None: every write is admitted (tests without a buffer)
         self.clock = clock
+
+    async def wait_for_room(self) -> None:
+        """Hold an HTTP write on the event loop while memory is at its cap (see Admission)."""
+        if self.admission is not None:
+            await self.admission.wait_for_room()
 
     def submit(self, req: WriteRequest) -> WriteReport:
         """Parse, validate and queue a write; `report.committed` resolves once it is durable.
@@ -84,7 +138,8 @@ class WriteService:
         Raises LineProtocolError when accept_partial is off and a line is bad (nothing is
         written), and LimitExceeded when the database itself cannot be created.
         """
-        self.admit()
+        if self.admission is not None:
+            self.admission.admit()
         parsed = parser.parse(
             req.body,
             req.precision,

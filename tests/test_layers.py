@@ -1,4 +1,9 @@
-"""Imports point down the data flow only (STYLE rule 2): a stage never imports a later one."""
+"""Imports point down the data flow only (STYLE rule 2): a stage never imports a later one.
+
+The unit of layering is a package (`storage`, `engine`, ...) or a top-level module; modules of
+one package import each other freely. `lineprotocol.syntax` is its own unit: the rules of the
+format, below everything, so that `model` and `units` can use them.
+"""
 
 from __future__ import annotations
 
@@ -6,93 +11,76 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "appliance"
-PACKAGES = ("__init__", *(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()))
 
-#: Lowest first; a module may import only modules of strictly lower layers.
+#: Lowest first; a unit may import only units of strictly lower layers (and itself).
 LAYERS: list[set[str]] = [
     {"lineprotocol.syntax"},
     {"errors", "units", "fileio", "backoff"},
-    {"model", "log", "metrics", "query.rows"},
-    {"threads"},
-    {"engine.names", "engine.humantime", "engine.cron"},
-    {"config"},
-    {
-        "lineprotocol.columns",
-        "mqtt.payload",
-        "query.formats",
-        "query.sqlcheck",
-        "sync.s3",
-        "engine.linebuilder",
-        "engine.cache",
-        "engine.rows",
-        "engine.responses",
-        "sync.store",
-        "engine.triggers",
-        "engine.loader",
-        "engine.packages",
-        "engine.pool",
-    },
-    {"engine.api"},
-    {"lineprotocol.vector", "lineprotocol.scanner", "lineprotocol.finish", "sync.s3store", "sync.filestore"},
-    {"lineprotocol.parser", "sync.settings"},
-    {"storage.wal"},
-    {"storage.catalog", "auth", "engine.store"},
-    {"storage.manifest", "mqtt.routes"},
-    {"storage.dedupe", "mqtt.messages"},
-    {"storage.buffer", "write"},
-    {"storage.persist", "query.system_tables", "sync.queue", "mqtt.batcher"},
-    {"storage.budget", "mqtt.client"},
-    {"query.service"},
-    {"engine.tables", "engine.registry"},
-    {"engine.fanout", "engine.schedule", "engine.watchdog"},
-    {"engine.calls", "engine.dryrun"},
-    {"engine.runner"},
-    {"mqtt.ingest", "sync.uploader"},
+    {"model", "log", "metrics"},
+    {"threads", "config"},
+    {"lineprotocol"},
+    {"storage"},
+    {"auth", "write"},
+    {"query"},
+    {"engine"},
+    {"sync", "mqtt"},
     {"app"},
-    {"http.routes", "http.connections"},
-    {"http.body", "http.engine_replies"},
-    {"http.handlers"},
-    {"http.server"},
+    {"http"},
     {"lifecycle"},
-    {"cli.main"},
+    {"cli"},
     {"__main__"},
 ]
+UNITS = {u for layer in LAYERS for u in layer}
 
 
-def _layer(module: str) -> int:
-    for i, names in enumerate(LAYERS):
-        if module in names:
-            return i
-    raise AssertionError(f"module appliance.{module} is not placed in a layer in tests/test_layers.py")
+def _unit(module: str) -> str:
+    """The layering unit a dotted module name belongs to: the longest unit it starts with."""
+    found = [u for u in UNITS if module == u or module.startswith(u + ".")]
+    assert found, f"module appliance.{module} belongs to no unit in tests/test_layers.py"
+    return max(found, key=len)
 
 
-def _imports(path: Path, module: str) -> set[str]:
-    package = module.rpartition(".")[0]
+def _layer(unit: str) -> int:
+    return next(i for i, units in enumerate(LAYERS) if unit in units)
+
+
+def _module_name(path: Path) -> tuple[str, str]:
+    """(module, the package its relative imports start from)."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    if parts[-1] == "__init__":
+        return ".".join(parts[:-1]), ".".join(parts[:-1])
+    return ".".join(parts), ".".join(parts[:-1])
+
+
+def _imports(path: Path) -> set[str]:
+    """Every appliance module or package the file imports from, as a dotted name."""
+    _, package = _module_name(path)
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.level:
             base = package.split(".") if package else []
-            base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+            base = base[: len(base) - (node.level - 1)]
             prefix = ".".join([*base, node.module] if node.module else base)
-            targets = [prefix] if node.module else [".".join([*base, a.name]) for a in node.names]
-            for t in targets:
-                found.add(t)
+            found |= {prefix} if node.module else {".".join([*base, a.name]) for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("appliance."):
             found.add(node.module.removeprefix("appliance."))
-    return {t for t in found if t and not t.endswith("__version__")}  # package attribute, not a module
+    return {t.strip(".") for t in found if t.strip(".") and not t.endswith("__version__")}
 
 
 def test_imports_point_down_the_flow() -> None:
     wrong = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        rel = path.relative_to(PACKAGE).with_suffix("")
-        module = ".".join(rel.parts).removesuffix(".__init__")
-        if module in PACKAGES:
-            continue
-        own = _layer(module)
-        for target in _imports(path, module):
-            if target in ("", *PACKAGES) or target == module:
-                continue
-            if _layer(target) >= own:
+        module, _ = _module_name(path)
+        if not module:
+            continue  # appliance/__init__.py
+        own = _unit(module)
+        for target in _imports(path):
+            unit = _unit(target)
+            if unit != own and _layer(unit) >= _layer(own):
                 wrong.append(f"appliance.{module} imports appliance.{target}")
     assert not wrong, "imports against the flow:\n" + "\n".join(wrong)
+
+
+def test_every_package_is_a_unit() -> None:
+    packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert packages <= UNITS, f"packages missing from LAYERS: {sorted(packages - UNITS)}"

@@ -24,7 +24,7 @@ from ..model import WalSeq
 from ..query.service import QueryService
 from ..storage.catalog import Catalog
 from ..storage.wal import Wal, WalEntry
-from ..threads import BackgroundLoop
+from ..threads import BackgroundLoop, DaemonPool
 from ..write import WriteService
 from . import tables
 from .api import api_globals
@@ -34,7 +34,6 @@ from .dryrun import DryRun
 from .fanout import Fanout
 from .loader import PluginLoader, check_filename
 from .packages import PackageInstaller
-from .pool import DaemonPool
 from .registry import Registry, Running
 from .responses import RequestResult
 from .schedule import Scheduler

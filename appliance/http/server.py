@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from ..app import App
+from ..auth import Tokens
 from ..errors import (
     ApplianceError,
     BadRequest,
@@ -21,37 +21,34 @@ from ..errors import (
     Unauthorized,
 )
 from ..metrics import HTTP_REFUSED
-from . import handlers, routes
-from .body import PEER_SHARE, BodyLimits, BodyReader, ByteBudget, hold_bodies
+from . import routes
+from .body import PEER_SHARE, BodyReader, ByteBudget, hold_bodies
 from .body import READER as BODY_READER
 from .connections import track_requests
+from .handlers import configure, engine, ops, query, write
+from .handlers.common import AUTHENTICATED, SERVICES, error_style, json_response
+from .services import HttpServices
 
 log = logging.getLogger("appliance.http")
 
-APP_KEY: web.AppKey[App] = handlers.APP_KEY
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def create(app: App) -> web.Application:
-    """Build the web application around a running App."""
-    config = app.config
+def create(services: HttpServices) -> web.Application:
+    """Build the web application around the services of a running App."""
+    settings = services.settings
     web_app = web.Application(
         middlewares=[track_requests, _errors, _check_host, _auth, hold_bodies],
         # Bodies are read and gunzipped only in body.BodyReader: a clear 400 for bad gzip, and
         # the size limit applies after decompression.
         handler_args={"auto_decompress": False},
     )
-    web_app[APP_KEY] = app
-    web_app[handlers.WRITE_SLOTS] = asyncio.Semaphore(handlers.WRITE_CONCURRENCY)
+    web_app[SERVICES] = services
+    web_app[write.WRITE_SLOTS] = asyncio.Semaphore(write.WRITE_CONCURRENCY)
     decode_pool = ThreadPoolExecutor(2, thread_name_prefix="http-gunzip")
     web_app[BODY_READER] = BodyReader(
-        BodyLimits(
-            config.max_request_size,
-            config.body_timeout / 1e9,
-            config.body_min_rate,
-            config.body_idle_timeout / 1e9,
-        ),
-        ByteBudget(config.max_buffered_bytes, PEER_SHARE * config.max_request_size),
+        settings.body,
+        ByteBudget(settings.max_buffered_bytes, PEER_SHARE * settings.body.max_size),
         decode_pool,
     )
 
@@ -59,56 +56,60 @@ def create(app: App) -> web.Application:
         decode_pool.shutdown(wait=False, cancel_futures=True)
 
     web_app.on_cleanup.append(stop_pool)
-    web_app.on_shutdown.append(handlers.stop_queries)  # before aiohttp waits for in-flight requests
-    r = web_app.router
-    r.add_post(routes.WRITE_LP, handlers.write_lp)
-    r.add_post(routes.WRITE_V2, handlers.write_v2)
-    r.add_post(routes.WRITE_V1, handlers.write_v1)
-    r.add_route("GET", routes.QUERY_SQL, handlers.query_sql)
-    r.add_route("POST", routes.QUERY_SQL, handlers.query_sql)
-    for path in (routes.QUERY_INFLUXQL, routes.QUERY_V1):
-        r.add_route("GET", path, handlers.influxql)
-        r.add_route("POST", path, handlers.influxql)
-    r.add_get(routes.HEALTH, handlers.health)
-    r.add_get(routes.HEALTH_V1, handlers.health)
-    r.add_get(routes.PING, handlers.ping)
-    r.add_post(routes.PING, handlers.ping)
-    r.add_get(routes.CONFIGURE_DATABASE, handlers.list_databases)
-    r.add_post(routes.CONFIGURE_DATABASE, handlers.create_database)
-    r.add_put(routes.CONFIGURE_DATABASE, handlers.update_database)
-    r.add_delete(routes.CONFIGURE_DATABASE, handlers.delete_database)
-    r.add_post(routes.CONFIGURE_RETENTION, handlers.set_retention)
-    r.add_delete(routes.CONFIGURE_RETENTION, handlers.clear_retention)
-    r.add_post(routes.CONFIGURE_TABLE, handlers.create_table)
-    r.add_delete(routes.CONFIGURE_TABLE, handlers.delete_table)
-    r.add_post(routes.TOKEN_ADMIN, handlers.create_admin_token)
-    r.add_post(routes.TOKEN_ADMIN_REGENERATE, handlers.regenerate_admin_token)
-    r.add_post(routes.PERSIST, handlers.persist)
-    r.add_get(routes.METRICS, handlers.metrics)
-    r.add_get(routes.SYNC, handlers.sync_status)
-    r.add_post(routes.SYNC, handlers.sync_now)
-    r.add_post(routes.TRIGGER, handlers.create_trigger)
-    r.add_delete(routes.TRIGGER, handlers.delete_trigger)
-    r.add_post(routes.TRIGGER_ENABLE, handlers.enable_trigger)
-    r.add_post(routes.TRIGGER_DISABLE, handlers.disable_trigger)
-    r.add_post(routes.INSTALL_PACKAGES, handlers.install_packages)
-    r.add_post(routes.INSTALL_REQUIREMENTS, handlers.install_requirements)
-    r.add_post(routes.PLUGIN_TEST_WAL, handlers.test_wal_plugin)
-    r.add_post(routes.PLUGIN_TEST_SCHEDULE, handlers.test_schedule_plugin)
-    r.add_get(routes.ENGINE, handlers.engine_request)
-    r.add_post(routes.ENGINE, handlers.engine_request)
+    web_app.on_shutdown.append(query.stop_queries)  # before aiohttp waits for in-flight requests
+    _add_routes(web_app.router)
     web_app.on_response_prepare.append(_cors)
     return web_app
 
 
+def _add_routes(r: web.UrlDispatcher) -> None:
+    """The route table: every path (http/routes.py) to its handler, by area."""
+    r.add_post(routes.WRITE_LP, write.write_lp)
+    r.add_post(routes.WRITE_V2, write.write_v2)
+    r.add_post(routes.WRITE_V1, write.write_v1)
+    r.add_route("GET", routes.QUERY_SQL, query.query_sql)
+    r.add_route("POST", routes.QUERY_SQL, query.query_sql)
+    for path in (routes.QUERY_INFLUXQL, routes.QUERY_V1):
+        r.add_route("GET", path, query.influxql)
+        r.add_route("POST", path, query.influxql)
+    r.add_get(routes.HEALTH, ops.health)
+    r.add_get(routes.HEALTH_V1, ops.health)
+    r.add_get(routes.PING, ops.ping)
+    r.add_post(routes.PING, ops.ping)
+    r.add_get(routes.CONFIGURE_DATABASE, configure.list_databases)
+    r.add_post(routes.CONFIGURE_DATABASE, configure.create_database)
+    r.add_put(routes.CONFIGURE_DATABASE, configure.update_database)
+    r.add_delete(routes.CONFIGURE_DATABASE, configure.delete_database)
+    r.add_post(routes.CONFIGURE_RETENTION, configure.set_retention)
+    r.add_delete(routes.CONFIGURE_RETENTION, configure.clear_retention)
+    r.add_post(routes.CONFIGURE_TABLE, configure.create_table)
+    r.add_delete(routes.CONFIGURE_TABLE, configure.delete_table)
+    r.add_post(routes.TOKEN_ADMIN, configure.create_admin_token)
+    r.add_post(routes.TOKEN_ADMIN_REGENERATE, configure.regenerate_admin_token)
+    r.add_post(routes.PERSIST, ops.persist)
+    r.add_get(routes.METRICS, ops.metrics)
+    r.add_get(routes.SYNC, ops.sync_status)
+    r.add_post(routes.SYNC, ops.sync_now)
+    r.add_post(routes.TRIGGER, engine.create_trigger)
+    r.add_delete(routes.TRIGGER, engine.delete_trigger)
+    r.add_post(routes.TRIGGER_ENABLE, engine.enable_trigger)
+    r.add_post(routes.TRIGGER_DISABLE, engine.disable_trigger)
+    r.add_post(routes.INSTALL_PACKAGES, engine.install_packages)
+    r.add_post(routes.INSTALL_REQUIREMENTS, engine.install_requirements)
+    r.add_post(routes.PLUGIN_TEST_WAL, engine.test_wal_plugin)
+    r.add_post(routes.PLUGIN_TEST_SCHEDULE, engine.test_schedule_plugin)
+    r.add_get(routes.ENGINE, engine.engine_request)
+    r.add_post(routes.ENGINE, engine.engine_request)
+
+
 async def _cors(request: web.Request, response: web.StreamResponse) -> None:
     """CORS headers only for the origins listed in http.cors_origins (none by default)."""
-    allowed = request.app[APP_KEY].config.cors_origins
+    allowed = request.app[SERVICES].settings.cors_origins
     if not allowed:
         return
     response.headers.add("Vary", "Origin")
     origin = request.headers.get("Origin")
-    if origin and handlers.cors_allows(allowed, origin):
+    if origin and ops.cors_allows(allowed, origin):
         response.headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
 
 
@@ -154,18 +155,18 @@ def error_response(request: web.Request, err: ApplianceError) -> web.Response:
 
 
 def _error_body(request: web.Request, err: ApplianceError) -> web.Response:
-    style = handlers.error_style(request)
+    style = error_style(request)
     status = err.http_status
     if style == "v2":
-        return handlers.json_response({"code": err.code, "message": _v2_message(err)}, status=status)
+        return json_response({"code": err.code, "message": _v2_message(err)}, status=status)
     if style == "v1":
-        return handlers.json_response({"error": _v2_message(err)}, status=status)
+        return json_response({"error": _v2_message(err)}, status=status)
     if err.body_kind == "text":
         return web.Response(text=err.message, status=status, content_type="text/plain")
     body: dict[str, object] = {"error": err.message}
     if err.data is not None:
         body["data"] = err.data
-    return handlers.json_response(body, status=status)
+    return json_response(body, status=status)
 
 
 def _v2_message(err: ApplianceError) -> str:
@@ -196,21 +197,19 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise  # aiohttp's own answers: 405 for a wrong method, and so on
     except Exception:
         log.exception("unexpected error handling %s %s", request.method, request.path)
-        return handlers.json_response(
-            {"error": "internal error; the details are in the server log"}, status=500
-        )
+        return json_response({"error": "internal error; the details are in the server log"}, status=500)
 
 
 @web.middleware
 async def _check_host(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bound to loopback, with auth off, or with http.allowed_hosts set, answer only Host names
     of our own: a web page that rebinds its name to this address cannot reach the API."""
-    config = request.app[APP_KEY].config
+    settings = request.app[SERVICES].settings
     host = request.headers.get("Host")
     if (
         host is not None
-        and (config.allowed_hosts or not config.auth_enabled or loopback_bind(config.bind))
-        and not host_allowed(host, config.allowed_hosts)
+        and (settings.allowed_hosts or not settings.auth_enabled or loopback_bind(settings.bind))
+        and not host_allowed(host, settings.allowed_hosts)
     ):
         HTTP_REFUSED.inc(reason="allowed_hosts")
         raise MisdirectedHost(
@@ -222,35 +221,36 @@ async def _check_host(request: web.Request, handler: Handler) -> web.StreamRespo
 
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    app = request.app[APP_KEY]
+    services = request.app[SERVICES]
+    tokens = services.configure.tokens
     if request.method == "OPTIONS":
-        return handlers.options(request)  # CORS pre-flight on any path, before routing and auth
-    if not app.config.auth_enabled:
+        return ops.options(request)  # CORS pre-flight on any path, before routing and auth
+    if not services.settings.auth_enabled:
         return await handler(request)
     if request.path in routes.PUBLIC:
-        request[handlers.AUTHENTICATED] = _verified(app, request)  # /health shows details only then
+        request[AUTHENTICATED] = _verified(tokens, request)  # /health shows details only then
         return await handler(request)
-    if request.path == routes.METRICS and "metrics" in app.config.disable_authz:
+    if request.path == routes.METRICS and services.settings.metrics_without_token:
         return await handler(request)
-    if request.path.startswith(routes.ENGINE_PREFIX) and app.engine.is_public(
+    if request.path.startswith(routes.ENGINE_PREFIX) and services.engine.engine.is_public(
         request.path[len(routes.ENGINE_PREFIX) :]
     ):
         return await handler(request)  # a request trigger created with no_auth (local webhooks)
-    if request.path == routes.TOKEN_ADMIN and app.tokens.admin() is None:
+    if request.path == routes.TOKEN_ADMIN and tokens.admin() is None:
         return await handler(request)  # bootstrap: the first admin token needs no token
     token = _token_of(request)
-    if token is None or not app.tokens.verify(token):
+    if token is None or not tokens.verify(token):
         raise Unauthorized("the request was not authenticated")
     return await handler(request)
 
 
-def _verified(app: App, request: web.Request) -> bool:
+def _verified(tokens: Tokens, request: web.Request) -> bool:
     """Whether the request carries a valid token (for endpoints that need none)."""
     try:
         token = _token_of(request)
     except ApplianceError:
         return False
-    return token is not None and app.tokens.verify(token)
+    return token is not None and tokens.verify(token)
 
 
 def _token_of(request: web.Request) -> str | None:

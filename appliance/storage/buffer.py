@@ -120,6 +120,10 @@ class Buffer:
         arrivals = [tb.chunks[0].arrived_ns for tb in self.tables.values() if tb.chunks]
         self.oldest_unpersisted_ns = min(arrivals, default=None)
 
+    def has_room(self) -> bool:
+        """Below twice the cap: a new write may enter (write.Admission decides)."""
+        return self.nbytes < 2 * self.max_bytes
+
     def admit(self, timeout: float) -> None:
         """Hold a new write while the buffer is at twice its cap (persisting fell behind).
 
@@ -127,7 +131,7 @@ class Buffer:
         the write is refused with 503 so the client retries later.
         """
         with self.lock:
-            if self._drained.wait_for(lambda: self.nbytes < 2 * self.max_bytes, timeout):
+            if self._drained.wait_for(self.has_room, timeout):
                 return
         raise WalError(
             f"the in-memory buffer is full ({self.nbytes} bytes, twice storage.max_buffer_bytes)"

@@ -23,9 +23,8 @@ from typing import Any
 import pyarrow as pa
 
 from ..backoff import backoff_delay
-from ..engine.pool import DaemonPool
 from ..storage.manifest import Manifest
-from ..threads import BackgroundLoop
+from ..threads import BackgroundLoop, DaemonPool
 from .queue import DELETE, QUEUED, SYNCED, SyncQueue, SyncRecord
 from .s3 import S3Error
 from .settings import SyncSettings

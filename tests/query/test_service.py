@@ -221,44 +221,6 @@ def test_engine_errors_become_one_clean_line() -> None:
     assert "site-packages" not in path.message
 
 
-# -- the query slots of the HTTP handler ----------------------------------------------------------
-def test_query_slots_are_given_back_on_timeout_and_when_the_pool_refuses() -> None:
-    import asyncio
-    from concurrent.futures import ThreadPoolExecutor
-    from types import SimpleNamespace
-
-    from appliance.http.handlers import _run_query
-
-    async def scenario() -> None:
-        pool = ThreadPoolExecutor(1)
-        limits = QueryLimits(1 << 20, int(0.2e9), 1 << 20)
-        app: Any = SimpleNamespace(
-            queries=SimpleNamespace(limits=limits),
-            query_slots=asyncio.Semaphore(1),
-            query_pool=pool,
-            config=SimpleNamespace(max_concurrent=1),
-        )
-        assert await _run_query(app, lambda: [b"ok"]) == [b"ok"]
-        await app.query_slots.acquire()  # every slot busy: the next query waits, then answers 503
-        with pytest.raises(QueryError) as busy:
-            await _run_query(app, lambda: [b"never"])
-        assert busy.value.http_status == 503
-        app.query_slots.release()
-        # many waiters timing out while slots come and go leave the count where it was
-        waiters = [
-            asyncio.ensure_future(_run_query(app, lambda: time.sleep(0.05) or [b"x"])) for _ in range(20)
-        ]
-        await asyncio.gather(*waiters, return_exceptions=True)
-        await asyncio.sleep(0.1)
-        assert app.query_slots._value == 1
-        pool.shutdown()
-        with pytest.raises(QueryError) as stopping:
-            await _run_query(app, lambda: [b"x"])
-        assert stopping.value.http_status == 503 and app.query_slots._value == 1
-
-    asyncio.run(scenario())
-
-
 def test_results_keep_the_batches_schema_when_the_plan_says_nullable() -> None:
     from pathlib import Path
 
