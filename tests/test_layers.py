@@ -14,7 +14,9 @@ LAYERS: list[set[str]] = [
     {"model", "log", "metrics"},
     {"threads"},
     {"engine.names"},
-    {"config"},
+    {"config.parse", "config.subscriptions"},
+    {"config.settings"},
+    {"config.load", "config.sample"},
     {
         "lineprotocol.columns",
         "mqtt.payload",

@@ -298,10 +298,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _config_check(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
-    if cfg.mqtt_broker:
+    if cfg.mqtt.broker:
         from ..mqtt.ingest import MqttIngest
 
-        MqttIngest(cfg)  # subscriptions, credentials and TLS files, as serve checks them
+        MqttIngest(cfg.mqtt)  # subscriptions, credentials and TLS files, as serve checks them
     width = max(len(s.name) for s in config.SETTINGS)
     for name, value, source in config.describe(cfg):
         print(f"{name:<{width}}  {value}  ({source})")
@@ -383,7 +383,7 @@ def _error_text(body: bytes) -> str:
 def _local_token() -> tuple[str | None, str]:
     """The admin token of the local server's data dir when readable, and where it came from (or was sought)."""
     try:
-        data_dir = config.load().data_dir
+        data_dir = config.load().server.data_dir
     except ApplianceError as e:
         return None, f"the CLI could not read the configuration to find the admin-token file ({e})"
     path = Path(data_dir).expanduser() / "admin-token"

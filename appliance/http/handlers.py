@@ -237,7 +237,7 @@ async def _run_query(app: App, run: Any) -> list[bytes]:
             await app.query_slots.acquire()
     except TimeoutError:
         raise QueryError(
-            f"too many queries running (query.max_concurrent = {app.config.max_concurrent}); retry later",
+            f"too many queries running (query.max_concurrent = {app.config.query.max_concurrent}); retry later",
             http_status=503,
         ) from None
     # No await between the acquire and the hand-off: the permit belongs to the thread's future.
@@ -342,7 +342,7 @@ def cors_allows(allowed: tuple[str, ...], origin: str) -> bool:
 def options(request: web.Request) -> web.Response:
     """CORS pre-flight: answered only for origins in http.cors_origins (403 for others)."""
     origin = request.headers.get("Origin")
-    allowed = request.app[APP_KEY].config.cors_origins
+    allowed = request.app[APP_KEY].config.http.cors_origins
     if origin is None:
         return web.Response(status=204, headers={"Allow": f"{_CORS_METHODS}, OPTIONS"})
     if not cors_allows(allowed, origin):
@@ -489,7 +489,7 @@ async def regenerate_admin_token(request: web.Request) -> web.Response:
 
 async def _admin_token(request: web.Request, regenerate: bool) -> web.Response:
     app = request.app[APP_KEY]
-    if not app.config.auth_enabled:
+    if not app.config.auth.enabled:
         raise MethodDisabled("endpoint disabled, started without auth")
     token, info = await _in_pool(request, "admin", app.tokens.create_admin, regenerate)
     return json_response(

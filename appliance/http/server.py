@@ -46,12 +46,12 @@ def create(app: App) -> web.Application:
     decode_pool = ThreadPoolExecutor(2, thread_name_prefix="http-gunzip")
     web_app[BODY_READER] = BodyReader(
         BodyLimits(
-            config.max_request_size,
-            config.body_timeout / 1e9,
-            config.body_min_rate,
-            config.body_idle_timeout / 1e9,
+            config.http.max_request_size,
+            config.http.body_timeout / 1e9,
+            config.http.body_min_rate,
+            config.http.body_idle_timeout / 1e9,
         ),
-        ByteBudget(config.max_buffered_bytes, PEER_SHARE * config.max_request_size),
+        ByteBudget(config.http.max_buffered_bytes, PEER_SHARE * config.http.max_request_size),
         decode_pool,
     )
 
@@ -103,7 +103,7 @@ def create(app: App) -> web.Application:
 
 async def _cors(request: web.Request, response: web.StreamResponse) -> None:
     """CORS headers only for the origins listed in http.cors_origins (none by default)."""
-    allowed = request.app[APP_KEY].config.cors_origins
+    allowed = request.app[APP_KEY].config.http.cors_origins
     if not allowed:
         return
     response.headers.add("Vary", "Origin")
@@ -209,8 +209,8 @@ async def _check_host(request: web.Request, handler: Handler) -> web.StreamRespo
     host = request.headers.get("Host")
     if (
         host is not None
-        and (config.allowed_hosts or not config.auth_enabled or loopback_bind(config.bind))
-        and not host_allowed(host, config.allowed_hosts)
+        and (config.http.allowed_hosts or not config.auth.enabled or loopback_bind(config.http.bind))
+        and not host_allowed(host, config.http.allowed_hosts)
     ):
         HTTP_REFUSED.inc(reason="allowed_hosts")
         raise MisdirectedHost(
@@ -225,12 +225,12 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     app = request.app[APP_KEY]
     if request.method == "OPTIONS":
         return handlers.options(request)  # CORS pre-flight on any path, before routing and auth
-    if not app.config.auth_enabled:
+    if not app.config.auth.enabled:
         return await handler(request)
     if request.path in routes.PUBLIC:
         request[handlers.AUTHENTICATED] = _verified(app, request)  # /health shows details only then
         return await handler(request)
-    if request.path == routes.METRICS and "metrics" in app.config.disable_authz:
+    if request.path == routes.METRICS and "metrics" in app.config.auth.disable_authz:
         return await handler(request)
     if request.path.startswith(routes.ENGINE_PREFIX) and app.engine.is_public(
         request.path[len(routes.ENGINE_PREFIX) :]

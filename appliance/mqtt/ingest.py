@@ -37,7 +37,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ..backoff import backoff_delay
-from ..config import MQTT_SCHEMES, Config, Subscription
+from ..config import MQTT_SCHEMES, MqttSettings, Subscription
 from ..errors import ApplianceError, CatalogError, ConfigError, LimitExceeded, WalError
 from ..lineprotocol import parser
 from ..model import Precision, strip_bom
@@ -226,15 +226,15 @@ def _guarded(fn: Callable[..., None]) -> Callable[..., None]:
 class MqttIngest:
     """The MQTT client, its batcher thread and the state `/health` and system tables show."""
 
-    def __init__(self, config: Config, clock: Callable[[], int] = time.time_ns) -> None:
+    def __init__(self, config: MqttSettings, clock: Callable[[], int] = time.time_ns) -> None:
         """Check the subscriptions, credentials and TLS files (ConfigError); nothing starts yet."""
         self.config = config
         self.writes: WriteService | None = None
         self.clock = clock
-        self.routes = compile_routes(config.mqtt_subscriptions)
+        self.routes = compile_routes(config.subscriptions)
         if not self.routes:
             raise ConfigError("mqtt.broker is set but there is no [[mqtt.subscription]] block: add one")
-        self.url = urllib.parse.urlsplit(config.mqtt_broker)
+        self.url = urllib.parse.urlsplit(config.broker)
         self.connected = False
         self.last_error: str | None = None  # of the connection
         self.write_error: str | None = None  # while writes wait (buffer or disk full, a limit)
@@ -259,32 +259,32 @@ class MqttIngest:
     # -- connection ------------------------------------------------------------------------
     def _make_client(self) -> _Client:
         cfg = self.config
-        v5 = cfg.mqtt_protocol == "5"
+        v5 = cfg.protocol == "5"
         client = _Client(
             CallbackAPIVersion.VERSION2,
-            client_id=cfg.mqtt_client_id,
+            client_id=cfg.client_id,
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             clean_session=None if v5 else False,
             manual_ack=True,
         )
-        client.backoff = Backoff(cfg.mqtt_reconnect_min / 1e9, cfg.mqtt_reconnect_max / 1e9)
+        client.backoff = Backoff(cfg.reconnect_min / 1e9, cfg.reconnect_max / 1e9)
         client.stopping = self._stopping
         password = self._password()
-        if cfg.mqtt_username or password:
-            client.username_pw_set(cfg.mqtt_username or None, password or None)
+        if cfg.username or password:
+            client.username_pw_set(cfg.username or None, password or None)
         if MQTT_SCHEMES[self.url.scheme.lower()]:
             try:
                 client.tls_set(
-                    ca_certs=cfg.mqtt_tls_ca or None,
-                    certfile=cfg.mqtt_tls_cert or None,
-                    keyfile=cfg.mqtt_tls_key or None,
+                    ca_certs=cfg.tls_ca or None,
+                    certfile=cfg.tls_cert or None,
+                    keyfile=cfg.tls_key or None,
                 )
             except (OSError, ValueError) as e:
                 raise ConfigError(
-                    f"mqtt.tls_ca/tls_cert/tls_key ({cfg.mqtt_tls_ca or 'system CAs'}, {cfg.mqtt_tls_cert or '-'},"
-                    f" {cfg.mqtt_tls_key or '-'}): cannot load them: {e}"
+                    f"mqtt.tls_ca/tls_cert/tls_key ({cfg.tls_ca or 'system CAs'}, {cfg.tls_cert or '-'},"
+                    f" {cfg.tls_key or '-'}): cannot load them: {e}"
                 ) from None
-            client.tls_insecure_set(cfg.mqtt_tls_insecure)
+            client.tls_insecure_set(cfg.tls_insecure)
         client.on_connect = _guarded(self._on_connect)
         client.on_connect_fail = _guarded(self._on_connect_fail)
         client.on_disconnect = _guarded(self._on_disconnect)
@@ -294,13 +294,13 @@ class MqttIngest:
 
     def _password(self) -> str:
         cfg = self.config
-        if cfg.mqtt_password or not cfg.mqtt_password_file:
-            return cfg.mqtt_password
+        if cfg.password or not cfg.password_file:
+            return cfg.password
         try:
-            return Path(cfg.mqtt_password_file).read_text().splitlines()[0].strip()
+            return Path(cfg.password_file).read_text().splitlines()[0].strip()
         except (OSError, IndexError) as e:
             raise ConfigError(
-                f"mqtt.password_file {cfg.mqtt_password_file}: cannot read a password from it ({e})"
+                f"mqtt.password_file {cfg.password_file}: cannot read a password from it ({e})"
             ) from None
 
     def start(self, writes: WriteService) -> None:
@@ -308,25 +308,25 @@ class MqttIngest:
         self.writes = writes
         cfg = self.config
         properties = None
-        if cfg.mqtt_protocol == "5":
+        if cfg.protocol == "5":
             properties = Properties(PacketTypes.CONNECT)
-            properties.SessionExpiryInterval = min(cfg.mqtt_session_expiry // 1_000_000_000, 0xFFFFFFFF)
-            properties.ReceiveMaximum = min(cfg.mqtt_max_inflight, 65535)
-            properties.MaximumPacketSize = min(cfg.mqtt_max_pending_bytes + 1024, 268_435_455)
+            properties.SessionExpiryInterval = min(cfg.session_expiry // 1_000_000_000, 0xFFFFFFFF)
+            properties.ReceiveMaximum = min(cfg.max_inflight, 65535)
+            properties.MaximumPacketSize = min(cfg.max_pending_bytes + 1024, 268_435_455)
         port = self.url.port or (8883 if MQTT_SCHEMES[self.url.scheme.lower()] else 1883)
         self._client.connect_async(
             self.url.hostname or "127.0.0.1",
             port,
-            keepalive=cfg.mqtt_keepalive // 1_000_000_000,
-            clean_start=False if cfg.mqtt_protocol == "5" else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            keepalive=cfg.keepalive // 1_000_000_000,
+            clean_start=False if cfg.protocol == "5" else paho.MQTT_CLEAN_START_FIRST_ONLY,
             properties=properties,
         )
         self._batcher.start()
         self._client.loop_start()
         log.info(
             "MQTT connecting to %s as %s, %d subscription(s)",
-            cfg.mqtt_broker,
-            cfg.mqtt_client_id,
+            cfg.broker,
+            cfg.client_id,
             len(self.routes),
         )
 
@@ -341,17 +341,17 @@ class MqttIngest:
             self.connected = True
         self._client.backoff.reset()
         self.last_error = None
-        log.info("MQTT connected to %s (session present: %s)", self.config.mqtt_broker, flags.session_present)
+        log.info("MQTT connected to %s (session present: %s)", self.config.broker, flags.session_present)
         if reconnect and not flags.session_present:
             log.warning(
                 "MQTT broker kept no session for %s: messages published while disconnected are lost;"
                 " enable persistence on the broker (and session_expiry for MQTT 5)",
-                self.config.mqtt_client_id,
+                self.config.client_id,
             )
         client.subscribe([(r.sub.topic, r.wire_qos) for r in self.routes])
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
-        self.last_error = f"cannot connect to {self.config.mqtt_broker}"
+        self.last_error = f"cannot connect to {self.config.broker}"
         self._rate_limited_log(f"MQTT {self.last_error}; retrying with backoff")
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -386,8 +386,8 @@ class MqttIngest:
         route = self._route(topic)
         with self._cond:
             while (
-                self._inflight >= self.config.mqtt_max_inflight
-                or self._pending_bytes >= self.config.mqtt_max_pending_bytes
+                self._inflight >= self.config.max_inflight
+                or self._pending_bytes >= self.config.max_pending_bytes
             ) and not self._stopping.is_set():
                 if self._blocked_since is None:
                     self._blocked_since = time.monotonic()
@@ -700,7 +700,7 @@ class MqttIngest:
     def health(self) -> dict[str, Any]:
         """The MQTT part of /health: degraded while disconnected, refused, or not reading for long."""
         blocked = self._blocked_since
-        stalled = blocked is not None and time.monotonic() - blocked > self.config.mqtt_keepalive / 1e9
+        stalled = blocked is not None and time.monotonic() - blocked > self.config.keepalive / 1e9
         ok = (
             self.connected
             and not stalled

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
+from ..config import SyncSettings
 from ..errors import ConfigError
 from .s3 import CONNECT_TIMEOUT, REQUEST_TIMEOUT, Credentials, S3Client, ca_file, virtual_hosted
 
@@ -72,17 +72,17 @@ class Throttle:
 class ObjectStore:
     """One bucket and prefix; every method raises OSError when the store fails."""
 
-    def __init__(self, config: Config) -> None:
-        self.bucket = config.sync_bucket
-        self.prefix = config.sync_prefix
-        self.endpoint = config.sync_endpoint
-        self.throttle = Throttle(config.sync_bandwidth_limit)
-        self.region = config.sync_region
-        self.path_style = config.sync_path_style
+    def __init__(self, config: SyncSettings) -> None:
+        self.bucket = config.bucket
+        self.prefix = config.prefix
+        self.endpoint = config.endpoint
+        self.throttle = Throttle(config.bandwidth_limit)
+        self.region = config.region
+        self.path_style = config.path_style
         creds = resolve_credentials(config)
         self._options = _s3_options(config, creds)
         self.s3 = (
-            S3Client(config.sync_endpoint, self.bucket, self.region, self.path_style, creds)
+            S3Client(config.endpoint, self.bucket, self.region, self.path_style, creds)
             if creds is not None
             else None
         )
@@ -244,47 +244,47 @@ def _parts(local: Path, size: int, stop: threading.Event, rel: str) -> Iterator[
             yield data
 
 
-def resolve_credentials(config: Config) -> Credentials | None:
+def resolve_credentials(config: SyncSettings) -> Credentials | None:
     """Static credentials, once, in the documented order (pyarrow and the signer get the same):
     sync.access_key_id/secret_access_key; AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (and
     AWS_SESSION_TOKEN); sync.credentials_file's [sync.profile]; the AWS shared credentials file
     (AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials; profile AWS_PROFILE, else sync.profile).
     None: the AWS SDK's other sources (an instance role), through pyarrow only."""
-    if config.sync_access_key_id:
-        if not config.sync_secret_access_key:
+    if config.access_key_id:
+        if not config.secret_access_key:
             raise ConfigError("sync.access_key_id is set but sync.secret_access_key is empty")
-        return Credentials(config.sync_access_key_id, config.sync_secret_access_key)
+        return Credentials(config.access_key_id, config.secret_access_key)
     env = os.environ
     if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
         return Credentials(
             env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN", "")
         )
-    if config.sync_credentials_file:
-        return Credentials(*_credentials_file(Path(config.sync_credentials_file), config.sync_profile))
+    if config.credentials_file:
+        return Credentials(*_credentials_file(Path(config.credentials_file), config.profile))
     shared = Path(env.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials").expanduser()
     if not shared.is_file():
         return None
     try:
-        return Credentials(*_credentials_file(shared, env.get("AWS_PROFILE") or config.sync_profile))
+        return Credentials(*_credentials_file(shared, env.get("AWS_PROFILE") or config.profile))
     except ConfigError:
         return None  # not ours to judge: the AWS SDK reads it its own way
 
 
-def _s3_options(config: Config, creds: Credentials | None) -> dict[str, Any]:
+def _s3_options(config: SyncSettings, creds: Credentials | None) -> dict[str, Any]:
     """S3FileSystem arguments from the [sync] settings; credentials never leave this dict."""
     options: dict[str, Any] = {
-        "region": config.sync_region,
+        "region": config.region,
         "connect_timeout": CONNECT_TIMEOUT,
         "request_timeout": REQUEST_TIMEOUT,
         # Path style for an IP address or localhost endpoint too, as botocore does.
-        "force_virtual_addressing": bool(config.sync_endpoint)
-        and virtual_hosted(config.sync_endpoint, config.sync_bucket, config.sync_path_style),
+        "force_virtual_addressing": bool(config.endpoint)
+        and virtual_hosted(config.endpoint, config.bucket, config.path_style),
         "allow_delayed_open": True,  # a small object goes as one PUT, not a three-request multipart upload
     }
     if ca_file():
         options["tls_ca_file_path"] = ca_file()
-    if config.sync_endpoint:
-        scheme, _, host = config.sync_endpoint.partition("://")
+    if config.endpoint:
+        scheme, _, host = config.endpoint.partition("://")
         options["endpoint_override"] = host
         options["scheme"] = scheme
     if creds is not None:

@@ -16,13 +16,12 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from ..backoff import backoff_delay
-from ..config import Config
+from ..config import SyncSettings
 from ..engine.pool import DaemonPool
 from ..storage.manifest import Manifest
 from .queue import DELETE, QUEUED, SYNCED, SyncQueue, SyncRecord
@@ -49,12 +48,14 @@ class SyncStats:
 class Syncer:
     """Uploads, retries, status, `/health` and `system.sync_queue`."""
 
-    def __init__(self, config: Config, queue: SyncQueue, store: ObjectStore, manifest: Manifest) -> None:
+    def __init__(
+        self, config: SyncSettings, queue: SyncQueue, store: ObjectStore, manifest: Manifest
+    ) -> None:
         self.config = config
         self.queue = queue
         self.store = store
         self.manifest = manifest
-        self.root = Path(config.data_dir) / "parquet"
+        self.root = manifest.root
         self.stats = SyncStats()
         self._stats_lock = threading.Lock()
         self._wake = threading.Event()
@@ -64,7 +65,7 @@ class Syncer:
         self._not_before = 0.0  # monotonic time of the next pass after a failure
         self._passes: list[Future[None]] = []
         self._lock = threading.Lock()
-        self._pool = DaemonPool(config.sync_concurrency, "sync-upload")  # never holds up exit
+        self._pool = DaemonPool(config.concurrency, "sync-upload")  # never holds up exit
         self._thread = threading.Thread(target=self._run, name="sync", daemon=True)
         self._oldest_ns: int | None = None  # of the queued files, refreshed by each pass
         self.queued_bytes = 0  # likewise
@@ -75,8 +76,8 @@ class Syncer:
         log.info(
             "sync to %s (endpoint %s) every %.0fs",
             self.store.url(""),
-            self.config.sync_endpoint or "AWS",
-            self.config.sync_interval / 1e9,
+            self.config.endpoint or "AWS",
+            self.config.interval / 1e9,
         )
 
     def stop(self) -> None:
@@ -103,7 +104,7 @@ class Syncer:
     # -- the loop ------------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.config.sync_interval / 1e9)
+            self._wake.wait(self.config.interval / 1e9)
             self._wake.clear()
             with self._lock:
                 waiters, self._passes = self._passes, []
@@ -123,11 +124,11 @@ class Syncer:
 
     def _pass(self, ignore_backoff: bool) -> bool:
         """Upload what is due, then run the deletes that may run; False at the first failure."""
-        max_wait = self.config.sync_retry_max
+        max_wait = self.config.retry_max
         if not self._strays_checked:
             self._remove_strays()
         uploads, _ = self.queue.due(time.time_ns(), max_wait, ignore_backoff)
-        step = self.config.sync_concurrency
+        step = self.config.concurrency
         for i in range(0, len(uploads), step):  # oldest first
             if self._stop.is_set():
                 return True
@@ -184,7 +185,7 @@ class Syncer:
         return True
 
     def _fail(self, error: str, rec: SyncRecord) -> None:
-        low, high = self.config.sync_retry_min / 1e9, self.config.sync_retry_max / 1e9
+        low, high = self.config.retry_min / 1e9, self.config.retry_max / 1e9
         self._note_error(error)
         self.queue.mark_failed(rec, error, int(backoff_delay(rec.attempts, low, high) * 1e9))
 
@@ -194,7 +195,7 @@ class Syncer:
             self.stats.last_error, self.stats.last_error_ns = error, time.time_ns()
 
     def _back_off(self) -> None:
-        low, high = self.config.sync_retry_min / 1e9, self.config.sync_retry_max / 1e9
+        low, high = self.config.retry_min / 1e9, self.config.retry_max / 1e9
         delay = backoff_delay(self._failures, low, high)
         self._failures += 1
         self._not_before = time.monotonic() + delay
@@ -224,9 +225,9 @@ class Syncer:
             s = SyncStats(**vars(self.stats))
         return {
             "enabled": True,
-            "bucket": self.config.sync_bucket,
-            "prefix": self.config.sync_prefix,
-            "endpoint": self.config.sync_endpoint or "AWS",
+            "bucket": self.config.bucket,
+            "prefix": self.config.prefix,
+            "endpoint": self.config.endpoint or "AWS",
             "queued_files": len(queued),
             "queued_bytes": sum(r.size_bytes for r in queued),
             "oldest_unsynced_age_seconds": round((now - oldest) / 1e9, 3) if oldest is not None else None,
@@ -251,7 +252,7 @@ class Syncer:
         Cheap (no LMDB scan): it uses the figures the last pass left.
         """
         age = self.oldest_age_seconds()
-        stale = age is not None and age > self.config.sync_stale_after / 1e9
+        stale = age is not None and age > self.config.stale_after / 1e9
         return {
             "status": "degraded" if stale or not self._thread.is_alive() else "ok",
             "queued_files": self.queue.count(QUEUED),

@@ -261,4 +261,4 @@ def test_readme_config_examples_load(tmp_path: Path) -> None:
         path = tmp_path / f"example{i}.toml"
         path.write_text(block)
         cfg = config.load(str(path), environ={})
-        compile_routes(cfg.mqtt_subscriptions)
+        compile_routes(cfg.mqtt.subscriptions)

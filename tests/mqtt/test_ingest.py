@@ -88,7 +88,7 @@ def make(tmp_path: Path, subs: str, writes: FakeWrites, **mqtt: Any) -> tuple[Mq
     extra = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in mqtt.items())
     path = tmp_path / "config.toml"
     path.write_text(f'[mqtt]\nbroker = "mqtt://127.0.0.1:1"\n{extra}\n{subs}')
-    ingest = MqttIngest(config.load(str(path), environ={}))
+    ingest = MqttIngest(config.load(str(path), environ={}).mqtt)
     acks = Acks()
     ingest._client = acks  # type: ignore[assignment]
     ingest.writes = writes  # type: ignore[assignment]
@@ -348,7 +348,7 @@ def test_subscription_errors_name_the_problem(tmp_path: Path, block: str, messag
     with pytest.raises(
         ConfigError, match=message.replace("$", r"\$").replace("[", r"\[").replace("+", r"\+")
     ):
-        MqttIngest(config.load(str(path), environ={}))
+        MqttIngest(config.load(str(path), environ={}).mqtt)
 
 
 @pytest.mark.parametrize(

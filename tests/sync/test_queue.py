@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -186,8 +185,9 @@ class _Store:
 
 
 class _Manifest:
-    def __init__(self, paths: set[str]) -> None:
+    def __init__(self, paths: set[str], root: Path) -> None:
         self.live = paths
+        self.root = root
 
     def pinned(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
@@ -202,8 +202,8 @@ def test_a_failing_delete_backs_off_alone_and_never_holds_up_uploads(
     from appliance import config as config_module
     from appliance.sync.uploader import Syncer
 
-    config = dataclasses.replace(config_module.load(None, environ={}), data_dir=str(tmp_path))
-    store, manifest = _Store(), _Manifest({"a", "b"})
+    config = config_module.load(None, environ={}).sync
+    store, manifest = _Store(), _Manifest({"a", "b"}, tmp_path / "parquet")
     syncer = Syncer(config, queue, store, manifest)  # type: ignore[arg-type]
     change(queue, Change.PERSIST, [pf("old")], [])
     queue.mark_synced("old")
