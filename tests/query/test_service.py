@@ -236,7 +236,7 @@ def test_query_slots_are_given_back_on_timeout_and_when_the_pool_refuses() -> No
             queries=SimpleNamespace(limits=limits),
             query_slots=asyncio.Semaphore(1),
             query_pool=pool,
-            config=SimpleNamespace(max_concurrent=1),
+            config=SimpleNamespace(query=SimpleNamespace(max_concurrent=1)),
         )
         assert await _run_query(app, lambda: [b"ok"]) == [b"ok"]
         await app.query_slots.acquire()  # every slot busy: the next query waits, then answers 503
