@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import fcntl
 import logging
 import os
@@ -31,8 +30,8 @@ from .storage.catalog import Catalog, CatalogLimits
 from .storage.manifest import Manifest
 from .storage.persist import PersistArgs, Persister
 from .storage.wal import Wal
+from .sync.backends import open_store
 from .sync.queue import QUEUED, SyncQueue
-from .sync.settings import SyncSettings, open_store
 from .sync.uploader import Syncer
 from .threads import DaemonPool
 from .write import Admission, WriteService
@@ -253,21 +252,20 @@ class App:
     def reload(self, new: Config) -> None:
         """SIGHUP: apply the settings that can change at runtime (RELOADABLE); log the rest."""
         old = self.config
-        changed = [s.name for s in SETTINGS if getattr(old, s.field) != getattr(new, s.field)]
-        if new.mqtt_subscriptions != old.mqtt_subscriptions:
+        changed = [s.name for s in SETTINGS if s.value(old) != s.value(new)]
+        if new.mqtt.subscriptions != old.mqtt.subscriptions:
             changed.append("mqtt.subscription")
-        budget_ok = self.budget is not None and new.max_disk_bytes > 0
+        budget_ok = self.budget is not None and new.storage.max_disk_bytes > 0
         applied = [n for n in changed if n in RELOADABLE and (n != "storage.max_disk_bytes" or budget_ok)]
         pending = [n for n in changed if n not in applied]
         # Only what was applied: everything else keeps running as it started (auth, binds, paths).
-        by_name = {s.name: s for s in SETTINGS}
-        new = dataclasses.replace(old, **{by_name[n].field: getattr(new, by_name[n].field) for n in applied})
-        log_module.setup(new.log_filter, new.log_format)
+        new = old.with_settings(new, applied)
+        log_module.setup(new.server.log_filter, new.server.log_format)
         self.queries.limits = query_limits(new)
         if self.syncer is not None:
-            self.syncer.reload(SyncSettings.from_config(new))
+            self.syncer.reload(new.sync)
         if self.budget is not None and budget_ok:
-            self.budget.max_bytes = new.max_disk_bytes
+            self.budget.max_bytes = new.storage.max_disk_bytes
             self.budget.wake()
         self.config = new
         log.info(
@@ -305,26 +303,34 @@ class App:
 
 def query_limits(config: Config) -> QueryLimits:
     """The query settings as the QueryService takes them."""
-    return QueryLimits(config.memory_limit, config.timeout, config.max_result_bytes, config.max_sql_bytes)
+    return QueryLimits(
+        config.query.memory_limit,
+        config.query.timeout,
+        config.query.max_result_bytes,
+        config.query.max_sql_bytes,
+    )
 
 
 def build(config: Config) -> App:
     """Open storage, replay the WAL into the buffer and start the background threads."""
     # Their configuration errors come before anything is opened.
-    mqtt = MqttIngest(config) if config.mqtt_broker else None
-    store = open_store(config) if config.sync_bucket else None
-    data_dir = Path(config.data_dir)
+    mqtt = MqttIngest(config.mqtt) if config.mqtt.broker else None
+    store = open_store(config.sync) if config.sync.bucket else None
+    data_dir = Path(config.server.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_data_dir(data_dir)
-    wal = Wal(data_dir / "lmdb", config.map_size)
+    wal = Wal(data_dir / "lmdb", config.wal.map_size)
     catalog = Catalog(
         wal,
         CatalogLimits(
-            config.max_databases, config.max_tables, config.max_columns, config.max_tables_per_database
+            config.catalog.max_databases,
+            config.catalog.max_tables,
+            config.catalog.max_columns,
+            config.catalog.max_tables_per_database,
         ),
     )
     manifest = Manifest(wal, data_dir / "parquet")
-    buffer = Buffer(config.max_buffer_bytes)
+    buffer = Buffer(config.storage.max_buffer_bytes)
     queue = SyncQueue(wal)
     if store is not None or queue.in_use():  # once used, it follows every change, even while off
         manifest.hooks.append(queue.on_change)  # queued in the transaction that records a file
@@ -332,11 +338,11 @@ def build(config: Config) -> App:
     persister = Persister(
         PersistArgs(
             data_dir,
-            config.node_id,
-            config.gen1_duration,
-            config.retention_check_interval,
-            config.compact_target_bytes,
-            config.compact_interval,
+            config.server.node_id,
+            config.storage.gen1_duration,
+            config.storage.retention_check_interval,
+            config.storage.compact_target_bytes,
+            config.storage.compact_interval,
         ),
         wal,
         catalog,
@@ -351,7 +357,7 @@ def build(config: Config) -> App:
     wal.start()
     persister.start()
     tokens = Tokens(wal, data_dir)
-    if config.auth_enabled:
+    if config.auth.enabled:
         bootstrap_admin(tokens)
     queries = QueryService(
         catalog,
@@ -362,18 +368,20 @@ def build(config: Config) -> App:
         query_limits(config),
     )
     budget = None
-    if config.max_disk_bytes:
-        budget = DiskBudget(config.max_disk_bytes, manifest, persister, queue if store is not None else None)
+    if config.storage.max_disk_bytes:
+        budget = DiskBudget(
+            config.storage.max_disk_bytes, manifest, persister, queue if store is not None else None
+        )
     writes = WriteService(catalog, wal, Admission(buffer, budget_refusal(budget)))
     engine = Engine(
         EngineArgs(
-            Path(config.plugin_dir),
-            config.plugin_repo,
-            config.max_retries,
-            config.call_timeout / 1e9,
-            config.cache_max_bytes,
-            config.queue_size,
-            config.package_manager,
+            Path(config.engine.plugin_dir),
+            config.engine.plugin_repo,
+            config.engine.max_retries,
+            config.engine.call_timeout / 1e9,
+            config.engine.cache_max_bytes,
+            config.engine.queue_size,
+            config.engine.package_manager,
         ),
         wal,
         catalog,
@@ -386,7 +394,7 @@ def build(config: Config) -> App:
     engine.start()
     syncer = None
     if store is not None:
-        syncer = Syncer(SyncSettings.from_config(config), queue, store, manifest, data_dir / "parquet")
+        syncer = Syncer(config.sync, queue, store, manifest, data_dir / "parquet")
         manifest.applied.append(syncer.wake)
         queries.system_providers.append(syncer.system_tables)
         syncer.start()
@@ -411,8 +419,8 @@ def build(config: Config) -> App:
         tokens=tokens,
         write_pool=ThreadPoolExecutor(4, thread_name_prefix="write"),
         # One thread per admitted HTTP query: a runaway query holds its slot only until its deadline.
-        query_pool=ThreadPoolExecutor(config.max_concurrent, thread_name_prefix="query"),
-        query_slots=asyncio.Semaphore(config.max_concurrent),
+        query_pool=ThreadPoolExecutor(config.query.max_concurrent, thread_name_prefix="query"),
+        query_slots=asyncio.Semaphore(config.query.max_concurrent),
         # Catalog and token changes: never stuck behind writes waiting for buffer space.
         admin_pool=ThreadPoolExecutor(2, thread_name_prefix="admin"),
         mqtt=mqtt,

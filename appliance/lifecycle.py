@@ -55,7 +55,7 @@ WAL_STALL_SECONDS = 30.0
 def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
     """Serve until a stop signal; returns the process exit code. `reload` re-reads the
     configuration on SIGHUP."""
-    log_module.setup(config.log_filter, config.log_format)
+    log_module.setup(config.server.log_filter, config.server.log_format)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # no reload (and no death) during the WAL replay
     notifier = Notifier()
     notifier.status("replaying the WAL")
@@ -105,7 +105,7 @@ def _reload(app: app_module.App, notifier: Notifier, reload: Callable[[], Config
     except ConfigError as e:
         log.error("reload failed, keeping the running configuration: %s", e)
     finally:
-        notifier.reloaded(f"listening on http://{app.config.bind}")
+        notifier.reloaded(f"listening on http://{app.config.http.bind}")
 
 
 async def _run_http(
@@ -118,10 +118,10 @@ async def _run_http(
     loop.add_signal_handler(signal.SIGHUP, _reload, app, notifier, reload)
     config = app.config
     limits = ConnectionLimits(
-        _fit_fd_limit(config.max_connections, config.max_connections_per_ip),
-        config.max_connections_per_ip,
-        config.header_timeout / 1e9,
-        config.send_timeout / 1e9,
+        _fit_fd_limit(config.http.max_connections, config.http.max_connections_per_ip),
+        config.http.max_connections_per_ip,
+        config.http.header_timeout / 1e9,
+        config.http.send_timeout / 1e9,
     )
     runner = GuardedRunner(
         http_server.create(http_services(app)),
@@ -129,34 +129,34 @@ async def _run_http(
         access_log=logging.getLogger("appliance.access"),  # quiet unless --log-filter enables it
         handle_signals=False,
         shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
-        keepalive_timeout=config.keepalive_timeout / 1e9,
+        keepalive_timeout=config.http.keepalive_timeout / 1e9,
     )
     await runner.setup()
-    host, _, port = app.config.bind.rpartition(":")
+    host, _, port = app.config.http.bind.rpartition(":")
     site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True)
     try:
         await site.start()
     except OSError as e:
         raise ConfigError(
-            f"cannot listen on {app.config.bind}: {e.strerror}; choose another --http-bind"
+            f"cannot listen on {app.config.http.bind}: {e.strerror}; choose another --http-bind"
         ) from None
     log.info(
         "listening on http://%s node_id=%s data_dir=%s auth=%s",
-        app.config.bind,
-        app.config.node_id,
-        app.config.data_dir,
-        "on" if app.config.auth_enabled else "off",
+        app.config.http.bind,
+        app.config.server.node_id,
+        app.config.server.data_dir,
+        "on" if app.config.auth.enabled else "off",
     )
-    if not app.config.auth_enabled and not http_server.loopback_bind(app.config.bind):
+    if not app.config.auth.enabled and not http_server.loopback_bind(app.config.http.bind):
         log.warning(
             "auth is off and http.bind %s is reachable from the network: anyone who can reach it can"
             " read, write and delete data (only Host names that are IP addresses, localhost or in"
             " http.allowed_hosts are answered)",
-            app.config.bind,
+            app.config.http.bind,
         )
     heartbeat = LoopHeartbeat()
     beat = asyncio.create_task(heartbeat.run())
-    notifier.ready(f"listening on http://{app.config.bind}")
+    notifier.ready(f"listening on http://{app.config.http.bind}")
     notifier.start_watchdog(
         lambda: app.wal.responsive(WAL_STALL_SECONDS) and heartbeat.alive(LOOP_STALL_SECONDS)
     )
@@ -173,24 +173,24 @@ def http_services(app: app_module.App) -> HttpServices:
     config = app.config
     syncer = app.syncer
     settings = HttpSettings(
-        auth_enabled=config.auth_enabled,
-        bind=config.bind,
-        allowed_hosts=config.allowed_hosts,
-        cors_origins=config.cors_origins,
-        metrics_without_token="metrics" in config.disable_authz,
+        auth_enabled=config.auth.enabled,
+        bind=config.http.bind,
+        allowed_hosts=config.http.allowed_hosts,
+        cors_origins=config.http.cors_origins,
+        metrics_without_token="metrics" in config.auth.disable_authz,
         body=BodyLimits(
-            config.max_request_size,
-            config.body_timeout / 1e9,
-            config.body_min_rate,
-            config.body_idle_timeout / 1e9,
+            config.http.max_request_size,
+            config.http.body_timeout / 1e9,
+            config.http.body_min_rate,
+            config.http.body_idle_timeout / 1e9,
         ),
-        max_buffered_bytes=config.max_buffered_bytes,
+        max_buffered_bytes=config.http.max_buffered_bytes,
     )
     return HttpServices(
         settings=settings,
         write=WriteAccess(app.writes, app.write_pool),
-        query=QueryAccess(app.queries, app.query_pool, app.query_slots, config.max_concurrent),
-        configure=ConfigureAccess(app.catalog, app.tokens, app.admin_pool, config.auth_enabled),
+        query=QueryAccess(app.queries, app.query_pool, app.query_slots, config.query.max_concurrent),
+        configure=ConfigureAccess(app.catalog, app.tokens, app.admin_pool, config.auth.enabled),
         engine=EngineAccess(app.engine, app.engine_pool, app.admin_pool),
         ops=OpsAccess(
             health=app.health,

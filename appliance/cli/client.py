@@ -120,7 +120,7 @@ def _error_text(body: bytes) -> str:
 def _local_token() -> tuple[str | None, str]:
     """The admin token of the local server's data dir when readable, and where it came from (or was sought)."""
     try:
-        data_dir = config.load().data_dir
+        data_dir = config.load().server.data_dir
     except ApplianceError as e:
         return None, f"the CLI could not read the configuration to find the admin-token file ({e})"
     path = Path(data_dir).expanduser() / "admin-token"

@@ -47,10 +47,10 @@ def add_config(sub: Any) -> None:
 
 def _config_check(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
-    if cfg.mqtt_broker:
+    if cfg.mqtt.broker:
         from ..mqtt.ingest import MqttIngest
 
-        MqttIngest(cfg)  # subscriptions, credentials and TLS files, as serve checks them
+        MqttIngest(cfg.mqtt)  # subscriptions, credentials and TLS files, as serve checks them
     width = max(len(s.name) for s in config.SETTINGS)
     for name, value, source in config.describe(cfg):
         print(f"{name:<{width}}  {value}  ({source})")

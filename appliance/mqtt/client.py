@@ -23,7 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from ..backoff import backoff_delay
-from ..config import MQTT_SCHEMES, Config
+from ..config import MQTT_SCHEMES, MqttSettings
 from ..errors import ConfigError
 from .batcher import Batcher
 from .messages import RateLimitedLog
@@ -80,7 +80,7 @@ class Connection:
 
     def __init__(
         self,
-        config: Config,
+        config: MqttSettings,
         router: Router,
         batcher: Batcher,
         stopping: threading.Event,
@@ -89,7 +89,7 @@ class Connection:
         """ConfigError for a password file or TLS files that cannot be read; nothing connects yet."""
         self.config = config
         self.router, self.routes, self.batcher = router, router.routes, batcher
-        self.url = urllib.parse.urlsplit(config.mqtt_broker)
+        self.url = urllib.parse.urlsplit(config.broker)
         self.connected = False
         self.last_error: str | None = None
         self._stopping = stopping
@@ -99,19 +99,19 @@ class Connection:
 
     def _make_client(self) -> ReconnectingClient:
         cfg = self.config
-        v5 = cfg.mqtt_protocol == "5"
+        v5 = cfg.protocol == "5"
         client = ReconnectingClient(
             CallbackAPIVersion.VERSION2,
-            client_id=cfg.mqtt_client_id,
+            client_id=cfg.client_id,
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             clean_session=None if v5 else False,
             manual_ack=True,
         )
-        client.backoff = Backoff(cfg.mqtt_reconnect_min / 1e9, cfg.mqtt_reconnect_max / 1e9)
+        client.backoff = Backoff(cfg.reconnect_min / 1e9, cfg.reconnect_max / 1e9)
         client.stopping = self._stopping
         password = self._password()
-        if cfg.mqtt_username or password:
-            client.username_pw_set(cfg.mqtt_username or None, password or None)
+        if cfg.username or password:
+            client.username_pw_set(cfg.username or None, password or None)
         if MQTT_SCHEMES[self.url.scheme.lower()]:
             self._tls(client)
         client.on_connect = guarded(self._on_connect)
@@ -125,43 +125,43 @@ class Connection:
         cfg = self.config
         try:
             client.tls_set(
-                ca_certs=cfg.mqtt_tls_ca or None,
-                certfile=cfg.mqtt_tls_cert or None,
-                keyfile=cfg.mqtt_tls_key or None,
+                ca_certs=cfg.tls_ca or None,
+                certfile=cfg.tls_cert or None,
+                keyfile=cfg.tls_key or None,
             )
         except (OSError, ValueError) as e:
             raise ConfigError(
-                f"mqtt.tls_ca/tls_cert/tls_key ({cfg.mqtt_tls_ca or 'system CAs'}, {cfg.mqtt_tls_cert or '-'},"
-                f" {cfg.mqtt_tls_key or '-'}): cannot load them: {e}"
+                f"mqtt.tls_ca/tls_cert/tls_key ({cfg.tls_ca or 'system CAs'}, {cfg.tls_cert or '-'},"
+                f" {cfg.tls_key or '-'}): cannot load them: {e}"
             ) from None
-        client.tls_insecure_set(cfg.mqtt_tls_insecure)
+        client.tls_insecure_set(cfg.tls_insecure)
 
     def _password(self) -> str:
         cfg = self.config
-        if cfg.mqtt_password or not cfg.mqtt_password_file:
-            return cfg.mqtt_password
+        if cfg.password or not cfg.password_file:
+            return cfg.password
         try:
-            return Path(cfg.mqtt_password_file).read_text().splitlines()[0].strip()
+            return Path(cfg.password_file).read_text().splitlines()[0].strip()
         except (OSError, IndexError) as e:
             raise ConfigError(
-                f"mqtt.password_file {cfg.mqtt_password_file}: cannot read a password from it ({e})"
+                f"mqtt.password_file {cfg.password_file}: cannot read a password from it ({e})"
             ) from None
 
     def start(self) -> None:
         """Start connecting in the background (paho's thread); a broker that is down is retried."""
         cfg = self.config
         properties = None
-        if cfg.mqtt_protocol == "5":
+        if cfg.protocol == "5":
             properties = Properties(PacketTypes.CONNECT)
-            properties.SessionExpiryInterval = min(cfg.mqtt_session_expiry // 1_000_000_000, 0xFFFFFFFF)
-            properties.ReceiveMaximum = min(cfg.mqtt_max_inflight, 65535)
-            properties.MaximumPacketSize = min(cfg.mqtt_max_pending_bytes + 1024, 268_435_455)
+            properties.SessionExpiryInterval = min(cfg.session_expiry // 1_000_000_000, 0xFFFFFFFF)
+            properties.ReceiveMaximum = min(cfg.max_inflight, 65535)
+            properties.MaximumPacketSize = min(cfg.max_pending_bytes + 1024, 268_435_455)
         port = self.url.port or (8883 if MQTT_SCHEMES[self.url.scheme.lower()] else 1883)
         self.client.connect_async(
             self.url.hostname or "127.0.0.1",
             port,
-            keepalive=cfg.mqtt_keepalive // 1_000_000_000,
-            clean_start=False if cfg.mqtt_protocol == "5" else paho.MQTT_CLEAN_START_FIRST_ONLY,
+            keepalive=cfg.keepalive // 1_000_000_000,
+            clean_start=False if cfg.protocol == "5" else paho.MQTT_CLEAN_START_FIRST_ONLY,
             properties=properties,
         )
         self.client.loop_start()
@@ -182,17 +182,17 @@ class Connection:
         self.connected = True
         self.client.backoff.reset()
         self.last_error = None
-        log.info("MQTT connected to %s (session present: %s)", self.config.mqtt_broker, flags.session_present)
+        log.info("MQTT connected to %s (session present: %s)", self.config.broker, flags.session_present)
         if self._session > 1 and not flags.session_present:
             log.warning(
                 "MQTT broker kept no session for %s: messages published while disconnected are lost;"
                 " enable persistence on the broker (and session_expiry for MQTT 5)",
-                self.config.mqtt_client_id,
+                self.config.client_id,
             )
         client.subscribe([(r.sub.topic, r.wire_qos) for r in self.routes])
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
-        self.last_error = f"cannot connect to {self.config.mqtt_broker}"
+        self.last_error = f"cannot connect to {self.config.broker}"
         self._rate_limited_log(f"MQTT {self.last_error}; retrying with backoff")
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..config import Config
+from ..config import MqttSettings
 from ..errors import ConfigError
 from ..write import WriteService
 from .batcher import Batcher
@@ -34,16 +34,16 @@ log = logging.getLogger("appliance.mqtt")
 class MqttIngest:
     """The MQTT client, its batcher loop and the state `/health` and system tables show."""
 
-    def __init__(self, config: Config, clock: Callable[[], int] = time.time_ns) -> None:
+    def __init__(self, config: MqttSettings, clock: Callable[[], int] = time.time_ns) -> None:
         """Check the subscriptions, credentials and TLS files (ConfigError); nothing starts yet."""
         self.config = config
-        self.routes: list[Route] = compile_routes(config.mqtt_subscriptions)
+        self.routes: list[Route] = compile_routes(config.subscriptions)
         if not self.routes:
             raise ConfigError("mqtt.broker is set but there is no [[mqtt.subscription]] block: add one")
         self._stopping = threading.Event()
         rate_limited_log = RateLimitedLog()
         self.batcher = Batcher(
-            config.mqtt_max_inflight, config.mqtt_max_pending_bytes, self._stopping, rate_limited_log, clock
+            config.max_inflight, config.max_pending_bytes, self._stopping, rate_limited_log, clock
         )
         self.connection = Connection(
             config, Router(self.routes), self.batcher, self._stopping, rate_limited_log
@@ -71,8 +71,8 @@ class MqttIngest:
         self.connection.start()
         log.info(
             "MQTT connecting to %s as %s, %d subscription(s)",
-            self.config.mqtt_broker,
-            self.config.mqtt_client_id,
+            self.config.broker,
+            self.config.client_id,
             len(self.routes),
         )
 
@@ -88,7 +88,7 @@ class MqttIngest:
         failed when the batcher loop died."""
         write_error = self.batcher.write_error
         blocked = self.batcher.blocked_since
-        stalled = blocked is not None and time.monotonic() - blocked > self.config.mqtt_keepalive / 1e9
+        stalled = blocked is not None and time.monotonic() - blocked > self.config.keepalive / 1e9
         ok = (
             self.connected
             and not stalled

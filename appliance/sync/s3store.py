@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
+from ..config import SyncSettings
 from ..errors import ConfigError
 from .s3 import CONNECT_TIMEOUT, REQUEST_TIMEOUT, Credentials, S3Client, ca_file, virtual_hosted
 from .store import Stopped, Throttle
@@ -48,17 +48,17 @@ STRAY_PAGES = 10
 class S3Store:
     """One bucket and prefix (an ObjectStore); every method raises OSError when the store fails."""
 
-    def __init__(self, config: Config) -> None:
-        self.bucket = config.sync_bucket
-        self.prefix = config.sync_prefix
-        self.endpoint = config.sync_endpoint
-        self.throttle = Throttle(config.sync_bandwidth_limit)
-        self.region = config.sync_region
-        self.path_style = config.sync_path_style
-        creds = resolve_credentials(config)
-        self._options = _s3_options(config, creds)
+    def __init__(self, settings: SyncSettings) -> None:
+        self.bucket = settings.bucket
+        self.prefix = settings.prefix
+        self.endpoint = settings.endpoint
+        self.throttle = Throttle(settings.bandwidth_limit)
+        self.region = settings.region
+        self.path_style = settings.path_style
+        creds = resolve_credentials(settings)
+        self._options = _s3_options(settings, creds)
         self.s3 = (
-            S3Client(config.sync_endpoint, self.bucket, self.region, self.path_style, creds)
+            S3Client(settings.endpoint, self.bucket, self.region, self.path_style, creds)
             if creds is not None
             else None
         )
@@ -228,47 +228,47 @@ def _parts(local: Path, size: int, stop: threading.Event, rel: str) -> Iterator[
             yield data
 
 
-def resolve_credentials(config: Config) -> Credentials | None:
+def resolve_credentials(settings: SyncSettings) -> Credentials | None:
     """Static credentials, once, in the documented order (pyarrow and the signer get the same):
     sync.access_key_id/secret_access_key; AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (and
     AWS_SESSION_TOKEN); sync.credentials_file's [sync.profile]; the AWS shared credentials file
     (AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials; profile AWS_PROFILE, else sync.profile).
     None: the AWS SDK's other sources (an instance role), through pyarrow only."""
-    if config.sync_access_key_id:
-        if not config.sync_secret_access_key:
+    if settings.access_key_id:
+        if not settings.secret_access_key:
             raise ConfigError("sync.access_key_id is set but sync.secret_access_key is empty")
-        return Credentials(config.sync_access_key_id, config.sync_secret_access_key)
+        return Credentials(settings.access_key_id, settings.secret_access_key)
     env = os.environ
     if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
         return Credentials(
             env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env.get("AWS_SESSION_TOKEN", "")
         )
-    if config.sync_credentials_file:
-        return Credentials(*_credentials_file(Path(config.sync_credentials_file), config.sync_profile))
+    if settings.credentials_file:
+        return Credentials(*_credentials_file(Path(settings.credentials_file), settings.profile))
     shared = Path(env.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials").expanduser()
     if not shared.is_file():
         return None
     try:
-        return Credentials(*_credentials_file(shared, env.get("AWS_PROFILE") or config.sync_profile))
+        return Credentials(*_credentials_file(shared, env.get("AWS_PROFILE") or settings.profile))
     except ConfigError:
         return None  # not ours to judge: the AWS SDK reads it its own way
 
 
-def _s3_options(config: Config, creds: Credentials | None) -> dict[str, Any]:
+def _s3_options(settings: SyncSettings, creds: Credentials | None) -> dict[str, Any]:
     """S3FileSystem arguments from the [sync] settings; credentials never leave this dict."""
     options: dict[str, Any] = {
-        "region": config.sync_region,
+        "region": settings.region,
         "connect_timeout": CONNECT_TIMEOUT,
         "request_timeout": REQUEST_TIMEOUT,
         # Path style for an IP address or localhost endpoint too, as botocore does.
-        "force_virtual_addressing": bool(config.sync_endpoint)
-        and virtual_hosted(config.sync_endpoint, config.sync_bucket, config.sync_path_style),
+        "force_virtual_addressing": bool(settings.endpoint)
+        and virtual_hosted(settings.endpoint, settings.bucket, settings.path_style),
         "allow_delayed_open": True,  # a small object goes as one PUT, not a three-request multipart upload
     }
     if ca_file():
         options["tls_ca_file_path"] = ca_file()
-    if config.sync_endpoint:
-        scheme, _, host = config.sync_endpoint.partition("://")
+    if settings.endpoint:
+        scheme, _, host = settings.endpoint.partition("://")
         options["endpoint_override"] = host
         options["scheme"] = scheme
     if creds is not None:

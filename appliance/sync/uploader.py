@@ -23,11 +23,12 @@ from typing import Any
 import pyarrow as pa
 
 from ..backoff import backoff_delay
+from ..config import SyncSettings
 from ..storage.manifest import Manifest
 from ..threads import BackgroundLoop, DaemonPool
+from .backends import endpoint_label
 from .queue import DELETE, QUEUED, SYNCED, SyncQueue, SyncRecord
 from .s3 import S3Error
-from .settings import SyncSettings
 from .store import ObjectStore, Stopped
 
 log = logging.getLogger("appliance.sync")
@@ -82,7 +83,7 @@ class Syncer:
         log.info(
             "sync to %s (endpoint %s) every %.0fs",
             self.store.url(""),
-            self.settings.endpoint_label,
+            endpoint_label(self.settings),
             self.settings.interval / 1e9,
         )
 
@@ -244,7 +245,7 @@ class Syncer:
             "enabled": True,
             "bucket": self.settings.bucket,
             "prefix": self.settings.prefix,
-            "endpoint": self.settings.endpoint_label,
+            "endpoint": endpoint_label(self.settings),
             "queued_files": len(queued),
             "queued_bytes": sum(r.size_bytes for r in queued),
             "oldest_unsynced_age_seconds": round((now - oldest) / 1e9, 3) if oldest is not None else None,

@@ -427,16 +427,16 @@ def store_for(s3: S3, **over: Any) -> Any:
     from appliance.sync.s3store import S3Store
 
     settings: dict[str, Any] = {
-        "sync_bucket": s3.bucket,
-        "sync_prefix": PREFIX,
-        "sync_endpoint": s3.endpoint,
-        "sync_bandwidth_limit": 0,
-        "sync_region": s3.region,
-        "sync_path_style": True,
-        "sync_credentials_file": "",
-        "sync_profile": "default",
-        "sync_access_key_id": s3.access_key,
-        "sync_secret_access_key": s3.secret_key,
+        "bucket": s3.bucket,
+        "prefix": PREFIX,
+        "endpoint": s3.endpoint,
+        "bandwidth_limit": 0,
+        "region": s3.region,
+        "path_style": True,
+        "credentials_file": "",
+        "profile": "default",
+        "access_key_id": s3.access_key,
+        "secret_access_key": s3.secret_key,
     }
     return S3Store(SimpleNamespace(**(settings | over)))  # type: ignore[arg-type]
 
@@ -521,7 +521,7 @@ def test_a_stop_during_a_multipart_upload_aborts_it(tmp_path: Path, s3: S3) -> N
 
     local = tmp_path / "big.parquet"
     rows = big_parquet(local, 20)
-    store = store_for(s3, sync_bandwidth_limit=4 << 20)  # 5 s for the file
+    store = store_for(s3, bandwidth_limit=4 << 20)  # 5 s for the file
     stop = threading.Event()
     threading.Timer(1.5, stop.set).start()
     with Watcher(s3, local.stat().st_size, rows) as watch, pytest.raises(Stopped):
@@ -573,13 +573,13 @@ def test_pyarrow_part_size_is_what_the_memory_sum_assumes(s3: S3) -> None:
 def test_a_delete_accepts_only_no_such_key_as_already_gone(s3: S3) -> None:
     store = store_for(s3)
     store.delete("iot/cpu/date=2025-11-24/node=test-node/0000-1.parquet")  # never there: fine
-    missing = store_for(s3, sync_bucket="no-such-bucket")
+    missing = store_for(s3, bucket="no-such-bucket")
     with pytest.raises(OSError, match="404 NoSuchBucket"):
         missing.delete("iot/cpu/date=2025-11-24/node=test-node/0000-1.parquet")
 
 
 def test_virtual_hosted_style_on_an_ip_endpoint_falls_back_to_path_style(tmp_path: Path, s3: S3) -> None:
-    store = store_for(s3, sync_path_style=False)  # the endpoint is http://127.0.0.1:port
+    store = store_for(s3, path_style=False)  # the endpoint is http://127.0.0.1:port
     assert store._options["force_virtual_addressing"] is False and store.s3.host.startswith("127.0.0.1:")
     local = tmp_path / "small.parquet"
     pq.write_table(pa.table({"v": [1, 2, 3]}), local)
@@ -623,13 +623,13 @@ def test_static_credentials_are_resolved_once_and_pyarrow_gets_the_same(
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(shared))
     # sync.profile without sync.credentials_file: the shared file's [edge], for both clients.
-    store = store_for(s3, sync_access_key_id="", sync_secret_access_key="", sync_profile="edge")
+    store = store_for(s3, access_key_id="", secret_access_key="", profile="edge")
     assert (store.s3.creds.key_id, store.s3.creds.token) == (s3.access_key, "tok")
     o = store._options
     assert (o["access_key"], o["secret_key"], o["session_token"]) == (s3.access_key, s3.secret_key, "tok")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-env")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "from-env")
-    store = store_for(s3, sync_access_key_id="", sync_secret_access_key="", sync_credentials_file=str(shared))
+    store = store_for(s3, access_key_id="", secret_access_key="", credentials_file=str(shared))
     assert store.s3.creds.key_id == store._options["access_key"] == "from-env"  # the README's order
 
 

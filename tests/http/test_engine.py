@@ -20,7 +20,7 @@ def process_writes(influxdb3_local, table_batches, args=None):
 
 
 def test_a_dry_run_reports_the_plugins_writes_without_committing_them(app: App) -> None:
-    plugin_dir = Path(app.config.plugin_dir)
+    plugin_dir = Path(app.config.engine.plugin_dir)
     plugin_dir.mkdir(parents=True, exist_ok=True)
     (plugin_dir / "seen.py").write_text(PLUGIN)
 

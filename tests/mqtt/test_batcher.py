@@ -88,7 +88,7 @@ def make(tmp_path: Path, subs: str, writes: FakeWrites, **mqtt: Any) -> tuple[Mq
     extra = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in mqtt.items())
     path = tmp_path / "config.toml"
     path.write_text(f'[mqtt]\nbroker = "mqtt://127.0.0.1:1"\n{extra}\n{subs}')
-    ingest = MqttIngest(config.load(str(path), environ={}))
+    ingest = MqttIngest(config.load(str(path), environ={}).mqtt)
     acks = Acks()
     ingest.connection.client = acks  # type: ignore[assignment]
     ingest.batcher.writes = writes  # type: ignore[assignment]

@@ -32,7 +32,7 @@ def test_subscription_errors_name_the_problem(tmp_path: Path, block: str, messag
     with pytest.raises(
         ConfigError, match=message.replace("$", r"\$").replace("[", r"\[").replace("+", r"\+")
     ):
-        MqttIngest(config.load(str(path), environ={}))
+        MqttIngest(config.load(str(path), environ={}).mqtt)
 
 
 def test_the_first_matching_subscription_routes_a_topic() -> None:

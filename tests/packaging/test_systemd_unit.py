@@ -129,12 +129,12 @@ def process_memory_sum(c: config_module.Config, baseline_mib: int) -> int:
     """Bytes the process may hold with config `c`: the sum in appliance.service's MemoryMax= comment."""
     return (
         baseline_mib * (1 << 20)
-        + 3 * c.max_buffer_bytes
-        + PARSE_FACTOR * c.max_buffered_bytes
-        + c.max_concurrent * (c.memory_limit + RENDER_FACTOR * c.max_result_bytes)
-        + c.cache_max_bytes
-        + c.mqtt_max_pending_bytes
-        + c.sync_concurrency * SYNC_UPLOAD_MIB * (1 << 20)
+        + 3 * c.storage.max_buffer_bytes
+        + PARSE_FACTOR * c.http.max_buffered_bytes
+        + c.query.max_concurrent * (c.query.memory_limit + RENDER_FACTOR * c.query.max_result_bytes)
+        + c.engine.cache_max_bytes
+        + c.mqtt.max_pending_bytes
+        + c.sync.concurrency * SYNC_UPLOAD_MIB * (1 << 20)
     )
 
 
@@ -286,8 +286,8 @@ def test_install_one_folder_build_into_destdir(tmp_path: Path) -> None:
     assert doc["server"]["data_dir"] == "/var/lib/appliance"
     assert doc["http"]["bind"] == "127.0.0.1:8181"
     loaded = config_module.load(str(config), environ={})
-    assert loaded.data_dir == "/var/lib/appliance"
-    assert loaded.bind == "127.0.0.1:8181"
+    assert loaded.server.data_dir == "/var/lib/appliance"
+    assert loaded.http.bind == "127.0.0.1:8181"
 
     # DESTDIR: no user, chown or systemctl; says what the package must do instead.
     assert "useradd" not in done.stdout and "systemctl enable --now appliance" in done.stdout
@@ -370,13 +370,13 @@ def test_low_memory_dropin_caps_memory_at_the_sum_of_the_profile() -> None:
     assert f"= {needed >> 20:>3}  -> {cap >> 20}M" in text
     assert f"{(cap >> 20) - PIP_CHILD_MIB} MiB" in text
     # compaction holds a whole merge in memory, which no setting bounds: off on this board
-    assert c.compact_target_bytes == 0
+    assert c.storage.compact_target_bytes == 0
 
 
 def test_low_memory_profile_only_lowers_settings() -> None:
     low = config_module.load(str(LOW_MEMORY_PROFILE), environ={})
     default = config_module.load(None, environ={})
-    changed = {s.name for s in config_module.SETTINGS if getattr(low, s.field) != getattr(default, s.field)}
+    changed = {s.name for s in config_module.SETTINGS if s.value(low) != s.value(default)}
     assert changed == {
         "http.max_request_size",
         "http.max_buffered_bytes",
@@ -391,7 +391,7 @@ def test_low_memory_profile_only_lowers_settings() -> None:
     }
     for s in config_module.SETTINGS:
         if s.name in changed:
-            assert getattr(low, s.field) < getattr(default, s.field), s.name
+            assert s.value(low) < s.value(default), s.name
     assert process_memory_sum(low, LOW_MEMORY_BASELINE_MIB) <= 350 << 20  # a 512 MB board
 
 

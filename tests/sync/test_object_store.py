@@ -7,7 +7,6 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,9 +14,9 @@ import pytest
 
 from appliance import config
 from appliance.errors import ConfigError
+from appliance.sync.backends import endpoint_label, open_store
 from appliance.sync.filestore import FileStore
 from appliance.sync.s3store import S3Store
-from appliance.sync.settings import SyncSettings, open_store
 from appliance.sync.store import ObjectStore, Stopped
 from tests import s3 as s3_module
 from tests.s3 import S3
@@ -45,19 +44,16 @@ def s3() -> Iterator[S3]:
 
 def _s3_backend(s3: S3) -> Backend:
     prefix = f"contract{next(_prefixes)}"
-    settings = {
-        "sync_bucket": s3.bucket,
-        "sync_prefix": prefix,
-        "sync_endpoint": s3.endpoint,
-        "sync_bandwidth_limit": 0,
-        "sync_region": s3.region,
-        "sync_path_style": True,
-        "sync_credentials_file": "",
-        "sync_profile": "default",
-        "sync_access_key_id": s3.access_key,
-        "sync_secret_access_key": s3.secret_key,
+    overrides = {
+        "sync.bucket": s3.bucket,
+        "sync.prefix": prefix,
+        "sync.endpoint": s3.endpoint,
+        "sync.region": s3.region,
+        "sync.allow_http": "true",
+        "sync.access_key_id": s3.access_key,
+        "sync.secret_access_key": s3.secret_key,
     }
-    store = S3Store(SimpleNamespace(**settings))  # type: ignore[arg-type]
+    store = S3Store(config.load(None, overrides, environ={}).sync)
     return Backend(
         store, prefix, lambda: s3.keys(prefix + "/"), lambda: s3.put(f"{prefix}/_staging/x.parquet", b"x")
     )
@@ -158,21 +154,21 @@ def test_the_throttle_is_the_store_s(backend: Backend) -> None:
 # -- picking the backend -------------------------------------------------------------------------
 def test_a_file_url_bucket_picks_the_file_store(tmp_path: Path) -> None:
     cfg = config.load(None, {"sync.bucket": f"file://{tmp_path}/nas", "sync.prefix": "fleet"}, environ={})
-    store = open_store(cfg)
+    store = open_store(cfg.sync)
     assert isinstance(store, FileStore) and store.root == tmp_path / "nas" and store.prefix == "fleet"
-    assert SyncSettings.from_config(cfg).endpoint_label == "local"
+    assert endpoint_label(cfg.sync) == "local"
 
 
 def test_a_bucket_name_picks_the_s3_store() -> None:
     cfg = config.load(None, {"sync.bucket": "edge", "sync.access_key_id": "k"}, environ={})
     with pytest.raises(ConfigError, match="secret_access_key"):  # S3Store's own checks run
-        open_store(cfg)
+        open_store(cfg.sync)
     cfg = config.load(None, {"sync.bucket": "edge"}, environ={})
-    assert SyncSettings.from_config(cfg).endpoint_label == "AWS"
+    assert endpoint_label(cfg.sync) == "AWS"
 
 
 @pytest.mark.parametrize("url", ["file://host/share", "file:relative/path"])
 def test_a_file_url_must_name_an_absolute_local_folder(url: str) -> None:
     cfg = config.load(None, {"sync.bucket": url}, environ={})
     with pytest.raises(ConfigError, match="file:///absolute/path"):
-        open_store(cfg)
+        open_store(cfg.sync)

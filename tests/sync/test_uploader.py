@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from appliance import config as config_module
+from appliance.config import SyncSettings
 from appliance.storage.manifest import Change, ParquetFile
 from appliance.storage.wal import Wal
 from appliance.sync.filestore import FileStore
 from appliance.sync.queue import DELETE, QUEUED, SYNCED, SyncQueue
-from appliance.sync.settings import SyncSettings
 from appliance.sync.uploader import Syncer
 from tests.server import wait_for
 from tests.sync.test_queue import change, pf, states
@@ -35,7 +35,7 @@ def queue(tmp_path: Path) -> Iterator[SyncQueue]:
 
 
 def settings(**over: object) -> SyncSettings:
-    base = SyncSettings.from_config(config_module.load(None, {"sync.bucket": "file:///unused"}, environ={}))
+    base = config_module.load(None, {"sync.bucket": "file:///unused"}, environ={}).sync
     return dataclasses.replace(base, **over)  # type: ignore[arg-type]
 
 
