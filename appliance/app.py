@@ -18,6 +18,7 @@ from typing import Any
 from . import __version__
 from . import log as log_module
 from .auth import Tokens, bootstrap_admin
+from .component import Component
 from .config import SETTINGS, Config
 from .engine.runner import Engine, EngineArgs
 from .errors import ConfigError
@@ -31,7 +32,7 @@ from .storage.manifest import Manifest
 from .storage.persist import PersistArgs, Persister
 from .storage.wal import Wal
 from .sync.backends import open_store
-from .sync.queue import QUEUED, SyncQueue
+from .sync.queue import SyncQueue
 from .sync.uploader import Syncer
 from .threads import DaemonPool
 from .write import Admission, WriteService
@@ -78,6 +79,8 @@ class App:
     mqtt: MqttIngest | None = None
     syncer: Syncer | None = None
     budget: DiskBudget | None = None
+    #: The components with the common shape (component.Component), in flow order.
+    components: list[Component] = field(default_factory=list)
     #: HTTP queries running at once (query.max_concurrent); the rest wait for a slot.
     query_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
     process_id: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -152,14 +155,6 @@ class App:
         g("appliance_buffer_bytes", "Bytes held in the in-memory buffer.", lambda: self.buffer.nbytes)
         g("appliance_parquet_files", "Parquet files on local disk.", lambda: len(self.manifest.paths()))
         g("appliance_parquet_bytes", "Bytes of Parquet on local disk.", self.manifest.total_bytes)
-        cache = self.engine.cache
-        g("appliance_plugin_cache_bytes", "Bytes held by the plugin cache.", lambda: cache.stats()["bytes"])
-        g(
-            "appliance_plugin_cache_evictions_total",
-            "Plugin cache entries evicted at the cap.",
-            lambda: cache.stats()["evictions"],
-            kind="counter",
-        )
         levels = {"ok": 0, "degraded": 1, "failed": 2}
         g(
             "appliance_component_status",
@@ -167,73 +162,8 @@ class App:
             lambda: [((name,), levels[c["status"]]) for name, c in self.health()["components"].items()],
             ["component"],
         )
-        if self.mqtt is not None:
-            mqtt = self.mqtt
-            g("appliance_mqtt_connected", "1 while connected to the broker.", lambda: float(mqtt.connected))
-            g(
-                "appliance_mqtt_inflight_messages",
-                "Messages received and not yet committed.",
-                lambda: mqtt.health()["inflight"],
-            )
-            g(
-                "appliance_mqtt_unrouted_messages_total",
-                "Messages no subscription matched.",
-                lambda: mqtt.unrouted,
-                kind="counter",
-            )
-            for attr, help in (
-                ("messages", "Messages written, by subscription."),
-                ("lines", "Lines stored, by subscription."),
-                ("errors", "Messages with rejected content, by subscription."),
-            ):
-                g(
-                    f"appliance_mqtt_{attr}_total",
-                    help,
-                    lambda attr=attr: [((r.sub.topic,), getattr(r, attr)) for r in mqtt.routes],  # type: ignore[misc]
-                    ["subscription"],
-                    kind="counter",
-                )
-        if self.syncer is not None:
-            syncer = self.syncer
-            g(
-                "appliance_sync_queued_files",
-                "Parquet files waiting for upload.",
-                lambda: syncer.queue.count(QUEUED),
-            )
-            g(
-                "appliance_sync_queued_bytes",
-                "Bytes waiting for upload.",
-                lambda: syncer.queued_bytes,
-            )
-            g(
-                "appliance_sync_oldest_unsynced_age_seconds",
-                "Age of the oldest file waiting for upload.",
-                lambda: syncer.oldest_age_seconds() or 0,
-            )
-            g(
-                "appliance_sync_uploaded_files_total",
-                "Files uploaded and verified.",
-                lambda: syncer.stats.uploaded_files,
-                kind="counter",
-            )
-            g(
-                "appliance_sync_uploaded_bytes_total",
-                "Bytes uploaded and verified.",
-                lambda: syncer.stats.uploaded_bytes,
-                kind="counter",
-            )
-            g(
-                "appliance_sync_failures_total",
-                "Failed upload or delete attempts.",
-                lambda: syncer.stats.failed_attempts,
-                kind="counter",
-            )
-            g(
-                "appliance_sync_deleted_objects_total",
-                "Replaced objects deleted from the bucket.",
-                lambda: syncer.stats.deleted_objects,
-                kind="counter",
-            )
+        for component in self.components:
+            component.register_metrics(REGISTRY)
         if self.budget is not None:
             budget = self.budget
             g("appliance_disk_budget_bytes", "storage.max_disk_bytes.", lambda: budget.max_bytes)
@@ -403,7 +333,8 @@ def build(config: Config) -> App:
         budget.start()
     if mqtt is not None:
         queries.system_providers.append(mqtt.system_tables)
-        mqtt.start(writes)
+        mqtt.bind(writes)
+        mqtt.start()
     app = App(
         config=config,
         wal=wal,
@@ -428,6 +359,7 @@ def build(config: Config) -> App:
         budget=budget,
         replay_seconds=replay_seconds,
         lock_fd=lock,
+        components=[c for c in (engine, syncer, mqtt) if c is not None],
     )
     app.register_metrics()
     return app

@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"lineprotocol.syntax"},
     {"errors", "units", "fileio", "backoff"},
     {"model", "log", "metrics"},
-    {"threads", "config"},
+    {"threads", "config", "component"},
     {"lineprotocol"},
     {"storage"},
     {"auth", "write"},

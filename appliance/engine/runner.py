@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from ..errors import BadRequest
+from .. import metrics
 from ..model import WalSeq
 from ..query.service import QueryService
 from ..storage.catalog import Catalog
@@ -63,6 +64,8 @@ class EngineArgs:
 
 class Engine:
     """Owns the triggers: their definitions, running state, plugin calls and logs."""
+
+    name = "engine"
 
     def __init__(
         self, args: EngineArgs, wal: Wal, catalog: Catalog, writes: WriteService, queries: QueryService
@@ -218,6 +221,18 @@ class Engine:
     def system_tables(self, database: str) -> dict[str, pa.Table]:
         """`plugin_files`, `processing_engine_logs`, `_triggers` and `_trigger_arguments` of one database."""
         return tables.build(self.args.plugin_dir, self.triggers(database), lambda: self.logs.table(database))
+
+    def register_metrics(self, registry: metrics.Registry) -> None:
+        """The plugin cache gauges /metrics reads when scraped."""
+        cache = self.cache
+        g = registry.gauge
+        g("appliance_plugin_cache_bytes", "Bytes held by the plugin cache.", lambda: cache.stats()["bytes"])
+        g(
+            "appliance_plugin_cache_evictions_total",
+            "Plugin cache entries evicted at the cap.",
+            lambda: cache.stats()["evictions"],
+            kind="counter",
+        )
 
     def health(self) -> dict[str, Any]:
         """The engine's part of /health: the worst of its loops (with their errors), triggers, cache."""

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from ..config import MqttSettings
 from ..errors import ConfigError
+from ..metrics import Registry
 from ..write import WriteService
 from .batcher import Batcher
 from .client import Connection
@@ -33,6 +34,8 @@ log = logging.getLogger("appliance.mqtt")
 
 class MqttIngest:
     """The MQTT client, its batcher loop and the state `/health` and system tables show."""
+
+    name = "mqtt"
 
     def __init__(self, config: MqttSettings, clock: Callable[[], int] = time.time_ns) -> None:
         """Check the subscriptions, credentials and TLS files (ConfigError); nothing starts yet."""
@@ -49,6 +52,11 @@ class MqttIngest:
             config, Router(self.routes), self.batcher, self._stopping, rate_limited_log
         )
         self.batcher.ack = lambda mid, qos: self.connection.client.ack(mid, qos)
+        self.writes: WriteService | None = None  # set by bind() before start()
+
+    def bind(self, writes: WriteService) -> None:
+        """Give the component the write path it feeds (built after the config is checked)."""
+        self.writes = writes
 
     @property
     def connected(self) -> bool:
@@ -65,9 +73,10 @@ class MqttIngest:
         """The rows of system.mqtt_errors: (time ns, topic, reason, payload head)."""
         return self.batcher.rejects.errors
 
-    def start(self, writes: WriteService) -> None:
+    def start(self) -> None:
         """Start connecting in the background: a broker that is down does not stop the server."""
-        self.batcher.start(writes)
+        assert self.writes is not None, "bind(writes) comes before start()"
+        self.batcher.start(self.writes)
         self.connection.start()
         log.info(
             "MQTT connecting to %s as %s, %d subscription(s)",
@@ -109,6 +118,35 @@ class MqttIngest:
             "unrouted_messages": self.unrouted,
             "error": error,
         }
+
+    def register_metrics(self, registry: Registry) -> None:
+        """The MQTT gauges /metrics reads when scraped."""
+        registry.gauge(
+            "appliance_mqtt_connected", "1 while connected to the broker.", lambda: float(self.connected)
+        )
+        registry.gauge(
+            "appliance_mqtt_inflight_messages",
+            "Messages received and not yet committed.",
+            lambda: self.health()["inflight"],
+        )
+        registry.gauge(
+            "appliance_mqtt_unrouted_messages_total",
+            "Messages no subscription matched.",
+            lambda: self.unrouted,
+            kind="counter",
+        )
+        for attr, help in (
+            ("messages", "Messages written, by subscription."),
+            ("lines", "Lines stored, by subscription."),
+            ("errors", "Messages with rejected content, by subscription."),
+        ):
+            registry.gauge(
+                f"appliance_mqtt_{attr}_total",
+                help,
+                lambda attr=attr: [((r.sub.topic,), getattr(r, attr)) for r in self.routes],  # type: ignore[misc]
+                ["subscription"],
+                kind="counter",
+            )
 
     def system_tables(self, database: str) -> dict[str, pa.Table]:
         """`mqtt_subscriptions` and `mqtt_errors` (every subscription, whichever database)."""

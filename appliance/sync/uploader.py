@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from ..backoff import backoff_delay
 from ..config import SyncSettings
+from ..metrics import Registry
 from ..storage.manifest import Manifest
 from ..threads import BackgroundLoop, DaemonPool
 from .backends import endpoint_label
@@ -52,6 +53,8 @@ class SyncStats:
 
 class Syncer:
     """Uploads, retries, status, `/health` and `system.sync_queue`."""
+
+    name = "sync"
 
     def __init__(
         self, settings: SyncSettings, queue: SyncQueue, store: ObjectStore, manifest: Manifest, root: Path
@@ -264,6 +267,48 @@ class Syncer:
         """Age of the oldest queued file as the last pass saw it; None when nothing waits."""
         oldest = self._oldest_ns
         return (time.time_ns() - oldest) / 1e9 if oldest is not None else None
+
+    def register_metrics(self, registry: Registry) -> None:
+        """The sync gauges /metrics reads when scraped."""
+        registry.gauge(
+            "appliance_sync_queued_files",
+            "Parquet files waiting for upload.",
+            lambda: self.queue.count(QUEUED),
+        )
+        registry.gauge(
+            "appliance_sync_queued_bytes",
+            "Bytes waiting for upload.",
+            lambda: self.queued_bytes,
+        )
+        registry.gauge(
+            "appliance_sync_oldest_unsynced_age_seconds",
+            "Age of the oldest file waiting for upload.",
+            lambda: self.oldest_age_seconds() or 0,
+        )
+        registry.gauge(
+            "appliance_sync_uploaded_files_total",
+            "Files uploaded and verified.",
+            lambda: self.stats.uploaded_files,
+            kind="counter",
+        )
+        registry.gauge(
+            "appliance_sync_uploaded_bytes_total",
+            "Bytes uploaded and verified.",
+            lambda: self.stats.uploaded_bytes,
+            kind="counter",
+        )
+        registry.gauge(
+            "appliance_sync_failures_total",
+            "Failed upload or delete attempts.",
+            lambda: self.stats.failed_attempts,
+            kind="counter",
+        )
+        registry.gauge(
+            "appliance_sync_deleted_objects_total",
+            "Replaced objects deleted from the bucket.",
+            lambda: self.stats.deleted_objects,
+            kind="counter",
+        )
 
     def health(self) -> dict[str, Any]:
         """Degraded when the oldest file waiting for upload is older than sync.stale_after.
