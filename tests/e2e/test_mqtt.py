@@ -270,7 +270,7 @@ class Publisher:
         self.client = broker.client(f"pub-{time.monotonic_ns()}", clean_session=False)
         self.client.max_inflight_messages_set(100)
         self.client.max_queued_messages_set(0)
-        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]  # paho takes float seconds; its hint says int
         self.mids: list[int] = []
         self.acked: set[int] = set()  # on_publish: paho's info.rc stays NO_CONN for a message resent later
         self.client.on_publish = lambda _c, _u, mid, _rc, _p: self.acked.add(mid)

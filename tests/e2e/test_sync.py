@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -397,8 +397,9 @@ def test_a_stop_during_an_upload_never_publishes_part_of_a_file(tmp_path: Path, 
         )
         assert server.write("iot", body).status == 204
         persist(server)
-    assert s3.proxy is not None
-    wait_for(lambda: s3.proxy.connections and status(server)["queued_files"], what="an upload under way")
+    proxy = s3.proxy
+    assert proxy is not None
+    wait_for(lambda: proxy.connections and status(server)["queued_files"], what="an upload under way")
     server.stop()  # SIGTERM while files are on their way
     assert_only_data_objects(s3)
     for key in parquet_keys(s3):  # whatever got there is whole
@@ -695,7 +696,7 @@ def test_signed_requests_match_botocore_for_awkward_keys_and_addressing() -> Non
 
             client.meta.events.register("before-send", capture)
             for key in keys:
-                calls = [
+                calls: list[tuple[Callable[..., object], dict[str, Any]]] = [
                     (client.delete_object, {"Key": key}),
                     (client.abort_multipart_upload, {"Key": key, "UploadId": "u/1+2"}),
                     (client.list_objects_v2, {"Prefix": key, "MaxKeys": 1000}),

@@ -236,7 +236,9 @@ def test_a_burst_of_concurrent_writes_takes_turns_in_a_small_budget(tmp_path: Pa
     )
     plain = lines[: lines.rindex(b"\n", 0, 900_000) + 1]
     packed = gzip.compress(plain)
-    sends = [(plain, {}) for _ in range(24)] + [(packed, GZ) for _ in range(16)]
+    sends: list[tuple[bytes, dict[str, str]]] = [(plain, {}) for _ in range(24)] + [
+        (packed, GZ) for _ in range(16)
+    ]
     results = [
         in_thread(
             s.request, "POST", "/api/v3/write_lp", {"db": "db", "precision": "ns"}, body, headers, None, 120.0
@@ -657,7 +659,11 @@ def test_aiohttp_internals_we_rely_on_exist() -> None:
         runner = web.AppRunner(web.Application())
         await runner.setup()
         plain = await runner._make_server()
-        assert plain.request_handler and plain.request_factory and isinstance(plain._kwargs, dict)
+        assert (
+            callable(plain.request_handler)
+            and callable(plain.request_factory)
+            and isinstance(plain._kwargs, dict)
+        )
         assert isinstance(plain.handler_cancellation, bool)
         await runner.cleanup()
 
