@@ -722,6 +722,7 @@ def test_schedule_does_not_multiply_after_disable_enable(server: Server) -> None
     for verb in ("disable", "enable") * 3:
         q = {"db": "db", "trigger_name": "count"}
         assert server.request("POST", f"/api/v3/configure/processing_engine_trigger/{verb}", q).status == 200
+    wait_for(lambda: _has(server, "db", "calls", 1))
 
     def three_seconds_of_calls() -> dict[str, int] | None:
         calls = server.query("db", "SELECT min(at) AS a, max(at) AS b, count(*) AS n FROM calls")[0]

@@ -325,7 +325,8 @@ def test_appliance_sigkill_during_publishing_loses_nothing(tmp_path: Path, broke
     for threshold in (1000, 2500):
         wait_for(lambda: publisher.sent > threshold, what="publishing under way")  # noqa: B023
         server.kill()
-        time.sleep(0.3)  # the broker queues for the persistent session meanwhile
+        down_at = publisher.sent  # the broker queues these for the persistent session meanwhile:
+        wait_for(lambda: publisher.sent > down_at + 200, what="publishing while the appliance is down")  # noqa: B023
         server.start()
     publisher.finish()
     assert_every_point_once(server, 4000)

@@ -115,6 +115,12 @@ def assert_only_data_objects(s3: S3) -> None:
     assert not stray, f"non-data objects in the bucket: {stray}"
 
 
+def budget_settled(server: Server) -> bool:
+    """Under the disk budget, or over it and refusing writes (the check a persist wakes has run)."""
+    disk = status(server)["disk"]
+    return bool(disk["refusing_writes"] or disk["used_bytes"] <= disk["max_disk_bytes"])
+
+
 def drained(server: Server) -> bool:
     st = status(server)
     return st["queued_files"] == 0 and st["deletes_pending"] == 0
@@ -229,7 +235,7 @@ def test_budget_evicts_only_synced_files_and_refuses_writes_when_only_unsynced_r
             break
         write_rows(server, "iot", "cpu", batch * 2000, 2000)
         persist(server)
-        time.sleep(2.5)  # the budget check runs every 2 s
+        wait_for(lambda: budget_settled(server), what="the budget check after the persist")
     assert refused is not None, status(server)
     assert "waits for upload" in refused.text and "storage.max_disk_bytes" in refused.text
     queued = status(server)["queued_files"]

@@ -189,7 +189,7 @@ def test_full_wal_map_starts_a_persist_and_writes_recover_by_themselves(tmp_path
             continue
         assert r.status == 507, r.body
         refusals.append(r.json()["error"])
-        time.sleep(0.05)
+        time.sleep(0.05)  # a client's pace between retries after 507 (the recovery runs meanwhile)
     assert "wal.map_size" in refusals[0] and "persist has been started" in refusals[0]
     log = server.log()
     assert "writes refused with 507: the write-ahead log is full" in log
