@@ -8,11 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 from tests.server import Server, wait_for
-
-pytestmark = pytest.mark.slow  # a crash loop: writers under repeated SIGKILL and restart
 
 LINES_PER_BATCH = 200
 WRITERS = 4

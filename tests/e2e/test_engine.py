@@ -732,6 +732,7 @@ def test_schedule_does_not_multiply_after_disable_enable(server: Server) -> None
     assert n <= 5, f"{n} calls in about 3 s: the schedule ran more than once per tick"
 
 
+@pytest.mark.slow  # ~20 s: shutdown waits out the 10 s request grace
 def test_a_looping_plugin_does_not_hold_up_shutdown(server: Server) -> None:
     server.write("db", "m v=0 1", precision="ns")
     name = plugin(

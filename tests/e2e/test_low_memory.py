@@ -22,12 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
 from tests.packaging.test_systemd_unit import PIP_CHILD_MIB, _one, _systemd_bytes, read_unit
 from tests.server import REPO, Server
-
-pytestmark = pytest.mark.slow  # a small gateway's whole workload under the low-memory profile
 
 PROFILE = REPO / "packaging" / "low-memory.toml"
 DROPIN = REPO / "systemd" / "low-memory.conf"

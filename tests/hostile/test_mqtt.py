@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.e2e.test_mqtt import count, mqtt_health, start_server, toml_config, wait_count
 from tests.mosquitto import Broker
 from tests.server import Server, wait_for
@@ -76,6 +78,7 @@ def test_a_ten_megabyte_message_of_bad_lines_is_recorded_once_and_not_redelivere
     assert server.request("GET", "/health").status == 200
 
 
+@pytest.mark.slow  # ~13 s: two five-million-line messages
 def test_junk_retagged_from_the_topic_or_sent_as_a_json_array_is_reported_in_bounded_memory(
     tmp_path: Path, broker: Broker
 ) -> None:
