@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint fmt typecheck bench clean
+# Every Python folder ruff sees; packaging/emulate-arm64 is a Python script without the suffix.
+PY_SOURCES := appliance tests bench plugins packaging scripts packaging/emulate-arm64
+
+.PHONY: serve check test test-fast lint fmt typecheck bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,19 +18,29 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/appliance serve $(ARGS)
 
+# What CI runs (.ci/run): formatting, lint, types, then the whole suite.
+check: lint typecheck test
+
+# The whole suite: unit, component, e2e (real processes) and hostile tiers.
 test: $(STAMP)
 	$(BIN)/pytest $(ARGS)
 
+# The quick loop: no real `appliance serve` processes (e2e) and nothing marked slow.
+test-fast: $(STAMP)
+	$(BIN)/pytest -m 'not e2e and not slow' $(ARGS)
+
 lint: $(STAMP)
-	$(BIN)/ruff check appliance tests bench
-	$(BIN)/ruff format --check appliance tests bench
+	$(BIN)/ruff format --check $(PY_SOURCES)
+	$(BIN)/ruff check $(PY_SOURCES)
 
 fmt: $(STAMP)
-	$(BIN)/ruff format appliance tests bench
-	$(BIN)/ruff check --fix appliance tests bench
+	$(BIN)/ruff format $(PY_SOURCES)
+	$(BIN)/ruff check --fix $(PY_SOURCES)
 
+# The package strictly; tests and bench checked too (tests with looser settings: pyproject.toml).
 typecheck: $(STAMP)
 	$(BIN)/mypy appliance
+	$(BIN)/mypy tests bench
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py

@@ -323,7 +323,7 @@ class Notifier:
         except OSError as e:
             level = logging.DEBUG if self._send_failed else logging.WARNING
             self._send_failed = True
-            log.log(level, "cannot notify systemd at %r: %s", self._address, e)
+            notify_log.log(level, "cannot notify systemd at %r: %s", self._address, e)
             return False
         return True
 

@@ -372,7 +372,7 @@ class Row:
         """Messages' worth of stored lines."""
         return self.messages * self.stored / self.expected if self.expected else 0.0
 
-    def rate(self, n: int, seconds: float) -> float:
+    def rate(self, n: float, seconds: float) -> float:
         return n / seconds if seconds > 0 else 0.0
 
 

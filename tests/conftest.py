@@ -9,6 +9,16 @@ from tests import mosquitto
 from tests.mosquitto import Broker
 from tests.server import RUNNING, Server
 
+TESTS = Path(__file__).parent
+E2E_FOLDERS = (TESTS / "e2e", TESTS / "hostile")  # every test there runs real `appliance serve` processes
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests under tests/e2e and tests/hostile `e2e`, so `-m "not e2e"` leaves them out."""
+    for item in items:
+        if any(item.path.is_relative_to(folder) for folder in E2E_FOLDERS):
+            item.add_marker(pytest.mark.e2e)
+
 
 @pytest.fixture(autouse=True)
 def _reap_servers() -> Iterator[None]:

@@ -456,7 +456,7 @@ def _collect(
     done, subscribed = threading.Event(), threading.Event()
 
     def on_message(_c: Client, _u: Any, msg: MQTTMessage) -> None:
-        got.append(msg.payload)
+        got.append(bytes(msg.payload))
         if len(got) >= expect:
             done.set()
 

@@ -11,13 +11,13 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from appliance.lifecycle import LoopHeartbeat, Notifier
-from tests.server import Server
+from tests.server import Server, wait_for
 
 
 class Listener:
@@ -235,6 +235,10 @@ def test_without_notify_socket_everything_is_a_no_op(
     assert not [t for t in threading.enumerate() if t.name == "sd-watchdog"]
 
 
+def _cannot_notify(record: logging.LogRecord) -> bool:
+    return record.name == "appliance.notify" and "cannot notify" in record.getMessage()
+
+
 def test_unreachable_socket_does_not_raise(
     tmp_path: Path, notifiers: list[Notifier], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -245,7 +249,8 @@ def test_unreachable_socket_does_not_raise(
         n.status("x")
         n.stopping()
         n.start_watchdog(lambda: True)
-        time.sleep(0.3)
+        # ready, status and stopping failed; two more failures are the watchdog's pings (every 0.1 s)
+        wait_for(lambda: len([r for r in caplog.records if _cannot_notify(r)]) >= 5)
         n.stop()
     warnings = [
         r for r in caplog.records if r.levelno == logging.WARNING and "cannot notify" in r.getMessage()
@@ -266,15 +271,24 @@ def _block(seconds: float) -> None:
     time.sleep(seconds)
 
 
+async def _until(check: Callable[[], bool]) -> None:
+    """Give the event loop turns until `check()` holds; fail after about 10 s."""
+    for _ in range(1000):
+        if check():
+            return
+        await asyncio.sleep(0.01)  # a turn for the other tasks (the heartbeat stamps on a timer)
+    raise AssertionError("timed out waiting for the condition")
+
+
 def test_loop_heartbeat_notices_a_blocked_loop() -> None:
     async def scenario() -> None:
         beat = LoopHeartbeat(period=0.05)
         task = asyncio.create_task(beat.run())
-        await asyncio.sleep(0.1)
+        await _until(lambda: beat.alive(within=0.2))
         assert beat.alive(within=0.2)
         _block(0.3)  # the loop is blocked: no stamps
         assert not beat.alive(within=0.2)
-        await asyncio.sleep(0.1)
+        await _until(lambda: beat.alive(within=0.2))  # the loop runs again: the heartbeat stamps
         assert beat.alive(within=0.2)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -283,6 +297,7 @@ def test_loop_heartbeat_notices_a_blocked_loop() -> None:
     asyncio.run(scenario())
 
 
+@pytest.mark.e2e
 def test_server_notifies_ready_watchdog_and_stopping(
     tmp_path: Path, listener: Listener, sock_path: Path
 ) -> None:
@@ -302,6 +317,7 @@ def test_server_notifies_ready_watchdog_and_stopping(
     assert any(m.get("STOPPING") == "1" for _, m in rest), rest
 
 
+@pytest.mark.e2e
 def test_server_notifies_reloading_on_sighup(tmp_path: Path, listener: Listener, sock_path: Path) -> None:
     """End to end: `systemctl reload` (ExecReload=kill -HUP) gets RELOADING=1 then READY=1; needs the wiring."""
     server = Server(tmp_path / "data", env={"NOTIFY_SOCKET": str(sock_path)})

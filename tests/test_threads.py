@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ log = logging.getLogger("appliance.test")
 class Steps:
     """A step function driven by the test: each call takes the next outcome and signals it ran."""
 
-    def __init__(self, outcomes: list[Exception | None], gate: threading.Event | None = None) -> None:
+    def __init__(self, outcomes: list[BaseException | None], gate: threading.Event | None = None) -> None:
         self.outcomes = outcomes
         self.calls = 0
         self.ran = threading.Semaphore(0)
@@ -36,7 +37,7 @@ class Steps:
             assert self.ran.acquire(timeout=10), "the loop did not run a step"
 
 
-def _loop(steps: Steps, **kw: float) -> BackgroundLoop:
+def _loop(steps: Steps, **kw: Any) -> BackgroundLoop:
     loop = BackgroundLoop(
         "test-loop", steps, interval=3600, log=log, backoff_min=0.001, backoff_max=0.01, **kw
     )

@@ -11,13 +11,13 @@
 from PyInstaller.utils.hooks import collect_submodules
 
 UNUSED = {
-    "flight", "_flight",
-    "substrait", "_substrait",
-    "orc", "_orc", "_dataset_orc",
+    *("flight", "_flight"),
+    *("substrait", "_substrait"),
+    *("orc", "_orc", "_dataset_orc"),
     "gandiva",
-    "_gcsfs", "_azurefs", "_hdfs",
-    "cuda", "_cuda", "jvm",
-    "tests", "conftest", "_pyarrow_cpp_tests", "benchmark",
+    *("_gcsfs", "_azurefs", "_hdfs"),
+    *("cuda", "_cuda", "jvm"),
+    *("tests", "conftest", "_pyarrow_cpp_tests", "benchmark"),
 }
 
 

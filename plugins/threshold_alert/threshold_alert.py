@@ -57,8 +57,9 @@ def process_writes(influxdb3_local, table_batches, args=None):
         line.string_field("message", message).time_ns(row["time"])
         influxdb3_local.write(line)
         if args.get("webhook"):
+            alert = {"table": table, "message": message, "value": value, "time": row["time"]}
             try:
-                _post(args["webhook"], {"table": table, "message": message, "value": value, "time": row["time"]})
+                _post(args["webhook"], alert)
             except Exception as e:  # an unreachable webhook must not lose the alert row
                 influxdb3_local.warn(f"webhook {args['webhook']} failed: {e}")
     if alerts:

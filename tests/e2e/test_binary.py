@@ -29,6 +29,8 @@ import pytest
 
 from tests.server import REPO, RUNNING, Server, free_port
 
+pytestmark = pytest.mark.slow  # the frozen executables, started for real (under emulation for arm64)
+
 JSON = {"Content-Type": "application/json"}
 CANDIDATES = [REPO / "dist" / "appliance-onedir" / "appliance", REPO / "dist" / "appliance"]
 RUNNER = shlex.split(os.environ.get("APPLIANCE_BINARY_RUNNER", ""))

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.server import Server
+from tests.server import Server, wait_for
 
 LINES_PER_BATCH = 200
 WRITERS = 4
@@ -20,6 +20,12 @@ class Ledger:
     acked: set[tuple[int, int]] = field(default_factory=set)
     unknown: set[tuple[int, int]] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def wait_for_acks(self, more: int) -> None:
+        """Wait until the writers have `more` batches acknowledged than now (by the running server)."""
+        with self.lock:
+            target = len(self.acked) + more
+        wait_for(lambda: len(self.acked) >= target, what=f"{more} more acknowledged batches")
 
 
 def _body(writer: int, batch: int) -> bytes:
@@ -62,15 +68,15 @@ def test_sigkill_never_loses_an_acknowledged_write(tmp_path: Path) -> None:
         t.start()
     try:
         for _ in range(KILLS):
-            time.sleep(1.5)
+            ledger.wait_for_acks(30)  # this incarnation has taken writes (WAL entries to replay)
             try:  # a persist in flight when the kill lands is part of what is tested
                 server.request("POST", "/api/v3/persist", timeout=5)
             except OSError:
                 pass
-            time.sleep(0.5)
+            ledger.wait_for_acks(10)  # and writes after the persist, unpersisted when the kill lands
             server.kill()
             server.start()
-        time.sleep(1.0)
+        ledger.wait_for_acks(20)  # the last restart serves writes again
     finally:
         stop.set()
         for t in threads:

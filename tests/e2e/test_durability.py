@@ -6,8 +6,9 @@ import gzip
 import json
 import time
 from pathlib import Path
+from typing import Any
 
-from tests.server import Server
+from tests.server import Server, wait_for
 
 JSON = {"Content-Type": "application/json"}
 
@@ -50,10 +51,7 @@ def test_deleted_table_files_are_removed(server: Server) -> None:
 
 def test_no_sync_write_is_acknowledged_and_visible(server: Server) -> None:
     assert server.write("db", "m v=1 1", no_sync="true").status == 204
-    deadline = time.monotonic() + 5
-    while server.query("db", "SELECT count(*) AS n FROM m") != [{"n": 1}]:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_for(lambda: server.query("db", "SELECT count(*) AS n FROM m") == [{"n": 1}], 5, "the row")
 
 
 def test_gen1_window_paces_persists_under_steady_ingest(tmp_path: Path) -> None:
@@ -64,7 +62,7 @@ def test_gen1_window_paces_persists_under_steady_ingest(tmp_path: Path) -> None:
         while time.monotonic() < end:
             s.write("db", f"m,i={i} v={i}")
             i += 1
-            time.sleep(0.02)
+            time.sleep(0.02)  # steady ingest spread over three 2 s windows is what is tested
         files = s.query("db", "SELECT row_count FROM system.parquet_files")
         assert 2 <= len(files) <= 8, f"{len(files)} files for a 6 s run with 2 s windows"
         total = s.query("db", "SELECT count(*) AS n FROM m")[0]["n"]
@@ -87,13 +85,12 @@ def test_retention_removes_expired_files_from_disk(tmp_path: Path) -> None:
         s.write("r", f"m v=1 {now - 5 * hour}\nm v=2 {now - 3 * hour}\n")  # one file, all expired
         s.write("r", f"m v=3 {now}\n")
         s.request("POST", "/api/v3/persist")
-        deadline = time.monotonic() + 10
-        while True:
+
+        def unexpired() -> list[dict[str, Any]] | None:
             files = s.query("r", "SELECT row_count, min_time FROM system.parquet_files")
-            if all(f["min_time"] >= now - hour for f in files):
-                break
-            assert time.monotonic() < deadline, files
-            time.sleep(0.2)
+            return files if all(f["min_time"] >= now - hour for f in files) else None
+
+        files = wait_for(unexpired, 10, "the expired file to go")
         assert sum(f["row_count"] for f in files) == 1
         assert len(list((s.data_dir / "parquet").rglob("*.parquet"))) == len(files)
         assert s.query("r", "SELECT v FROM m") == [{"v": 3.0}]

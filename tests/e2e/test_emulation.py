@@ -11,12 +11,13 @@ import platform
 import signal
 import subprocess
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.server import REPO
+from tests.server import REPO, wait_for
+
+pytestmark = pytest.mark.slow  # aarch64 programs under qemu user emulation
 
 ROOT = Path(os.environ.get("ARM64_ROOT", REPO / "build" / "roots" / "bookworm-arm64"))
 EMULATE = REPO / "packaging" / "emulate-arm64"
@@ -84,10 +85,8 @@ def test_sigterm_reaches_the_program(tmp_path: Path) -> None:
         [str(EMULATE), PYTHON, "-c", script], cwd=REPO, env=os.environ | {"ARM64_ROOT": str(ROOT)}
     )
     try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "the emulated program did not start"
-            time.sleep(0.05)
+        wait_for(lambda: ready.exists() or proc.poll() is not None, 60, "the emulated program to start")
+        assert proc.poll() is None, "the emulated program did not start"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 42
     finally:
@@ -102,19 +101,20 @@ def test_killing_the_wrapper_kills_the_program(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [str(EMULATE), PYTHON, "-c", script], cwd=REPO, env=os.environ | {"ARM64_ROOT": str(ROOT)}
     )
-    deadline = time.monotonic() + 60
-    while not pid_file.exists() or not pid_file.read_text():
-        assert proc.poll() is None and time.monotonic() < deadline, "the emulated program did not start"
-        time.sleep(0.05)
+    wait_for(
+        lambda: (pid_file.exists() and pid_file.read_text()) or proc.poll() is not None,
+        60,
+        "the emulated program to start",
+    )
+    assert proc.poll() is None, "the emulated program did not start"
     program = int(pid_file.read_text())  # qemu's host PID: the emulated process is that process
     proc.kill()
     proc.wait()
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{program}").exists():
-        if time.monotonic() > deadline:
-            os.kill(program, signal.SIGKILL)
-            pytest.fail("the emulated program outlived its wrapper's SIGKILL")
-        time.sleep(0.05)
+    try:
+        wait_for(lambda: not Path(f"/proc/{program}").exists(), 10, "the emulated program to end")
+    except AssertionError:
+        os.kill(program, signal.SIGKILL)
+        pytest.fail("the emulated program outlived its wrapper's SIGKILL")
 
 
 def test_sixteen_kib_pages_are_shown_when_asked() -> None:

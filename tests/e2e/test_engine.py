@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
+import lmdb
+import msgpack
 import pytest
 
 from tests.server import REPO, Server, wait_for
@@ -84,6 +87,16 @@ def test_wal_trigger_sees_rows_as_dicts_and_writes_back(server: Server) -> None:
     assert any(t.startswith("finished execution in") for t in texts)
 
 
+def stored_log_texts(server: Server) -> list[str]:
+    """The plugin log lines stored in LMDB (the server flushes its in-memory ring about once a second)."""
+    env = lmdb.open(str(server.data_dir / "lmdb"), max_dbs=20, readonly=True)
+    try:
+        with env.begin(db=env.open_db(b"logs", create=False)) as txn:
+            return [str(msgpack.unpackb(bytes(value))[4]) for _, value in txn.cursor()]
+    finally:
+        env.close()
+
+
 def _has(server: Server, db: str, table: str, n: int) -> bool:
     r = server.request("GET", "/api/v3/query_sql", {"db": db, "q": f'SELECT count(*) AS n FROM "{table}"'})
     return r.status == 200 and r.json()[0]["n"] >= n
@@ -96,6 +109,9 @@ def test_own_writes_do_not_retrigger_but_other_triggers_see_them(server: Server)
         "loop.py",
         """
         def process_writes(influxdb3_local, table_batches, args):
+            if any(row.get("done") for batch in table_batches for row in batch["rows"]):
+                influxdb3_local.info("done")  # the test's sentinel: every batch before it was handled
+                return
             n = influxdb3_local.cache.get("n", 0) + 1
             influxdb3_local.cache.put("n", n)
             for batch in table_batches:
@@ -109,6 +125,9 @@ def test_own_writes_do_not_retrigger_but_other_triggers_see_them(server: Server)
         "watch.py",
         """
         def process_writes(influxdb3_local, table_batches, args):
+            if any(row.get("done") for batch in table_batches for row in batch["rows"]):
+                influxdb3_local.info("done")  # the test's sentinel: every batch before it was handled
+                return
             influxdb3_local.info("saw", sum(len(b["rows"]) for b in table_batches))
     """,
     )
@@ -116,7 +135,15 @@ def test_own_writes_do_not_retrigger_but_other_triggers_see_them(server: Server)
     assert create(server, "db", "watch", watch, "all_tables").status == 200
     server.write("db", "m v=10 100", precision="ns")
     wait_for(lambda: _has(server, "db", "m", 3))
-    time.sleep(0.5)
+    # A sentinel written after loop's own write: once both triggers have logged it, a re-trigger by
+    # that write (queued before it) would have run.
+    server.write("db", "m done=true 1000", precision="ns")
+    wait_for(
+        lambda: (
+            {(r["trigger_name"], r["log_text"]) for r in logs(server, "db")}
+            >= {("loop", "done"), ("watch", "done")}
+        )
+    )
     texts = [(r["trigger_name"], r["log_text"]) for r in logs(server, "db")]
     assert [t for n, t in texts if n == "loop" and t.startswith("calls")] == ["calls 1"]
     assert ("watch", "saw 1") in texts and texts.count(
@@ -297,8 +324,7 @@ def test_triggers_logs_and_disable_survive_restart(server: Server) -> None:
     assert server.request("GET", "/health").status == 200
     texts = [r["log_text"] for r in logs(server, "db")]
     assert "good ran {'rows': 1}" in texts and any("SystemExit" in t for t in texts)
-    time.sleep(1.2)  # let the log ring reach LMDB
-    server.stop()
+    server.stop()  # a clean stop flushes the log ring to LMDB (Engine.stop): nothing to wait for
     server.start()
     after = [r["log_text"] for r in logs(server, "db")]
     assert "good ran {'rows': 1}" in after
@@ -320,8 +346,11 @@ def test_plugin_file_changes_are_picked_up(server: Server) -> None:
     name = plugin(server, "r.py", "def process_request(a, q, h, b, args):\n    return 'one'\n")
     create(server, "db", "r", name, "request:r")
     assert server.request("GET", "/api/v3/engine/r").text == "one"
-    time.sleep(0.01)
+    path = server.data_dir / "plugins" / name
+    before = path.stat().st_mtime_ns
     plugin(server, "r.py", "def process_request(a, q, h, b, args):\n    return 'two'\n")
+    later = before + 10**9  # the loader compares mtimes: a new one even if both writes share a clock tick
+    os.utime(path, ns=(later, later))
     assert server.request("GET", "/api/v3/engine/r").text == "two"
 
 
@@ -694,12 +723,16 @@ def test_schedule_does_not_multiply_after_disable_enable(server: Server) -> None
         q = {"db": "db", "trigger_name": "count"}
         assert server.request("POST", f"/api/v3/configure/processing_engine_trigger/{verb}", q).status == 200
     wait_for(lambda: _has(server, "db", "calls", 1))
-    time.sleep(3)
-    first, last = server.query("db", "SELECT min(time) AS a, max(time) AS b FROM calls")[0].values()
-    n = server.query("db", "SELECT count(*) AS n FROM calls")[0]["n"]
+
+    def three_seconds_of_calls() -> dict[str, int] | None:
+        calls = server.query("db", "SELECT min(at) AS a, max(at) AS b, count(*) AS n FROM calls")[0]
+        return calls if calls["n"] and calls["b"] - calls["a"] >= 3 * 10**9 else None
+
+    n = wait_for(three_seconds_of_calls, what="calls spanning 3 s")["n"]
     assert n <= 5, f"{n} calls in about 3 s: the schedule ran more than once per tick"
 
 
+@pytest.mark.slow  # ~20 s: shutdown waits out the 10 s request grace
 def test_a_looping_plugin_does_not_hold_up_shutdown(server: Server) -> None:
     server.write("db", "m v=0 1", precision="ns")
     name = plugin(
@@ -707,6 +740,7 @@ def test_a_looping_plugin_does_not_hold_up_shutdown(server: Server) -> None:
         "forever.py",
         """
         def process_request(influxdb3_local, query_parameters, request_headers, request_body, args):
+            influxdb3_local.info("looping")
             while True:
                 pass
     """,
@@ -721,7 +755,7 @@ def test_a_looping_plugin_does_not_hold_up_shutdown(server: Server) -> None:
             pass  # the server went away while the plugin was still looping: expected
 
     threading.Thread(target=call, daemon=True).start()
-    time.sleep(0.5)
+    wait_for(lambda: "looping" in [r["log_text"] for r in logs(server, "db")], what="the plugin to loop")
     started = time.monotonic()
     assert server.stop(timeout=30) == 0
     assert time.monotonic() - started < 45  # the 10 s request grace, slowed by the looping thread's GIL use
@@ -782,10 +816,12 @@ def test_replay_at_startup_does_not_feed_plugins(server: Server) -> None:
     assert create(server, "db", "count", name, "table:m").status == 200
     server.write("db", "m v=1 2", precision="ns")
     wait_for(lambda: any(r["log_text"] == "called with 1" for r in logs(server, "db")))
-    time.sleep(1.2)  # the log line reaches LMDB
+    wait_for(lambda: "called with 1" in stored_log_texts(server), what="the log line in LMDB")
     server.kill()  # the write is only in the WAL: the restart replays it
     server.start()
-    time.sleep(1.0)
-    calls = [r for r in logs(server, "db") if r["log_text"].startswith("called with")]
-    assert len(calls) == 1
     assert server.query("db", "SELECT count(*) AS n FROM m") == [{"n": 2}]
+    # A sentinel write after the restart: the trigger sees it after anything a replay would have fed.
+    server.write("db", "m v=3 3\nm v=4 4", precision="ns")
+    wait_for(lambda: any(r["log_text"] == "called with 2" for r in logs(server, "db")), what="the sentinel")
+    calls = [r for r in logs(server, "db") if r["log_text"].startswith("called with 1")]
+    assert len(calls) == 1

@@ -270,7 +270,7 @@ class Publisher:
         self.client = broker.client(f"pub-{time.monotonic_ns()}", clean_session=False)
         self.client.max_inflight_messages_set(100)
         self.client.max_queued_messages_set(0)
-        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]  # paho takes float seconds; its hint says int
         self.mids: list[int] = []
         self.acked: set[int] = set()  # on_publish: paho's info.rc stays NO_CONN for a message resent later
         self.client.on_publish = lambda _c, _u, mid, _rc, _p: self.acked.add(mid)
@@ -325,7 +325,8 @@ def test_appliance_sigkill_during_publishing_loses_nothing(tmp_path: Path, broke
     for threshold in (1000, 2500):
         wait_for(lambda: publisher.sent > threshold, what="publishing under way")  # noqa: B023
         server.kill()
-        time.sleep(0.3)  # the broker queues for the persistent session meanwhile
+        down_at = publisher.sent  # the broker queues these for the persistent session meanwhile:
+        wait_for(lambda: publisher.sent > down_at + 200, what="publishing while the appliance is down")  # noqa: B023
         server.start()
     publisher.finish()
     assert_every_point_once(server, 4000)

@@ -137,7 +137,7 @@ def test_sigterm_during_ingest_exits_0_and_keeps_every_acknowledged_write(tmp_pa
     threads = [threading.Thread(target=writer, args=(k,)) for k in range(3)]
     for t in threads:
         t.start()
-    time.sleep(1.5)
+    wait_for(lambda: len(acked) >= 30, what="ingest under way")
     assert server.proc is not None
     started = time.monotonic()
     code = server.stop()

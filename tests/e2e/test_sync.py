@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,12 @@ def assert_only_data_objects(s3: S3) -> None:
     keys = s3.keys("")
     stray = [k for k in keys if not DATA_KEY.fullmatch(k)]
     assert not stray, f"non-data objects in the bucket: {stray}"
+
+
+def budget_settled(server: Server) -> bool:
+    """Under the disk budget, or over it and refusing writes (the check a persist wakes has run)."""
+    disk = status(server)["disk"]
+    return bool(disk["refusing_writes"] or disk["used_bytes"] <= disk["max_disk_bytes"])
 
 
 def drained(server: Server) -> bool:
@@ -229,7 +235,7 @@ def test_budget_evicts_only_synced_files_and_refuses_writes_when_only_unsynced_r
             break
         write_rows(server, "iot", "cpu", batch * 2000, 2000)
         persist(server)
-        time.sleep(2.5)  # the budget check runs every 2 s
+        wait_for(lambda: budget_settled(server), what="the budget check after the persist")
     assert refused is not None, status(server)
     assert "waits for upload" in refused.text and "storage.max_disk_bytes" in refused.text
     queued = status(server)["queued_files"]
@@ -397,8 +403,9 @@ def test_a_stop_during_an_upload_never_publishes_part_of_a_file(tmp_path: Path, 
         )
         assert server.write("iot", body).status == 204
         persist(server)
-    assert s3.proxy is not None
-    wait_for(lambda: s3.proxy.connections and status(server)["queued_files"], what="an upload under way")
+    proxy = s3.proxy
+    assert proxy is not None
+    wait_for(lambda: proxy.connections and status(server)["queued_files"], what="an upload under way")
     server.stop()  # SIGTERM while files are on their way
     assert_only_data_objects(s3)
     for key in parquet_keys(s3):  # whatever got there is whole
@@ -695,7 +702,7 @@ def test_signed_requests_match_botocore_for_awkward_keys_and_addressing() -> Non
 
             client.meta.events.register("before-send", capture)
             for key in keys:
-                calls = [
+                calls: list[tuple[Callable[..., object], dict[str, Any]]] = [
                     (client.delete_object, {"Key": key}),
                     (client.abort_multipart_upload, {"Key": key, "UploadId": "u/1+2"}),
                     (client.list_objects_v2, {"Prefix": key, "MaxKeys": 1000}),

@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import lmdb
 import pyarrow as pa
@@ -188,7 +189,7 @@ def test_full_wal_map_starts_a_persist_and_writes_recover_by_themselves(tmp_path
             continue
         assert r.status == 507, r.body
         refusals.append(r.json()["error"])
-        time.sleep(0.05)
+        time.sleep(0.05)  # a client's pace between retries after 507 (the recovery runs meanwhile)
     assert "wal.map_size" in refusals[0] and "persist has been started" in refusals[0]
     log = server.log()
     assert "writes refused with 507: the write-ahead log is full" in log
@@ -225,7 +226,7 @@ class _FailingCommits:
     def __getattr__(self, name: str) -> object:
         return getattr(self._env, name)
 
-    def begin(self, write: bool = False, parent: lmdb.Transaction | None = None, **kw: object) -> object:
+    def begin(self, write: bool = False, parent: lmdb.Transaction | None = None, **kw: Any) -> object:
         txn = self._env.begin(write=write, parent=parent, **kw)
         if not write or parent is not None:
             return txn
@@ -240,6 +241,11 @@ class _FailingCommits:
                 raise error
 
         return Failing()
+
+
+def _failing_commits(env: lmdb.Environment, error: lmdb.Error) -> lmdb.Environment:
+    """`_FailingCommits` in the place of the environment `Wal.env` is declared to hold."""
+    return cast(lmdb.Environment, _FailingCommits(env, error))
 
 
 def test_a_commit_failing_for_another_reason_is_a_failing_state_and_never_ends_disk_full(
@@ -257,7 +263,7 @@ def test_a_commit_failing_for_another_reason_is_a_failing_state_and_never_ends_d
         assert isinstance(wal.submit(entry=entry).exception(), StorageFull)
         full = wal.full
         assert full is not None
-        wal.env = _FailingCommits(
+        wal.env = _failing_commits(
             real, lmdb.PanicError("mdb_txn_commit: MDB_PANIC: Update of meta page failed")
         )
         for attempt in range(1, FAILING_AFTER + 1):
@@ -268,7 +274,7 @@ def test_a_commit_failing_for_another_reason_is_a_failing_state_and_never_ends_d
             assert (wal.failing is None) == (attempt < FAILING_AFTER)
         assert wal.failing is not None and "MDB_PANIC" in wal.failing
         ballast.unlink()
-        wal.env = _FailingCommits(real, lmdb.Error("mdb_txn_commit: Input/output error"))  # EIO with room
+        wal.env = _failing_commits(real, lmdb.Error("mdb_txn_commit: Input/output error"))  # EIO with room
         error = wal.submit(entry=entry).exception()
         assert isinstance(error, WalError) and not isinstance(error, StorageFull) and error.http_status == 503
         assert wal.failing is not None

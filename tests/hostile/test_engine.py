@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -180,8 +181,12 @@ def test_a_plugin_that_changes_its_args_changes_nothing_stored(server: Server) -
         rows = server.query("db", "SELECT log_text FROM system.processing_engine_logs")
         return [r["log_text"] for r in rows if r["log_text"].startswith(f"{kind} saw")]
 
+    def two_calls(kind: str) -> list[str]:
+        texts = saw(kind)
+        return texts if len(texts) >= 2 else []
+
     for kind in ("wal", "schedule"):
-        texts = wait_for(lambda k=kind: len(saw(k)) >= 2 and saw(k), what=f"two {kind} calls")
+        texts = wait_for(functools.partial(two_calls, kind), what=f"two {kind} calls")
         assert set(texts) == {f"{kind} saw {original}"}
     stored = server.query(
         "db",

@@ -110,7 +110,7 @@ def test_many_gzip_members_are_refused_while_health_answers(auth_server: Server)
         started = time.monotonic()
         while t.is_alive() and time.monotonic() - started < 30:
             assert health_answers(s)  # the event loop is never blocked by the decoding
-            time.sleep(0.1)
+            time.sleep(0.1)  # probing /health throughout the decoding is the test
         t.join(30)
         r: Response = result[0]
         assert r.status == 400 and "more than 1000 gzip members" in r.text, (path, r.status, r.body)
@@ -158,7 +158,7 @@ def test_slow_writers_hold_no_write_slot_and_get_408(tmp_path: Path) -> None:
 
     threading.Thread(target=trickle, daemon=True).start()
     try:
-        time.sleep(0.5)
+        time.sleep(0.5)  # slow clients: the trickle is paced by time; no server hook shows bodies held
         started = time.monotonic()
         assert s.write("db", "m v=1 1", precision="ns", timeout=5).status == 204
         assert time.monotonic() - started < 5  # before any slow body timed out
@@ -192,6 +192,11 @@ def hog(server: Server, source: str, declared: int, sent: int) -> socket.socket:
     return c
 
 
+def refused(r: Response) -> Response | None:
+    """The response if it is a 503 (for polling until the server refuses), else None."""
+    return r if r.status == 503 else None
+
+
 def test_bodies_in_memory_are_bounded_in_bytes(tmp_path: Path) -> None:
     env = {
         "APPLIANCE_HTTP_MAX_BUFFERED_BYTES": "128KiB",
@@ -202,8 +207,8 @@ def test_bodies_in_memory_are_bounded_in_bytes(tmp_path: Path) -> None:
     s = Server(tmp_path / "data", args=["--max-http-request-size", "65536"], env=env).start()
     hogs = [hog(s, f"127.0.0.{2 + i}", 65536, 60 * 1024) for i in range(2)]  # all the room, reserved
     try:
-        time.sleep(0.5)
-        r = s.write("db", "m v=2 2", precision="ns", timeout=10)  # no room, even for a small body
+        # No room, even for a small body, once the hogs' bodies have reached the server:
+        r = wait_for(lambda: refused(s.write("db", "m v=2 2", precision="ns", timeout=10)), 10, "a 503")
         assert r.status == 503 and "http.max_buffered_bytes" in r.text, (r.status, r.body)
         assert r.headers["Retry-After"] == "5"  # Telegraf and the client libraries wait, then retry
         for c in hogs:  # cut off once silent for http.body_idle_timeout
@@ -219,7 +224,7 @@ def test_bodies_in_memory_are_bounded_in_bytes(tmp_path: Path) -> None:
                 b"POST /api/v3/write_lp?db=db HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
             )
             c.sendall(b"%x\r\n%s\r\n" % (40 * 1024, b"m v=4 4\n" * (5 * 1024)))
-            time.sleep(0.3)
+            time.sleep(0.3)  # a slow client: the bad chunk comes later, after the server buffered the first
             c.sendall(b"zz\r\n")
             assert read_all(c).startswith(b"HTTP/1.1 400")
     assert s.write("db", "m v=5 5\n" * 7000, precision="ns", timeout=10).status == 204
@@ -236,7 +241,9 @@ def test_a_burst_of_concurrent_writes_takes_turns_in_a_small_budget(tmp_path: Pa
     )
     plain = lines[: lines.rindex(b"\n", 0, 900_000) + 1]
     packed = gzip.compress(plain)
-    sends = [(plain, {}) for _ in range(24)] + [(packed, GZ) for _ in range(16)]
+    sends: list[tuple[bytes, dict[str, str]]] = [(plain, {}) for _ in range(24)] + [
+        (packed, GZ) for _ in range(16)
+    ]
     results = [
         in_thread(
             s.request, "POST", "/api/v3/write_lp", {"db": "db", "precision": "ns"}, body, headers, None, 120.0
@@ -258,7 +265,7 @@ def test_a_client_that_sends_fast_then_stalls_is_cut_off(tmp_path: Path) -> None
     hogs = [hog(s, "127.0.0.2", ten, ten - 100 * 1024) for _ in range(2)]
     hogs.append(hog(s, "127.0.0.2", ten, 0))  # over the address's share: waits, blocking no one
     try:
-        time.sleep(0.5)
+        time.sleep(0.5)  # the hogs' bodies reach the server; no hook shows the reserved bytes
         started = time.monotonic()
         body = b"m,src=other v=1 1\n" * 50_000  # 900 KB from another address
         r = s.request("POST", "/api/v3/write_lp", {"db": "db", "precision": "ns"}, body, timeout=10)
@@ -290,7 +297,7 @@ def test_a_client_that_never_reads_its_response_is_dropped(tmp_path: Path) -> No
             c.sendall(head.encode())
             readers.append(c)
         try:
-            time.sleep(4)
+            time.sleep(4)  # the readers never read: http.send_timeout (2 s) has to pass
             assert health_answers(s)
             for c in readers:
                 c.settimeout(10)
@@ -312,9 +319,11 @@ def test_engine_requests_count_against_the_budget_while_the_plugin_runs(tmp_path
     s = Server(tmp_path / "data", args=["--max-http-request-size", "1MiB"], env=env).start()
     plugins = s.data_dir / "plugins"
     plugins.mkdir(parents=True, exist_ok=True)
+    running = tmp_path / "plugin-running"
     (plugins / "slow.py").write_text(
-        "import time\n"
+        "import pathlib, time\n"
         "def process_request(influxdb3_local, query_parameters, request_headers, request_body, args):\n"
+        f"    pathlib.Path({str(running)!r}).touch()\n"
         "    time.sleep(6)\n"
         "    return {'length': len(request_body)}\n"
     )
@@ -332,7 +341,7 @@ def test_engine_requests_count_against_the_budget_while_the_plugin_runs(tmp_path
     assert r.status == 200, r.body
     body = b"x" * (1024 * 1024)
     t, result = in_thread(s.request, "POST", "/api/v3/engine/slow", None, body)
-    time.sleep(1.5)  # the body is read; the plugin runs, holding it
+    wait_for(running.exists, what="the plugin to run")  # the body is read; the plugin holds it
     r = s.write("db", "m v=2 2", precision="ns", timeout=10)
     assert r.status == 503 and "http.max_buffered_bytes" in r.text, (r.status, r.body)
     t.join(30)
@@ -401,7 +410,7 @@ def test_idle_and_slowloris_connections_are_closed_while_the_server_answers(guar
 
     threading.Thread(target=drip, daemon=True).start()
     try:
-        time.sleep(0.5)
+        time.sleep(0.5)  # slowloris: the drip is paced by time; no server hook shows headers held
         assert health_answers(s)
         assert s.write("db", "m v=1 1", precision="ns", timeout=5).status == 204
         deadline = time.monotonic() + 8
@@ -419,7 +428,7 @@ def test_connections_over_the_per_address_cap_are_refused(guarded: Server) -> No
     s = guarded
     held = [connect(s, "127.0.0.5") for _ in range(60)]
     try:
-        time.sleep(0.2)
+        time.sleep(0.2)  # the server accepts the backlog; no hook shows its connection count
         refused = exchange(s, b"", source="127.0.0.5")
         assert refused.startswith(b"HTTP/1.1 503") and b"http.max_connections_per_ip" in refused
         assert health_answers(s)  # another address is not affected
@@ -430,10 +439,10 @@ def test_connections_over_the_per_address_cap_are_refused(guarded: Server) -> No
     finally:
         for c in held:
             c.close()
-    time.sleep(0.2)
-    assert exchange(
-        s, b"GET /ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n", "127.0.0.5"
-    ).startswith(b"HTTP/1.1 200")
+    ping = b"GET /ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    wait_for(  # refused with 503 until the server has counted the closed connections out
+        lambda: exchange(s, ping, "127.0.0.5").startswith(b"HTTP/1.1 200"), 10, "the address served again"
+    )
 
 
 def test_connections_over_the_total_cap_are_refused_but_local_clients_are_served(tmp_path: Path) -> None:
@@ -441,7 +450,7 @@ def test_connections_over_the_total_cap_are_refused_but_local_clients_are_served
     s = Server(tmp_path / "data", env=env).start()
     held = [connect(s, f"127.0.0.{2 + i % 4}") for i in range(40)]
     try:
-        time.sleep(0.2)
+        time.sleep(0.2)  # the server accepts the backlog; no hook shows its connection count
         refused = exchange(s, b"", source="127.0.0.7")
         assert refused.startswith(b"HTTP/1.1 503") and b"http.max_connections" in refused
         assert health_answers(s)  # 127.0.0.1: this machine's own clients are still served
@@ -554,7 +563,7 @@ def test_malformed_requests_get_one_clean_line_and_no_traceback(server: Server) 
             c.sendall(
                 b"POST /api/v3/write_lp?db=x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nm v="
             )
-            time.sleep(0.2)
+            time.sleep(0.2)  # the client goes away mid-body, after the server started reading it
     late = exchange_in_two_parts(server)
     assert b" 400 " in late.split(b"\r\n")[0] and b"malformed" in late, late
     assert health_answers(server)
@@ -657,7 +666,11 @@ def test_aiohttp_internals_we_rely_on_exist() -> None:
         runner = web.AppRunner(web.Application())
         await runner.setup()
         plain = await runner._make_server()
-        assert plain.request_handler and plain.request_factory and isinstance(plain._kwargs, dict)
+        assert (
+            callable(plain.request_handler)
+            and callable(plain.request_factory)
+            and isinstance(plain._kwargs, dict)
+        )
         assert isinstance(plain.handler_cancellation, bool)
         await runner.cleanup()
 
@@ -718,7 +731,7 @@ def test_many_real_gzip_members_decode_while_health_answers(server: Server) -> N
     started = time.monotonic()
     while t.is_alive() and time.monotonic() - started < 30:
         assert health_answers(server)
-        time.sleep(0.05)
+        time.sleep(0.05)  # probing /health throughout the decoding is the test
     t.join(30)
     assert result[0].status == 204, (result[0].status, result[0].body[:300])
 
