@@ -6,6 +6,7 @@ import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -28,10 +29,9 @@ def wal(tmp_path: Path) -> Iterator[Wal]:
         w.stop()
 
 
-def _trigger(db: str, name: str, **extra: object) -> TriggerDef:
-    return TriggerDef(
-        **{"name": name, "database": db, "plugin_filename": "p.py", "spec": "request:x", **extra}
-    )  # type: ignore[arg-type]
+def _trigger(db: str, name: str, **extra: Any) -> TriggerDef:
+    fields: dict[str, Any] = {"name": name, "database": db, "plugin_filename": "p.py", "spec": "request:x"}
+    return TriggerDef(**(fields | extra))
 
 
 def test_trigger_identity_does_not_join_names_with_a_slash() -> None:
@@ -362,7 +362,8 @@ def test_store_loads_int_keys_and_bytes_and_skips_what_it_cannot_decode(
     assert len(skipped) == 3 and all(m.count("\n") == 0 for m in skipped)
     with wal.read() as txn:
         for k, v in junk.items():
-            assert bytes(txn.get(k, db=wal.dbs["triggers"])) == v  # left as they were
+            stored = txn.get(k, db=wal.dbs["triggers"])
+            assert stored is not None and bytes(stored) == v  # left as they were
         assert txn.get(b"db/ok", db=wal.dbs["triggers"]) is None  # re-keyed
     assert [t.name for t in TriggerStore(wal).load()] == ["ok"]
 

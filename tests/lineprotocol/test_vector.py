@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import string
 from collections.abc import Iterator
@@ -278,6 +279,10 @@ def _value(draw: st.DrawFn, kind: ColumnType) -> str:
     return f'"{draw(_STR)}"'
 
 
+def _not_in(items: list[str], key: str) -> bool:
+    return key not in items
+
+
 @st.composite
 def regular_bodies(draw: st.DrawFn) -> tuple[bytes, Precision, Known | None]:
     """Error-free bodies in the simple shape: several tables, series and field layouts."""
@@ -289,7 +294,7 @@ def regular_bodies(draw: st.DrawFn) -> tuple[bytes, Precision, Known | None]:
         tag_keys = draw(st.lists(_TAG_KEY, max_size=4, unique=True))
         field_keys = draw(
             st.lists(
-                _FIELD_KEY.filter(lambda k, tags=tag_keys: k not in tags), min_size=1, max_size=5, unique=True
+                _FIELD_KEY.filter(functools.partial(_not_in, tag_keys)), min_size=1, max_size=5, unique=True
             )
         )
         kinds = {k: draw(st.sampled_from(_KINDS)) for k in field_keys}
