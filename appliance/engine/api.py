@@ -3,7 +3,7 @@
 This module is pure: the engine supplies logging, writing and querying through `EngineHooks`,
 so the API can be tested (and used for dry runs) without a server. `LineBuilder` lives in
 `linebuilder`, the cache behind `influxdb3_local.cache` in `cache`, and the conversion of query
-results to plain Python in `rows`.
+results to plain Python in `query.rows`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from appliance.errors import ApplianceError
 
+from ..query.rows import table_rows
 from .cache import CacheView
 from .linebuilder import (
     InfluxDBError,
@@ -24,7 +25,6 @@ from .linebuilder import (
     InvalidMeasurementError,
     LineBuilder,
 )
-from .rows import table_to_rows
 
 
 class EngineHooks(Protocol):
@@ -172,7 +172,7 @@ class PluginApi:
             table = self._hooks.query(db, query, bound)
         except Exception as e:
             raise QueryError(f"error: {_describe(e)} executing query on {db}: {query}") from e
-        return table_to_rows(table)
+        return table_rows(table)
 
 
 def own_copy(arguments: Mapping[str, str] | None) -> dict[str, str] | None:

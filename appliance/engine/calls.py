@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ..lineprotocol.syntax import NS_PER_SECOND
 from ..metrics import PLUGIN_ERRORS, PLUGIN_RUNS, PLUGIN_SECONDS
 from ..model import Precision
 from ..query.service import QueryService
@@ -226,7 +227,7 @@ def _start_text(event: Event) -> str:
     if event.kind == "wal":
         return "starting execution of wal plugin."
     if event.kind == "schedule":
-        return f"starting execution with scheduled time {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(event.payload / 1e9))}"
+        return f"starting execution with scheduled time {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(event.payload // NS_PER_SECOND))}"
     return "starting execution of request plugin."
 
 

@@ -11,7 +11,9 @@ from typing import Any
 import pyarrow as pa
 
 from ..lineprotocol import parser
+from ..lineprotocol.syntax import NS_PER_SECOND
 from ..model import TIME_COLUMN, ParsedTable, Precision
+from ..query.rows import column_rows
 from ..query.service import QueryService
 from ..storage.catalog import Catalog
 from .api import PluginApi, own_copy
@@ -80,7 +82,9 @@ class DryRun:
         out = self._run(
             filename, database, "process_scheduled_call", (Schedule.call_time(fire),), arguments, cache_name
         )
-        out["trigger_time"] = datetime.fromtimestamp(fire // 10**9, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        out["trigger_time"] = datetime.fromtimestamp(fire // NS_PER_SECOND, tz=UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
         return out
 
     def _run(
@@ -131,11 +135,10 @@ def _result(log_lines: list[str], writes: dict[str, list[str]], errors: list[str
 
 
 def _rows(table: ParsedTable) -> list[dict[str, Any]]:
-    columns = {name: arr.to_pylist() for name, arr in table.tags.items()}
-    columns.update({name: arr.to_pylist() for name, (_, arr) in table.fields.items()})
-    columns[TIME_COLUMN] = table.time.to_pylist()
-    names = list(columns)
-    return [
-        {n: v for n, v in zip(names, values, strict=True) if v is not None}
-        for values in zip(*columns.values(), strict=True)
-    ]
+    """A parsed table's rows as `process_writes` receives them: tags, fields, time; NULLs left out."""
+    columns = {
+        **table.tags,
+        **{name: arr for name, (_, arr) in table.fields.items()},
+        TIME_COLUMN: table.time,
+    }
+    return column_rows(columns, table.num_rows, omit_nulls=True)

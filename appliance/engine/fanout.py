@@ -15,10 +15,9 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
-import pyarrow as pa
-
 from ..metrics import PLUGIN_DROPPED
-from ..model import TIME_COLUMN, WalSeq
+from ..model import WalSeq
+from ..query.rows import table_rows
 from ..storage.wal import WalEntry
 from .registry import Event, Running, metric_labels
 
@@ -106,18 +105,5 @@ def table_batches(entries: list[WalEntry], only_table: str | None) -> list[dict[
         for rows in entry.tables:
             if only_table is not None and rows.table != only_table:
                 continue
-            tables.setdefault(rows.table, []).extend(_rows(rows.batch))
+            tables.setdefault(rows.table, []).extend(table_rows(rows.batch, omit_nulls=True))
     return [{"table_name": name, "rows": rows} for name, rows in tables.items()]
-
-
-def _rows(batch: pa.RecordBatch) -> list[dict[str, Any]]:
-    names = batch.schema.names
-    columns = []
-    for name, col in zip(names, batch.columns, strict=True):
-        if name == TIME_COLUMN or pa.types.is_timestamp(col.type):
-            col = col.cast(pa.int64())
-        columns.append(col.to_pylist())
-    return [
-        {n: v for n, v in zip(names, values, strict=True) if v is not None}
-        for values in zip(*columns, strict=True)
-    ]

@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import re
 
-_SECOND = 1_000_000_000
-_DAY = 86_400 * _SECOND
+from ..lineprotocol.syntax import NS_PER_SECOND, NS_PER_UNIT
+
+_DAY = 86_400 * NS_PER_SECOND
 # humantime's unit table; month and year are its calendar averages (30.44 d and 365.25 d).
 _HUMANTIME_UNITS: dict[str, int] = {
-    **dict.fromkeys(("ns", "nsec", "nanos"), 1),
-    **dict.fromkeys(("us", "usec", "µs", "μs", "micros"), 1_000),
-    **dict.fromkeys(("ms", "msec", "millis"), 1_000_000),
-    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), _SECOND),
-    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60 * _SECOND),
-    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600 * _SECOND),
+    **dict.fromkeys(("ns", "nsec", "nanos"), NS_PER_UNIT["ns"]),
+    **dict.fromkeys(("us", "usec", "µs", "μs", "micros"), NS_PER_UNIT["us"]),
+    **dict.fromkeys(("ms", "msec", "millis"), NS_PER_UNIT["ms"]),
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), NS_PER_SECOND),
+    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60 * NS_PER_SECOND),
+    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600 * NS_PER_SECOND),
     **dict.fromkeys(("d", "day", "days"), _DAY),
     **dict.fromkeys(("w", "wk", "wks", "week", "weeks"), 7 * _DAY),
-    **dict.fromkeys(("M", "month", "months"), 2_630_016 * _SECOND),
-    **dict.fromkeys(("y", "yr", "yrs", "year", "years"), 31_557_600 * _SECOND),
+    **dict.fromkeys(("M", "month", "months"), 2_630_016 * NS_PER_SECOND),
+    **dict.fromkeys(("y", "yr", "yrs", "year", "years"), 31_557_600 * NS_PER_SECOND),
 }
 _DURATION_PART = re.compile(r"\s*(\d+)\s*([A-Za-zµμ]+)")
 

@@ -17,6 +17,8 @@ import math
 import operator
 from typing import Any
 
+from ..lineprotocol import syntax
+
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 _UINT64_MAX = 2**64 - 1
@@ -38,23 +40,9 @@ class InvalidLineError(InfluxDBError, ValueError):
     """A line or value that cannot be written as line protocol."""
 
 
-# Characters line protocol has no escape for: a newline ends the line, and the server's parser
-# ends a name at a tab (not a separator, yet never part of a name) or, in a measurement, a NUL.
-_NEVER_IN_NAMES = ("\n", "\r", "\t")
-
-
-def _escape_name(text: str) -> str:
-    # Backslash first, or the escapes added for the other characters would be doubled.
-    return text.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
-
-
-def _escape_measurement(text: str) -> str:
-    # The server unescapes `\\`, `\,` and `\ ` in measurements; `=` needs no escape there.
-    return text.replace("\\", "\\\\").replace(",", "\\,").replace(" ", "\\ ")
-
-
-def _escape_string(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"')
+def _name(text: str) -> str:
+    # Every backslash doubled, as the reference LineBuilder writes them (the parser reads both).
+    return syntax.escape_name(text, every_backslash=True)
 
 
 def _as_int(kind: str, key: str, value: Any) -> int:
@@ -74,18 +62,9 @@ class LineBuilder:
     def __init__(self, measurement: str) -> None:
         if not isinstance(measurement, str):
             raise TypeError(f"measurement must be a str, got {type(measurement).__name__}")
-        if measurement == "":
-            raise InvalidMeasurementError("Measurement name cannot be empty")
-        if " " in measurement:  # as the reference LineBuilder
-            raise InvalidMeasurementError("Measurement name cannot contain spaces")
-        if any(c in measurement for c in (*_NEVER_IN_NAMES, "\x00")):
-            raise InvalidMeasurementError(
-                f"Measurement name {measurement!r} cannot contain newlines, tabs or NUL"
-            )
-        if measurement.startswith("#"):  # the line would be read as a comment
-            raise InvalidMeasurementError(f"Measurement name {measurement!r} cannot start with '#'")
-        if measurement.endswith("\\"):
-            raise InvalidMeasurementError(f"Measurement name {measurement!r} cannot end with a backslash")
+        problem = syntax.builder_measurement_problem(measurement)
+        if problem is not None:
+            raise InvalidMeasurementError(problem)
         self.measurement = measurement
         # Public, as in the reference: tag values raw, field values already encoded.
         self.tags: dict[str, str] = {}
@@ -96,24 +75,17 @@ class LineBuilder:
     def _validate_key(key: str, kind: str) -> None:
         if not isinstance(key, str):
             raise InvalidKeyError(f"{kind} key must be a str, got {type(key).__name__}")
-        if not key:
-            raise InvalidKeyError(f"{kind} key cannot be empty")
-        for char, what in ((" ", "spaces"), (",", "commas"), ("=", "equals signs")):
-            if char in key:
-                raise InvalidKeyError(f"{kind} key '{key}' cannot contain {what}")
-        if any(c in key for c in _NEVER_IN_NAMES):
-            raise InvalidKeyError(f"{kind} key {key!r} cannot contain newlines or tabs")
-        if key.endswith("\\"):
-            raise InvalidKeyError(f"{kind} key {key!r} cannot end with a backslash")
+        problem = syntax.builder_key_problem(key, kind)
+        if problem is not None:
+            raise InvalidKeyError(problem)
 
     def tag(self, key: str, value: Any) -> LineBuilder:
         """Set tag `key` to `str(value)`; an empty value leaves the tag out."""
         self._validate_key(key, "tag")
         text = str(value)
-        if any(c in text for c in _NEVER_IN_NAMES):
-            raise InvalidLineError(f"tag '{key}' value {text!r} cannot contain newlines or tabs")
-        if text.endswith("\\"):
-            raise InvalidLineError(f"tag '{key}' value {text!r} cannot end with a backslash")
+        problem = syntax.builder_tag_value_problem(key, text)
+        if problem is not None:
+            raise InvalidLineError(problem)
         if text == "":
             self.tags.pop(key, None)  # re-setting still overwrites an earlier value
         else:
@@ -165,9 +137,10 @@ class LineBuilder:
         self._validate_key(key, "field")
         if not isinstance(value, str):
             raise TypeError(f"string field '{key}' needs a str, got {type(value).__name__}")
-        if "\n" in value or "\r" in value:
-            raise InvalidLineError(f"string field '{key}' cannot contain newlines")
-        self.fields[key] = f'"{_escape_string(value)}"'
+        problem = syntax.builder_string_problem(key, value)
+        if problem is not None:
+            raise InvalidLineError(problem)
+        self.fields[key] = f'"{syntax.escape_string(value)}"'
         return self
 
     def bool_field(self, key: str, value: bool) -> LineBuilder:
@@ -198,12 +171,12 @@ class LineBuilder:
 
     def build(self) -> str:
         """Return the line; raises InvalidLineError when no field was set."""
-        line = _escape_measurement(self.measurement)
+        line = syntax.escape_measurement(self.measurement, every_backslash=True)
         if self.tags:
-            line += "," + ",".join(f"{_escape_name(k)}={_escape_name(v)}" for k, v in self.tags.items())
+            line += "," + ",".join(f"{_name(k)}={_name(v)}" for k, v in self.tags.items())
         if not self.fields:
             raise InvalidLineError(f"At least one field is required: {line}")
-        line += " " + ",".join(f"{_escape_name(k)}={v}" for k, v in self.fields.items())
+        line += " " + ",".join(f"{_name(k)}={v}" for k, v in self.fields.items())
         if self._timestamp_ns is not None:
             line += f" {self._timestamp_ns}"
         return line

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from ..lineprotocol.syntax import NS_PER_SECOND
 from ..threads import BackgroundLoop
 from .cron import compile_cron, count_ticks, latest_tick, next_tick
 from .registry import Event, Running
@@ -28,7 +29,6 @@ log = logging.getLogger("appliance.engine")
 #: What `Schedule.next_after` returns once a schedule has no further fire time (a cron year list
 #: that has run out): the largest int64, so it sorts after every real instant in a heap.
 NEVER: int = 2**63 - 1
-_NS_PER_S = 1_000_000_000
 
 
 class Schedule:
@@ -48,8 +48,8 @@ class Schedule:
             return (t_ns // self._period_ns + 1) * self._period_ns
         assert self._cron is not None
         # Cron ticks are whole seconds: strictly after t is strictly after floor(t).
-        nxt = next_tick(self._cron, t_ns // _NS_PER_S)
-        return NEVER if nxt is None else nxt * _NS_PER_S
+        nxt = next_tick(self._cron, t_ns // NS_PER_SECOND)
+        return NEVER if nxt is None else nxt * NS_PER_SECOND
 
     def due(self, last_fire_ns: int, now_ns: int) -> tuple[int, int]:
         """(latest tick in (last_fire, now], ticks skipped before it); ValueError if none is due."""
@@ -60,16 +60,16 @@ class Schedule:
                 raise ValueError("no scheduled call is due yet")
             return latest, latest // period - last_fire_ns // period - 1
         assert self._cron is not None
-        now_s = now_ns // _NS_PER_S
+        now_s = now_ns // NS_PER_SECOND
         latest_s = latest_tick(self._cron, now_s + 1)
-        if latest_s is None or latest_s * _NS_PER_S <= last_fire_ns:
+        if latest_s is None or latest_s * NS_PER_SECOND <= last_fire_ns:
             raise ValueError("no scheduled call is due yet")
-        return latest_s * _NS_PER_S, count_ticks(self._cron, last_fire_ns // _NS_PER_S, latest_s) - 1
+        return latest_s * NS_PER_SECOND, count_ticks(self._cron, last_fire_ns // NS_PER_SECOND, latest_s) - 1
 
     @staticmethod
     def call_time(fire_ns: int) -> datetime:
         """The `call_time` a plugin receives: the scheduled instant as a naive UTC datetime, whole seconds."""
-        return datetime.fromtimestamp(fire_ns // _NS_PER_S, tz=UTC).replace(tzinfo=None)
+        return datetime.fromtimestamp(fire_ns // NS_PER_SECOND, tz=UTC).replace(tzinfo=None)
 
 
 #: The longest the scheduler sleeps: it rechecks the wall clock at least this often (it may jump).
@@ -119,7 +119,7 @@ class Scheduler:
             raise ScheduleError("; ".join(problems))
         if not self._heap:
             return MAX_WAIT_S
-        return max(0.0, min((self._heap[0][0] - self._clock()) / 1e9, MAX_WAIT_S))
+        return max(0.0, min((self._heap[0][0] - self._clock()) / NS_PER_SECOND, MAX_WAIT_S))
 
     def _take_due(self, now: int) -> list[tuple[int, Running]]:
         due = []

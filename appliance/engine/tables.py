@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from ..lineprotocol.syntax import NS_PER_UNIT
 from .loader import GH_CACHE
 from .packages import PACKAGES_DIR
 from .store import LOG_SCHEMA, TriggerDef
@@ -60,7 +61,7 @@ def plugin_files(root: Path) -> pa.Table:
                 continue
             if stat.S_ISREG(st.st_mode):
                 rel = p.relative_to(root)
-                rows.append((rel.parts[0], name, str(rel), st.st_size, st.st_mtime_ns // 1_000_000))
+                rows.append((rel.parts[0], name, str(rel), st.st_size, st.st_mtime_ns // NS_PER_UNIT["ms"]))
     rows.sort(key=lambda r: r[2])
     return _table(rows, _PLUGIN_FILES_SCHEMA)
 

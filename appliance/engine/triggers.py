@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from appliance.errors import BadRequest
 
+from ..lineprotocol.syntax import NS_PER_SECOND, NS_PER_UNIT
 from .cron import compile_cron
 from .humantime import parse_humantime_ns
 from .names import TextRule, check_text, text_problem
@@ -27,8 +28,7 @@ _SPEC_FORMS = (
 )
 
 
-_NS_PER_S = 1_000_000_000
-_MIN_EVERY_NS = 1_000_000  # InfluxDB panics below 1 ms (its millisecond divisor becomes zero)
+_MIN_EVERY_NS = NS_PER_UNIT["ms"]  # InfluxDB panics below 1 ms (its millisecond divisor becomes zero)
 _MAX_EVERY_NS = parse_humantime_ns("1y")
 
 
@@ -53,7 +53,7 @@ class TriggerSpec:
                 else {"single_table_wal_write": {"table_name": self.table}}
             )
         elif self.every_ns is not None:
-            secs, nanos = divmod(self.every_ns, _NS_PER_S)
+            secs, nanos = divmod(self.every_ns, NS_PER_SECOND)
             value = {"every": {"duration": {"secs": secs, "nanos": nanos}}}
         elif self.cron is not None:
             value = {"schedule": {"schedule": self.cron}}

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance.engine import linebuilder as engine_api
+from appliance.engine import linebuilder as engine_api  # compared through its public calls
 from appliance.lineprotocol import syntax
 from appliance.lineprotocol.parser import parse
 from appliance.model import Precision
@@ -29,9 +29,18 @@ def test_escape_then_unescape_gives_the_text_back(text: str, every: bool) -> Non
 
 @given(_TEXT)
 def test_the_builder_escaping_is_the_line_builders(text: str) -> None:
-    assert syntax.escape_measurement(text, every_backslash=True) == engine_api._escape_measurement(text)
-    assert syntax.escape_name(text, every_backslash=True) == engine_api._escape_name(text)
-    assert syntax.escape_string(text) == engine_api._escape_string(text)
+    # Each part of a line LineBuilder accepts is escaped by syntax with every backslash doubled.
+    if syntax.builder_measurement_problem(text) is None:
+        line = engine_api.LineBuilder(text).int64_field("f", 1).build()
+        assert line == f"{syntax.escape_measurement(text, every_backslash=True)} f=1i"
+    if text and syntax.builder_tag_value_problem("k", text) is None:
+        line = engine_api.LineBuilder("m").tag("k", text).int64_field("f", 1).build()
+        assert line == f"m,k={syntax.escape_name(text, every_backslash=True)} f=1i"
+        assert parse(line.encode(), Precision.NS, 0).tables[0].tags["k"].to_pylist() == [text]
+    if syntax.builder_string_problem("s", text) is None:
+        line = engine_api.LineBuilder("m").string_field("s", text).build()
+        assert line == f'm s="{syntax.escape_string(text)}"'
+        assert parse(line.encode(), Precision.NS, 0).tables[0].fields["s"][1].to_pylist() == [text]
 
 
 def test_escaping_examples() -> None:
