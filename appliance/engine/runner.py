@@ -19,8 +19,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..errors import BadRequest
 from .. import metrics
+from ..errors import BadRequest
 from ..model import WalSeq
 from ..query.service import QueryService
 from ..storage.catalog import Catalog
