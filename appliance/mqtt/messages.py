@@ -12,8 +12,8 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from ..model import strip_bom
-from .payload import PayloadError, Reasons, json_to_lines, retag_lines
+from .payload import to_lines
+from .reasons import PayloadError
 from .routes import Route
 
 log = logging.getLogger("appliance.mqtt")
@@ -68,11 +68,7 @@ def convert(msg: Message) -> tuple[Part, bytes]:
         measurement, tags = route.parsing.apply(msg.topic)
     except PayloadError as e:
         return Part(msg, errors=[str(e)]), b""
-    if route.json is not None:
-        body, errors = json_to_lines(msg.payload, route.json, measurement, tags, msg.arrival_ns)
-    else:
-        errors = Reasons()
-        body = retag_lines(strip_bom(msg.payload), measurement, tags, errors)
+    body, errors = to_lines(msg.payload, route.json, measurement, tags, msg.arrival_ns)
     body = body.rstrip(b"\n")
     lines = sum(1 for _ in _DATA_LINE.finditer(body))  # no list of lines: memory stays flat
     span = body.count(b"\n") + 1

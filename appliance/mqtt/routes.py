@@ -15,7 +15,8 @@ from ..config import Subscription
 from ..errors import CatalogError, ConfigError
 from ..model import Precision
 from ..storage.catalog import check_database_name
-from .payload import NO_MEASUREMENT, JsonOptions, TopicParsing
+from .jsonlines import NO_MEASUREMENT, JsonOptions
+from .topics import TopicParsing
 
 #: Topics whose subscription is remembered (the cache starts over when full).
 ROUTE_CACHE = 10_000

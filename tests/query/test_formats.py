@@ -1,36 +1,17 @@
-"""Query result formats: format choice, JSON/JSONL/CSV/Parquet/pretty bodies.
-
-Expected texts were taken from DataFusion 55's own writers (arrow-rs), which InfluxDB 3 uses.
-"""
+"""Query result formats: format choice, Content-Type, the render dispatch, chunking and Parquet bodies."""
 
 from __future__ import annotations
 
 import io
-import json
-import math
-from decimal import Decimal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from appliance.errors import BadRequest
-from appliance.query import formats
+from appliance.query import bodies
 from appliance.query.formats import choose_format, content_type, render
-
-NS = 1_000_000_000
-T0 = 1_740_515_974 * NS  # 2025-02-25T20:39:34
-
-
-def ts(*values: int | None, unit: str = "ns", tz: str | None = None) -> pa.Array:
-    return pa.array(list(values), pa.timestamp(unit, tz))
-
-
-def rows(table: pa.Table) -> list[dict]:
-    return json.loads(render(table, "json"))
-
+from tests.query.tables import rows, weather
 
 # --- choose_format / content_type ---------------------------------------------------------
 
@@ -117,283 +98,22 @@ def test_render_rejects_unknown_format() -> None:
         render(pa.table({"a": [1]}), "xml")
 
 
-# --- JSON -----------------------------------------------------------------------------------
-
-
-def weather() -> pa.Table:
-    return pa.table(
-        {
-            "device": pa.array(["dev1", "dev2", "dev1"]).dictionary_encode(),
-            "temp": pa.array([21.5, None, 19.0]),
-            "hum": pa.array([40, 41, None], pa.int64()),
-            "ok": pa.array([True, None, False]),
-            "status": pa.array(["ok", "bad", None]),
-            "time": ts(T0, T0 + 500_000_000, T0 + 1_000),
-        }
-    )
-
-
-def test_json_array_of_objects_with_nulls_omitted() -> None:
-    assert render(weather(), "json") == (
-        b'[{"device":"dev1","temp":21.5,"hum":40,"ok":true,"status":"ok","time":"2025-02-25T20:39:34"},'
-        b'{"device":"dev2","hum":41,"status":"bad","time":"2025-02-25T20:39:34.500"},'
-        b'{"device":"dev1","temp":19.0,"ok":false,"time":"2025-02-25T20:39:34.000001"}]'
-    )
-
-
-def test_json_empty_result_is_empty_array() -> None:
-    assert render(weather().slice(0, 0), "json") == b"[]"
-    assert render(pa.table({"a": pa.array([], pa.int64())}), "json") == b"[]"
-
-
-def test_json_row_of_only_nulls_is_empty_object() -> None:
-    table = pa.table({"a": pa.array([None, 1], pa.int64()), "b": pa.array([None, None], pa.string())})
-    assert render(table, "json") == b'[{},{"a":1}]'
-
-
-@pytest.mark.parametrize(
-    ("nanos", "text"),
-    [
-        (0, "2025-02-25T20:39:34"),
-        (984_000_000, "2025-02-25T20:39:34.984"),
-        (500_000_000, "2025-02-25T20:39:34.500"),  # chrono keeps groups of 3 digits
-        (984_098_000, "2025-02-25T20:39:34.984098"),
-        (984_098_100, "2025-02-25T20:39:34.984098100"),
-        (1, "2025-02-25T20:39:34.000000001"),
-    ],
-)
-def test_json_timestamp_precision(nanos: int, text: str) -> None:
-    assert rows(pa.table({"time": ts(T0 + nanos)})) == [{"time": text}]
-
-
-def test_timestamps_before_1970_and_other_units() -> None:
-    table = pa.table(
-        {
-            "neg": ts(-1_500_000_000),
-            "s": ts(1_500_000_000, unit="s"),
-            "ms": ts(1_500, unit="ms"),
-            "us": ts(-1, unit="us"),
-        }
-    )
-    assert rows(table) == [
-        {
-            "neg": "1969-12-31T23:59:58.500",
-            "s": "2017-07-14T02:40:00",
-            "ms": "1970-01-01T00:00:01.500",
-            "us": "1969-12-31T23:59:59.999999",
-        }
-    ]
-
-
-def test_zoned_timestamps_carry_their_offset() -> None:
-    table = pa.table(
-        {
-            "utc": ts(1_500_000_000, tz="UTC"),
-            "plus2": ts(1_500_000_000, tz="+02:00"),
-            "kolkata": ts(0, tz="Asia/Kolkata"),
-        }
-    )
-    assert rows(table) == [
-        {
-            "utc": "1970-01-01T00:00:01.500Z",
-            "plus2": "1970-01-01T02:00:01.500+02:00",
-            "kolkata": "1970-01-01T05:30:00+05:30",
-        }
-    ]
-
-
-def test_json_uint64_and_int64_extremes_are_exact() -> None:
-    table = pa.table(
-        {
-            "u": pa.array([2**64 - 1], pa.uint64()),
-            "i": pa.array([-(2**63)], pa.int64()),
-            "i8": pa.array([-5], pa.int8()),
-        }
-    )
-    assert render(table, "json") == b'[{"u":18446744073709551615,"i":-9223372036854775808,"i8":-5}]'
-
-
-def test_json_nan_and_infinity_become_null() -> None:
-    # arrow-json writes non-finite floats as an explicit null (JSON has no NaN).
-    table = pa.table({"a": [math.nan], "b": [math.inf], "c": [-math.inf], "d": [1.0]})
-    assert render(table, "json") == b'[{"a":null,"b":null,"c":null,"d":1.0}]'
-
-
-@pytest.mark.parametrize(
-    ("value", "text"),
-    [
-        (1.0, "1.0"),
-        (-0.0, "-0.0"),
-        (0.1 + 0.2, "0.30000000000000004"),
-        (123456789.0, "123456789.0"),
-        (1e10, "1.0e10"),
-        (1.5e10, "1.5e10"),
-        (1e20, "1.0e20"),
-        (0.00001, "0.00001"),
-        (1e-6, "1.0e-6"),
-        (1.2345678901234567e19, "1.2345678901234567e19"),
-    ],
-)
-def test_json_floats_print_as_arrow_json(value: float, text: str) -> None:
-    assert render(pa.table({"f": [value]}), "json") == ('[{"f":' + text + "}]").encode()
-
-
-def test_json_string_escaping() -> None:
-    values = ['say "hi"', "back\\slash", "line\nbreak\ttab", "bell\x01", "ünïcødé ✓", ""]
-    body = render(pa.table({"s": values}), "json")
-    assert [r["s"] for r in json.loads(body)] == values
-    assert b"\\u0001" in body and "ünïcødé ✓".encode() in body  # not ASCII-escaped
-
-
-def test_json_column_names_are_escaped() -> None:
-    assert json.loads(render(pa.table({'we"ird\n': [1]}), "json")) == [{'we"ird\n': 1}]
-
-
-def test_dictionary_tags_are_strings() -> None:
-    tags = pa.DictionaryArray.from_arrays(pa.array([1, 0, None, 1], pa.int32()), pa.array(['a"b', "site7"]))
-    assert rows(pa.table({"tag": tags})) == [{"tag": "site7"}, {"tag": 'a"b'}, {}, {"tag": "site7"}]
-
-
-def test_other_types_as_arrow_json_writes_them() -> None:
-    table = pa.table(
-        {
-            "dec": pa.array([Decimal("1.50")], pa.decimal128(10, 2)),
-            "date": pa.array([19756], pa.date32()),
-            "dur": pa.array([90_500_000_000], pa.duration("ns")),
-            "dur0": pa.array([0], pa.duration("s")),
-            "durneg": pa.array([-1_000], pa.duration("ms")),
-            "bin": pa.array([b"abc"], pa.binary()),
-            "lst": pa.array([[1, 2, None]], pa.list_(pa.int64())),
-            "st": pa.array([{"a": 1, "b": None}], pa.struct([("a", pa.int64()), ("b", pa.string())])),
-            "nul": pa.nulls(1),
-            "time_of_day": pa.array([43_200_500_000_000], pa.time64("ns")),
-        }
-    )
-    assert render(table, "json") == (
-        b'[{"dec":1.50,"date":"2024-02-03","dur":"PT90.5S","dur0":"P0D","durneg":"-PT1S",'
-        b'"bin":"616263","lst":[1,2,null],"st":{"a":1},"time_of_day":"12:00:00.500"}]'
-    )
-
-
-def test_nested_lists_of_strings_and_timestamps() -> None:
-    table = pa.table(
-        {
-            "names": pa.array([["a", 'q"'], None, []], pa.list_(pa.string())),
-            "times": pa.array([[0], [1_000_000], None], pa.list_(pa.timestamp("ns"))),
-            "m": pa.array([[("k1", 1), ("k2", None)], None, []], pa.map_(pa.string(), pa.int64())),
-        }
-    )
-    assert render(table, "jsonl") == (
-        b'{"names":["a","q\\""],"times":["1970-01-01T00:00:00"],"m":{"k1":1}}\n'
-        b'{"times":["1970-01-01T00:00:00.001"]}\n'
-        b'{"names":[],"m":{}}\n'
-    )
-
-
 def test_sliced_and_chunked_tables(monkeypatch: pytest.MonkeyPatch) -> None:
     table = pa.concat_tables([weather(), weather(), weather()])
     expected = rows(table)
-    monkeypatch.setattr(formats, "CHUNK_ROWS", 2)
+    monkeypatch.setattr(bodies, "CHUNK_ROWS", 2)
     assert rows(table) == expected
     assert rows(table.slice(2, 4)) == expected[2:6]
     for fmt in ("csv", "jsonl", "pretty"):
-        monkeypatch.setattr(formats, "CHUNK_ROWS", 2)
+        monkeypatch.setattr(bodies, "CHUNK_ROWS", 2)
         small = render(table.slice(1, 5), fmt)
-        monkeypatch.setattr(formats, "CHUNK_ROWS", 1000)
+        monkeypatch.setattr(bodies, "CHUNK_ROWS", 1000)
         assert small == render(table.slice(1, 5), fmt)
-
-
-def test_dictionaries_differing_between_chunks() -> None:
-    a = pa.table({"tag": pa.array(["x", "y"]).dictionary_encode()})
-    b = pa.table({"tag": pa.array(["z", "x"]).dictionary_encode()})
-    assert rows(pa.concat_tables([a, b])) == [{"tag": v} for v in "xyzx"]
 
 
 def test_record_batch_is_accepted() -> None:
     batch = pa.record_batch({"a": [1]})
     assert render(batch, "json") == b'[{"a":1}]'
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            st.none() | st.integers(-(2**63), 2**63 - 1),
-            st.none() | st.floats(allow_nan=False, allow_infinity=False),
-            st.none() | st.text(),
-            st.none() | st.booleans(),
-        ),
-        max_size=20,
-    )
-)
-def test_json_round_trips_values(data: list[tuple]) -> None:
-    names = ("i", "f", "s", "b")
-    table = pa.table(
-        {
-            "i": pa.array([r[0] for r in data], pa.int64()),
-            "f": pa.array([r[1] for r in data], pa.float64()),
-            "s": pa.array([r[2] for r in data], pa.string()),
-            "b": pa.array([r[3] for r in data], pa.bool_()),
-        }
-    )
-    expected = [{k: v for k, v in zip(names, r, strict=True) if v is not None} for r in data]
-    assert json.loads(render(table, "json")) == expected
-    lines = render(table, "jsonl").decode().split("\n")[:-1]  # not splitlines(): U+0085 stays in strings
-    assert [json.loads(line) for line in lines] == expected
-
-
-# --- JSON lines -----------------------------------------------------------------------------
-
-
-def test_jsonl_one_object_per_line() -> None:
-    body = render(weather(), "jsonl")
-    assert body.endswith(b"}\n") and body.count(b"\n") == 3
-    assert [json.loads(line) for line in body.splitlines()] == rows(weather())
-
-
-def test_jsonl_empty_result_is_empty_body() -> None:
-    assert render(weather().slice(0, 0), "jsonl") == b""
-
-
-# --- CSV ------------------------------------------------------------------------------------
-
-
-def test_csv_header_values_and_nulls() -> None:
-    assert render(weather(), "csv") == (
-        b"device,temp,hum,ok,status,time\n"
-        b"dev1,21.5,40,true,ok,2025-02-25T20:39:34\n"
-        b"dev2,,41,,bad,2025-02-25T20:39:34.500\n"
-        b"dev1,19.0,,false,,2025-02-25T20:39:34.000001\n"
-    )
-
-
-def test_csv_quotes_only_where_needed() -> None:
-    table = pa.table({"a,b": ['x"y', "p,q", "line\nbreak", "cr\r", " plain ", "semi;colon", ""]})
-    assert render(table, "csv") == (b'"a,b"\n"x""y"\n"p,q"\n"line\nbreak"\n"cr\r"\n plain \nsemi;colon\n\n')
-
-
-def test_csv_empty_result_is_empty_body() -> None:
-    assert render(weather().slice(0, 0), "csv") == b""
-
-
-def test_csv_floats_print_as_arrow_displays_them() -> None:
-    table = pa.table({"f": [1.0, 1e20, 1e-7, 1e15, 1e16, math.nan, -math.inf, 0.00001, 1.5e-5]})
-    assert render(table, "csv").decode().splitlines()[1:] == [
-        "1.0",
-        "1e20",
-        "1e-7",
-        "1000000000000000.0",
-        "1e16",
-        "NaN",
-        "-inf",
-        "0.00001",
-        "0.000015",
-    ]
-
-
-def test_csv_float32_notation_band() -> None:
-    table = pa.table({"f": pa.array([1.3863265e13, 2.1746189e-6, 1.5], pa.float32())})
-    assert render(table, "csv") == b"f\n1.3863265e13\n0.0000021746189\n1.5\n"
 
 
 # --- Parquet --------------------------------------------------------------------------------
@@ -422,66 +142,3 @@ def test_parquet_uint64_max_round_trips() -> None:
 
 def test_parquet_empty_result_is_empty_body() -> None:
     assert render(weather().slice(0, 0), "parquet") == b""
-
-
-# --- pretty ---------------------------------------------------------------------------------
-
-
-def test_pretty_table() -> None:
-    table = pa.table({"device": ["dev1", "dev22"], "temp": [21.5, None], "time": ts(T0, T0 + 500_000_000)})
-    assert render(table, "pretty").decode() == (
-        "+--------+------+-------------------------+\n"
-        "| device | temp | time                    |\n"
-        "+--------+------+-------------------------+\n"
-        "| dev1   | 21.5 | 2025-02-25T20:39:34     |\n"
-        "| dev22  |      | 2025-02-25T20:39:34.500 |\n"
-        "+--------+------+-------------------------+"
-    )
-
-
-def test_pretty_empty_result_shows_the_header() -> None:
-    assert render(weather().slice(0, 0).select(["device", "hum"]), "pretty").decode() == (
-        "+--------+-----+\n| device | hum |\n+--------+-----+\n+--------+-----+"
-    )
-
-
-def test_pretty_no_columns() -> None:
-    assert render(pa.table({}), "pretty") == b"++\n++"
-
-
-def test_pretty_wide_characters_and_multiline_cells() -> None:
-    table = pa.table({"a": ["é中文", "line\ntwo"], "b": ["x", "y"]})
-    assert render(table, "pretty").decode() == (
-        "+-------+---+\n"
-        "| a     | b |\n"
-        "+-------+---+\n"
-        "| é中文 | x |\n"
-        "| line  | y |\n"
-        "| two   |   |\n"
-        "+-------+---+"
-    )
-
-
-def test_pretty_nested_values_as_arrow_displays_them() -> None:
-    table = pa.table(
-        {
-            "lst": pa.array([[1, 2, None]], pa.list_(pa.int64())),
-            "st": pa.array([{"a": 1, "b": None}], pa.struct([("a", pa.int64()), ("b", pa.int64())])),
-            "m": pa.array([[("k1", 1), ("k2", None)]], pa.map_(pa.string(), pa.int64())),
-        }
-    )
-    lines = render(table, "pretty").decode().splitlines()
-    assert lines[3] == "| [1, 2, ] | {a: 1, b: } | {k1: 1, k2: } |"
-
-
-def test_view_types_from_datafusion() -> None:
-    # DataFusion reads Parquet strings as Utf8View by default.
-    table = pa.table(
-        {
-            "s": pa.array(['a"b', None], pa.string_view()),
-            "b": pa.array([b"ab", None], pa.binary_view()),
-            "l": pa.array([[1], None], pa.list_view(pa.int64())),
-        }
-    )
-    assert render(table, "json") == b'[{"s":"a\\"b","b":"6162","l":[1]},{}]'
-    assert render(table, "csv") == b's,b,l\n"a""b",6162,[1]\n,,\n'
