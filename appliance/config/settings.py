@@ -345,7 +345,11 @@ class MqttSettings:
 class SyncSettings:
     """[sync]: uploads of Parquet files to an S3 bucket (off while bucket is empty)."""
 
-    bucket: str = setting("", str, "S3 bucket that Parquet files are uploaded to; empty turns sync off.")
+    bucket: str = setting(
+        "",
+        str,
+        "S3 bucket that Parquet files are uploaded to, or file:///folder for a local or mounted folder; empty turns sync off.",
+    )
     endpoint: str = setting(
         "",
         parse.endpoint,
