@@ -192,6 +192,14 @@ def hog(server: Server, source: str, declared: int, sent: int) -> socket.socket:
     return c
 
 
+def gauge(server: Server, name: str) -> float:
+    """The value of an unlabelled gauge on the server's /metrics."""
+    for line in server.request("GET", "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not on /metrics")
+
+
 def refused(r: Response) -> Response | None:
     """The response if it is a 503 (for polling until the server refuses), else None."""
     return r if r.status == 503 else None
@@ -265,7 +273,14 @@ def test_a_client_that_sends_fast_then_stalls_is_cut_off(tmp_path: Path) -> None
     hogs = [hog(s, "127.0.0.2", ten, ten - 100 * 1024) for _ in range(2)]
     hogs.append(hog(s, "127.0.0.2", ten, 0))  # over the address's share: waits, blocking no one
     try:
-        time.sleep(0.5)  # the hogs' bodies reach the server; no hook shows the reserved bytes
+        wait_for(  # the two hogs hold their address's share; the third waits for room
+            lambda: (
+                gauge(s, "appliance_http_buffered_bytes") == 2 * ten
+                and gauge(s, "appliance_http_bodies_waiting") == 1
+            ),
+            10,
+            "the hogs to hold the budget",
+        )
         started = time.monotonic()
         body = b"m,src=other v=1 1\n" * 50_000  # 900 KB from another address
         r = s.request("POST", "/api/v3/write_lp", {"db": "db", "precision": "ns"}, body, timeout=10)
@@ -428,7 +443,8 @@ def test_connections_over_the_per_address_cap_are_refused(guarded: Server) -> No
     s = guarded
     held = [connect(s, "127.0.0.5") for _ in range(60)]
     try:
-        time.sleep(0.2)  # the server accepts the backlog; no hook shows its connection count
+        # the held ones and this scrape's own connection
+        wait_for(lambda: gauge(s, "appliance_http_connections") >= 61, 10, "the server to count them")
         refused = exchange(s, b"", source="127.0.0.5")
         assert refused.startswith(b"HTTP/1.1 503") and b"http.max_connections_per_ip" in refused
         assert health_answers(s)  # another address is not affected
@@ -450,7 +466,8 @@ def test_connections_over_the_total_cap_are_refused_but_local_clients_are_served
     s = Server(tmp_path / "data", env=env).start()
     held = [connect(s, f"127.0.0.{2 + i % 4}") for i in range(40)]
     try:
-        time.sleep(0.2)  # the server accepts the backlog; no hook shows its connection count
+        # the held ones and this scrape's own connection (127.0.0.1 is exempt from the total cap)
+        wait_for(lambda: gauge(s, "appliance_http_connections") >= 41, 10, "the server to count them")
         refused = exchange(s, b"", source="127.0.0.7")
         assert refused.startswith(b"HTTP/1.1 503") and b"http.max_connections" in refused
         assert health_answers(s)  # 127.0.0.1: this machine's own clients are still served
