@@ -158,7 +158,8 @@ def test_slow_writers_hold_no_write_slot_and_get_408(tmp_path: Path) -> None:
 
     threading.Thread(target=trickle, daemon=True).start()
     try:
-        time.sleep(0.5)  # slow clients: the trickle is paced by time; no server hook shows bodies held
+        # every slow body holds its declared 1000 bytes: the server is reading them all
+        wait_for(lambda: gauge(s, "appliance_http_buffered_bytes") == 12 * 1000, 10, "the slow bodies")
         started = time.monotonic()
         assert s.write("db", "m v=1 1", precision="ns", timeout=5).status == 204
         assert time.monotonic() - started < 5  # before any slow body timed out
@@ -425,7 +426,8 @@ def test_idle_and_slowloris_connections_are_closed_while_the_server_answers(guar
 
     threading.Thread(target=drip, daemon=True).start()
     try:
-        time.sleep(0.5)  # slowloris: the drip is paced by time; no server hook shows headers held
+        # the server holds all 320 (and this scrape's own connection) while the heads drip in
+        wait_for(lambda: gauge(s, "appliance_http_connections") >= 321, 10, "the server to count them")
         assert health_answers(s)
         assert s.write("db", "m v=1 1", precision="ns", timeout=5).status == 204
         deadline = time.monotonic() + 8
