@@ -26,6 +26,7 @@ from . import log as log_module
 from .config import Config
 from .errors import ConfigError
 from .http import server as http_server
+from .http.body import READER as BODY_READER
 from .http.body import BodyLimits
 from .http.connections import ConnectionGuard, ConnectionLimits, GuardedRunner
 from .http.services import (
@@ -37,6 +38,7 @@ from .http.services import (
     QueryAccess,
     WriteAccess,
 )
+from .metrics import REGISTRY
 
 log = logging.getLogger("appliance.server")
 
@@ -123,9 +125,13 @@ async def _run_http(
         config.http.header_timeout / 1e9,
         config.http.send_timeout / 1e9,
     )
+    web_app = http_server.create(http_services(app))
+    guard = ConnectionGuard(limits)
+    guard.register_metrics(REGISTRY)
+    web_app[BODY_READER].budget.register_metrics(REGISTRY)
     runner = GuardedRunner(
-        http_server.create(http_services(app)),
-        ConnectionGuard(limits),
+        web_app,
+        guard,
         access_log=logging.getLogger("appliance.access"),  # quiet unless --log-filter enables it
         handle_signals=False,
         shutdown_timeout=SHUTDOWN_GRACE_SECONDS,

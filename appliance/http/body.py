@@ -24,7 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from ..errors import BadRequest, BodyTimeout, Busy, NotImplementedYet, TooLarge, UnsupportedMediaType
 from ..log import QuietLog
-from ..metrics import HTTP_REFUSED
+from ..metrics import HTTP_REFUSED, Registry
 from .connections import client_key, parser_reason
 
 #: Most gzip members one body may hold; clients that append a member per batch stay far below.
@@ -105,6 +105,19 @@ class ByteBudget:
         if self.held[peer] <= 0:
             del self.held[peer]
         self._serve()
+
+    def register_metrics(self, registry: Registry) -> None:
+        """The budget's gauges /metrics reads when scraped."""
+        registry.gauge(
+            "appliance_http_buffered_bytes",
+            "Bytes of request bodies in memory or reserved for them (http.max_buffered_bytes).",
+            lambda: self.capacity - self.free,
+        )
+        registry.gauge(
+            "appliance_http_bodies_waiting",
+            "Request bodies waiting for room in http.max_buffered_bytes.",
+            lambda: len(self._queue),
+        )
 
     def _serve(self) -> None:
         for waiter in list(self._queue):

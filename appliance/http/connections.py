@@ -21,7 +21,7 @@ from aiohttp.http_exceptions import HttpProcessingError, InvalidURLError, LineTo
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from ..log import QuietLog
-from ..metrics import HTTP_REFUSED
+from ..metrics import HTTP_REFUSED, Registry
 
 log = logging.getLogger("appliance.http")
 
@@ -70,10 +70,19 @@ class ConnectionGuard:
         return None
 
     def release(self, peer: str) -> None:
+        """Count a connection admitted earlier out."""
         self.total -= 1
         self.per_peer[peer] -= 1
         if self.per_peer[peer] <= 0:
             del self.per_peer[peer]
+
+    def register_metrics(self, registry: Registry) -> None:
+        """The connection gauge /metrics reads when scraped (no per-address label: unbounded)."""
+        registry.gauge(
+            "appliance_http_connections",
+            "HTTP connections open, the refused ones not counted.",
+            lambda: self.total,
+        )
 
 
 class GuardedHandler(RequestHandler):

@@ -79,6 +79,9 @@ class Batcher:
         self.write_error: str | None = None  # while writes wait (buffer or disk full, a limit)
         self.rejects = Rejects(rate_limited_log)
         self.blocked_since: float | None = None  # monotonic time the network thread began waiting
+        #: Messages the loop has finished with (submitted, recorded or put back for a retry): a
+        #: test hook, so a test can wait until the batcher got past where it would have acted.
+        self.handled = 0
         self._stopping = stopping
         self._rate_limited_log = rate_limited_log
         self._session = 0
@@ -154,6 +157,7 @@ class Batcher:
                 for _ in batch:
                     self._queue.popleft()
             self._write_batch(batch)
+            self.handled += len(batch)
 
     def _peek(self) -> list[Message]:
         """The head of the queue as one batch: one retry group, within the size caps (_cond held)."""

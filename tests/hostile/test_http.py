@@ -158,7 +158,8 @@ def test_slow_writers_hold_no_write_slot_and_get_408(tmp_path: Path) -> None:
 
     threading.Thread(target=trickle, daemon=True).start()
     try:
-        time.sleep(0.5)  # slow clients: the trickle is paced by time; no server hook shows bodies held
+        # every slow body holds its declared 1000 bytes: the server is reading them all
+        wait_for(lambda: gauge(s, "appliance_http_buffered_bytes") == 12 * 1000, 10, "the slow bodies")
         started = time.monotonic()
         assert s.write("db", "m v=1 1", precision="ns", timeout=5).status == 204
         assert time.monotonic() - started < 5  # before any slow body timed out
@@ -190,6 +191,14 @@ def hog(server: Server, source: str, declared: int, sent: int) -> socket.socket:
 
     threading.Thread(target=send, daemon=True).start()
     return c
+
+
+def gauge(server: Server, name: str) -> float:
+    """The value of an unlabelled gauge on the server's /metrics."""
+    for line in server.request("GET", "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not on /metrics")
 
 
 def refused(r: Response) -> Response | None:
@@ -265,7 +274,14 @@ def test_a_client_that_sends_fast_then_stalls_is_cut_off(tmp_path: Path) -> None
     hogs = [hog(s, "127.0.0.2", ten, ten - 100 * 1024) for _ in range(2)]
     hogs.append(hog(s, "127.0.0.2", ten, 0))  # over the address's share: waits, blocking no one
     try:
-        time.sleep(0.5)  # the hogs' bodies reach the server; no hook shows the reserved bytes
+        wait_for(  # the two hogs hold their address's share; the third waits for room
+            lambda: (
+                gauge(s, "appliance_http_buffered_bytes") == 2 * ten
+                and gauge(s, "appliance_http_bodies_waiting") == 1
+            ),
+            10,
+            "the hogs to hold the budget",
+        )
         started = time.monotonic()
         body = b"m,src=other v=1 1\n" * 50_000  # 900 KB from another address
         r = s.request("POST", "/api/v3/write_lp", {"db": "db", "precision": "ns"}, body, timeout=10)
@@ -410,7 +426,8 @@ def test_idle_and_slowloris_connections_are_closed_while_the_server_answers(guar
 
     threading.Thread(target=drip, daemon=True).start()
     try:
-        time.sleep(0.5)  # slowloris: the drip is paced by time; no server hook shows headers held
+        # the server holds all 320 (and this scrape's own connection) while the heads drip in
+        wait_for(lambda: gauge(s, "appliance_http_connections") >= 321, 10, "the server to count them")
         assert health_answers(s)
         assert s.write("db", "m v=1 1", precision="ns", timeout=5).status == 204
         deadline = time.monotonic() + 8
@@ -428,7 +445,8 @@ def test_connections_over_the_per_address_cap_are_refused(guarded: Server) -> No
     s = guarded
     held = [connect(s, "127.0.0.5") for _ in range(60)]
     try:
-        time.sleep(0.2)  # the server accepts the backlog; no hook shows its connection count
+        # the held ones and this scrape's own connection
+        wait_for(lambda: gauge(s, "appliance_http_connections") >= 61, 10, "the server to count them")
         refused = exchange(s, b"", source="127.0.0.5")
         assert refused.startswith(b"HTTP/1.1 503") and b"http.max_connections_per_ip" in refused
         assert health_answers(s)  # another address is not affected
@@ -450,7 +468,8 @@ def test_connections_over_the_total_cap_are_refused_but_local_clients_are_served
     s = Server(tmp_path / "data", env=env).start()
     held = [connect(s, f"127.0.0.{2 + i % 4}") for i in range(40)]
     try:
-        time.sleep(0.2)  # the server accepts the backlog; no hook shows its connection count
+        # the held ones and this scrape's own connection (127.0.0.1 is exempt from the total cap)
+        wait_for(lambda: gauge(s, "appliance_http_connections") >= 41, 10, "the server to count them")
         refused = exchange(s, b"", source="127.0.0.7")
         assert refused.startswith(b"HTTP/1.1 503") and b"http.max_connections" in refused
         assert health_answers(s)  # 127.0.0.1: this machine's own clients are still served

@@ -46,3 +46,43 @@ def test_metrics_and_sync_without_a_bucket(app: App) -> None:
     assert ms == 200 and "appliance_wal_last_sequence" in metrics
     assert (ss, status) == (200, '{"enabled":false}')
     assert ns == 404 and "sync is not configured" in now
+
+
+def test_connection_and_body_budget_gauges_follow_the_counts() -> None:
+    import asyncio
+
+    from appliance.http.body import ByteBudget
+    from appliance.http.connections import ConnectionGuard, ConnectionLimits
+    from appliance.metrics import Registry
+
+    registry = Registry()
+    guard = ConnectionGuard(ConnectionLimits(10, 5, 1.0))
+    budget = ByteBudget(100, 60)
+    guard.register_metrics(registry)
+    budget.register_metrics(registry)
+
+    def values() -> dict[str, float]:
+        lines = [line.split() for line in registry.render().splitlines() if not line.startswith("#")]
+        return {name: float(value) for name, value in lines}
+
+    async def scenario() -> dict[str, float]:
+        assert guard.admit("10.0.0.1") is None and guard.admit("10.0.0.2") is None
+        guard.release("10.0.0.2")
+        deadline = asyncio.get_running_loop().time() + 5
+        await budget.reserve(60, "10.0.0.1", deadline)
+        waiting = asyncio.ensure_future(budget.reserve(10, "10.0.0.1", deadline))  # over the share
+        # Callbacks run in order: once this one has, the reservation's first step has queued it.
+        queued = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(queued.set_result, None)
+        await queued
+        seen = values()
+        budget.give(60, "10.0.0.1")
+        await waiting
+        return seen | {"after": values()["appliance_http_buffered_bytes"]}
+
+    assert asyncio.run(scenario()) == {
+        "appliance_http_connections": 1.0,
+        "appliance_http_buffered_bytes": 60.0,
+        "appliance_http_bodies_waiting": 1.0,
+        "after": 10.0,
+    }

@@ -69,12 +69,13 @@ def test_query_slots_are_given_back_on_timeout_and_when_the_pool_refuses() -> No
 
         # many waiters timing out while slots come and go leave the count where it was
         def slow() -> list[bytes]:
-            time.sleep(0.05)
+            time.sleep(0.05)  # time is the behaviour: the slot is held while other waiters time out
             return [b"x"]
 
         waiters = [asyncio.ensure_future(run_query(app, slow)) for _ in range(20)]
         await asyncio.gather(*waiters, return_exceptions=True)
-        await asyncio.sleep(0.1)
+        # The pool has one thread: once a no-op ran on it, every query before it has released its slot.
+        await asyncio.get_running_loop().run_in_executor(pool, lambda: None)
         assert app.slots._value == 1
         pool.shutdown()
         with pytest.raises(QueryError) as stopping:

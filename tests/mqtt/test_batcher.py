@@ -113,13 +113,23 @@ def settle(check: Any, timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
+def settle_committing(writes: FakeWrites, check: Any, timeout: float) -> None:
+    """Commit every write as it arrives (failed ones are written again) until `check` holds."""
+
+    def committed_and_checked() -> Any:
+        writes.commit_all()
+        return check()
+
+    settle(committed_and_checked, timeout)
+
+
 def test_no_ack_before_the_commit_then_acks_in_arrival_order(tmp_path: Path) -> None:
     writes = FakeWrites()
     ingest, acks = make(tmp_path, LP, writes)
     for mid in range(1, 6):
         deliver(ingest, mid, f"m v={mid} {mid}".encode())
     settle(lambda: sum(r.body.count(b"\n") + 1 for r in writes.requests) == 5)
-    time.sleep(0.05)
+    settle(lambda: ingest.batcher.handled == 5)  # the loop is done with them: an ack would be sent
     assert acks.mids == []
     writes.commit_all()
     settle(lambda: len(acks.mids) == 5)
@@ -172,10 +182,10 @@ def test_many_empty_batches_behind_a_slow_commit_are_all_acknowledged(tmp_path: 
     ingest, acks = make(tmp_path, LP, writes, max_inflight=5000)
     deliver(ingest, 1, b"m v=1 1")
     settle(lambda: len(writes.requests) == 1)
-    for mid in range(2, 1500):  # each its own row-less batch, all waiting behind the first
+    for mid in range(2, 1500):  # row-less batches of at most 50, all waiting behind the first
         deliver(ingest, mid, b"# only a comment")
         if mid % 50 == 0:
-            time.sleep(0.001)
+            settle(lambda mid=mid: ingest.batcher.handled == mid)
     settle(lambda: not ingest.batcher._queue)
     writes.commit_all()
     settle(lambda: len(acks.mids) == 1499, timeout=10)
@@ -245,12 +255,9 @@ def test_one_poison_message_costs_its_batch_a_few_retries_not_a_second_per_messa
     ingest, acks = make(tmp_path, LP, writes)
     payloads = [b"m v=%d %d" % (i, i) for i in range(1, 21)]
     payloads[3] = b"m poison=1"
-    start = time.monotonic()
     queue_one_batch(ingest, payloads)
-    while len(acks.mids) < 20:  # was one 1 s pause before each message: 20 s
-        assert time.monotonic() - start < 8, (acks.mids, [r.body for r in writes.requests])
-        writes.commit_all()
-        time.sleep(0.01)
+    # was one 1 s pause before each message: 20 s
+    settle_committing(writes, lambda: len(acks.mids) == 20, timeout=8)
     written = sorted(line for r in writes.requests for line in r.body.split(b"\n"))
     assert written == sorted(p for p in payloads if b"poison" not in p)  # each good one once
     assert len(writes.requests) < 12  # halves, not one write per message
@@ -281,11 +288,7 @@ def test_a_group_submitted_before_another_group_fails_is_not_written_again(tmp_p
                 Message(ingest.routes[route], f"x/{seq}", payload, seq, 1, 0, seq, 1)
             )
         ingest.batcher._cond.notify_all()
-    deadline = time.monotonic() + 8
-    while len(acks.mids) < 2:
-        assert time.monotonic() < deadline, [(r.db, r.body) for r in writes.requests]
-        writes.commit_all()
-        time.sleep(0.01)
+    settle_committing(writes, lambda: len(acks.mids) == 2, timeout=8)
     # Database a's write went to the WAL before b's failed: only b's message is written again.
     assert [(r.db, r.body) for r in writes.requests] == [("a", b"m v=1 1"), ("b", b"m v=2 2")]
     assert sorted(acks.mids) == [1, 2] and list(ingest.errors) == []
@@ -327,11 +330,10 @@ def test_back_pressure_stops_reading_at_the_cap(tmp_path: Path) -> None:
     reader = threading.Thread(target=read)
     reader.start()
     settle(lambda: ingest.batcher._inflight == 3)
-    time.sleep(0.2)
+    # The 4th offer is inside its wait and the loop has written the first 3: nothing freed a slot.
+    settle(lambda: ingest.batcher.blocked_since is not None and ingest.batcher.handled == 3)
     assert reader.is_alive() and ingest.batcher._inflight == 3  # the "network thread" waits
-    while reader.is_alive() or len(acks.mids) < 7:
-        writes.commit_all()
-        time.sleep(0.01)
+    settle_committing(writes, lambda: not reader.is_alive() and len(acks.mids) == 7, timeout=10)
     assert acks.mids == list(range(1, 8))
     ingest.stop()
 
