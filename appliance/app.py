@@ -30,6 +30,7 @@ from .storage.buffer import Buffer
 from .storage.catalog import Catalog, CatalogLimits
 from .storage.manifest import Manifest
 from .storage.persist import PersistArgs, Persister
+from .storage.store import Store
 from .storage.wal import Wal
 from .sync.queue import QUEUED, SyncQueue
 from .sync.store import ObjectStore
@@ -65,6 +66,7 @@ class App:
     """Every long-lived component of one appliance process."""
 
     config: Config
+    store: Store
     wal: Wal
     catalog: Catalog
     buffer: Buffer
@@ -93,14 +95,12 @@ class App:
         persist = "failed" if not self.persister.alive else "degraded" if self.persister.last_error else "ok"
         # Out of space (disk or map), or commits failing for another reason: the server runs
         # and answers reads, writes fail (507, 503). The disk is judged by statvfs, not by commits.
-        wal_error = self.wal.check_space() or self.wal.failing
         components: dict[str, dict[str, Any]] = {
             "http": {"status": "ok"},
-            "wal": {
-                "status": "failed" if not self.wal.alive else "degraded" if wal_error else "ok",
-                "error": wal_error,
+            "wal": self.store.health()
+            | {
                 "last_seq": self.wal.last_seq,
-                "commits": self.wal.stats.commits,
+                "commits": self.store.stats.commits,
                 "largest_group": self.wal.stats.max_group,
                 "replay_seconds": round(self.replay_seconds, 3),
             },
@@ -301,7 +301,7 @@ class App:
         if self.budget is not None:
             self.budget.stop()
         self.persister.stop()
-        self.wal.stop()
+        self.store.stop()
         os.close(self.lock_fd)
         log.info("stopped")
 
@@ -319,16 +319,17 @@ def build(config: Config) -> App:
     data_dir = Path(config.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_data_dir(data_dir)
-    wal = Wal(data_dir / "lmdb", config.map_size)
+    lmdb_store = Store(data_dir / "lmdb", config.map_size)
+    wal = Wal(lmdb_store)
     catalog = Catalog(
-        wal,
+        lmdb_store,
         CatalogLimits(
             config.max_databases, config.max_tables, config.max_columns, config.max_tables_per_database
         ),
     )
-    manifest = Manifest(wal, data_dir / "parquet")
+    manifest = Manifest(lmdb_store, data_dir / "parquet")
     buffer = Buffer(config.max_buffer_bytes)
-    queue = SyncQueue(wal)
+    queue = SyncQueue(lmdb_store)
     if store is not None or queue.in_use():  # once used, it follows every change, even while off
         manifest.hooks.append(queue.on_change)  # queued in the transaction that records a file
         queue.reconcile(manifest.files())
@@ -347,13 +348,13 @@ def build(config: Config) -> App:
         manifest,
     )
     buffer.on_full = persister.wake
-    wal.on_map_full.append(persister.wake)  # persisting trims the WAL, which frees map pages
+    lmdb_store.on_map_full.append(persister.wake)  # persisting trims the WAL, which frees map pages
     replay_seconds = _replay(wal, catalog, buffer)
     wal.add_listener(buffer)
     catalog.add_drop_listener(persister.drop)
-    wal.start()
+    lmdb_store.start()
     persister.start()
-    tokens = Tokens(wal, data_dir)
+    tokens = Tokens(lmdb_store, data_dir)
     if config.auth_enabled:
         bootstrap_admin(tokens)
     queries = QueryService(
@@ -384,7 +385,7 @@ def build(config: Config) -> App:
             config.queue_size,
             config.package_manager,
         ),
-        wal,
+        lmdb_store,
         catalog,
         writes,
         queries,
@@ -407,6 +408,7 @@ def build(config: Config) -> App:
         mqtt.start(writes)
     app = App(
         config=config,
+        store=lmdb_store,
         wal=wal,
         catalog=catalog,
         buffer=buffer,

@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
     },
     {"lineprotocol.vector"},
     {"lineprotocol.parser"},
+    {"storage.store"},
     {"storage.wal"},
     {"storage.catalog", "auth", "engine.store"},
     {"storage.manifest"},

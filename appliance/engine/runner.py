@@ -30,7 +30,8 @@ from ..metrics import PLUGIN_DROPPED, PLUGIN_ERRORS, PLUGIN_RUNS, PLUGIN_SECONDS
 from ..model import TIME_COLUMN, Precision, WalSeq
 from ..query.service import QueryService
 from ..storage.catalog import Catalog
-from ..storage.wal import Wal, WalEntry
+from ..storage.store import Store
+from ..storage.wal import WalEntry
 from ..write import WriteRequest, WriteService
 from . import tables
 from .api import PluginApi, PluginCache, api_globals, own_copy
@@ -99,12 +100,12 @@ class Engine:
     """Owns the triggers: their definitions, running state, plugin calls and logs."""
 
     def __init__(
-        self, args: EngineArgs, wal: Wal, catalog: Catalog, writes: WriteService, queries: QueryService
+        self, args: EngineArgs, store: Store, catalog: Catalog, writes: WriteService, queries: QueryService
     ) -> None:
         self.args = args
         self.catalog, self.writes, self.queries = catalog, writes, queries
-        self.store = TriggerStore(wal)
-        self.logs = EngineLog(wal)
+        self.store = TriggerStore(store)
+        self.logs = EngineLog(store)
         self.cache = PluginCache(args.cache_max_bytes)
         args.plugin_dir.mkdir(parents=True, exist_ok=True)
         self.loader = PluginLoader(args.plugin_dir, args.plugin_repo, api_globals())

@@ -33,7 +33,8 @@ from .buffer import Buffer
 from .catalog import Catalog, TableDef, find_table
 from .dedupe import conform, last_write_wins
 from .manifest import Change, Manifest, ParquetFile
-from .wal import Wal, disk_full_error
+from .store import disk_full_error
+from .wal import Wal
 
 log = logging.getLogger("appliance.persist")
 
@@ -247,13 +248,13 @@ class Persister:
         If the commit fails, the new files are deleted: nothing refers to them.
         """
 
-        def step(txn: lmdb.Transaction, wal: Wal) -> None:
+        def step(txn: lmdb.Transaction) -> None:
             self.manifest.put(txn, change, added, removed)
             if upto is not None:
-                wal.trim(txn, upto)
+                self.wal.trim(txn, upto)
 
         try:
-            self.wal.submit(fn=step).result()
+            self.wal.store.submit(step).result()
         except Exception:
             self._discard(added)
             raise
