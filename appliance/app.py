@@ -92,7 +92,6 @@ class App:
 
     def health(self) -> dict[str, Any]:
         """Each component as ok, degraded or failed, and the overall state (the worst)."""
-        persist = "failed" if not self.persister.alive else "degraded" if self.persister.last_error else "ok"
         # Out of space (disk or map), or commits failing for another reason: the server runs
         # and answers reads, writes fail (507, 503). The disk is judged by statvfs, not by commits.
         components: dict[str, dict[str, Any]] = {
@@ -104,19 +103,17 @@ class App:
                 "largest_group": self.wal.stats.max_group,
                 "replay_seconds": round(self.replay_seconds, 3),
             },
-            "persist": {
-                "status": persist,
-                "error": self.persister.last_error,
-                "buffer_bytes": self.buffer.nbytes,
-            },
+            "persist": self.persister.health() | {"buffer_bytes": self.buffer.nbytes},
         }
         components["engine"] = self.engine.health()
         if self.mqtt is not None:
             components["mqtt"] = self.mqtt.health()
         if self.syncer is not None:
             components["sync"] = self.syncer.health()
-        if self.budget is not None and self.budget.refusing:
-            components["persist"] |= {"status": "degraded", "error": self.budget.refusing}
+        if self.budget is not None:  # the budget shows in persist's state, never hiding a failed persister
+            budget = self.budget.health()
+            if budget["status"] != "ok" and components["persist"]["status"] != "failed":
+                components["persist"] |= budget
         states = {c["status"] for c in components.values()}
         overall = next(s for s in ("failed", "degraded", "ok") if s in states)
         return {"status": overall, "components": components}
