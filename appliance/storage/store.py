@@ -100,6 +100,7 @@ class Store:
         self._open_lock = threading.Lock()  # LMDB: one database open at a time per process
         self._page_size = int(self.env.stat()["psize"])
         self._queue: queue.SimpleQueue[_Request] = queue.SimpleQueue()
+        self._opens: queue.SimpleQueue[tuple[bytes, Future[lmdb._Database]]] = queue.SimpleQueue()
         self._submit_lock = threading.Lock()
         self._closing = False
         self._hooks: list[GroupHook] = []
@@ -130,9 +131,17 @@ class Store:
             raise RuntimeError(f"database {name!r} must be opened before a step uses it, not inside one")
         with self._open_lock:
             if name not in self._dbs:
-                self._dbs[name] = self.env.open_db(name)
+                self._dbs[name] = self._open_on_writer(name) if self.alive else self.env.open_db(name)
                 self._handles = tuple(self._dbs.values())
             return self._dbs[name]
+
+    def _open_on_writer(self, name: bytes) -> lmdb._Database:
+        """Open on the writer thread, between groups: py-lmdb waits for LMDB's write lock holding the
+        GIL, so another thread opening while a group runs would never get it (nor release the GIL)."""
+        opened: Future[lmdb._Database] = Future()
+        self._opens.put((name, opened))
+        self._loop.wake()
+        return opened.result()
 
     @property
     def opened(self) -> tuple[bytes, ...]:
@@ -200,7 +209,16 @@ class Store:
 
     # -- the writer ---------------------------------------------------------
     def _step(self) -> None:
-        """Take every request waiting now and commit them as one group."""
+        """Open the databases asked for, then take every request waiting now and commit them as one group."""
+        while True:
+            try:
+                name, opened = self._opens.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                opened.set_result(self.env.open_db(name))
+            except Exception as e:  # DbsFullError: MAX_DBS too small
+                opened.set_exception(e)
         reqs = self._take()
         if reqs:
             self._run_group(reqs)

@@ -139,3 +139,22 @@ def test_a_writer_thread_that_died_is_failed_and_not_responsive(store: Store) ->
 def test_opening_a_database_inside_a_step_is_an_error_not_a_deadlock(store: Store) -> None:
     with pytest.raises(RuntimeError, match="before a step uses it"):
         store.submit(lambda txn: store.database(b"late")).result(timeout=10)
+
+
+def test_a_database_opened_while_the_writer_commits_does_not_deadlock(store: Store) -> None:
+    """py-lmdb holds the GIL while it waits for LMDB's write lock: the writer opens it between groups."""
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(txn: lmdb.Transaction) -> None:
+        inside.set()
+        release.wait(10)  # a group that holds the write lock while Python code runs
+
+    busy = store.submit(slow)
+    assert inside.wait(10)
+    opener = threading.Thread(target=store.database, args=(b"late",), daemon=True)
+    opener.start()
+    release.set()
+    opener.join(10)
+    assert not opener.is_alive(), "opening a database deadlocked with the writer"
+    busy.result(timeout=10)
+    assert b"late" in store.opened
