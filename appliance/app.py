@@ -30,6 +30,7 @@ from .storage.buffer import Buffer
 from .storage.catalog import Catalog, CatalogLimits
 from .storage.manifest import Manifest
 from .storage.persist import PersistArgs, Persister
+from .storage.store import Store
 from .storage.wal import Wal
 from .sync.backends import open_store
 from .sync.queue import SyncQueue
@@ -63,6 +64,7 @@ class App:
     """Every long-lived component of one appliance process."""
 
     config: Config
+    store: Store
     wal: Wal
     catalog: Catalog
     buffer: Buffer
@@ -90,33 +92,28 @@ class App:
 
     def health(self) -> dict[str, Any]:
         """Each component as ok, degraded or failed, and the overall state (the worst)."""
-        persist = "failed" if not self.persister.alive else "degraded" if self.persister.last_error else "ok"
         # Out of space (disk or map), or commits failing for another reason: the server runs
         # and answers reads, writes fail (507, 503). The disk is judged by statvfs, not by commits.
-        wal_error = self.wal.check_space() or self.wal.failing
         components: dict[str, dict[str, Any]] = {
             "http": {"status": "ok"},
-            "wal": {
-                "status": "failed" if not self.wal.alive else "degraded" if wal_error else "ok",
-                "error": wal_error,
+            "wal": self.store.health()
+            | {
                 "last_seq": self.wal.last_seq,
-                "commits": self.wal.stats.commits,
+                "commits": self.store.stats.commits,
                 "largest_group": self.wal.stats.max_group,
                 "replay_seconds": round(self.replay_seconds, 3),
             },
-            "persist": {
-                "status": persist,
-                "error": self.persister.last_error,
-                "buffer_bytes": self.buffer.nbytes,
-            },
+            "persist": self.persister.health() | {"buffer_bytes": self.buffer.nbytes},
         }
         components["engine"] = self.engine.health()
         if self.mqtt is not None:
             components["mqtt"] = self.mqtt.health()
         if self.syncer is not None:
             components["sync"] = self.syncer.health()
-        if self.budget is not None and self.budget.refusing:
-            components["persist"] |= {"status": "degraded", "error": self.budget.refusing}
+        if self.budget is not None:  # the budget shows in persist's state, never hiding a failed persister
+            budget = self.budget.health()
+            if budget["status"] != "ok" and components["persist"]["status"] != "failed":
+                components["persist"] |= budget
         states = {c["status"] for c in components.values()}
         overall = next(s for s in ("failed", "degraded", "ok") if s in states)
         return {"status": overall, "components": components}
@@ -226,7 +223,7 @@ class App:
         if self.budget is not None:
             self.budget.stop()
         self.persister.stop()
-        self.wal.stop()
+        self.store.stop()
         os.close(self.lock_fd)
         log.info("stopped")
 
@@ -245,13 +242,14 @@ def build(config: Config) -> App:
     """Open storage, replay the WAL into the buffer and start the background threads."""
     # Their configuration errors come before anything is opened.
     mqtt = MqttIngest(config.mqtt) if config.mqtt.broker else None
-    store = open_store(config.sync) if config.sync.bucket else None
+    object_store = open_store(config.sync) if config.sync.bucket else None
     data_dir = Path(config.server.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_data_dir(data_dir)
-    wal = Wal(data_dir / "lmdb", config.wal.map_size)
+    store = Store(data_dir / "lmdb", config.wal.map_size)
+    wal = Wal(store)
     catalog = Catalog(
-        wal,
+        store,
         CatalogLimits(
             config.catalog.max_databases,
             config.catalog.max_tables,
@@ -259,10 +257,10 @@ def build(config: Config) -> App:
             config.catalog.max_tables_per_database,
         ),
     )
-    manifest = Manifest(wal, data_dir / "parquet")
+    manifest = Manifest(store, data_dir / "parquet")
     buffer = Buffer(config.storage.max_buffer_bytes)
-    queue = SyncQueue(wal)
-    if store is not None or queue.in_use():  # once used, it follows every change, even while off
+    queue = SyncQueue(store)
+    if object_store is not None or queue.in_use():  # once used, it follows every change, even while off
         manifest.hooks.append(queue.on_change)  # queued in the transaction that records a file
         queue.reconcile(manifest.files())
     persister = Persister(
@@ -280,13 +278,13 @@ def build(config: Config) -> App:
         manifest,
     )
     buffer.on_full = persister.wake
-    wal.on_map_full.append(persister.wake)  # persisting trims the WAL, which frees map pages
+    store.on_map_full.append(persister.wake)  # persisting trims the WAL, which frees map pages
     replay_seconds = _replay(wal, catalog, buffer)
     wal.add_listener(buffer)
     catalog.add_drop_listener(persister.drop)
-    wal.start()
+    store.start()
     persister.start()
-    tokens = Tokens(wal, data_dir)
+    tokens = Tokens(store, data_dir)
     if config.auth.enabled:
         bootstrap_admin(tokens)
     queries = QueryService(
@@ -300,7 +298,10 @@ def build(config: Config) -> App:
     budget = None
     if config.storage.max_disk_bytes:
         budget = DiskBudget(
-            config.storage.max_disk_bytes, manifest, persister, queue if store is not None else None
+            config.storage.max_disk_bytes,
+            manifest,
+            persister,
+            queue.bucket_holds if object_store is not None else None,
         )
     writes = WriteService(catalog, wal, Admission(buffer, budget_refusal(budget)))
     engine = Engine(
@@ -313,7 +314,7 @@ def build(config: Config) -> App:
             config.engine.queue_size,
             config.engine.package_manager,
         ),
-        wal,
+        store,
         catalog,
         writes,
         queries,
@@ -323,8 +324,8 @@ def build(config: Config) -> App:
     queries.system_providers.append(engine.system_tables)
     engine.start()
     syncer = None
-    if store is not None:
-        syncer = Syncer(config.sync, queue, store, manifest, data_dir / "parquet")
+    if object_store is not None:
+        syncer = Syncer(config.sync, queue, object_store, manifest, data_dir / "parquet")
         manifest.applied.append(syncer.wake)
         queries.system_providers.append(syncer.system_tables)
         syncer.start()
@@ -337,6 +338,7 @@ def build(config: Config) -> App:
         mqtt.start()
     app = App(
         config=config,
+        store=store,
         wal=wal,
         catalog=catalog,
         buffer=buffer,

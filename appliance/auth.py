@@ -18,7 +18,7 @@ import msgpack
 
 from .errors import Conflict
 from .fileio import fsync_dir, write_private
-from .storage.wal import Wal
+from .storage.store import Store
 
 log = logging.getLogger("appliance.auth")
 
@@ -47,14 +47,15 @@ def new_token() -> str:
 class Tokens:
     """The token store; `verify` is a constant-time check against the known hashes."""
 
-    def __init__(self, wal: Wal, data_dir: Path) -> None:
-        self.wal = wal
+    def __init__(self, store: Store, data_dir: Path) -> None:
+        self.store = store
+        self._db = store.database(b"tokens")
         self.data_dir = data_dir
         self._lock = threading.Lock()
         self._create_lock = threading.Lock()
         self._by_hash: dict[str, TokenInfo] = {}
-        with wal.read() as txn:
-            for key, value in txn.cursor(db=wal.dbs["tokens"]):
+        with store.read() as txn:
+            for key, value in txn.cursor(db=self._db):
                 info = TokenInfo(**msgpack.unpackb(value))
                 self._by_hash[bytes(key).decode()] = info
 
@@ -91,14 +92,14 @@ class Tokens:
                 expiry=None,
             )
 
-            def step(txn: lmdb.Transaction, wal: Wal) -> None:
+            def step(txn: lmdb.Transaction) -> None:
                 for t in old:
-                    txn.delete(t.hash.encode(), db=wal.dbs["tokens"])
-                txn.put(info.hash.encode(), msgpack.packb(asdict(info)), db=wal.dbs["tokens"])
+                    txn.delete(t.hash.encode(), db=self._db)
+                txn.put(info.hash.encode(), msgpack.packb(asdict(info)), db=self._db)
 
             pending = write_private(self.data_dir / (ADMIN_TOKEN_FILE + ".new"), token + "\n")
             fsync_dir(self.data_dir)  # the pending file exists durably before its hash does
-            self.wal.submit(fn=step).result()
+            self.store.submit(step).result()
             os.replace(pending, self.data_dir / ADMIN_TOKEN_FILE)
             fsync_dir(self.data_dir)
             with self._lock:

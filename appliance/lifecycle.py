@@ -164,7 +164,7 @@ async def _run_http(
     beat = asyncio.create_task(heartbeat.run())
     notifier.ready(f"listening on http://{app.config.http.bind}")
     notifier.start_watchdog(
-        lambda: app.wal.responsive(WAL_STALL_SECONDS) and heartbeat.alive(LOOP_STALL_SECONDS)
+        lambda: app.store.responsive(WAL_STALL_SECONDS) and heartbeat.alive(LOOP_STALL_SECONDS)
     )
     await stop.wait()
     notifier.stop()  # the watchdog thread: systemd does not enforce it while stopping

@@ -23,6 +23,7 @@ from concurrent.futures import Executor, Future
 from typing import Any
 
 from .backoff import backoff_delay
+from .errors import ApplianceError
 from .metrics import REGISTRY
 
 LOOP_ERRORS = REGISTRY.counter(
@@ -124,7 +125,8 @@ class BackgroundLoop:
                 self.name,
                 self.failures,
                 self.last_error,
-                exc_info=first,
+                # An ApplianceError (a full disk, say) is a state its message explains: no traceback.
+                exc_info=first and not isinstance(e, ApplianceError),
             )
         return backoff_delay(self.failures - 1, self.backoff_min, self.backoff_max)
 

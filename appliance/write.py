@@ -172,7 +172,7 @@ class WriteService:
             ]
         report.rows = sum(t.batch.num_rows for t in rows)
         if rows:
-            report.committed = self.wal.submit(entry=WalEntry(db.id, db.name, rows, req.origin))
+            report.committed = self.wal.append(WalEntry(db.id, db.name, rows, req.origin))
         LINES.inc(report.rows, protocol=req.protocol)
         REJECTED.inc(len(report.rejected), protocol=req.protocol)
         if req.no_sync and report.committed is not None:

@@ -24,7 +24,8 @@ from ..errors import BadRequest
 from ..model import WalSeq
 from ..query.service import QueryService
 from ..storage.catalog import Catalog
-from ..storage.wal import Wal, WalEntry
+from ..storage.store import Store
+from ..storage.wal import WalEntry
 from ..threads import BackgroundLoop, DaemonPool
 from ..write import WriteService
 from . import tables
@@ -68,17 +69,17 @@ class Engine:
     name = "engine"
 
     def __init__(
-        self, args: EngineArgs, wal: Wal, catalog: Catalog, writes: WriteService, queries: QueryService
+        self, args: EngineArgs, store: Store, catalog: Catalog, writes: WriteService, queries: QueryService
     ) -> None:
         self.args = args
         self.catalog, self.writes, self.queries = catalog, writes, queries
-        self.logs = EngineLog(wal)
+        self.logs = EngineLog(store)
         self.cache = PluginCache(args.cache_max_bytes)
         args.plugin_dir.mkdir(parents=True, exist_ok=True)
         self.loader = PluginLoader(args.plugin_dir, args.plugin_repo, api_globals())
         self.dry_run = DryRun(self.loader, self.cache, catalog, queries)
         self.packages = PackageInstaller(args.plugin_dir, args.package_manager)
-        self.registry = Registry(TriggerStore(wal), catalog, self.loader, self)
+        self.registry = Registry(TriggerStore(store), catalog, self.loader, self)
         self._pool = DaemonPool(ASYNC_WORKERS, "plugin")  # asynchronous WAL and schedule calls
         self.request_pool = DaemonPool(ASYNC_WORKERS, "request-plugin")  # request triggers and dry runs
         self.watchdog = Watchdog(args.call_timeout_s, args.queue_size, self.logs, self.registry.running)

@@ -16,7 +16,7 @@ import lmdb
 import msgpack
 import pyarrow as pa
 
-from ..storage.wal import Wal
+from ..storage.store import Store
 
 log = logging.getLogger("appliance.engine")
 
@@ -77,13 +77,14 @@ class TriggerDef:
 class TriggerStore:
     """Trigger definitions in the LMDB `triggers` database, keyed by database and name."""
 
-    def __init__(self, wal: Wal) -> None:
-        self.wal = wal
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._db = store.database(b"triggers")
 
     def load(self) -> list[TriggerDef]:
         """Every stored trigger; definitions stored under older `db/name` keys are re-keyed first."""
-        with self.wal.read() as txn:
-            records = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=self.wal.dbs["triggers"])]
+        with self.store.read() as txn:
+            records = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=self._db)]
         stored: list[tuple[bytes, TriggerDef]] = []
         for k, v in records:
             try:
@@ -99,26 +100,26 @@ class TriggerStore:
         old = [(k, t) for k, t in stored if k != t.store_key]
         if old:
 
-            def step(txn: lmdb.Transaction, wal: Wal) -> None:
+            def step(txn: lmdb.Transaction) -> None:
                 for k, t in old:
-                    txn.delete(k, db=wal.dbs["triggers"])
-                    txn.put(t.store_key, t.encode(), db=wal.dbs["triggers"])
+                    txn.delete(k, db=self._db)
+                    txn.put(t.store_key, t.encode(), db=self._db)
 
-            self.wal.submit(fn=step).result()
+            self.store.submit(step).result()
             log.info("re-keyed %d stored trigger definition(s) to the current format", len(old))
         return [t for _, t in stored]
 
     def put(self, trigger: TriggerDef) -> None:
-        def step(txn: lmdb.Transaction, wal: Wal) -> None:
-            txn.put(trigger.store_key, trigger.encode(), db=wal.dbs["triggers"])
+        def step(txn: lmdb.Transaction) -> None:
+            txn.put(trigger.store_key, trigger.encode(), db=self._db)
 
-        self.wal.submit(fn=step).result()
+        self.store.submit(step).result()
 
     def delete(self, trigger: TriggerDef) -> None:
-        def step(txn: lmdb.Transaction, wal: Wal) -> None:
-            txn.delete(trigger.store_key, db=wal.dbs["triggers"])
+        def step(txn: lmdb.Transaction) -> None:
+            txn.delete(trigger.store_key, db=self._db)
 
-        self.wal.submit(fn=step).result()
+        self.store.submit(step).result()
 
 
 LOG_SCHEMA = pa.schema(
@@ -139,15 +140,16 @@ class EngineLog:
     most the last second of log lines, never data.
     """
 
-    def __init__(self, wal: Wal, size: int = LOG_RING_SIZE) -> None:
-        self.wal = wal
+    def __init__(self, store: Store, size: int = LOG_RING_SIZE) -> None:
+        self.store = store
+        self._db = store.database(b"logs")
         self.size = size
         self._lock = threading.Lock()
         self._ring: collections.deque[tuple[int, str, str, str, str]] = collections.deque(maxlen=size)
         self._pending: list[tuple[int, str, str, str, str]] = []
         self._next = 1
-        with wal.read() as txn:
-            for key, value in txn.cursor(db=wal.dbs["logs"]):
+        with store.read() as txn:
+            for key, value in txn.cursor(db=self._db):
                 self._ring.append(tuple(msgpack.unpackb(bytes(value))))  # type: ignore[arg-type]
                 self._next = _SEQ.unpack(bytes(key))[0] + 1
 
@@ -170,15 +172,15 @@ class EngineLog:
             return
         keep_from = first + len(pending) - self.size
 
-        def step(txn: lmdb.Transaction, wal: Wal) -> None:
-            db = wal.dbs["logs"]
+        def step(txn: lmdb.Transaction) -> None:
+            db = self._db
             for i, record in enumerate(pending):
                 txn.put(_SEQ.pack(first + i), msgpack.packb(list(record)), db=db)
             cur = txn.cursor(db=db)
             while cur.first() and _SEQ.unpack(cur.key())[0] < keep_from:
                 cur.delete()
 
-        self.wal.submit(fn=step).result()
+        self.store.submit(step).result()
 
     def table(self, database: str | None) -> pa.Table:
         """`system.processing_engine_logs` for one database (all when None)."""

@@ -9,16 +9,19 @@ whatever they hold: retention by size, and the log says so.
 A persist that fails for a full disk (the disk holding the data dir, whatever the budget)
 asks for room: with [sync], files the bucket holds are evicted, oldest first, at least as
 many bytes as the buffer holds. Without [sync] nothing is evicted for it.
+
+The check runs on a BackgroundLoop: every CHECK_SECONDS and after every persist (`wake`); a
+check that keeps failing backs off and is logged once per minute, and /health says so.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import StorageFull
-from ..sync.queue import QUEUED, SYNCED, SyncQueue
+from ..threads import BackgroundLoop
 from .manifest import Manifest, ParquetFile
 from .persist import Persister
 
@@ -31,31 +34,42 @@ LOW_WATER = 0.9
 
 
 class DiskBudget:
+    """Keeps local Parquet under max_bytes by evicting what the bucket holds; refuses writes when it cannot."""
+
     def __init__(
-        self, max_bytes: int, manifest: Manifest, persister: Persister, queue: SyncQueue | None
+        self,
+        max_bytes: int,
+        manifest: Manifest,
+        persister: Persister,
+        bucket_holds: Callable[[], set[str]] | None,
+        check_seconds: float = CHECK_SECONDS,
     ) -> None:
         self.max_bytes = max_bytes
         self.manifest = manifest
         self.persister = persister
-        self.queue = queue
+        self.bucket_holds = bucket_holds  # with [sync]: the local paths the bucket holds
         self.refusing: str | None = None  # the 507 message while writes are refused
         self.evicted_files = 0
         self.evicted_bytes = 0
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="disk-budget", daemon=True)
+        self._loop = BackgroundLoop("disk-budget", self.check, check_seconds, log, backoff_min=check_seconds)
         persister.on_disk_full.append(self.relieve)
 
     def start(self) -> None:
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join()
+        self._loop.stop()
 
     def wake(self, *_: Any) -> None:
-        self._wake.set()
+        """Check now (a persist changed the files on disk, or the budget was changed)."""
+        self._loop.wake()
+
+    def health(self) -> dict[str, Any]:
+        """The check loop's health; degraded while writes are refused, with the reason."""
+        status = self._loop.health()
+        if status["status"] == "ok" and self.refusing is not None:
+            status = {"status": "degraded", "error": self.refusing}
+        return {"error": None} | status
 
     def admit(self) -> None:
         """Refuse a write with 507 while the budget is full of data not yet uploaded."""
@@ -64,15 +78,6 @@ class DiskBudget:
 
     def used(self) -> int:
         return self.manifest.total_bytes()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(CHECK_SECONDS)
-            self._wake.clear()
-            try:
-                self.check()
-            except Exception:
-                log.exception("disk budget check failed")
 
     def check(self) -> None:
         """Evict what may go until under the budget; refuse writes if that is not enough."""
@@ -93,7 +98,7 @@ class DiskBudget:
             self.evicted_bytes += sum(f.size_bytes for f in victims)
             how = (
                 "already in the bucket"
-                if self.queue is not None
+                if self.bucket_holds is not None
                 else "no [sync] configured: retention by size"
             )
             log.warning(
@@ -120,7 +125,7 @@ class DiskBudget:
 
         Only with [sync]: every file evicted is in the bucket. At least one file goes.
         """
-        if self.queue is None:
+        if self.bucket_holds is None:
             return
         victims: list[ParquetFile] = []
         freed = 0
@@ -144,9 +149,9 @@ class DiskBudget:
     def _evictable(self) -> list[ParquetFile]:
         """Files the bucket holds: synced, or a compaction of synced files (its inputs stay there)."""
         files = self.manifest.files()
-        if self.queue is None:
+        if self.bucket_holds is None:
             return files
-        held = {r.path for r in self.queue.records(SYNCED, QUEUED) if r.state == SYNCED or r.covered}
+        held = self.bucket_holds()
         return [f for f in files if f.path in held]
 
     def status(self) -> dict[str, Any]:

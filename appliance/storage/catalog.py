@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from ..errors import CatalogError, Conflict, LimitExceeded, NotFound
 from ..model import TIME_COLUMN, ColumnType, name_problem
-from .wal import Wal
+from .store import Store
 
 _DB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*(/[A-Za-z0-9_\-]+)?")
 INTERNAL_DATABASES = frozenset({"_internal"})
@@ -117,7 +117,7 @@ class CatalogLimits:
     max_tables_per_database: int = 1000
 
 
-TxnStep = Callable[[lmdb.Transaction, Wal], None]
+TxnStep = Callable[[lmdb.Transaction], None]
 DropListener = Callable[[int, int | None], None]
 _NEXT_ID_KEY = b"meta/next_id"
 
@@ -152,8 +152,9 @@ class SchemaChange:
 class Catalog:
     """The schema of every database; the one place that decides column types."""
 
-    def __init__(self, wal: Wal, limits: CatalogLimits) -> None:
-        self.wal = wal
+    def __init__(self, store: Store, limits: CatalogLimits) -> None:
+        self.store = store
+        self._db = store.database(b"catalog")
         self.limits = limits
         #: Held while a change is staged, committed and applied; serialises schema changes.
         self.lock = threading.RLock()
@@ -163,10 +164,9 @@ class Catalog:
         self._load()
 
     def _load(self) -> None:
-        cat = self.wal.dbs["catalog"]
-        with self.wal.read() as txn:
+        with self.store.read() as txn:
             by_id: dict[int, DatabaseDef] = {}
-            records = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=cat)]
+            records = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=self._db)]
         for key, value in records:
             if key == _NEXT_ID_KEY:
                 self._next_id = max(self._next_id, int(value))
@@ -294,7 +294,7 @@ class Catalog:
             puts.extend((_table_key(db_id, t.name), t.encode()) for (db_id, _), t in change.tables.items())
         except (OverflowError, ValueError, TypeError) as e:
             raise CatalogError(f"the change cannot be stored: {e}") from None
-        self.wal.submit(fn=_put_all(puts)).result()
+        self.store.submit(self._put_all(puts)).result()
         self._next_id = change.next_id
         for d in change.databases.values():
             self._dbs[d.name] = d
@@ -344,7 +344,7 @@ class Catalog:
         with self.lock:
             db = self.require(name)
             keys = [_db_key(name)] + [_table_key(db.id, t) for t in db.tables]
-            self.wal.submit(fn=_delete_all(keys)).result()
+            self.store.submit(self._delete_all(keys)).result()
             del self._dbs[name]
         for listener in self._drop_listeners:
             listener(db.id, None)
@@ -355,26 +355,24 @@ class Catalog:
             t = db.tables.get(table)
             if t is None:
                 raise NotFound(f"Table not found {table}")
-            self.wal.submit(fn=_delete_all([_table_key(db.id, table)])).result()
+            self.store.submit(self._delete_all([_table_key(db.id, table)])).result()
             del db.tables[table]
         for listener in self._drop_listeners:
             listener(db.id, t.id)
 
+    def _put_all(self, puts: list[tuple[bytes, bytes]]) -> TxnStep:
+        def step(txn: lmdb.Transaction) -> None:
+            for key, value in puts:
+                txn.put(key, value, db=self._db)
 
-def _put_all(puts: list[tuple[bytes, bytes]]) -> TxnStep:
-    def step(txn: lmdb.Transaction, wal: Wal) -> None:
-        for key, value in puts:
-            txn.put(key, value, db=wal.dbs["catalog"])
+        return step
 
-    return step
+    def _delete_all(self, keys: list[bytes]) -> TxnStep:
+        def step(txn: lmdb.Transaction) -> None:
+            for key in keys:
+                txn.delete(key, db=self._db)
 
-
-def _delete_all(keys: list[bytes]) -> TxnStep:
-    def step(txn: lmdb.Transaction, wal: Wal) -> None:
-        for key in keys:
-            txn.delete(key, db=wal.dbs["catalog"])
-
-    return step
+        return step
 
 
 def find_table(catalog: Catalog, db_id: int, table_id: int) -> tuple[DatabaseDef, TableDef] | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import lmdb
 import msgpack
 
-from .wal import Wal
+from .store import Store
 
 log = logging.getLogger("appliance.manifest")
 
@@ -57,15 +57,15 @@ ChangeHook = Callable[[lmdb.Transaction, Change, list["ParquetFile"], list["Parq
 
 
 class Manifest:
-    """Which Parquet files exist, per table; changed only inside WAL-writer transactions.
+    """Which Parquet files exist, per table (the `files` database); changed only in Store steps.
 
     Queries open files lazily, after they collected the file list, so a file that leaves
     the manifest is deleted from disk only once no query that might still read it runs
     (`pinned`).
     """
 
-    def __init__(self, wal: Wal, root: Path) -> None:
-        self.wal = wal
+    def __init__(self, store: Store, root: Path) -> None:
+        self._db = store.database(b"files")
         self.root = root
         self.lock = threading.Lock()
         self._files: dict[str, ParquetFile] = {}
@@ -75,8 +75,8 @@ class Manifest:
         self._retired: list[tuple[int, str]] = []  # (generation it left the manifest, path)
         self.hooks: list[ChangeHook] = []
         self.applied: list[Callable[[], None]] = []  # told after each committed change
-        with wal.read() as txn:
-            for _key, value in txn.cursor(db=wal.dbs["files"]):
+        with store.read() as txn:
+            for _key, value in txn.cursor(db=self._db):
                 f = ParquetFile.decode(bytes(value))
                 self._files[f.path] = f
 
@@ -96,11 +96,10 @@ class Manifest:
         self, txn: lmdb.Transaction, change: Change, added: list[ParquetFile], removed: list[ParquetFile]
     ) -> None:
         """Record a change inside the WAL writer's transaction (memory follows via apply)."""
-        db = self.wal.dbs["files"]
         for f in removed:
-            txn.delete(f.path.encode(), db=db)
+            txn.delete(f.path.encode(), db=self._db)
         for f in added:
-            txn.put(f.path.encode(), f.encode(), db=db)
+            txn.put(f.path.encode(), f.encode(), db=self._db)
         for hook in self.hooks:
             hook(txn, change, added, removed)
 

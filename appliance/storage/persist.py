@@ -19,21 +19,23 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import ApplianceError
 from ..fileio import fsync_dir, make_dirs
 from ..metrics import PERSISTS
 from ..model import TIME_COLUMN, WalSeq
+from ..threads import BackgroundLoop
 from . import dedupe
 from .buffer import Buffer
 from .catalog import Catalog, TableDef, find_table
 from .dedupe import conform, last_write_wins
 from .manifest import Change, Manifest, ParquetFile
-from .wal import Wal, disk_full_error
+from .store import disk_full_error
+from .wal import Wal
 
 log = logging.getLogger("appliance.persist")
 
@@ -53,7 +55,11 @@ class PersistArgs:
 
 
 class Persister:
-    """Background thread: persists per gen1 window, early when the buffer is full, on demand."""
+    """Background loop: persists per gen1 window, early when the buffer is full, on demand.
+
+    A failed pass (a full disk, say) is retried after the loop's backoff; wakes do not cut it
+    short, and the failure shows in `health` until a persist succeeds again.
+    """
 
     def __init__(
         self, args: PersistArgs, wal: Wal, catalog: Catalog, buffer: Buffer, manifest: Manifest
@@ -63,15 +69,16 @@ class Persister:
         self.wal, self.catalog, self.buffer, self.manifest = wal, catalog, buffer, manifest
         #: Held while files and buffer rows are swapped, and by queries while they collect both.
         self.view_lock = threading.RLock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._woken = threading.Event()  # a persist was asked for (wake, request)
         self._waiters: list[Future[int]] = []
         self._waiters_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._retry = False  # the last pass failed: persist again after the backoff (a full disk freed)
+        self._next_retention = time.monotonic()
+        self._next_compaction = time.monotonic() + args.compact_interval_ns / 1e9
+        self._loop = BackgroundLoop("persister", self._pass, 1.0, log, backoff_min=1.0, backoff_max=60.0)
         self._file_seq = 0
         self._persist_lock = threading.Lock()
         self._trimmed: WalSeq = WalSeq(0)
-        self.last_error: str | None = None
         #: Told, with the bytes a persist needs, when it failed for a full disk (DiskBudget evicts
         #: synced files then).
         self.on_disk_full: list[Callable[[int], None]] = []
@@ -80,23 +87,19 @@ class Persister:
     def start(self) -> None:
         self.remove_dead_files()
         self.remove_orphans()
-        self._thread = threading.Thread(target=self._run, name="persister", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
         """Stop the loop, then persist what is buffered (a clean shutdown empties the WAL)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._loop.stop()
         try:
             self.persist()
         except Exception:
             log.exception("final persist failed; the WAL still holds the data")
 
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+    def health(self) -> dict[str, Any]:
+        """failed if the loop's thread died, degraded while passes fail (with the error), else ok."""
+        return {"error": None} | self._loop.health()
 
     def request(self) -> Future[int]:
         """Ask for a persist now; the future gives the number of files written."""
@@ -104,61 +107,56 @@ class Persister:
         fut.set_running_or_notify_cancel()  # a disconnecting client must not cancel it
         with self._waiters_lock:
             self._waiters.append(fut)
-        self._wake.set()
+        self.wake()
         return fut
 
     def wake(self) -> None:
-        """Ask for an early persist (the buffer reached its cap)."""
-        self._wake.set()
+        """Ask for an early persist (the buffer reached its cap); never cuts a failure's backoff short."""
+        self._woken.set()
+        # A full buffer wakes this on every commit: while passes fail, only the backoff retries.
+        if not self._loop.failures:
+            self._loop.wake()
 
     # -- the loop -----------------------------------------------------------
-    def _run(self) -> None:
-        next_retention = time.monotonic()
-        next_compaction = time.monotonic() + self.args.compact_interval_ns / 1e9
-        backoff = 1.0
-        retry = False  # the last pass failed: persist again after the backoff (a full disk freed)
-        while not self._stop.is_set():
-            self._wake.wait(timeout=min(self._seconds_to_window_end(), 1.0))
-            if self._stop.is_set():
-                break
-            woke = self._wake.is_set()
-            self._wake.clear()
-            with self._waiters_lock:
-                waiters, self._waiters = self._waiters, []
-            # Retention first and on its own: it frees the disk a failing persist needs.
-            if time.monotonic() >= next_retention:
-                next_retention = time.monotonic() + self.args.retention_check_ns / 1e9
-                self._retain()
-            try:
-                ran = False
-                if woke or waiters or retry or self._window_passed():
-                    written = self.persist()
-                    ran, retry = True, False
-                    for w in waiters:
-                        w.set_result(written)
-                    waiters = []
-                if self.args.compact_target_bytes and time.monotonic() >= next_compaction:
-                    day = 86_400 * 10**9
-                    self.compact(self.args.compact_target_bytes, time.time_ns() // day * day)
-                    ran = True
-                    next_compaction = time.monotonic() + self.args.compact_interval_ns / 1e9
-                if ran:  # only a pass that did the work may clear an earlier failure
-                    backoff, self.last_error = 1.0, None
-            except Exception as exc:
-                full = disk_full_error(self.args.data_dir, exc, _KEPT)
-                e = full if full is not None else exc
-                self.last_error, retry = str(e), True
-                if isinstance(e, ApplianceError):  # out of space: one line, no traceback
-                    log.error("persist failed: %s; retrying in %.0fs", e, backoff)
-                else:
-                    log.exception("persist failed; retrying in %.0fs", backoff)
+    def _pass(self) -> float:
+        """Retention when due, a persist when asked for or due, compaction when due; the next wait."""
+        woke = self._woken.is_set()
+        self._woken.clear()
+        with self._waiters_lock:
+            waiters, self._waiters = self._waiters, []
+        # Retention first and on its own: it frees the disk a failing persist needs.
+        if time.monotonic() >= self._next_retention:
+            self._next_retention = time.monotonic() + self.args.retention_check_ns / 1e9
+            self._retain()
+        try:
+            if woke or waiters or self._retry or self._window_passed():
+                written = self.persist()
+                self._retry = False
                 for w in waiters:
-                    w.set_exception(e)
-                if full is not None:
-                    self._relieve_disk()
-                    next_retention = 0.0  # expired files go before the retry too
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 60.0)
+                    w.set_result(written)
+                waiters = []
+            if self.args.compact_target_bytes and time.monotonic() >= self._next_compaction:
+                day = 86_400 * 10**9
+                self.compact(self.args.compact_target_bytes, time.time_ns() // day * day)
+                self._next_compaction = time.monotonic() + self.args.compact_interval_ns / 1e9
+        except Exception as exc:
+            failure = self._failed(exc, waiters)
+            if failure is exc:
+                raise
+            raise failure from exc  # the loop keeps it as last_error, logs it and backs off
+        return 0.0 if self._woken.is_set() else min(self._seconds_to_window_end(), 1.0)
+
+    def _failed(self, exc: Exception, waiters: list[Future[int]]) -> Exception:
+        """A pass failed: retry the persist after the backoff; a full disk asks for room first."""
+        full = disk_full_error(self.args.data_dir, exc, _KEPT)
+        failure: Exception = full if full is not None else exc
+        self._retry = True
+        for w in waiters:
+            w.set_exception(failure)
+        if full is not None:
+            self._relieve_disk()
+            self._next_retention = 0.0  # expired files go before the retry too
+        return failure
 
     def _retain(self) -> None:
         """Enforce retention; a failure is logged and retried at the next check, never blocks persists."""
@@ -247,13 +245,13 @@ class Persister:
         If the commit fails, the new files are deleted: nothing refers to them.
         """
 
-        def step(txn: lmdb.Transaction, wal: Wal) -> None:
+        def step(txn: lmdb.Transaction) -> None:
             self.manifest.put(txn, change, added, removed)
             if upto is not None:
-                wal.trim(txn, upto)
+                self.wal.trim(txn, upto)
 
         try:
-            self.wal.submit(fn=step).result()
+            self.wal.store.submit(step).result()
         except Exception:
             self._discard(added)
             raise

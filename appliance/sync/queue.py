@@ -30,10 +30,10 @@ import lmdb
 import msgpack
 
 from ..storage.manifest import Change, ParquetFile
-from ..storage.wal import Wal
+from ..storage.store import Store
 
 QUEUED, SYNCED, DELETE = "queued", "synced", "delete"
-_DBS = {QUEUED: "sync", SYNCED: "synced", DELETE: "sync_del"}
+_DBS = {QUEUED: b"sync", SYNCED: b"synced", DELETE: b"sync_del"}
 
 
 @dataclass
@@ -61,22 +61,26 @@ class SyncRecord:
 class SyncQueue:
     """Reads and transaction steps over the sync databases."""
 
-    def __init__(self, wal: Wal) -> None:
-        self.wal = wal
-        self.dbs = {state: wal.dbs[name] for state, name in _DBS.items()}
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.dbs = {state: store.database(name) for state, name in _DBS.items()}
 
     # -- reads -----------------------------------------------------------------------------
     def in_use(self) -> bool:
         """Whether sync ever ran here (its state must then follow every change, even with sync off)."""
-        with self.wal.read() as txn:
+        with self.store.read() as txn:
             return any(txn.stat(db)["entries"] for db in self.dbs.values())
 
+    def bucket_holds(self) -> set[str]:
+        """Local paths the bucket holds: synced, or a compaction of synced files (its inputs stay there)."""
+        return {r.path for r in self.records(SYNCED, QUEUED) if r.state == SYNCED or r.covered}
+
     def records(self, *states: str) -> list[SyncRecord]:
-        with self.wal.read() as txn:
+        with self.store.read() as txn:
             return [r for s in states or _DBS for r in self._scan(txn, s)]
 
     def count(self, state: str) -> int:
-        with self.wal.read() as txn:
+        with self.store.read() as txn:
             return int(txn.stat(self.dbs[state])["entries"])
 
     def _scan(self, txn: lmdb.Transaction, state: str) -> Iterator[SyncRecord]:
@@ -145,7 +149,7 @@ class SyncQueue:
         """At start: queue local files that have no record (written before sync was configured)
         and forget records of files that are gone (as if evicted)."""
 
-        def step(txn: lmdb.Transaction, wal: Wal) -> None:
+        def step(txn: lmdb.Transaction) -> None:
             now = time.time_ns()
             local = {f.path for f in files}
             for f in files:
@@ -158,13 +162,13 @@ class SyncQueue:
                         if state == QUEUED:
                             self._forget_unsent(txn, rec, now)
 
-        self.wal.submit(fn=step)  # the writer thread starts later; this commits first
+        self.store.submit(step)  # the writer thread starts later; this commits first
 
     # -- uploader steps -----------------------------------------------------------------------
     def mark_synced(self, path: str) -> None:
         """After a verified upload. A file replaced meanwhile leaves an orphan object: delete it."""
 
-        def step(txn: lmdb.Transaction, wal: Wal) -> None:
+        def step(txn: lmdb.Transaction) -> None:
             rec = self._get(txn, path)
             now = time.time_ns()
             if rec is not None and rec.state == QUEUED:
@@ -173,10 +177,10 @@ class SyncQueue:
             elif rec is None and txn.get(path.encode(), db=self.dbs[DELETE]) is None:
                 self._put(txn, SyncRecord(path, DELETE, queued_ns=now))
 
-        self.wal.submit(fn=step).result()
+        self.store.submit(step).result()
 
     def mark_failed(self, rec: SyncRecord, error: str, retry_in_ns: int) -> None:
-        def step(txn: lmdb.Transaction, wal: Wal) -> None:
+        def step(txn: lmdb.Transaction) -> None:
             raw = txn.get(rec.path.encode(), db=self.dbs[rec.state])
             if raw is not None:
                 cur = SyncRecord.decode(bytes(raw))
@@ -185,13 +189,13 @@ class SyncQueue:
                 cur.next_ns = time.time_ns() + retry_in_ns
                 self._put(txn, cur)
 
-        self.wal.submit(fn=step).result()
+        self.store.submit(step).result()
 
     def mark_deleted(self, path: str) -> None:
-        def step(txn: lmdb.Transaction, wal: Wal) -> None:
+        def step(txn: lmdb.Transaction) -> None:
             txn.delete(path.encode(), db=self.dbs[DELETE])
 
-        self.wal.submit(fn=step).result()
+        self.store.submit(step).result()
 
     def due(
         self, now_ns: int, max_wait_ns: int, ignore_backoff: bool = False
@@ -204,7 +208,7 @@ class SyncQueue:
         def ready(r: SyncRecord) -> bool:
             return ignore_backoff or r.next_ns <= now_ns or r.next_ns - now_ns > max_wait_ns
 
-        with self.wal.read() as txn:
+        with self.store.read() as txn:
             uploads = sorted((r for r in self._scan(txn, QUEUED) if ready(r)), key=lambda r: r.queued_ns)
             deletes = [
                 r

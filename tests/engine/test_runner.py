@@ -19,6 +19,7 @@ from appliance.engine.store import TriggerDef
 from appliance.http.engine_replies import engine_reply
 from appliance.query.service import QueryService
 from appliance.storage.catalog import Catalog, CatalogLimits
+from appliance.storage.store import Store
 from appliance.storage.wal import Wal
 from appliance.threads import LOOP_ERRORS
 from appliance.write import WriteService
@@ -43,20 +44,21 @@ class _NoQueries:
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    wal = Wal(tmp_path / "lmdb", 1 << 28)
-    wal.start()
-    catalog = Catalog(wal, CatalogLimits())
+    store = Store(tmp_path / "lmdb", 1 << 28)
+    wal = Wal(store)
+    store.start()
+    catalog = Catalog(store, CatalogLimits())
     catalog.create_database("db", None)
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "tick.py").write_text(TICK_PLUGIN)
     (plugins / "answer.py").write_text(REQUEST_PLUGIN)
     args = EngineArgs(plugins, "", max_retries=0, call_timeout_s=10, cache_max_bytes=1 << 20, queue_size=10)
-    e = Engine(args, wal, catalog, WriteService(catalog, wal), cast(QueryService, _NoQueries()))
+    e = Engine(args, store, catalog, WriteService(catalog, wal), cast(QueryService, _NoQueries()))
     e.start()
     yield e
     e.stop(grace_s=2)
-    wal.stop()
+    store.stop()
 
 
 def _fired(engine: Engine) -> bool:

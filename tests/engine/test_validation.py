@@ -17,12 +17,12 @@ from appliance.engine.packages import PackageInstaller, _last_error, _logical_li
 from appliance.engine.store import TriggerDef, TriggerStore
 from appliance.engine.triggers import check_arguments, check_trigger_name, parse_spec
 from appliance.errors import BadRequest, NotFound
-from appliance.storage.wal import Wal
+from appliance.storage.store import Store
 
 
 @pytest.fixture
-def wal(tmp_path: Path) -> Iterator[Wal]:
-    w = Wal(tmp_path / "lmdb", 1 << 28)
+def wal(tmp_path: Path) -> Iterator[Store]:
+    w = Store(tmp_path / "lmdb", 1 << 28)
     w.start()
     yield w
     if w.alive:
@@ -40,7 +40,7 @@ def test_trigger_identity_does_not_join_names_with_a_slash() -> None:
     assert len(_trigger("d" * 480, "n" * 255).store_key) < 511  # LMDB's key limit
 
 
-def test_store_keeps_both_and_rekeys_old_definitions(wal: Wal) -> None:
+def test_store_keeps_both_and_rekeys_old_definitions(wal: Store) -> None:
     store = TriggerStore(wal)
     store.put(_trigger("x/y", "z"))
     store.put(_trigger("x", "y/z"))
@@ -48,15 +48,17 @@ def test_store_keeps_both_and_rekeys_old_definitions(wal: Wal) -> None:
     record = msgpack.unpackb(old.encode())
     record["arguments"]["flag"] = True  # a bool a plugin leaked into older versions' store
 
-    def put_old(txn, w):  # type: ignore[no-untyped-def]
-        txn.put(b"db/legacy", msgpack.packb(record), db=w.dbs["triggers"])
+    triggers = wal.database(b"triggers")  # opened outside the writer's transaction
 
-    wal.submit(fn=put_old).result()
+    def put_old(txn):  # type: ignore[no-untyped-def]
+        txn.put(b"db/legacy", msgpack.packb(record), db=triggers)
+
+    wal.submit(put_old).result()
     loaded = {(t.database, t.name): t for t in store.load()}
     assert set(loaded) == {("x/y", "z"), ("x", "y/z"), ("db", "legacy")}
     assert loaded[("db", "legacy")].arguments == {"k": "v", "flag": "True"}
     with wal.read() as txn:
-        keys = [bytes(k) for k, _ in txn.cursor(db=wal.dbs["triggers"])]
+        keys = [bytes(k) for k, _ in txn.cursor(db=wal.database(b"triggers"))]
     assert b"db/legacy" not in keys and len(keys) == 3
     store.delete(loaded[("x", "y/z")])
     assert {(t.database, t.name) for t in store.load()} == {("x/y", "z"), ("db", "legacy")}
@@ -336,7 +338,7 @@ def test_specs_with_control_characters_or_too_long_are_refused() -> None:
 
 
 def test_store_loads_int_keys_and_bytes_and_skips_what_it_cannot_decode(
-    wal: Wal, caplog: pytest.LogCaptureFixture
+    wal: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
     good = _trigger("db", "ok", arguments={"k": "v"})
     record = msgpack.unpackb(good.encode())
@@ -348,12 +350,14 @@ def test_store_loads_int_keys_and_bytes_and_skips_what_it_cannot_decode(
         b"db/list": msgpack.packb([1]),
     }
 
-    def put_old(txn, w):  # type: ignore[no-untyped-def]
-        txn.put(b"db/ok", msgpack.packb(record), db=w.dbs["triggers"])
-        for k, v in junk.items():
-            txn.put(k, v, db=w.dbs["triggers"])
+    triggers = wal.database(b"triggers")  # opened outside the writer's transaction
 
-    wal.submit(fn=put_old).result()
+    def put_old(txn):  # type: ignore[no-untyped-def]
+        txn.put(b"db/ok", msgpack.packb(record), db=triggers)
+        for k, v in junk.items():
+            txn.put(k, v, db=triggers)
+
+    wal.submit(put_old).result()
     with caplog.at_level("ERROR", logger="appliance.engine"):
         loaded = TriggerStore(wal).load()
     assert [t.name for t in loaded] == ["ok"]
@@ -362,9 +366,9 @@ def test_store_loads_int_keys_and_bytes_and_skips_what_it_cannot_decode(
     assert len(skipped) == 3 and all(m.count("\n") == 0 for m in skipped)
     with wal.read() as txn:
         for k, v in junk.items():
-            stored = txn.get(k, db=wal.dbs["triggers"])
+            stored = txn.get(k, db=wal.database(b"triggers"))
             assert stored is not None and bytes(stored) == v  # left as they were
-        assert txn.get(b"db/ok", db=wal.dbs["triggers"]) is None  # re-keyed
+        assert txn.get(b"db/ok", db=wal.database(b"triggers")) is None  # re-keyed
     assert [t.name for t in TriggerStore(wal).load()] == ["ok"]
 
 

@@ -22,7 +22,8 @@ import pyarrow as pa
 import pytest
 
 from appliance.errors import StorageFull, WalError
-from appliance.storage.wal import FAILING_AFTER, TableRows, Wal, WalEntry
+from appliance.storage.store import FAILING_AFTER, Store
+from appliance.storage.wal import TableRows, Wal, WalEntry
 from tests.server import RUNNING, Server, wait_for
 
 MiB = 1 << 20
@@ -156,22 +157,23 @@ def test_full_disk_then_restart_before_space_is_freed_keeps_every_acknowledged_w
 def test_a_short_write_on_a_nearly_full_disk_is_507_not_an_io_error(tmpfs: Callable[[str], Path]) -> None:
     """LMDB turns a write the disk took only part of into EIO; with no room left it is a full disk."""
     data = tmpfs("16m")
-    wal = Wal(data / "lmdb", 64 * MiB)
-    wal.start()
+    store = Store(data / "lmdb", 64 * MiB)
+    wal = Wal(store)
+    store.start()
     try:
         rows = pa.record_batch({"v": pa.array([b"x" * 200_000])})
         entry = WalEntry(1, "iot", [TableRows(1, "m", rows)])
-        assert wal.submit(entry=entry).result() == 1
+        assert wal.append(entry).result() == 1
         ballast = fill(data, leave=64 * 1024)
-        error = wal.submit(entry=entry).exception()
+        error = wal.append(entry).exception()
         assert isinstance(error, StorageFull) and error.http_status == 507, repr(error)
         assert f"the disk holding {data} is full" in error.message
-        assert wal.full is not None
+        assert store.full is not None
         ballast.unlink()
-        assert wal.submit(entry=entry).result() == 2
-        assert wal.full is None
+        assert wal.append(entry).result() == 2
+        assert store.full is None
     finally:
-        wal.stop()
+        store.stop()
 
 
 def test_full_wal_map_starts_a_persist_and_writes_recover_by_themselves(tmp_path: Path) -> None:
@@ -244,7 +246,7 @@ class _FailingCommits:
 
 
 def _failing_commits(env: lmdb.Environment, error: lmdb.Error) -> lmdb.Environment:
-    """`_FailingCommits` in the place of the environment `Wal.env` is declared to hold."""
+    """`_FailingCommits` in the place of the environment `Store.env` is declared to hold."""
     return cast(lmdb.Environment, _FailingCommits(env, error))
 
 
@@ -252,38 +254,39 @@ def test_a_commit_failing_for_another_reason_is_a_failing_state_and_never_ends_d
     tmpfs: Callable[[str], Path],
 ) -> None:
     data = tmpfs("16m")
-    wal = Wal(data / "lmdb", 64 * MiB)
-    wal.start()
+    store = Store(data / "lmdb", 64 * MiB)
+    wal = Wal(store)
+    store.start()
     rows = pa.record_batch({"v": pa.array([b"x" * 200_000])})
     entry = WalEntry(1, "iot", [TableRows(1, "m", rows)])
-    real = wal.env
+    real = store.env
     try:
-        assert wal.submit(entry=entry).result() == 1
+        assert wal.append(entry).result() == 1
         ballast = fill(data, leave=64 * 1024)
-        assert isinstance(wal.submit(entry=entry).exception(), StorageFull)
-        full = wal.full
+        assert isinstance(wal.append(entry).exception(), StorageFull)
+        full = store.full
         assert full is not None
-        wal.env = _failing_commits(
+        store.env = _failing_commits(
             real, lmdb.PanicError("mdb_txn_commit: MDB_PANIC: Update of meta page failed")
         )
         for attempt in range(1, FAILING_AFTER + 1):
-            error = wal.submit(entry=entry).exception()
+            error = wal.append(entry).exception()
             assert isinstance(error, WalError) and not isinstance(error, StorageFull), repr(error)
             assert error.http_status == 503 and "MDB_PANIC" in error.message
-            assert wal.full == full  # still full: a failure that is not about space says nothing of it
-            assert (wal.failing is None) == (attempt < FAILING_AFTER)
-        assert wal.failing is not None and "MDB_PANIC" in wal.failing
+            assert store.full == full  # still full: a failure that is not about space says nothing of it
+            assert (store.failing is None) == (attempt < FAILING_AFTER)
+        assert store.failing is not None and "MDB_PANIC" in store.failing
         ballast.unlink()
-        wal.env = _failing_commits(real, lmdb.Error("mdb_txn_commit: Input/output error"))  # EIO with room
-        error = wal.submit(entry=entry).exception()
+        store.env = _failing_commits(real, lmdb.Error("mdb_txn_commit: Input/output error"))  # EIO with room
+        error = wal.append(entry).exception()
         assert isinstance(error, WalError) and not isinstance(error, StorageFull) and error.http_status == 503
-        assert wal.failing is not None
-        wal.env = real
-        assert wal.submit(entry=entry).result() == 2
-        assert wal.failing is None and wal.full is None
+        assert store.failing is not None
+        store.env = real
+        assert wal.append(entry).result() == 2
+        assert store.failing is None and store.full is None
     finally:
-        wal.env = real
-        wal.stop()
+        store.env = real
+        store.stop()
 
 
 def test_health_shows_failing_commits_as_degraded_with_the_reason(tmp_path: Path) -> None:
@@ -291,16 +294,13 @@ def test_health_shows_failing_commits_as_degraded_with_the_reason(tmp_path: Path
 
     from appliance.app import App
 
-    wal = SimpleNamespace(
-        alive=True,
-        failing="3 write-ahead log commits in a row failed: MDB_PANIC",
-        check_space=lambda: None,
-        last_seq=1,
-        stats=SimpleNamespace(commits=1, max_group=1),
-    )
+    store = Store(tmp_path / "lmdb", 64 * MiB)
+    store.failing = "3 write-ahead log commits in a row failed: MDB_PANIC"
+    wal = SimpleNamespace(last_seq=1, stats=SimpleNamespace(max_group=1))
     parts = SimpleNamespace(alive=True, last_error=None, nbytes=0, health=lambda: {"status": "ok"})
     app = App.__new__(App)
     app.__dict__.update(
+        store=store,
         wal=wal,
         persister=parts,
         buffer=parts,
@@ -316,6 +316,7 @@ def test_health_shows_failing_commits_as_degraded_with_the_reason(tmp_path: Path
         "status": "degraded",
         "error": "3 write-ahead log commits in a row failed: MDB_PANIC",
     }
+    store.stop()
 
 
 def test_one_write_larger_than_the_wal_can_ever_hold_is_413_naming_the_setting(tmp_path: Path) -> None:
@@ -334,35 +335,37 @@ def test_the_map_reserve_lets_the_trim_commit_through_fill_and_trim_cycles(
     """A 64 MiB map with only a 16th in reserve (the real reserve is larger below 256 MiB):
     filled with WAL entries (large and small) to the 507, the persist's transaction (trim
     every entry, record files and queue records) still commits, three times over."""
-    monkeypatch.setattr("appliance.storage.wal.map_reserve", lambda map_size: map_size // 16)
-    wal = Wal(tmp_path / "lmdb", 64 * MiB)
-    wal.start()
+    monkeypatch.setattr("appliance.storage.store.map_reserve", lambda map_size: map_size // 16)
+    store = Store(tmp_path / "lmdb", 64 * MiB)
+    wal = Wal(store)
+    files, sync = store.database(b"files"), store.database(b"sync")
+    store.start()
     big = WalEntry(1, "iot", [TableRows(1, "m", pa.record_batch({"v": pa.array([b"x" * 256_000])}))])
     small = WalEntry(1, "iot", [TableRows(1, "m", pa.record_batch({"v": pa.array([b"y" * 1500])}))])
     try:
         for cycle in range(3):
             stored, i = 0, 0
             while True:
-                futures = [wal.submit(entry=big if (i + k) % 4 == 0 else small) for k in range(64)]
+                futures = [wal.append(big if (i + k) % 4 == 0 else small) for k in range(64)]
                 errors = [f.exception() for f in futures]
                 i += 64
                 stored += sum(e is None for e in errors)
                 if any(isinstance(e, StorageFull) for e in errors):
                     break
-            assert wal.full is not None and "wal.map_size" in wal.full
+            assert store.full is not None and "wal.map_size" in store.full
             assert stored > 1000, f"cycle {cycle}: only {stored} entries fit"
 
-            def persist_step(txn: lmdb.Transaction, w: Wal, cycle: int = cycle) -> int:
+            def persist_step(txn: lmdb.Transaction, cycle: int = cycle) -> int:
                 for n in range(500):  # the files and sync records a big persist adds
-                    txn.put(f"{cycle}/file-{n}".encode(), b"r" * 300, db=w.dbs["files"])
-                    txn.put(f"{cycle}/file-{n}".encode(), b"q" * 120, db=w.dbs["sync"])
-                return w.trim(txn, w.last_seq)
+                    txn.put(f"{cycle}/file-{n}".encode(), b"r" * 300, db=files)
+                    txn.put(f"{cycle}/file-{n}".encode(), b"q" * 120, db=sync)
+                return wal.trim(txn, wal.last_seq)
 
-            assert wal.submit(fn=persist_step).result() == stored + (cycle > 0)  # + the last cycle's probe
-            assert wal.submit(entry=small).result()  # a commit that fits ends the state
-            assert wal.full is None
+            assert store.submit(persist_step).result() == stored + (cycle > 0)  # + the last cycle's probe
+            assert wal.append(small).result()  # a commit that fits ends the state
+            assert store.full is None
     finally:
-        wal.stop()
+        store.stop()
 
 
 def test_a_persist_on_a_full_disk_evicts_synced_files_and_then_succeeds(

@@ -9,16 +9,16 @@ import lmdb
 import pytest
 
 from appliance.storage.manifest import Change, ParquetFile
-from appliance.storage.wal import Wal
+from appliance.storage.store import Store
 from appliance.sync.queue import DELETE, QUEUED, SYNCED, SyncQueue
 
 
 @pytest.fixture
 def queue(tmp_path: Path) -> Iterator[SyncQueue]:
-    wal = Wal(tmp_path / "lmdb", 1 << 26)
-    wal.start()
-    yield SyncQueue(wal)
-    wal.stop()
+    store = Store(tmp_path / "lmdb", 1 << 26)
+    store.start()
+    yield SyncQueue(store)
+    store.stop()
 
 
 def pf(path: str, table: int = 1) -> ParquetFile:
@@ -26,10 +26,10 @@ def pf(path: str, table: int = 1) -> ParquetFile:
 
 
 def change(q: SyncQueue, kind: Change, added: list[ParquetFile], removed: list[ParquetFile]) -> None:
-    def step(txn: lmdb.Transaction, wal: Wal) -> None:
+    def step(txn: lmdb.Transaction) -> None:
         q.on_change(txn, kind, added, removed)
 
-    q.wal.submit(fn=step).result()
+    q.store.submit(step).result()
 
 
 def states(q: SyncQueue) -> dict[str, tuple[str, list[str]]]:
@@ -158,6 +158,6 @@ def test_reconcile_queues_old_files_and_forgets_missing_ones(queue: SyncQueue) -
     change(queue, Change.PERSIST, [pf("gone"), pf("kept")], [])
     queue.mark_synced("kept")
     queue.reconcile([pf("kept"), pf("older")])
-    queue.wal.submit(fn=lambda txn, wal: None).result()
+    queue.store.submit(lambda txn: None).result()
     # "gone" was never recorded as sent: its key is deleted in case an upload finished unrecorded.
     assert states(queue) == {"kept": (SYNCED, []), "older": (QUEUED, []), "gone": (DELETE, [])}

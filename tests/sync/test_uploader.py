@@ -16,7 +16,7 @@ import pytest
 from appliance import config as config_module
 from appliance.config import SyncSettings
 from appliance.storage.manifest import Change, ParquetFile
-from appliance.storage.wal import Wal
+from appliance.storage.store import Store
 from appliance.sync.filestore import FileStore
 from appliance.sync.queue import DELETE, QUEUED, SYNCED, SyncQueue
 from appliance.sync.uploader import Syncer
@@ -28,10 +28,10 @@ REL = "iot/cpu/date=2025-11-24/node=test-node/1600-1.parquet"
 
 @pytest.fixture
 def queue(tmp_path: Path) -> Iterator[SyncQueue]:
-    wal = Wal(tmp_path / "lmdb", 1 << 26)
-    wal.start()
-    yield SyncQueue(wal)
-    wal.stop()
+    store = Store(tmp_path / "lmdb", 1 << 26)
+    store.start()
+    yield SyncQueue(store)
+    store.stop()
 
 
 def settings(**over: object) -> SyncSettings:
