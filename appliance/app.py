@@ -261,7 +261,7 @@ def build(config: Config) -> App:
     buffer = Buffer(config.storage.max_buffer_bytes)
     queue = SyncQueue(store)
     if object_store is not None or queue.in_use():  # once used, it follows every change, even while off
-        manifest.hooks.append(queue.on_change)  # queued in the transaction that records a file
+        manifest.on_change.add(queue.on_change)  # queued in the transaction that records a file
         queue.reconcile(manifest.files())
     persister = Persister(
         PersistArgs(
@@ -277,11 +277,11 @@ def build(config: Config) -> App:
         buffer,
         manifest,
     )
-    buffer.on_full = persister.wake
-    store.on_map_full.append(persister.wake)  # persisting trims the WAL, which frees map pages
+    buffer.on_full.add(persister.wake)
+    store.on_map_full.add(persister.wake)  # persisting trims the WAL, which frees map pages
     replay_seconds = _replay(wal, catalog, buffer)
-    wal.add_listener(buffer)
-    catalog.add_drop_listener(persister.drop)
+    wal.on_commit.add(buffer.on_commit)
+    catalog.on_drop.add(persister.drop)
     store.start()
     persister.start()
     tokens = Tokens(store, data_dir)
@@ -319,18 +319,18 @@ def build(config: Config) -> App:
         writes,
         queries,
     )
-    wal.add_listener(engine)  # after replay: replayed writes never feed plugins
-    catalog.add_drop_listener(engine.drop_database)
+    wal.on_commit.add(engine.on_commit)  # after replay: replayed writes never feed plugins
+    catalog.on_drop.add(engine.drop_database)
     queries.system_providers.append(engine.system_tables)
     engine.start()
     syncer = None
     if object_store is not None:
         syncer = Syncer(config.sync, queue, object_store, manifest, data_dir / "parquet")
-        manifest.applied.append(syncer.wake)
+        manifest.on_applied.add(syncer.wake)
         queries.system_providers.append(syncer.system_tables)
         syncer.start()
     if budget is not None:
-        manifest.applied.append(budget.wake)
+        manifest.on_applied.add(budget.wake)
         budget.start()
     if mqtt is not None:
         queries.system_providers.append(mqtt.system_tables)

@@ -8,7 +8,7 @@ tell a later one (the WAL committed, the manifest changed, the buffer is full) e
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, ParamSpec, Protocol
 
 from .metrics import Registry
@@ -48,6 +48,10 @@ class Listeners(Generic[P]):
     def notify(self, *args: P.args, **kwargs: P.kwargs) -> None:
         for callback in self._callbacks:
             callback(*args, **kwargs)
+
+    def __iter__(self) -> Iterator[Callable[P, object]]:
+        """The callbacks, for an owner that handles each one's failure itself."""
+        return iter(list(self._callbacks))
 
     def __bool__(self) -> bool:
         return bool(self._callbacks)

@@ -52,7 +52,7 @@ class DiskBudget:
         self.evicted_files = 0
         self.evicted_bytes = 0
         self._loop = BackgroundLoop("disk-budget", self.check, check_seconds, log, backoff_min=check_seconds)
-        persister.on_disk_full.append(self.relieve)
+        persister.on_disk_full.add(self.relieve)
 
     def start(self) -> None:
         self._loop.start()

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..component import Listeners
 from ..errors import WalError
 from ..model import TIME_COLUMN, WalSeq
 from .dedupe import conform, last_write_wins
@@ -49,14 +49,14 @@ class TableBuffer:
 class Buffer:
     """All tables' buffered rows; a WAL listener."""
 
-    def __init__(self, max_bytes: int, on_full: Callable[[], None] | None = None) -> None:
+    def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.lock = threading.Lock()
         self._drained = threading.Condition(self.lock)
         self.tables: dict[TableKey, TableBuffer] = {}
         self.nbytes = 0
         self.applied_seq = WalSeq(0)
-        self.on_full = on_full
+        self.on_full: Listeners[[]] = Listeners()  # over the cap: persist early
         self.oldest_unpersisted_ns: int | None = None
 
     def on_commit(self, entries: list[tuple[WalSeq, WalEntry]]) -> None:
@@ -74,8 +74,8 @@ class Buffer:
             if self.oldest_unpersisted_ns is None and self.tables:
                 self.oldest_unpersisted_ns = now
             full = self.nbytes >= self.max_bytes
-        if full and self.on_full is not None:
-            self.on_full()
+        if full:
+            self.on_full.notify()
 
     def table(self, key: TableKey, schema: pa.Schema) -> pa.Table | None:
         """The buffered rows of one table in `schema`, deduplicated; None when empty."""

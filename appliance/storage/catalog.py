@@ -18,6 +18,7 @@ import lmdb
 import msgpack
 import pyarrow as pa
 
+from ..component import Listeners
 from ..errors import CatalogError, Conflict, LimitExceeded, NotFound
 from ..model import TIME_COLUMN, ColumnType, name_problem
 from .store import Store
@@ -118,7 +119,6 @@ class CatalogLimits:
 
 
 TxnStep = Callable[[lmdb.Transaction], None]
-DropListener = Callable[[int, int | None], None]
 _NEXT_ID_KEY = b"meta/next_id"
 
 
@@ -160,7 +160,8 @@ class Catalog:
         self.lock = threading.RLock()
         self._dbs: dict[str, DatabaseDef] = {}
         self._next_id = 1
-        self._drop_listeners: list[DropListener] = []
+        #: Told `(db_id, table_id or None)` after a database or table is deleted.
+        self.on_drop: Listeners[[int, int | None]] = Listeners()
         self._load()
 
     def _load(self) -> None:
@@ -182,10 +183,6 @@ class Catalog:
                 if db_id in by_id:
                     by_id[db_id].tables[t.name] = t
                 self._next_id = max(self._next_id, t.id + 1)
-
-    def add_drop_listener(self, listener: DropListener) -> None:
-        """Call `listener(db_id, table_id or None)` after a database or table is deleted."""
-        self._drop_listeners.append(listener)
 
     # -- reads --------------------------------------------------------------
     def databases(self) -> list[DatabaseDef]:
@@ -346,8 +343,7 @@ class Catalog:
             keys = [_db_key(name)] + [_table_key(db.id, t) for t in db.tables]
             self.store.submit(self._delete_all(keys)).result()
             del self._dbs[name]
-        for listener in self._drop_listeners:
-            listener(db.id, None)
+        self.on_drop.notify(db.id, None)
 
     def delete_table(self, db_name: str, table: str) -> None:
         with self.lock:
@@ -357,8 +353,7 @@ class Catalog:
                 raise NotFound(f"Table not found {table}")
             self.store.submit(self._delete_all([_table_key(db.id, table)])).result()
             del db.tables[table]
-        for listener in self._drop_listeners:
-            listener(db.id, t.id)
+        self.on_drop.notify(db.id, t.id)
 
     def _put_all(self, puts: list[tuple[bytes, bytes]]) -> TxnStep:
         def step(txn: lmdb.Transaction) -> None:

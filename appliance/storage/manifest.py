@@ -6,7 +6,7 @@ import enum
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,6 +14,7 @@ from pathlib import Path
 import lmdb
 import msgpack
 
+from ..component import Listeners
 from .store import Store
 
 log = logging.getLogger("appliance.manifest")
@@ -53,7 +54,6 @@ class Change(enum.Enum):
 
 
 #: Called inside the WAL writer's transaction with every change (the sync queue).
-ChangeHook = Callable[[lmdb.Transaction, Change, list["ParquetFile"], list["ParquetFile"]], None]
 
 
 class Manifest:
@@ -73,8 +73,11 @@ class Manifest:
         self._pins: dict[int, int] = {}  # pin id -> generation when the query started
         self._pin_ids = itertools.count()
         self._retired: list[tuple[int, str]] = []  # (generation it left the manifest, path)
-        self.hooks: list[ChangeHook] = []
-        self.applied: list[Callable[[], None]] = []  # told after each committed change
+        #: Called inside the transaction that records a change (the sync queue follows it there).
+        self.on_change: Listeners[[lmdb.Transaction, Change, list[ParquetFile], list[ParquetFile]]] = (
+            Listeners()
+        )
+        self.on_applied: Listeners[[]] = Listeners()  # told after each committed change
         with store.read() as txn:
             for _key, value in txn.cursor(db=self._db):
                 f = ParquetFile.decode(bytes(value))
@@ -100,8 +103,7 @@ class Manifest:
             txn.delete(f.path.encode(), db=self._db)
         for f in added:
             txn.put(f.path.encode(), f.encode(), db=self._db)
-        for hook in self.hooks:
-            hook(txn, change, added, removed)
+        self.on_change.notify(txn, change, added, removed)
 
     def total_bytes(self) -> int:
         with self.lock:
@@ -117,8 +119,7 @@ class Manifest:
             for f in added:
                 self._files[f.path] = f
         self._reap()
-        for listener in self.applied:
-            listener()
+        self.on_applied.notify()
 
     @contextmanager
     def pinned(self) -> Iterator[None]:

@@ -14,7 +14,6 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ import lmdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..component import Listeners
 from ..fileio import fsync_dir, make_dirs
 from ..metrics import PERSISTS
 from ..model import TIME_COLUMN, WalSeq
@@ -81,7 +81,7 @@ class Persister:
         self._trimmed: WalSeq = WalSeq(0)
         #: Told, with the bytes a persist needs, when it failed for a full disk (DiskBudget evicts
         #: synced files then).
-        self.on_disk_full: list[Callable[[int], None]] = []
+        self.on_disk_full: Listeners[[int]] = Listeners()  # a persist failed for a full disk: bytes wanted
 
     # -- life cycle ---------------------------------------------------------
     def start(self) -> None:

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 import lmdb
 
+from ..component import Listeners
 from ..errors import SHUTTING_DOWN, StorageFull, WalError
 from ..fileio import free_bytes
 from ..log import QuietLog
@@ -115,7 +116,7 @@ class Store:
         self._quiet = QuietLog(log)  # a failing disk logs a line per 10 s, not one per commit
         self._space_lock = threading.Lock()
         #: Called on the writer thread when the map is full (persisting frees WAL pages).
-        self.on_map_full: list[Callable[[], None]] = []
+        self.on_map_full: Listeners[[]] = Listeners()  # the map is full: a persist trims the WAL
         self.stats = StoreStats()
         self._loop = BackgroundLoop("wal-writer", self._step, IDLE_SECONDS, log)
         self._started = False

@@ -15,12 +15,12 @@ import struct
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Protocol
 
 import lmdb
 import msgpack
 import pyarrow as pa
 
+from ..component import Listeners
 from ..errors import TooLarge
 from ..metrics import WAL_ENTRIES
 from ..model import WalSeq
@@ -80,12 +80,6 @@ class WalEntry:
         return sum(t.batch.num_rows for t in self.tables)
 
 
-class WalListener(Protocol):
-    """Told about each group commit's WAL entries, in order, on the writer thread."""
-
-    def on_commit(self, entries: list[tuple[WalSeq, WalEntry]]) -> None: ...
-
-
 @dataclass
 class WalStats:
     """Counters shown in /health and /metrics."""
@@ -100,16 +94,14 @@ class Wal:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._db = store.database(b"wal")
-        self._listeners: list[WalListener] = []
+        #: Told about each group commit's entries, in order, on the writer thread, before any future resolves.
+        self.on_commit: Listeners[[list[tuple[WalSeq, WalEntry]]]] = Listeners()
         self._next_seq = self._last_seq() + 1
         # The group being committed (writer thread only): seqs handed out, and their entries.
         self._seq = self._next_seq
         self._group: list[tuple[WalSeq, WalEntry]] = []
         self.stats = WalStats()
         store.add_group_hook(self)
-
-    def add_listener(self, listener: WalListener) -> None:
-        self._listeners.append(listener)
 
     def append(self, entry: WalEntry) -> Future[WalSeq]:
         """Queue an entry; the future gives its WalSeq once its group committed and listeners saw it."""
@@ -141,13 +133,17 @@ class Wal:
         self.stats.entries += len(entries)
         self.stats.max_group = max(self.stats.max_group, len(entries))
         if entries:
-            for listener in self._listeners:
+            for listener in self.on_commit:
                 try:
-                    listener.on_commit(entries)
+                    listener(entries)
                 except Exception:
                     # Acknowledging rows the buffer did not take would lose them at the next
                     # WAL trim. Stop hard instead: the WAL holds them, a restart replays them.
-                    log.critical("WAL listener %s failed; stopping", type(listener).__name__, exc_info=True)
+                    log.critical(
+                        "WAL listener %s failed; stopping",
+                        getattr(listener, "__qualname__", listener),
+                        exc_info=True,
+                    )
                     os._exit(70)
 
     def aborted(self) -> None:

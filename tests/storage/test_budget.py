@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from appliance.component import Listeners
 from appliance.storage.budget import DiskBudget
 from tests.server import wait_for
 
@@ -21,7 +22,7 @@ class _Manifest:
 
 class _Persister:
     def __init__(self) -> None:
-        self.on_disk_full: list[Callable[[int], None]] = []
+        self.on_disk_full: Listeners[[int]] = Listeners()
 
 
 def _budget(total: Callable[[], int], max_bytes: int = 100) -> DiskBudget:

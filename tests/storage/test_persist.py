@@ -26,7 +26,7 @@ def test_persist_writes_sorted_zstd_parquet_and_trims_wal(tmp_path: Path, store:
     cat.create_table("db", "cpu", ["host"], {"usage": ColumnType.FLOAT})
     db = cat.require("db")
     buf = Buffer(1 << 30)
-    wal.add_listener(buf)
+    wal.on_commit.add(buf.on_commit)
     manifest = Manifest(store, tmp_path / "parquet")
     gen1 = 600 * 10**9
     p = Persister(PersistArgs(tmp_path, "n1", gen1, 10**12), wal, cat, buf, manifest)
@@ -57,12 +57,12 @@ def test_a_persist_failing_for_a_full_disk_asks_for_room_backs_off_and_recovers(
     cat.create_table("db", "cpu", ["host"], {"usage": ColumnType.FLOAT})
     db = cat.require("db")
     buf = Buffer(1 << 30)
-    wal.add_listener(buf)
+    wal.on_commit.add(buf.on_commit)
     p = Persister(
         PersistArgs(tmp_path, "n1", 600 * 10**9, 10**12), wal, cat, buf, Manifest(store, tmp_path / "parquet")
     )
     asked: list[int] = []
-    p.on_disk_full.append(asked.append)
+    p.on_disk_full.add(asked.append)
     tid = db.tables["cpu"].id
     wal.append(WalEntry(db.id, "db", [TableRows(tid, "cpu", batch(["a"], [1], [1.0]))])).result()
 

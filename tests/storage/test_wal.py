@@ -37,7 +37,7 @@ def test_concurrent_writes_share_group_commits(wal: Wal) -> None:
         def on_commit(self, entries):  # noqa: ANN001
             seen.append(len(entries))
 
-    wal.add_listener(Listener())
+    wal.on_commit.add(Listener().on_commit)
     futures = []
     lock = threading.Lock()
 
