@@ -18,11 +18,11 @@ from typing import Any
 from . import __version__
 from . import log as log_module
 from .auth import Tokens, bootstrap_admin
-from .component import Component
+from .component import Component, Health, worst
 from .config import SETTINGS, Config
 from .engine.runner import Engine, EngineArgs
 from .errors import ConfigError
-from .metrics import REGISTRY
+from .metrics import REGISTRY, Registry
 from .mqtt.ingest import MqttIngest
 from .query.service import QueryLimits, QueryService
 from .storage.budget import DiskBudget
@@ -60,6 +60,35 @@ RELOADABLE = frozenset(
 
 
 @dataclass
+class RequestPools:
+    """The `http` component: the executors requests run on, drained at stop, and the query service."""
+
+    write_pool: ThreadPoolExecutor
+    query_pool: ThreadPoolExecutor
+    admin_pool: ThreadPoolExecutor
+    engine_pool: DaemonPool
+    queries: QueryService
+    name: str = "http"
+
+    def start(self) -> None:
+        """The pools start their threads on first use."""
+
+    def stop(self) -> None:
+        """Plugins first, then writes and catalog changes finish; running queries stop at their next poll."""
+        self.engine_pool.shutdown()
+        self.write_pool.shutdown(wait=True)
+        self.admin_pool.shutdown(wait=True)
+        self.queries.close()  # running queries stop at their next poll (0.1 s): nothing waits for them
+        self.query_pool.shutdown(wait=False, cancel_futures=True)
+
+    def health(self) -> Health:
+        return {"status": "ok"}
+
+    def register_metrics(self, registry: Registry) -> None:
+        """The HTTP side's gauges are the connection guard's and the body budget's (lifecycle.py)."""
+
+
+@dataclass
 class App:
     """Every long-lived component of one appliance process."""
 
@@ -73,11 +102,8 @@ class App:
     writes: WriteService
     queries: QueryService
     tokens: Tokens
-    write_pool: ThreadPoolExecutor
-    query_pool: ThreadPoolExecutor
-    admin_pool: ThreadPoolExecutor
+    pools: RequestPools
     engine: Engine
-    engine_pool: DaemonPool
     mqtt: MqttIngest | None = None
     syncer: Syncer | None = None
     budget: DiskBudget | None = None
@@ -87,39 +113,27 @@ class App:
     query_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
     process_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     started_at: float = field(default_factory=time.time)
-    replay_seconds: float = 0.0
     lock_fd: int = -1
 
     def health(self) -> dict[str, Any]:
-        """Each component as ok, degraded or failed, and the overall state (the worst)."""
-        # Out of space (disk or map), or commits failing for another reason: the server runs
-        # and answers reads, writes fail (507, 503). The disk is judged by statvfs, not by commits.
-        components: dict[str, dict[str, Any]] = {
-            "http": {"status": "ok"},
-            "wal": self.store.health()
-            | {
-                "last_seq": self.wal.last_seq,
-                "commits": self.store.stats.commits,
-                "largest_group": self.wal.stats.max_group,
-                "replay_seconds": round(self.replay_seconds, 3),
-            },
-            "persist": self.persister.health() | {"buffer_bytes": self.buffer.nbytes},
-        }
-        components["engine"] = self.engine.health()
-        if self.mqtt is not None:
-            components["mqtt"] = self.mqtt.health()
-        if self.syncer is not None:
-            components["sync"] = self.syncer.health()
-        if self.budget is not None:  # the budget shows in persist's state, never hiding a failed persister
-            budget = self.budget.health()
-            if budget["status"] != "ok" and components["persist"]["status"] != "failed":
-                components["persist"] |= budget
-        states = {c["status"] for c in components.values()}
-        overall = next(s for s in ("failed", "degraded", "ok") if s in states)
+        """Each component as ok, degraded or failed, and the overall state (the worst).
+
+        Components that share a name report one entry: a later one that is not ok shows its
+        state and error there, unless the earlier one already failed (the disk budget's
+        refusals show as the persist stage's, never hiding a failed persister).
+        """
+        components: dict[str, Health] = {}
+        for component in self.components:
+            health, prior = component.health(), components.get(component.name)
+            if prior is None:
+                components[component.name] = health
+            elif health["status"] != "ok" and prior["status"] != "failed":
+                prior |= health
+        overall = worst([c["status"] for c in components.values()])
         return {"status": overall, "components": components}
 
     def register_metrics(self) -> None:
-        """The gauges /metrics reads from this App's components when it is scraped."""
+        """The process's gauges, then each component's, read when /metrics is scraped."""
         g = REGISTRY.gauge
         g(
             "appliance_build_info",
@@ -139,19 +153,6 @@ class App:
             "Start time of the process (Unix seconds).",
             lambda: self.started_at,
         )
-        g(
-            "appliance_wal_replay_seconds",
-            "Time the last start-up spent replaying the WAL.",
-            lambda: self.replay_seconds,
-        )
-        g(
-            "appliance_wal_last_sequence",
-            "Sequence number of the newest WAL entry.",
-            lambda: self.wal.last_seq,
-        )
-        g("appliance_buffer_bytes", "Bytes held in the in-memory buffer.", lambda: self.buffer.nbytes)
-        g("appliance_parquet_files", "Parquet files on local disk.", lambda: len(self.manifest.paths()))
-        g("appliance_parquet_bytes", "Bytes of Parquet on local disk.", self.manifest.total_bytes)
         levels = {"ok": 0, "degraded": 1, "failed": 2}
         g(
             "appliance_component_status",
@@ -161,20 +162,6 @@ class App:
         )
         for component in self.components:
             component.register_metrics(REGISTRY)
-        if self.budget is not None:
-            budget = self.budget
-            g("appliance_disk_budget_bytes", "storage.max_disk_bytes.", lambda: budget.max_bytes)
-            g(
-                "appliance_disk_evicted_files_total",
-                "Local Parquet files evicted for the disk budget.",
-                lambda: budget.evicted_files,
-                kind="counter",
-            )
-            g(
-                "appliance_disk_refusing_writes",
-                "1 while writes are refused with 507.",
-                lambda: float(budget.refusing is not None),
-            )
 
     def reload(self, new: Config) -> None:
         """SIGHUP: apply the settings that can change at runtime (RELOADABLE); log the rest."""
@@ -192,8 +179,7 @@ class App:
         if self.syncer is not None:
             self.syncer.reload(new.sync)
         if self.budget is not None and budget_ok:
-            self.budget.max_bytes = new.storage.max_disk_bytes
-            self.budget.wake()
+            self.budget.reload(new.storage.max_disk_bytes)
         self.config = new
         log.info(
             "reloaded configuration: applied %s; %s",
@@ -209,21 +195,9 @@ class App:
         return status
 
     def stop(self) -> None:
-        """Stop in reverse flow order: ingest, the engine, persist the buffer, then the WAL writer."""
-        if self.mqtt is not None:
-            self.mqtt.stop()
-        self.engine.stop()
-        self.engine_pool.shutdown()
-        self.write_pool.shutdown(wait=True)
-        self.admin_pool.shutdown(wait=True)
-        self.queries.close()  # running queries stop at their next poll (0.1 s): nothing waits for them
-        self.query_pool.shutdown(wait=False, cancel_futures=True)
-        if self.syncer is not None:
-            self.syncer.stop()  # the queue is in LMDB: what is left is sent after the restart
-        if self.budget is not None:
-            self.budget.stop()
-        self.persister.stop()
-        self.store.stop()
+        """Stop in reverse flow order: ingest, the engine, the request pools, sync, persist, the WAL."""
+        for component in reversed(self.components):
+            component.stop()
         os.close(self.lock_fd)
         log.info("stopped")
 
@@ -279,7 +253,7 @@ def build(config: Config) -> App:
     )
     buffer.on_full.add(persister.wake)
     store.on_map_full.add(persister.wake)  # persisting trims the WAL, which frees map pages
-    replay_seconds = _replay(wal, catalog, buffer)
+    wal.replay_seconds = _replay(wal, catalog, buffer)
     wal.on_commit.add(buffer.on_commit)
     catalog.on_drop.add(persister.drop)
     store.start()
@@ -336,6 +310,16 @@ def build(config: Config) -> App:
         queries.system_providers.append(mqtt.system_tables)
         mqtt.bind(writes)
         mqtt.start()
+    # Request plugins run on engine_pool, never on the event loop: they may call this server's own API.
+    pools = RequestPools(
+        write_pool=ThreadPoolExecutor(4, thread_name_prefix="write"),
+        # One thread per admitted HTTP query: a runaway query holds its slot only until its deadline.
+        query_pool=ThreadPoolExecutor(config.query.max_concurrent, thread_name_prefix="query"),
+        # Catalog and token changes: never stuck behind writes waiting for buffer space.
+        admin_pool=ThreadPoolExecutor(2, thread_name_prefix="admin"),
+        engine_pool=DaemonPool(8, "engine"),
+        queries=queries,
+    )
     app = App(
         config=config,
         store=store,
@@ -347,21 +331,15 @@ def build(config: Config) -> App:
         writes=writes,
         queries=queries,
         engine=engine,
-        # Request plugins run here, never on the event loop: they may call this server's own API.
-        engine_pool=DaemonPool(8, "engine"),
         tokens=tokens,
-        write_pool=ThreadPoolExecutor(4, thread_name_prefix="write"),
-        # One thread per admitted HTTP query: a runaway query holds its slot only until its deadline.
-        query_pool=ThreadPoolExecutor(config.query.max_concurrent, thread_name_prefix="query"),
+        pools=pools,
         query_slots=asyncio.Semaphore(config.query.max_concurrent),
-        # Catalog and token changes: never stuck behind writes waiting for buffer space.
-        admin_pool=ThreadPoolExecutor(2, thread_name_prefix="admin"),
         mqtt=mqtt,
         syncer=syncer,
         budget=budget,
-        replay_seconds=replay_seconds,
         lock_fd=lock,
-        components=[c for c in (engine, syncer, mqtt) if c is not None],
+        # Flow order: started in it above, stopped in reverse, reported in /health in it.
+        components=[c for c in (wal, persister, budget, syncer, pools, engine, mqtt) if c is not None],
     )
     app.register_metrics()
     return app

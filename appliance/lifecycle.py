@@ -194,17 +194,17 @@ def http_services(app: app_module.App) -> HttpServices:
     )
     return HttpServices(
         settings=settings,
-        write=WriteAccess(app.writes, app.write_pool),
-        query=QueryAccess(app.queries, app.query_pool, app.query_slots, config.query.max_concurrent),
-        configure=ConfigureAccess(app.catalog, app.tokens, app.admin_pool, config.auth.enabled),
-        engine=EngineAccess(app.engine, app.engine_pool, app.admin_pool),
+        write=WriteAccess(app.writes, app.pools.write_pool),
+        query=QueryAccess(app.queries, app.pools.query_pool, app.query_slots, config.query.max_concurrent),
+        configure=ConfigureAccess(app.catalog, app.tokens, app.pools.admin_pool, config.auth.enabled),
+        engine=EngineAccess(app.engine, app.pools.engine_pool, app.pools.admin_pool),
         ops=OpsAccess(
             health=app.health,
             persist=app.persister.request,
             sync_status=app.sync_status,
             sync_now=syncer.sync_now if syncer is not None else None,
             process_id=app.process_id,
-            pool=app.admin_pool,
+            pool=app.pools.admin_pool,
         ),
     )
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import StorageFull
+from ..metrics import Registry
 from ..threads import BackgroundLoop
 from .manifest import Manifest, ParquetFile
 from .persist import Persister
@@ -35,6 +36,8 @@ LOW_WATER = 0.9
 
 class DiskBudget:
     """Keeps local Parquet under max_bytes by evicting what the bucket holds; refuses writes when it cannot."""
+
+    name = "persist"  # reported with the persister: its refusals are the persist stage's state
 
     def __init__(
         self,
@@ -63,6 +66,26 @@ class DiskBudget:
     def wake(self, *_: Any) -> None:
         """Check now (a persist changed the files on disk, or the budget was changed)."""
         self._loop.wake()
+
+    def register_metrics(self, registry: Registry) -> None:
+        """The disk budget gauges /metrics reads when scraped."""
+        registry.gauge("appliance_disk_budget_bytes", "storage.max_disk_bytes.", lambda: self.max_bytes)
+        registry.gauge(
+            "appliance_disk_evicted_files_total",
+            "Local Parquet files evicted for the disk budget.",
+            lambda: self.evicted_files,
+            kind="counter",
+        )
+        registry.gauge(
+            "appliance_disk_refusing_writes",
+            "1 while writes are refused with 507.",
+            lambda: float(self.refusing is not None),
+        )
+
+    def reload(self, max_bytes: int) -> None:
+        """SIGHUP: a new storage.max_disk_bytes, checked at once."""
+        self.max_bytes = max_bytes
+        self.wake()
 
     def health(self) -> dict[str, Any]:
         """The check loop's health; degraded while writes are refused, with the reason."""

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from ..component import Listeners
 from ..fileio import fsync_dir, make_dirs
-from ..metrics import PERSISTS
+from ..metrics import PERSISTS, Registry
 from ..model import TIME_COLUMN, WalSeq
 from ..threads import BackgroundLoop
 from . import dedupe
@@ -60,6 +60,8 @@ class Persister:
     A failed pass (a full disk, say) is retried after the loop's backoff; wakes do not cut it
     short, and the failure shows in `health` until a persist succeeds again.
     """
+
+    name = "persist"
 
     def __init__(
         self, args: PersistArgs, wal: Wal, catalog: Catalog, buffer: Buffer, manifest: Manifest
@@ -99,7 +101,19 @@ class Persister:
 
     def health(self) -> dict[str, Any]:
         """failed if the loop's thread died, degraded while passes fail (with the error), else ok."""
-        return {"error": None} | self._loop.health()
+        return {"error": None} | self._loop.health() | {"buffer_bytes": self.buffer.nbytes}
+
+    def register_metrics(self, registry: Registry) -> None:
+        """The buffer and local Parquet gauges /metrics reads when scraped."""
+        registry.gauge(
+            "appliance_buffer_bytes", "Bytes held in the in-memory buffer.", lambda: self.buffer.nbytes
+        )
+        registry.gauge(
+            "appliance_parquet_files", "Parquet files on local disk.", lambda: len(self.manifest.paths())
+        )
+        registry.gauge(
+            "appliance_parquet_bytes", "Bytes of Parquet on local disk.", self.manifest.total_bytes
+        )
 
     def request(self) -> Future[int]:
         """Ask for a persist now; the future gives the number of files written."""

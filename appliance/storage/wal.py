@@ -15,6 +15,7 @@ import struct
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import lmdb
 import msgpack
@@ -22,7 +23,7 @@ import pyarrow as pa
 
 from ..component import Listeners
 from ..errors import TooLarge
-from ..metrics import WAL_ENTRIES
+from ..metrics import WAL_ENTRIES, Registry
 from ..model import WalSeq
 from .store import Store
 
@@ -89,7 +90,12 @@ class WalStats:
 
 
 class Wal:
-    """The write-ahead log: the `wal` database of the Store, keyed by big-endian WalSeq."""
+    """The write-ahead log: the `wal` database of the Store, keyed by big-endian WalSeq.
+
+    As a component (`wal` in /health) it stands for the Store's writer too: the WAL is what it commits.
+    """
+
+    name = "wal"
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -101,7 +107,34 @@ class Wal:
         self._seq = self._next_seq
         self._group: list[tuple[WalSeq, WalEntry]] = []
         self.stats = WalStats()
+        self.replay_seconds = 0.0  # how long the last start-up's replay took
         store.add_group_hook(self)
+
+    def start(self) -> None:
+        self.store.start()
+
+    def stop(self) -> None:
+        self.store.stop()
+
+    def health(self) -> dict[str, Any]:
+        """The writer's health (out of space, failing commits, a dead thread) and the WAL's counters."""
+        return self.store.health() | {
+            "last_seq": self.last_seq,
+            "commits": self.store.stats.commits,
+            "largest_group": self.stats.max_group,
+            "replay_seconds": round(self.replay_seconds, 3),
+        }
+
+    def register_metrics(self, registry: Registry) -> None:
+        """The WAL gauges /metrics reads when scraped."""
+        registry.gauge(
+            "appliance_wal_replay_seconds",
+            "Time the last start-up spent replaying the WAL.",
+            lambda: self.replay_seconds,
+        )
+        registry.gauge(
+            "appliance_wal_last_sequence", "Sequence number of the newest WAL entry.", lambda: self.last_seq
+        )
 
     def append(self, entry: WalEntry) -> Future[WalSeq]:
         """Queue an entry; the future gives its WalSeq once its group committed and listeners saw it."""

@@ -290,26 +290,13 @@ def test_a_commit_failing_for_another_reason_is_a_failing_state_and_never_ends_d
 
 
 def test_health_shows_failing_commits_as_degraded_with_the_reason(tmp_path: Path) -> None:
-    from types import SimpleNamespace
 
     from appliance.app import App
 
     store = Store(tmp_path / "lmdb", 64 * MiB)
     store.failing = "3 write-ahead log commits in a row failed: MDB_PANIC"
-    wal = SimpleNamespace(last_seq=1, stats=SimpleNamespace(max_group=1))
-    parts = SimpleNamespace(alive=True, last_error=None, nbytes=0, health=lambda: {"status": "ok"})
     app = App.__new__(App)
-    app.__dict__.update(
-        store=store,
-        wal=wal,
-        persister=parts,
-        buffer=parts,
-        engine=parts,
-        mqtt=None,
-        syncer=None,
-        budget=None,
-        replay_seconds=0.0,
-    )
+    app.components = [Wal(store)]
     report = app.health()
     assert report["status"] == "degraded"
     assert report["components"]["wal"] == report["components"]["wal"] | {
