@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .errors import ConfigError
@@ -138,21 +139,31 @@ class QuietLog:
     """At most one line per `interval` seconds for each kind of repeated trouble (client errors,
     failing commits), saying how many were not logged; a flood never floods the journal."""
 
-    def __init__(self, logger: logging.Logger, interval: float = 10.0) -> None:
+    def __init__(
+        self, logger: logging.Logger, interval: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.logger = logger
         self.interval = interval
+        self.clock = clock
         self._last: dict[str, float] = {}
         self._skipped: dict[str, int] = {}
 
-    def log(self, level: int, kind: str, message: str) -> None:
-        now = time.monotonic()
-        if now - self._last.get(kind, -self.interval) < self.interval:
+    def log(self, level: int, kind: str, message: str, exc_info: BaseException | None = None) -> None:
+        """Log `message` unless this kind was logged less than `interval` ago; `exc_info`'s
+        traceback goes with the first line of a kind only."""
+        now = self.clock()
+        first = kind not in self._last
+        if not first and now - self._last[kind] < self.interval:
             self._skipped[kind] = self._skipped.get(kind, 0) + 1
             return
         skipped = self._skipped.pop(kind, 0)
         self._last[kind] = now
         self.logger.log(
-            level, "%s%s", message, f" ({skipped} more since the last such line)" if skipped else ""
+            level,
+            "%s%s",
+            message,
+            f" ({skipped} more since the last such line)" if skipped else "",
+            exc_info=exc_info if first else None,
         )
 
     def info(self, kind: str, message: str) -> None:

@@ -13,15 +13,10 @@ from typing import NewType
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from appliance.lineprotocol.syntax import BAD_NAME_CHAR as BAD_NAME_CHAR
-from appliance.lineprotocol.syntax import BAD_NAME_CHAR_BUT_JOINERS as BAD_NAME_CHAR_BUT_JOINERS
-from appliance.lineprotocol.syntax import JOINERS as JOINERS
-from appliance.lineprotocol.syntax import NS_PER_UNIT
-from appliance.lineprotocol.syntax import TIME_COLUMN as TIME_COLUMN
-from appliance.lineprotocol.syntax import name_problem as name_problem
+from .lineprotocol.syntax import NS_PER_UNIT
+from .lineprotocol.syntax import TIME_COLUMN as TIME_COLUMN  # the column every table has
 
-# Names and their rules live with line protocol's other rules (lineprotocol.syntax); they are
-# re-exported here because every stage checks names.
+# The rules for names (name_problem) live with line protocol's other rules, in lineprotocol.syntax.
 
 WalSeq = NewType("WalSeq", int)
 

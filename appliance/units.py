@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from appliance.lineprotocol.syntax import NS_PER_SECOND, NS_PER_UNIT
+from .lineprotocol.syntax import NS_PER_SECOND, NS_PER_UNIT
 
 _S = NS_PER_SECOND
 _DURATION_UNITS = {

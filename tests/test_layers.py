@@ -64,6 +64,8 @@ def _imports(path: Path) -> set[str]:
             found |= {prefix} if node.module else {".".join([*base, a.name]) for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("appliance."):
             found.add(node.module.removeprefix("appliance."))
+        elif isinstance(node, ast.Import):
+            found |= {a.name.removeprefix("appliance.") for a in node.names if a.name.startswith("appliance.")}
     return {t.strip(".") for t in found if t.strip(".") and not t.endswith("__version__")}
 
 

@@ -14,8 +14,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from appliance.errors import ApplianceError
-
+from ..errors import ApplianceError
 from ..query.rows import table_rows
 from .cache import CacheView
 from .linebuilder import (

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
-from ..metrics import PLUGIN_DROPPED
+from ..metrics import PLUGIN_DROPPED, PLUGIN_ERRORS
 from ..model import WalSeq
 from ..query.rows import table_rows
 from ..storage.wal import WalEntry
@@ -82,7 +82,7 @@ class Fanout:
 
     def _call_async(self, run: Running, event: Event) -> None:
         try:
-            self._call(run, event)
+            self._run_guarded(run, event)
         finally:
             with run.cond:
                 run.in_flight -= 1
@@ -95,7 +95,18 @@ class Fanout:
                 if run.stopped:
                     return
                 event = run.queue.popleft()
+            self._run_guarded(run, event)
+
+    def _run_guarded(self, run: Running, event: Event) -> None:
+        """One event; a failure outside the plugin (the call path itself) is counted and logged,
+        and the trigger's worker goes on with the next event instead of dying silently."""
+        try:
             self._call(run, event)
+        except Exception:
+            PLUGIN_ERRORS.inc(1, **metric_labels(run.trigger))
+            log.exception(
+                "trigger %s: could not run a %s event; the trigger goes on", run.trigger.name, event.kind
+            )
 
 
 def table_batches(entries: list[WalEntry], only_table: str | None) -> list[dict[str, Any]]:

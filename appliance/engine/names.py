@@ -1,7 +1,7 @@
 """What a client-given name or value may hold: one rule per kind of text, one function that checks it.
 
 Names (trigger names, and the specs that name request paths) follow the rule of table and column
-names (`model.name_problem`): no control, zero-width, bidi-override or other invisible character
+names (`lineprotocol.syntax.name_problem`): no control, zero-width, bidi-override or other invisible character
 makes two names look alike. Everything else (plugin filenames,
 argument keys and values, pip requirements) may hold any character a file system or a plugin
 takes, NBSP and emoji sequences included, but never a control character (Cc: NUL, ESC, ...) or a
@@ -15,7 +15,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from ..errors import BadRequest
-from ..model import name_problem
+from ..lineprotocol.syntax import name_problem
 
 _LINE_CONTROLS = frozenset("\t\n\r")
 

@@ -13,8 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from appliance.errors import BadRequest
-
+from ..errors import BadRequest
 from ..lineprotocol.syntax import NS_PER_SECOND, NS_PER_UNIT
 from .cron import compile_cron
 from .humantime import parse_humantime_ns

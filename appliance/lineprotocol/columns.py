@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from appliance.model import (
+from ..model import (
     MAX_TIME_NS,
     MIN_TIME_NS,
     ColumnType,
@@ -24,7 +24,6 @@ from appliance.model import (
     Precision,
     time_problem,
 )
-
 from .syntax import AUTO_UNITS, UNESCAPE_STRING_RE2, guess_unit, unescape_string
 
 MAX_STRING_BYTES = 1 << 20

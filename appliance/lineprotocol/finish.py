@@ -14,8 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from appliance.model import ColumnType, ParsedTable, Precision
-
+from ..model import ColumnType, ParsedTable, Precision
 from .columns import (
     Fallback,
     Layout,

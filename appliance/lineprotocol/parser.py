@@ -15,25 +15,21 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
 
-from appliance.metrics import VECTOR_FALLBACKS
-from appliance.model import ColumnType, LineErrors, ParsedTable, ParseResult, Precision, strip_bom
-
+from ..log import QuietLog
+from ..metrics import VECTOR_FALLBACKS
+from ..model import ColumnType, LineErrors, ParsedTable, ParseResult, Precision, strip_bom
 from .columns import MAX_STRING_BYTES, NEVER, Fallback, Layout, Reject, Table, split_series
 from .finish import Finisher
 from .scanner import scan, scan_series, series_text_end
 from .syntax import BAD_NAME_CHAR_BUT_JOINERS, RECORD_START, continued, name_problem, skipped, truncate
-from .syntax import ends_open as ends_open  # MQTT asks the parser whether a body leaves a record open
-from .syntax import ends_open_exact as _ends_open_exact  # noqa: F401 (tests compare it with ends_open)
 from .vector import try_parse
 
-log = logging.getLogger("appliance.write")
+log = logging.getLogger("appliance.lineprotocol")
 
 ORIGINAL_LINE_BYTES = 20
 _MRU_LAYOUTS = 4
@@ -70,45 +66,21 @@ def parse(
         )
     except Exception as exc:  # a bug there must not make parse() raise: the routes below answer
         VECTOR_FALLBACKS.inc()
-        _FALLBACK_LOG.note(exc)
+        _FALLBACK_LOG.log(
+            logging.ERROR,
+            "vector",
+            f"the vectorised line protocol parser failed (the body was parsed on the exact route instead): {exc!r}",
+            exc_info=exc,
+        )
         result = None
     if result is not None:
         return result
     return _Body(body, precision, now_ns, True, known, max_columns, table_room).result()
 
 
-class _QuietFailures:
-    """Logs a failure at most once per `interval` seconds, with its traceback the first time."""
-
-    def __init__(self, what: str, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.what, self.interval, self.clock = what, interval, clock
-        self._lock = threading.Lock()
-        self._logged_at: float | None = None
-        self._skipped = 0
-
-    def note(self, exc: BaseException) -> None:
-        """Log `exc` unless a failure was logged less than `interval` seconds ago (then count it)."""
-        with self._lock:
-            now = self.clock()
-            if self._logged_at is not None and now - self._logged_at < self.interval:
-                self._skipped += 1
-                return
-            first, skipped = self._logged_at is None, self._skipped
-            self._logged_at, self._skipped = now, 0
-        log.error(
-            "%s failed (%d more since the last such line): %r",
-            self.what,
-            skipped,
-            exc,
-            exc_info=exc if first else None,
-        )
-
-
 #: A bug in the vectorised route costs speed, never data: the body goes the exact route. The
 #: metric and this log (once a minute) keep the bug from hiding as merely slower ingest.
-_FALLBACK_LOG = _QuietFailures(
-    "the vectorised line protocol parser (the body was parsed on the exact route instead)", 60.0
-)
+_FALLBACK_LOG = QuietLog(log, 60.0)
 
 
 class _Body:

@@ -17,8 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from appliance.model import ColumnType, ParsedTable, ParseResult, Precision
-
+from ..model import ColumnType, ParsedTable, ParseResult, Precision
 from .columns import BOOLS, MAX_STRING_BYTES, TRUE, Reject, in_time_range, scale_timestamps
 from .syntax import BAD_NAME_CHAR, truncate
 

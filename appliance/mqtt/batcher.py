@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ApplianceError, LimitExceeded, WalError
-from ..lineprotocol import parser
+from ..lineprotocol import syntax
 from ..model import Precision
 from ..threads import BackgroundLoop
 from ..write import WriteRequest, WriteService
@@ -244,7 +244,7 @@ class Batcher:
                 loose.append(part)
                 continue
             precision = msg.route.precision if msg.route.json is None else Precision.NS
-            alone = msg.seq if msg.route.json is None and parser.ends_open(body) else -1
+            alone = msg.seq if msg.route.json is None and syntax.ends_open(body) else -1
             parts, bodies = groups.setdefault((msg.route.sub.database, precision, alone), ([], []))
             part.first_line = parts[-1].first_line + parts[-1].span if parts else 1
             parts.append(part)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.lineprotocol.syntax import (
+from ..lineprotocol.syntax import (
     FIELD_KEY,
     MEASUREMENT,
     TAG_KEY,
@@ -25,7 +25,6 @@ from appliance.lineprotocol.syntax import (
     escape_name,
     escape_string,
 )
-
 from .jsontime import TIME_FORMATS, Scalar, time_ns
 from .reasons import Reasons, json_kind, quote, shorten, why_unwritable
 

@@ -11,8 +11,8 @@ import re
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from appliance.lineprotocol.syntax import NS_PER_SECOND, NS_PER_UNIT, guess_unit
-from appliance.model import MAX_TIME_NS, MIN_TIME_NS, TIME_RANGE
+from ..lineprotocol.syntax import NS_PER_SECOND, NS_PER_UNIT, guess_unit
+from ..model import MAX_TIME_NS, MIN_TIME_NS, TIME_RANGE
 
 TIME_FORMATS = ("auto", "s", "ms", "us", "ns", "rfc3339")
 

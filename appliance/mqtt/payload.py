@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 
-from appliance.lineprotocol.syntax import (
+from ..lineprotocol.syntax import (
     MEASUREMENT,
     RECORD_START,
     TAG_KEY,
@@ -27,8 +27,7 @@ from appliance.lineprotocol.syntax import (
     unescape_measurement,
     unescape_name,
 )
-from appliance.model import strip_bom
-
+from ..model import strip_bom
 from .jsonlines import JsonOptions, json_to_lines
 from .reasons import Reasons, why_unwritable
 

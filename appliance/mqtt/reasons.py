@@ -10,8 +10,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from appliance.lineprotocol.syntax import carry_problem, encodable
-from appliance.model import MAX_LINE_ERRORS
+from ..lineprotocol.syntax import carry_problem, encodable
+from ..model import MAX_LINE_ERRORS
 
 #: Reasons listed per message, as many as a write lists rejected lines; past this many they are
 #: only counted (Reasons.omitted).

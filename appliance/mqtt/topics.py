@@ -11,8 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from appliance.lineprotocol.syntax import MEASUREMENT, TAG_KEY, TAG_VALUE
-
+from ..lineprotocol.syntax import MEASUREMENT, TAG_KEY, TAG_VALUE
 from .reasons import PayloadError, quote, why_unwritable
 
 _SKIP_LEVEL = ("_", "+")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 
-from appliance.errors import QueryTimeout, QueryTooLarge
+from ..errors import QueryTimeout, QueryTooLarge
 
 #: Rows converted per step: bounds the temporary string arrays (and their int32 offsets).
 CHUNK_ROWS = 131_072

@@ -12,8 +12,7 @@ from collections.abc import Callable
 
 import pyarrow as pa
 
-from appliance.errors import BadRequest
-
+from ..errors import BadRequest
 from . import bodies
 from .bodies import Body
 from .pretty import render_pretty

@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from appliance.lineprotocol.syntax import NS_PER_SECOND, NS_PER_UNIT
+from ..lineprotocol.syntax import NS_PER_SECOND, NS_PER_UNIT
 
 
 def table_rows(table: pa.Table | pa.RecordBatch, *, omit_nulls: bool = False) -> list[dict[str, Any]]:

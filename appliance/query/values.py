@@ -23,7 +23,7 @@ from decimal import Decimal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from appliance.lineprotocol.syntax import NS_PER_SECOND, NS_PER_UNIT
+from ..lineprotocol.syntax import NS_PER_SECOND, NS_PER_UNIT
 
 
 def _null_strings(n: int) -> pa.Array:

@@ -20,7 +20,8 @@ import pyarrow as pa
 
 from ..component import Listeners
 from ..errors import CatalogError, Conflict, LimitExceeded, NotFound
-from ..model import TIME_COLUMN, ColumnType, name_problem
+from ..lineprotocol.syntax import name_problem
+from ..model import TIME_COLUMN, ColumnType
 from .store import Store
 
 _DB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*(/[A-Za-z0-9_\-]+)?")

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pyarrow as pa
+import pytest
 
 from appliance.engine.dryrun import _rows as dry_run_rows
-from appliance.engine.fanout import table_batches
+from appliance.engine.fanout import Fanout, table_batches
+from appliance.engine.registry import Event, Running, metric_labels
+from appliance.engine.store import TriggerDef
+from appliance.engine.triggers import parse_spec
 from appliance.lineprotocol.parser import parse
+from appliance.metrics import PLUGIN_ERRORS
 from appliance.model import ColumnType, Precision
 from appliance.storage.wal import TableRows, WalEntry
 
@@ -47,3 +56,29 @@ def test_dry_run_rows_are_tags_fields_then_time_with_absent_columns_left_out() -
         {"n": 3, "u": 4, "b": True, "time": 8},
     ]
     assert list(rows[0]) == ["host", "v", "s", "time"]
+
+
+def test_a_failing_call_path_is_counted_and_the_trigger_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    """A bug outside the plugin (in the call path) must not end a synchronous trigger's worker."""
+    trigger = TriggerDef("t", "db", "p.py", "table:cpu")
+    run = Running(trigger, parse_spec(trigger.spec))
+    seen: list[str] = []
+    done = threading.Event()
+
+    def call(run: Running, event: Event) -> None:
+        seen.append(event.payload)
+        if event.payload == "first":
+            raise RuntimeError("bug in the call path")
+        done.set()
+
+    fanout = Fanout(10, ThreadPoolExecutor(1), call, lambda: [run])
+    before = PLUGIN_ERRORS.value(**metric_labels(trigger))
+    with caplog.at_level(logging.ERROR, logger="appliance.engine"):
+        fanout.start_worker(run)
+        fanout.submit(run, Event("wal", "first"))
+        fanout.submit(run, Event("wal", "second"))
+        assert done.wait(10), "the worker died with the first event"
+    run.halt()
+    assert seen == ["first", "second"]
+    assert PLUGIN_ERRORS.value(**metric_labels(trigger)) - before == 1
+    assert any("bug in the call path" in (r.exc_text or str(r.exc_info)) for r in caplog.records)

@@ -20,7 +20,8 @@ from appliance.engine.linebuilder import (
     LineBuilder,
 )
 from appliance.lineprotocol.parser import parse
-from appliance.model import MAX_TIME_NS, MIN_TIME_NS, ColumnType, Precision, name_problem
+from appliance.lineprotocol.syntax import name_problem
+from appliance.model import MAX_TIME_NS, MIN_TIME_NS, ColumnType, Precision
 
 # -- LineBuilder: output --------------------------------------------------------------------
 

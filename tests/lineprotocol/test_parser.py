@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from appliance.lineprotocol import finish
 from appliance.lineprotocol import parser as lineprotocol
 from appliance.lineprotocol.parser import _Body, parse
+from appliance.lineprotocol.syntax import BAD_NAME_CHAR, name_problem
 from appliance.lineprotocol.vector import try_parse
 from appliance.model import (
-    BAD_NAME_CHAR,
     MAX_TIME_NS,
     MIN_TIME_NS,
     TIME_RANGE,
@@ -24,7 +24,6 @@ from appliance.model import (
     ParsedTable,
     ParseResult,
     Precision,
-    name_problem,
 )
 
 NOW = 1_700_000_000_123_456_789

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from appliance.lineprotocol import parser as lineprotocol
 from appliance.lineprotocol import vector
 from appliance.lineprotocol.parser import _Body, parse
+from appliance.log import QuietLog
 from appliance.metrics import VECTOR_FALLBACKS
 from appliance.model import MAX_TIME_NS, ColumnType, ParseResult, Precision
 from tests.lineprotocol.test_parser import canon
@@ -223,17 +224,19 @@ def test_a_bug_in_the_vectorised_route_is_counted_and_logged_once_a_minute(
     now = [1000.0]
     monkeypatch.setattr(vector, "_parse", boom)
     monkeypatch.setattr(
-        lineprotocol, "_FALLBACK_LOG", lineprotocol._QuietFailures("vector", 60.0, lambda: now[0])
+        lineprotocol,
+        "_FALLBACK_LOG",
+        QuietLog(logging.getLogger("appliance.lineprotocol"), 60.0, lambda: now[0]),
     )
     body = body_of(iot())
     exact = canon(_Body(body, Precision.NS, NOW, False).result())
     before = VECTOR_FALLBACKS.value()
-    with caplog.at_level(logging.ERROR, logger="appliance.write"):
+    with caplog.at_level(logging.ERROR, logger="appliance.lineprotocol"):
         for _ in range(3):
             assert canon(parse(body, Precision.NS, NOW)) == exact  # no data lost
         assert VECTOR_FALLBACKS.value() == before + 3
         (first,) = caplog.records
-        assert first.name == "appliance.write" and "RuntimeError('bug')" in first.getMessage()
+        assert first.name == "appliance.lineprotocol" and "RuntimeError('bug')" in first.getMessage()
         assert first.exc_info is not None and first.exc_info[1] is not None  # the traceback, the first time
         now[0] += 60.0
         parse(body, Precision.NS, NOW)

@@ -10,7 +10,8 @@ from typing import Any
 from hypothesis import strategies as st
 
 from appliance.lineprotocol.parser import parse
-from appliance.model import ColumnType, Precision, name_problem
+from appliance.lineprotocol.syntax import name_problem
+from appliance.model import ColumnType, Precision
 from appliance.mqtt.jsonlines import JsonOptions, json_to_lines
 
 NOW = 1_700_000_000_123_456_789

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance import config
-from appliance.lineprotocol import parser as lineprotocol
+from appliance.lineprotocol import syntax
 from appliance.model import LineErrors
 from appliance.mqtt import batcher as batcher_module
 from appliance.mqtt.ingest import MqttIngest
@@ -383,11 +383,11 @@ def test_a_failing_batcher_step_shows_in_health_and_the_loop_carries_on(
     ],
 )
 def test_ends_open(body: bytes, open_: bool) -> None:
-    assert lineprotocol.ends_open(body) is open_
+    assert syntax.ends_open(body) is open_
 
 
 @given(st.text(alphabet='m ,="\\\nab#\t1\r', max_size=24))
 @settings(max_examples=3000, deadline=None)
 def test_ends_open_fast_path_agrees_with_the_state_machine(text: str) -> None:
     body = text.encode()
-    assert lineprotocol.ends_open(body) is lineprotocol._ends_open_exact(body)
+    assert syntax.ends_open(body) is syntax.ends_open_exact(body)
