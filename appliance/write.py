@@ -82,7 +82,7 @@ class Admission:
     In order: while the disk budget holds only data not yet uploaded, 507 with the budget's
     reason; while the buffer is at twice its cap (persisting is behind), the write waits, and
     gets the buffer's 503 after `timeout` seconds. (A stopping server refuses with 503 in
-    Wal.submit, which guards every LMDB transaction, not only writes.)
+    Store.submit, which guards every LMDB transaction, not only writes.)
     """
 
     def __init__(

@@ -38,7 +38,7 @@ class Route:
 
     @property
     def wire_qos(self) -> int:
-        """The QoS subscribed on the wire: 2 is taken as 1 (see ingest.py)."""
+        """The QoS subscribed on the wire: 2 is taken as 1 (see client.py)."""
         return min(self.sub.qos, 1)
 
 

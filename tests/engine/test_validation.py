@@ -21,7 +21,7 @@ from appliance.storage.store import Store
 
 
 @pytest.fixture
-def wal(tmp_path: Path) -> Iterator[Store]:
+def lmdb(tmp_path: Path) -> Iterator[Store]:
     w = Store(tmp_path / "lmdb", 1 << 28)
     w.start()
     yield w
@@ -40,25 +40,25 @@ def test_trigger_identity_does_not_join_names_with_a_slash() -> None:
     assert len(_trigger("d" * 480, "n" * 255).store_key) < 511  # LMDB's key limit
 
 
-def test_store_keeps_both_and_rekeys_old_definitions(wal: Store) -> None:
-    store = TriggerStore(wal)
+def test_store_keeps_both_and_rekeys_old_definitions(lmdb: Store) -> None:
+    store = TriggerStore(lmdb)
     store.put(_trigger("x/y", "z"))
     store.put(_trigger("x", "y/z"))
     old = _trigger("db", "legacy", arguments={"k": "v"})
     record = msgpack.unpackb(old.encode())
     record["arguments"]["flag"] = True  # a bool a plugin leaked into older versions' store
 
-    triggers = wal.database(b"triggers")  # opened outside the writer's transaction
+    triggers = lmdb.database(b"triggers")  # opened outside the writer's transaction
 
     def put_old(txn):  # type: ignore[no-untyped-def]
         txn.put(b"db/legacy", msgpack.packb(record), db=triggers)
 
-    wal.submit(put_old).result()
+    lmdb.submit(put_old).result()
     loaded = {(t.database, t.name): t for t in store.load()}
     assert set(loaded) == {("x/y", "z"), ("x", "y/z"), ("db", "legacy")}
     assert loaded[("db", "legacy")].arguments == {"k": "v", "flag": "True"}
-    with wal.read() as txn:
-        keys = [bytes(k) for k, _ in txn.cursor(db=wal.database(b"triggers"))]
+    with lmdb.read() as txn:
+        keys = [bytes(k) for k, _ in txn.cursor(db=lmdb.database(b"triggers"))]
     assert b"db/legacy" not in keys and len(keys) == 3
     store.delete(loaded[("x", "y/z")])
     assert {(t.database, t.name) for t in store.load()} == {("x/y", "z"), ("db", "legacy")}
@@ -338,7 +338,7 @@ def test_specs_with_control_characters_or_too_long_are_refused() -> None:
 
 
 def test_store_loads_int_keys_and_bytes_and_skips_what_it_cannot_decode(
-    wal: Store, caplog: pytest.LogCaptureFixture
+    lmdb: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
     good = _trigger("db", "ok", arguments={"k": "v"})
     record = msgpack.unpackb(good.encode())
@@ -350,26 +350,26 @@ def test_store_loads_int_keys_and_bytes_and_skips_what_it_cannot_decode(
         b"db/list": msgpack.packb([1]),
     }
 
-    triggers = wal.database(b"triggers")  # opened outside the writer's transaction
+    triggers = lmdb.database(b"triggers")  # opened outside the writer's transaction
 
     def put_old(txn):  # type: ignore[no-untyped-def]
         txn.put(b"db/ok", msgpack.packb(record), db=triggers)
         for k, v in junk.items():
             txn.put(k, v, db=triggers)
 
-    wal.submit(put_old).result()
+    lmdb.submit(put_old).result()
     with caplog.at_level("ERROR", logger="appliance.engine"):
-        loaded = TriggerStore(wal).load()
+        loaded = TriggerStore(lmdb).load()
     assert [t.name for t in loaded] == ["ok"]
     assert loaded[0].arguments == {"k": "v", "7": "seven", "flag": "True", "raw": "\ufffd"}
     skipped = [r.getMessage() for r in caplog.records if "skipped stored trigger" in r.getMessage()]
     assert len(skipped) == 3 and all(m.count("\n") == 0 for m in skipped)
-    with wal.read() as txn:
+    with lmdb.read() as txn:
         for k, v in junk.items():
-            stored = txn.get(k, db=wal.database(b"triggers"))
+            stored = txn.get(k, db=lmdb.database(b"triggers"))
             assert stored is not None and bytes(stored) == v  # left as they were
-        assert txn.get(b"db/ok", db=wal.database(b"triggers")) is None  # re-keyed
-    assert [t.name for t in TriggerStore(wal).load()] == ["ok"]
+        assert txn.get(b"db/ok", db=lmdb.database(b"triggers")) is None  # re-keyed
+    assert [t.name for t in TriggerStore(lmdb).load()] == ["ok"]
 
 
 def test_plugin_files_lists_plugins_without_walking_packages(

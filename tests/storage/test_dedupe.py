@@ -51,7 +51,7 @@ def test_dedupe_treats_missing_tags_as_one_series() -> None:
 
 
 def test_colliding_finds_only_files_sharing_a_point(tmp_path: Path) -> None:
-    from appliance.storage import dedupe as overlap
+    from appliance.storage import dedupe
     from appliance.storage.manifest import ParquetFile
     from appliance.storage.persist import write_parquet
 
@@ -70,8 +70,8 @@ def test_colliding_finds_only_files_sharing_a_point(tmp_path: Path) -> None:
     for i, (hosts, times) in enumerate(cases):
         write_parquet(table(hosts, times), tmp_path / f"f{i}.parquet")
         files.append(ParquetFile(f"f{i}.parquet", 1, "db", 2, "t", 0, len(times), min(times), max(times), i))
-    assert overlap.colliding(tmp_path, files, table(["c"], [5]), schema) == []
-    assert overlap.colliding(tmp_path, files, table([None], [5]), schema) == [files[0]]
-    assert overlap.colliding(tmp_path, files, table(["b", "a"], [100, 6]), schema) == [files[1]]
-    merged = overlap.merge(tmp_path, [files[0]], table([None], [5]), schema)
+    assert dedupe.colliding(tmp_path, files, table(["c"], [5]), schema) == []
+    assert dedupe.colliding(tmp_path, files, table([None], [5]), schema) == [files[0]]
+    assert dedupe.colliding(tmp_path, files, table(["b", "a"], [100, 6]), schema) == [files[1]]
+    merged = dedupe.merge(tmp_path, [files[0]], table([None], [5]), schema)
     assert merged.num_rows == 2
