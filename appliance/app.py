@@ -202,6 +202,39 @@ class App:
         log.info("stopped")
 
 
+def catalog_limits(config: Config) -> CatalogLimits:
+    """The [catalog] settings as the Catalog takes them."""
+    c = config.catalog
+    return CatalogLimits(c.max_databases, c.max_tables, c.max_columns, c.max_tables_per_database)
+
+
+def persist_args(config: Config) -> PersistArgs:
+    """The [storage] settings (and where and as which node) as the Persister takes them."""
+    s = config.storage
+    return PersistArgs(
+        Path(config.server.data_dir),
+        config.server.node_id,
+        s.gen1_duration,
+        s.retention_check_interval,
+        s.compact_target_bytes,
+        s.compact_interval,
+    )
+
+
+def engine_args(config: Config) -> EngineArgs:
+    """The [engine] settings as the Engine takes them."""
+    e = config.engine
+    return EngineArgs(
+        Path(e.plugin_dir),
+        e.plugin_repo,
+        e.max_retries,
+        e.call_timeout / 1e9,
+        e.cache_max_bytes,
+        e.queue_size,
+        e.package_manager,
+    )
+
+
 def query_limits(config: Config) -> QueryLimits:
     """The query settings as the QueryService takes them."""
     return QueryLimits(
@@ -213,7 +246,10 @@ def query_limits(config: Config) -> QueryLimits:
 
 
 def build(config: Config) -> App:
-    """Open storage, replay the WAL into the buffer and start the background threads."""
+    """Open storage, replay the WAL into the buffer and start the components in flow order.
+
+    Long on purpose: the whole wiring, read top to bottom, is the data flow.
+    """
     # Their configuration errors come before anything is opened.
     mqtt = MqttIngest(config.mqtt) if config.mqtt.broker else None
     object_store = open_store(config.sync) if config.sync.bucket else None
@@ -222,35 +258,14 @@ def build(config: Config) -> App:
     lock = lock_data_dir(data_dir)
     store = Store(data_dir / "lmdb", config.wal.map_size)
     wal = Wal(store)
-    catalog = Catalog(
-        store,
-        CatalogLimits(
-            config.catalog.max_databases,
-            config.catalog.max_tables,
-            config.catalog.max_columns,
-            config.catalog.max_tables_per_database,
-        ),
-    )
+    catalog = Catalog(store, catalog_limits(config))
     manifest = Manifest(store, data_dir / "parquet")
     buffer = Buffer(config.storage.max_buffer_bytes)
     queue = SyncQueue(store)
     if object_store is not None or queue.in_use():  # once used, it follows every change, even while off
         manifest.on_change.add(queue.on_change)  # queued in the transaction that records a file
         queue.reconcile(manifest.files())
-    persister = Persister(
-        PersistArgs(
-            data_dir,
-            config.server.node_id,
-            config.storage.gen1_duration,
-            config.storage.retention_check_interval,
-            config.storage.compact_target_bytes,
-            config.storage.compact_interval,
-        ),
-        wal,
-        catalog,
-        buffer,
-        manifest,
-    )
+    persister = Persister(persist_args(config), wal, catalog, buffer, manifest)
     buffer.on_full.add(persister.wake)
     store.on_map_full.add(persister.wake)  # persisting trims the WAL, which frees map pages
     wal.replay_seconds = _replay(wal, catalog, buffer)
@@ -262,12 +277,7 @@ def build(config: Config) -> App:
     if config.auth.enabled:
         bootstrap_admin(tokens)
     queries = QueryService(
-        catalog,
-        buffer,
-        manifest,
-        data_dir / "parquet",
-        persister.view_lock,
-        query_limits(config),
+        catalog, buffer, manifest, data_dir / "parquet", persister.view_lock, query_limits(config)
     )
     budget = None
     if config.storage.max_disk_bytes:
@@ -278,21 +288,7 @@ def build(config: Config) -> App:
             queue.bucket_holds if object_store is not None else None,
         )
     writes = WriteService(catalog, wal, Admission(buffer, budget_refusal(budget)))
-    engine = Engine(
-        EngineArgs(
-            Path(config.engine.plugin_dir),
-            config.engine.plugin_repo,
-            config.engine.max_retries,
-            config.engine.call_timeout / 1e9,
-            config.engine.cache_max_bytes,
-            config.engine.queue_size,
-            config.engine.package_manager,
-        ),
-        store,
-        catalog,
-        writes,
-        queries,
-    )
+    engine = Engine(engine_args(config), store, catalog, writes, queries)
     wal.on_commit.add(engine.on_commit)  # after replay: replayed writes never feed plugins
     catalog.on_drop.add(engine.drop_database)
     queries.system_providers.append(engine.system_tables)

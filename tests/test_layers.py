@@ -65,7 +65,9 @@ def _imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("appliance."):
             found.add(node.module.removeprefix("appliance."))
         elif isinstance(node, ast.Import):
-            found |= {a.name.removeprefix("appliance.") for a in node.names if a.name.startswith("appliance.")}
+            found |= {
+                a.name.removeprefix("appliance.") for a in node.names if a.name.startswith("appliance.")
+            }
     return {t.strip(".") for t in found if t.strip(".") and not t.endswith("__version__")}
 
 
