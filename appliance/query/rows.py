@@ -92,7 +92,8 @@ def _regroup(arr: pa.Array, flat: list[Any]) -> list[Any]:
     return out
 
 
-def _is_list(t: pa.DataType) -> bool:
+def is_list_type(t: pa.DataType) -> bool:
+    """Any of Arrow's list types (list, large, fixed-size, views)."""
     return (
         pa.types.is_list(t)
         or pa.types.is_large_list(t)
@@ -126,7 +127,7 @@ def _convert(arr: pa.Array) -> list[Any]:
         entries_type = pa.list_(pa.struct([("key", t.key_type), ("value", t.item_type)]))
         pairs = _convert(arr.cast(entries_type))
         return [None if p is None else _map_dict(p) for p in pairs]
-    if _is_list(t):
+    if is_list_type(t):
         return _regroup(arr, _convert(arr.flatten()))
     if pa.types.is_struct(t):
         return _struct_dicts(arr)

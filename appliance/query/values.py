@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..lineprotocol.syntax import NS_PER_SECOND, NS_PER_UNIT
+from .rows import is_list_type
 
 
 def _null_strings(n: int) -> pa.Array:
@@ -65,7 +66,7 @@ def json_values(arr: pa.Array) -> pa.Array:
         return display_values(arr)
     if pa.types.is_floating(t):
         return pc.if_else(pc.is_finite(arr), _float_text(arr, json_style=True), "null")
-    if _is_list(t):
+    if is_list_type(t):
         return _list_text(arr, _json_element, ",")
     if pa.types.is_struct(t):
         return _struct_json(arr)
@@ -104,7 +105,7 @@ def display_values(arr: pa.Array) -> pa.Array:
         return _duration_text(arr)
     if _is_binary(t):
         return pa.array([None if v is None else v.hex() for v in arr.to_pylist()], pa.string())
-    if _is_list(t):
+    if is_list_type(t):
         return _list_text(arr, lambda a: pc.fill_null(display_values(a), ""), ", ")
     if pa.types.is_struct(t):
         return _struct_display(arr)
@@ -116,16 +117,6 @@ def display_values(arr: pa.Array) -> pa.Array:
         return pc.cast(arr, pa.string())
     except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
         return pa.array([None if v is None else str(v) for v in arr.to_pylist()], pa.string())
-
-
-def _is_list(t: pa.DataType) -> bool:
-    return (
-        pa.types.is_list(t)
-        or pa.types.is_large_list(t)
-        or pa.types.is_fixed_size_list(t)
-        or pa.types.is_list_view(t)
-        or pa.types.is_large_list_view(t)
-    )
 
 
 def _is_binary(t: pa.DataType) -> bool:

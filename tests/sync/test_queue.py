@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import lmdb
-import pytest
 
 from appliance.storage.manifest import Change, ParquetFile
-from appliance.storage.store import Store
 from appliance.sync.queue import DELETE, QUEUED, SYNCED, SyncQueue
-
-
-@pytest.fixture
-def queue(tmp_path: Path) -> Iterator[SyncQueue]:
-    store = Store(tmp_path / "lmdb", 1 << 26)
-    store.start()
-    yield SyncQueue(store)
-    store.stop()
 
 
 def pf(path: str, table: int = 1) -> ParquetFile:

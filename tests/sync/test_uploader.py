@@ -16,7 +16,6 @@ import pytest
 from appliance import config as config_module
 from appliance.config import SyncSettings
 from appliance.storage.manifest import Change, ParquetFile
-from appliance.storage.store import Store
 from appliance.sync.filestore import FileStore
 from appliance.sync.queue import DELETE, QUEUED, SYNCED, SyncQueue
 from appliance.sync.uploader import Syncer
@@ -24,14 +23,6 @@ from tests.server import wait_for
 from tests.sync.test_queue import change, pf, states
 
 REL = "iot/cpu/date=2025-11-24/node=test-node/1600-1.parquet"
-
-
-@pytest.fixture
-def queue(tmp_path: Path) -> Iterator[SyncQueue]:
-    store = Store(tmp_path / "lmdb", 1 << 26)
-    store.start()
-    yield SyncQueue(store)
-    store.stop()
 
 
 def settings(**over: object) -> SyncSettings:
