@@ -8,12 +8,9 @@ entries or the files, never both or neither), then swaps buffer rows for files u
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import threading
 import time
-import urllib.parse
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,7 +22,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..component import Listeners
-from ..fileio import fsync_dir, make_dirs
 from ..metrics import PERSISTS, Registry
 from ..model import TIME_COLUMN, WalSeq
 from ..threads import BackgroundLoop
@@ -34,12 +30,12 @@ from .buffer import Buffer
 from .catalog import Catalog, TableDef, find_table
 from .dedupe import conform, last_write_wins
 from .manifest import Change, Manifest, ParquetFile
+from .parquet import lowest_window, path_part, read_parquet, window_of, write_parquet
 from .store import disk_full_error
 from .wal import Wal
 
 log = logging.getLogger("appliance.persist")
 
-ROW_GROUP_ROWS = 1_000_000
 #: What a failed persist leaves behind (for the out-of-space message).
 _KEPT = "nothing was persisted; the rows stay in memory and in the write-ahead log"
 
@@ -281,7 +277,7 @@ class Persister:
         # below the lowest window int64 holds (older rows than the write path now takes).
         windows = pc.multiply(pc.divide(times, g), g)
         below = pc.and_(pc.less(times, 0), pc.not_equal(windows, times))
-        lowest = _lowest_window(g)
+        lowest = lowest_window(g)
         stepped = pc.if_else(
             pc.less(windows, lowest + g), pa.scalar(lowest, pa.int64()), pc.subtract(windows, g)
         )
@@ -296,8 +292,8 @@ class Persister:
         start = datetime.fromtimestamp(window_start / 1e9, tz=UTC)
         rel = "/".join(
             [
-                _path_part(db),
-                _path_part(tdef.name),
+                path_part(db),
+                path_part(tdef.name),
                 f"date={start:%Y-%m-%d}",
                 f"node={self.args.node_id}",
                 f"{start:%H%M}-{self._file_seq}.parquet",
@@ -437,60 +433,3 @@ def _compaction_chunks(
             run.append(f)
         chunks.append(run)
     return [c for c in chunks if len(c) > 1]
-
-
-def _lowest_window(gen1_ns: int) -> int:
-    """The earliest gen1 window start that int64 nanoseconds hold."""
-    return -((1 << 63) // gen1_ns) * gen1_ns
-
-
-def window_of(time_ns: int, gen1_ns: int) -> int:
-    """The start of the gen1 window holding `time_ns` (never below what int64 holds)."""
-    return max(time_ns // gen1_ns * gen1_ns, _lowest_window(gen1_ns))
-
-
-def _path_part(name: str) -> str:
-    """A name as one safe path component: escaped, "." and ".." too, and short enough for any file system."""
-    quoted = urllib.parse.quote(name, safe="")
-    if quoted in (".", ".."):
-        return quoted.replace(".", "%2E")
-    if len(quoted) > _MAX_PART:  # keep it readable and unique: a prefix plus a hash of the name
-        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
-        return f"{quoted[: _MAX_PART - 17].rstrip('%0123456789ABCDEF')}~{digest}"
-    return quoted
-
-
-_MAX_PART = 200  # file systems allow 255 bytes per path component
-
-
-def write_parquet(table: pa.Table, path: Path) -> None:
-    """Write zstd Parquet via a temp file, fsync it, rename it into place, fsync the folder."""
-    import pyarrow.parquet as pq  # on first persist: ~12 MB an idle server does not need
-
-    make_dirs(path.parent)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        pq.write_table(
-            table,
-            tmp,
-            compression="zstd",
-            row_group_size=ROW_GROUP_ROWS,
-            use_dictionary=True,
-            write_statistics=True,
-        )
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def read_parquet(path: Path) -> pa.Table:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path)

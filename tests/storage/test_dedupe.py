@@ -53,7 +53,7 @@ def test_dedupe_treats_missing_tags_as_one_series() -> None:
 def test_colliding_finds_only_files_sharing_a_point(tmp_path: Path) -> None:
     from appliance.storage import dedupe
     from appliance.storage.manifest import ParquetFile
-    from appliance.storage.persist import write_parquet
+    from appliance.storage.parquet import write_parquet
 
     schema = pa.schema(
         [("host", pa.dictionary(pa.int32(), pa.string())), ("time", pa.timestamp("ns")), ("v", pa.float64())]
