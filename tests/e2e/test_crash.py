@@ -52,7 +52,7 @@ def _writer(port_of: list[int], writer: int, ledger: Ledger, stop: threading.Eve
         except OSError:
             with ledger.lock:
                 ledger.unknown.add(key)
-            time.sleep(0.05)
+            time.sleep(0.05)  # the server is being killed: a client pauses before it retries
             continue
         with ledger.lock:
             (ledger.acked if status == 204 else ledger.unknown).add(key)

@@ -597,7 +597,7 @@ def exchange_in_two_parts(server: Server) -> bytes:
         c.sendall(
             b"POST /api/v3/write_lp?db=x HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nm v=1\r\n"
         )
-        time.sleep(0.3)
+        time.sleep(0.3)  # a slow client: the broken chunk comes once the handler is reading the body
         c.sendall(b"zz\r\nabc\r\n0\r\n\r\n")
         return read_all(c)
 
