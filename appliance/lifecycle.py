@@ -118,48 +118,7 @@ async def _run_http(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, _reload, app, notifier, reload)
-    config = app.config
-    limits = ConnectionLimits(
-        _fit_fd_limit(config.http.max_connections, config.http.max_connections_per_ip),
-        config.http.max_connections_per_ip,
-        config.http.header_timeout / 1e9,
-        config.http.send_timeout / 1e9,
-    )
-    web_app = http_server.create(http_services(app))
-    guard = ConnectionGuard(limits)
-    guard.register_metrics(REGISTRY)
-    web_app[BODY_READER].budget.register_metrics(REGISTRY)
-    runner = GuardedRunner(
-        web_app,
-        guard,
-        access_log=logging.getLogger("appliance.access"),  # quiet unless --log-filter enables it
-        handle_signals=False,
-        shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
-        keepalive_timeout=config.http.keepalive_timeout / 1e9,
-    )
-    await runner.setup()
-    host, _, port = app.config.http.bind.rpartition(":")
-    site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True)
-    try:
-        await site.start()
-    except OSError as e:
-        raise ConfigError(
-            f"cannot listen on {app.config.http.bind}: {e.strerror}; choose another --http-bind"
-        ) from None
-    log.info(
-        "listening on http://%s node_id=%s data_dir=%s auth=%s",
-        app.config.http.bind,
-        app.config.server.node_id,
-        app.config.server.data_dir,
-        "on" if app.config.auth.enabled else "off",
-    )
-    if not app.config.auth.enabled and not http_server.loopback_bind(app.config.http.bind):
-        log.warning(
-            "auth is off and http.bind %s is reachable from the network: anyone who can reach it can"
-            " read, write and delete data (only Host names that are IP addresses, localhost or in"
-            " http.allowed_hosts are answered)",
-            app.config.http.bind,
-        )
+    runner = await _listen(app)
     heartbeat = LoopHeartbeat()
     beat = asyncio.create_task(heartbeat.run())
     notifier.ready(f"listening on http://{app.config.http.bind}")
@@ -172,6 +131,53 @@ async def _run_http(
     beat.cancel()
     log.info("stopping: no new requests; finishing in-flight writes")
     await runner.cleanup()
+
+
+async def _listen(app: app_module.App) -> GuardedRunner:
+    """Build the aiohttp app behind its connection guard and listen on http.bind (ConfigError if taken)."""
+    settings = app.config.http
+    limits = ConnectionLimits(
+        _fit_fd_limit(settings.max_connections, settings.max_connections_per_ip),
+        settings.max_connections_per_ip,
+        settings.header_timeout / 1e9,
+        settings.send_timeout / 1e9,
+    )
+    web_app = http_server.create(http_services(app))
+    guard = ConnectionGuard(limits)
+    guard.register_metrics(REGISTRY)
+    web_app[BODY_READER].budget.register_metrics(REGISTRY)
+    runner = GuardedRunner(
+        web_app,
+        guard,
+        access_log=logging.getLogger("appliance.access"),  # quiet unless --log-filter enables it
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+        keepalive_timeout=settings.keepalive_timeout / 1e9,
+    )
+    await runner.setup()
+    host, _, port = settings.bind.rpartition(":")
+    site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True)
+    try:
+        await site.start()
+    except OSError as e:
+        raise ConfigError(
+            f"cannot listen on {settings.bind}: {e.strerror}; choose another --http-bind"
+        ) from None
+    log.info(
+        "listening on http://%s node_id=%s data_dir=%s auth=%s",
+        settings.bind,
+        app.config.server.node_id,
+        app.config.server.data_dir,
+        "on" if app.config.auth.enabled else "off",
+    )
+    if not app.config.auth.enabled and not http_server.loopback_bind(settings.bind):
+        log.warning(
+            "auth is off and http.bind %s is reachable from the network: anyone who can reach it can"
+            " read, write and delete data (only Host names that are IP addresses, localhost or in"
+            " http.allowed_hosts are answered)",
+            settings.bind,
+        )
+    return runner
 
 
 def http_services(app: app_module.App) -> HttpServices:
