@@ -271,7 +271,7 @@ def build(config: Config) -> App:
     wal.replay_seconds = _replay(wal, catalog, buffer)
     wal.on_commit.add(buffer.on_commit)
     catalog.on_drop.add(persister.drop)
-    store.start()
+    wal.start()  # the Store's writer
     persister.start()
     tokens = Tokens(store, data_dir)
     if config.auth.enabled:
@@ -334,7 +334,8 @@ def build(config: Config) -> App:
         syncer=syncer,
         budget=budget,
         lock_fd=lock,
-        # Flow order: started in it above, stopped in reverse, reported in /health in it.
+        # Flow order: reported in /health and /metrics in it, stopped in reverse. build() above starts
+        # each once what it needs exists (the WAL writer first, MQTT ingest last).
         components=[c for c in (wal, persister, budget, syncer, pools, engine, mqtt) if c is not None],
     )
     app.register_metrics()

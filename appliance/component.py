@@ -1,7 +1,7 @@
 """The shape every long-lived part of the process has, and the one way a stage tells the next.
 
-`app.py` holds the components in flow order: it starts them in that order, stops them in
-reverse, asks each for its health and lets each register its own metrics. A stage that must
+`app.py` holds the components in flow order: it asks each for its health, lets each register
+its own metrics and stops them in reverse; it starts each once what it needs exists. A stage that must
 tell a later one (the WAL committed, the manifest changed, the buffer is full) exposes a
 `Listeners` and never imports the later stage: the composition root connects them.
 """
