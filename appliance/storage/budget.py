@@ -20,7 +20,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import StorageFull
 from ..metrics import Registry
 from ..threads import BackgroundLoop
 from .manifest import Manifest, ParquetFile
@@ -93,11 +92,6 @@ class DiskBudget:
         if status["status"] == "ok" and self.refusing is not None:
             status = {"status": "degraded", "error": self.refusing}
         return {"error": None} | status
-
-    def admit(self) -> None:
-        """Refuse a write with 507 while the budget is full of data not yet uploaded."""
-        if self.refusing is not None:
-            raise StorageFull(self.refusing, kind="budget")
 
     def used(self) -> int:
         return self.manifest.total_bytes()
