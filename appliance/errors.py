@@ -37,6 +37,13 @@ class Forbidden(ApplianceError):
     body_kind = "text"
 
 
+class PermissionDenied(ApplianceError):
+    """A valid token without the right for the request: the message names the missing permission."""
+
+    code = "forbidden"
+    http_status = 403
+
+
 class NotFound(ApplianceError):
     code = "not found"
     http_status = 404

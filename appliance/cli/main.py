@@ -46,15 +46,22 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_parser(sub)
     write.add_parser(sub)
     query.add_parser(sub)
-    create = sub.add_parser("create", help="create a database or token").add_subparsers(metavar="WHAT")
+    create = sub.add_parser("create", help="create a database, trigger or token").add_subparsers(
+        metavar="WHAT"
+    )
     manage.add_create_database(create)
     engine.add_create_trigger(create)
     manage.add_create_token(create)
-    delete = sub.add_parser("delete", help="delete a database").add_subparsers(metavar="WHAT")
+    delete = sub.add_parser("delete", help="delete a database, trigger or token").add_subparsers(
+        metavar="WHAT"
+    )
     engine.add_delete_trigger(delete)
     engine.add_set_state(sub)
     manage.add_delete_database(delete)
-    show = sub.add_parser("show", help="list databases or tables").add_subparsers(metavar="WHAT")
+    manage.add_delete_token(delete)
+    show = sub.add_parser("show", help="list databases, tables, tokens, plugins or triggers").add_subparsers(
+        metavar="WHAT"
+    )
     manage.add_show(show)
     engine.add_show(show)
     engine.add_test(sub)

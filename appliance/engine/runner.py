@@ -173,10 +173,10 @@ class Engine:
         if not self._stopping:
             self.fanout.on_commit(entries)
 
-    def is_public(self, path: str) -> bool:
-        """True when the request trigger at `path` was created without auth (local webhooks)."""
+    def request_trigger(self, path: str) -> TriggerDef | None:
+        """The request trigger serving `path`, if any (its database and no_auth decide who may call it)."""
         run = self.registry.serving(path)
-        return run is not None and run.trigger.no_auth
+        return run.trigger if run is not None else None
 
     def handle_request(
         self, path: str, query: dict[str, str], headers: dict[str, str], body: bytes
@@ -219,9 +219,12 @@ class Engine:
         return result
 
     # -- reporting -----------------------------------------------------------
-    def system_tables(self, database: str) -> dict[str, pa.Table]:
-        """`plugin_files`, `processing_engine_logs`, `_triggers` and `_trigger_arguments` of one database."""
-        return tables.build(self.args.plugin_dir, self.triggers(database), lambda: self.logs.table(database))
+    def system_tables(self, database: str, every_database: bool) -> dict[str, pa.Table]:
+        """`plugin_files`, `processing_engine_logs`, `_triggers` and `_trigger_arguments` of one database;
+        without `every_database`, `plugin_files` lists only the plugins of that database's triggers."""
+        triggers = self.triggers(database)
+        used = None if every_database else {t.plugin_filename for t in triggers}
+        return tables.build(self.args.plugin_dir, triggers, lambda: self.logs.table(database), used)
 
     def register_metrics(self, registry: metrics.Registry) -> None:
         """The plugin cache gauges /metrics reads when scraped."""

@@ -25,10 +25,16 @@ from .triggers import parse_spec
 log = logging.getLogger("appliance.engine")
 
 
-def build(plugin_dir: Path, triggers: list[TriggerDef], logs: Callable[[], pa.Table]) -> dict[str, pa.Table]:
-    """The engine's system tables for one database's triggers; never raises."""
+def build(
+    plugin_dir: Path,
+    triggers: list[TriggerDef],
+    logs: Callable[[], pa.Table],
+    used: set[str] | None = None,
+) -> dict[str, pa.Table]:
+    """The engine's system tables for one database's triggers (plugin files: all, or only those of the
+    `used` trigger plugin file names); never raises."""
     builders: dict[str, Callable[[], pa.Table]] = {
-        "plugin_files": lambda: plugin_files(plugin_dir),
+        "plugin_files": lambda: plugin_files(plugin_dir, used),
         "processing_engine_logs": logs,
         "processing_engine_triggers": lambda: _triggers_table(triggers),
         "processing_engine_trigger_arguments": lambda: _arguments_table(triggers),
@@ -48,8 +54,10 @@ def build(plugin_dir: Path, triggers: list[TriggerDef], logs: Callable[[], pa.Ta
 _NOT_PLUGINS = frozenset({PACKAGES_DIR, GH_CACHE, "__pycache__"})
 
 
-def plugin_files(root: Path) -> pa.Table:
-    """`system.plugin_files`: every plugin file in the plugin directory (installed packages excluded)."""
+def plugin_files(root: Path, used: set[str] | None = None) -> pa.Table:
+    """`system.plugin_files`: every plugin file in the plugin directory (installed packages excluded),
+    or only the plugins named by `used` (trigger plugin file names: a file or a folder)."""
+    tops = None if used is None else {Path(u).parts[0] for u in used if u and not u.startswith("gh:")}
     rows: list[tuple[str, str, str, int, int]] = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d not in _NOT_PLUGINS)
@@ -59,8 +67,8 @@ def plugin_files(root: Path) -> pa.Table:
                 st = p.stat()
             except OSError:  # removed meanwhile, or a dangling link
                 continue
-            if stat.S_ISREG(st.st_mode):
-                rel = p.relative_to(root)
+            rel = p.relative_to(root)
+            if stat.S_ISREG(st.st_mode) and (tops is None or rel.parts[0] in tops):
                 rows.append((rel.parts[0], name, str(rel), st.st_size, st.st_mtime_ns // NS_PER_UNIT["ms"]))
     rows.sort(key=lambda r: r[2])
     return _table(rows, _PLUGIN_FILES_SCHEMA)

@@ -12,8 +12,11 @@ PING = "/ping"
 CONFIGURE_DATABASE = "/api/v3/configure/database"
 CONFIGURE_RETENTION = "/api/v3/configure/database/retention_period"
 CONFIGURE_TABLE = "/api/v3/configure/table"
+TOKEN = "/api/v3/configure/token"
 TOKEN_ADMIN = "/api/v3/configure/token/admin"
 TOKEN_ADMIN_REGENERATE = "/api/v3/configure/token/admin/regenerate"
+TOKEN_NAMED_ADMIN = "/api/v3/configure/token/named_admin"
+TOKEN_RESOURCE = "/api/v3/enterprise/configure/token"  # InfluxDB 3 Enterprise's path
 PERSIST = "/api/v3/persist"
 SYNC = "/api/v3/sync"
 METRICS = "/metrics"
@@ -26,6 +29,3 @@ INSTALL_PACKAGES = "/api/v3/configure/plugin_environment/install_packages"
 INSTALL_REQUIREMENTS = "/api/v3/configure/plugin_environment/install_requirements"
 ENGINE_PREFIX = "/api/v3/engine/"
 ENGINE = ENGINE_PREFIX + "{path:.+}"
-
-#: Reachable without a token.
-PUBLIC = frozenset({HEALTH, HEALTH_V1, PING})

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from ..auth import Tokens
+from ..auth import OPEN
 from ..errors import (
     ApplianceError,
     BadRequest,
@@ -22,6 +22,7 @@ from ..errors import (
 )
 from ..metrics import HTTP_REFUSED
 from . import routes
+from .access import GRANT, Need, check_route, checked_after, may_see, require_database
 from .body import PEER_SHARE, BodyReader, ByteBudget, hold_bodies
 from .body import READER as BODY_READER
 from .connections import track_requests
@@ -57,49 +58,71 @@ def create(services: HttpServices) -> web.Application:
 
     web_app.on_cleanup.append(stop_pool)
     web_app.on_shutdown.append(query.stop_queries)  # before aiohttp waits for in-flight requests
-    _add_routes(web_app.router)
+    _add_routes(web_app)
     web_app.on_response_prepare.append(_cors)
     return web_app
 
 
-def _add_routes(r: web.UrlDispatcher) -> None:
-    """The route table: every path (http/routes.py) to its handler, by area."""
-    r.add_post(routes.WRITE_LP, write.write_lp)
-    r.add_post(routes.WRITE_V2, write.write_v2)
-    r.add_post(routes.WRITE_V1, write.write_v1)
-    r.add_route("GET", routes.QUERY_SQL, query.query_sql)
-    r.add_route("POST", routes.QUERY_SQL, query.query_sql)
-    for path in (routes.QUERY_INFLUXQL, routes.QUERY_V1):
-        r.add_route("GET", path, query.influxql)
-        r.add_route("POST", path, query.influxql)
-    r.add_get(routes.HEALTH, ops.health)
-    r.add_get(routes.HEALTH_V1, ops.health)
-    r.add_get(routes.PING, ops.ping)
-    r.add_post(routes.PING, ops.ping)
-    r.add_get(routes.CONFIGURE_DATABASE, configure.list_databases)
-    r.add_post(routes.CONFIGURE_DATABASE, configure.create_database)
-    r.add_put(routes.CONFIGURE_DATABASE, configure.update_database)
-    r.add_delete(routes.CONFIGURE_DATABASE, configure.delete_database)
-    r.add_post(routes.CONFIGURE_RETENTION, configure.set_retention)
-    r.add_delete(routes.CONFIGURE_RETENTION, configure.clear_retention)
-    r.add_post(routes.CONFIGURE_TABLE, configure.create_table)
-    r.add_delete(routes.CONFIGURE_TABLE, configure.delete_table)
-    r.add_post(routes.TOKEN_ADMIN, configure.create_admin_token)
-    r.add_post(routes.TOKEN_ADMIN_REGENERATE, configure.regenerate_admin_token)
-    r.add_post(routes.PERSIST, ops.persist)
-    r.add_get(routes.METRICS, ops.metrics)
-    r.add_get(routes.SYNC, ops.sync_status)
-    r.add_post(routes.SYNC, ops.sync_now)
-    r.add_post(routes.TRIGGER, engine.create_trigger)
-    r.add_delete(routes.TRIGGER, engine.delete_trigger)
-    r.add_post(routes.TRIGGER_ENABLE, engine.enable_trigger)
-    r.add_post(routes.TRIGGER_DISABLE, engine.disable_trigger)
-    r.add_post(routes.INSTALL_PACKAGES, engine.install_packages)
-    r.add_post(routes.INSTALL_REQUIREMENTS, engine.install_requirements)
-    r.add_post(routes.PLUGIN_TEST_WAL, engine.test_wal_plugin)
-    r.add_post(routes.PLUGIN_TEST_SCHEDULE, engine.test_schedule_plugin)
-    r.add_get(routes.ENGINE, engine.engine_request)
-    r.add_post(routes.ENGINE, engine.engine_request)
+#: Every route: method, path (http/routes.py), handler and what the caller needs (http/access.py).
+#: A route missing here is not served; tests/http/test_access.py checks each need against real requests.
+ROUTES: tuple[tuple[str, str, Handler, Need], ...] = (
+    ("POST", routes.WRITE_LP, write.write_lp, Need.WRITE),
+    ("POST", routes.WRITE_V2, write.write_v2, Need.WRITE),
+    ("POST", routes.WRITE_V1, write.write_v1, Need.WRITE),
+    ("GET", routes.QUERY_SQL, query.query_sql, Need.READ),
+    ("POST", routes.QUERY_SQL, query.query_sql, Need.READ),
+    ("GET", routes.QUERY_INFLUXQL, query.influxql, Need.READ),
+    ("POST", routes.QUERY_INFLUXQL, query.influxql, Need.READ),
+    ("GET", routes.QUERY_V1, query.influxql, Need.READ),
+    ("POST", routes.QUERY_V1, query.influxql, Need.READ),
+    ("GET", routes.HEALTH, ops.health, Need.PUBLIC),
+    ("GET", routes.HEALTH_V1, ops.health, Need.PUBLIC),
+    ("GET", routes.PING, ops.ping, Need.PUBLIC),
+    ("POST", routes.PING, ops.ping, Need.PUBLIC),
+    ("GET", routes.CONFIGURE_DATABASE, configure.list_databases, Need.TOKEN),
+    ("POST", routes.CONFIGURE_DATABASE, configure.create_database, Need.ADMIN),
+    ("PUT", routes.CONFIGURE_DATABASE, configure.update_database, Need.ADMIN),
+    ("DELETE", routes.CONFIGURE_DATABASE, configure.delete_database, Need.ADMIN),
+    ("POST", routes.CONFIGURE_RETENTION, configure.set_retention, Need.ADMIN),
+    ("DELETE", routes.CONFIGURE_RETENTION, configure.clear_retention, Need.ADMIN),
+    ("POST", routes.CONFIGURE_TABLE, configure.create_table, Need.ADMIN),
+    ("DELETE", routes.CONFIGURE_TABLE, configure.delete_table, Need.ADMIN),
+    ("POST", routes.TOKEN_ADMIN, configure.create_admin_token, Need.ADMIN),  # no token for the first one
+    ("POST", routes.TOKEN_ADMIN_REGENERATE, configure.regenerate_admin_token, Need.ADMIN),
+    ("POST", routes.TOKEN_NAMED_ADMIN, configure.create_named_admin_token, Need.ADMIN),
+    ("POST", routes.TOKEN_RESOURCE, configure.create_resource_token, Need.ADMIN),
+    ("GET", routes.TOKEN, configure.list_tokens, Need.ADMIN),
+    ("DELETE", routes.TOKEN, configure.delete_token, Need.ADMIN),
+    ("POST", routes.PERSIST, ops.persist, Need.ADMIN),
+    ("GET", routes.METRICS, ops.metrics, Need.METRICS),
+    ("GET", routes.SYNC, ops.sync_status, Need.ADMIN),
+    ("POST", routes.SYNC, ops.sync_now, Need.ADMIN),
+    ("POST", routes.TRIGGER, engine.create_trigger, Need.ADMIN),
+    ("DELETE", routes.TRIGGER, engine.delete_trigger, Need.ADMIN),
+    ("POST", routes.TRIGGER_ENABLE, engine.enable_trigger, Need.ADMIN),
+    ("POST", routes.TRIGGER_DISABLE, engine.disable_trigger, Need.ADMIN),
+    ("POST", routes.INSTALL_PACKAGES, engine.install_packages, Need.ADMIN),
+    ("POST", routes.INSTALL_REQUIREMENTS, engine.install_requirements, Need.ADMIN),
+    ("POST", routes.PLUGIN_TEST_WAL, engine.test_wal_plugin, Need.ADMIN),
+    ("POST", routes.PLUGIN_TEST_SCHEDULE, engine.test_schedule_plugin, Need.ADMIN),
+    ("GET", routes.ENGINE, engine.engine_request, Need.REQUEST_TRIGGER),
+    ("POST", routes.ENGINE, engine.engine_request, Need.REQUEST_TRIGGER),
+)
+#: What each (method, path) needs; HEAD is GET's.
+NEEDS: web.AppKey[dict[tuple[str, str], Need]] = web.AppKey("needs", dict)
+
+
+def _add_routes(web_app: web.Application) -> None:
+    """The route table into the router, and each route's need where the auth middleware finds it."""
+    needs: dict[tuple[str, str], Need] = {}
+    for method, path, handler, need in ROUTES:
+        if method == "GET":
+            route = web_app.router.add_get(path, handler)  # and HEAD
+            needs["HEAD", route.resource.canonical] = need  # type: ignore[union-attr]
+        else:
+            route = web_app.router.add_route(method, path, handler)
+        needs[method, route.resource.canonical] = need  # type: ignore[union-attr]
+    web_app[NEEDS] = needs
 
 
 async def _cors(request: web.Request, response: web.StreamResponse) -> None:
@@ -221,39 +244,69 @@ async def _check_host(request: web.Request, handler: Handler) -> web.StreamRespo
 
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate (401), then check the route's need (403 naming the missing permission)."""
     services = request.app[SERVICES]
-    tokens = services.configure.tokens
     if request.method == "OPTIONS":
         return ops.options(request)  # CORS pre-flight on any path, before routing and auth
     if not services.settings.auth_enabled:
+        request[GRANT] = OPEN
         return await handler(request)
-    if request.path in routes.PUBLIC:
-        request[AUTHENTICATED] = _verified(tokens, request)  # /health shows details only then
+    need, database = _need(request, services)
+    token = _token_of(request, quiet=need is Need.PUBLIC)
+    info = services.configure.tokens.authenticate(token) if token is not None else None
+    if info is not None:
+        request[GRANT] = info.grant()
+    if need is Need.PUBLIC:
+        request[AUTHENTICATED] = may_see(request, "health")  # /health and /ping tell more then
         return await handler(request)
-    if request.path == routes.METRICS and services.settings.metrics_without_token:
-        return await handler(request)
-    if request.path.startswith(routes.ENGINE_PREFIX) and services.engine.engine.is_public(
-        request.path[len(routes.ENGINE_PREFIX) :]
-    ):
-        return await handler(request)  # a request trigger created with no_auth (local webhooks)
-    if request.path == routes.TOKEN_ADMIN and tokens.admin() is None:
-        return await handler(request)  # bootstrap: the first admin token needs no token
-    token = _token_of(request)
-    if token is None or not tokens.verify(token):
+    if info is None:
         raise Unauthorized("the request was not authenticated")
-    return await handler(request)
+    grant = request[GRANT]
+    check_route(request, need, grant)
+    if database is not None:
+        require_database(request, database, "write")
+    response = await handler(request)
+    checked_after(request, need, grant, response)
+    return response
 
 
-def _verified(tokens: Tokens, request: web.Request) -> bool:
-    """Whether the request carries a valid token (for endpoints that need none)."""
+def _need(request: web.Request, services: HttpServices) -> tuple[Need, str | None]:
+    """What the matched route needs, and the database to write when the route alone names it.
+    A path that matches no route needs a valid token (then 404)."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return Need.TOKEN, None
+    path = resource.canonical
+    need = request.app[NEEDS].get((request.method, path))
+    if need is None:  # a route added without a decision: refused, never open
+        log.error("route %s %s has no access rule; refused", request.method, path)
+        return Need.ADMIN, None
+    if need is Need.REQUEST_TRIGGER:
+        trigger = services.engine.engine.request_trigger(request.path[len(routes.ENGINE_PREFIX) :])
+        if trigger is None:
+            return Need.TOKEN, None  # then 404; who is not allowed learns nothing more
+        if trigger.no_auth:
+            return Need.PUBLIC, None  # a request trigger created with no_auth (local webhooks)
+        return Need.WRITE, trigger.database  # a webhook sender writes into the trigger's database
+    if path == routes.TOKEN_ADMIN and services.configure.tokens.admin() is None:
+        return Need.PUBLIC, None  # bootstrap: the first admin token needs no token
+    if path == routes.METRICS and services.settings.metrics_without_token:
+        return Need.PUBLIC, None
+    return need, None
+
+
+def _token_of(request: web.Request, quiet: bool = False) -> str | None:
+    """The token a request carries: Authorization Bearer/Token/Basic, or v1's `p` parameter.
+    A malformed header is a 400 (a 401 for an empty token), or no token at all when `quiet`."""
     try:
-        token = _token_of(request)
+        return _parse_token(request)
     except ApplianceError:
-        return False
-    return token is not None and tokens.verify(token)
+        if quiet:
+            return None
+        raise
 
 
-def _token_of(request: web.Request) -> str | None:
+def _parse_token(request: web.Request) -> str | None:
     header = request.headers.get("Authorization")
     if header:
         scheme, _, value = header.strip().partition(" ")

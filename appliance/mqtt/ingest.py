@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import paho.mqtt.client as paho
 import pyarrow as pa
 
 from ..config import MqttSettings
@@ -148,10 +149,16 @@ class MqttIngest:
                 kind="counter",
             )
 
-    def system_tables(self, database: str) -> dict[str, pa.Table]:
-        """`mqtt_subscriptions` and `mqtt_errors` (every subscription, whichever database)."""
-        routes = self.routes
-        errors = list(self.errors)
+    def _database_of(self, topic: str) -> str | None:
+        """The database a topic's messages go to: its first matching subscription's (as Router finds it)."""
+        route = next((r for r in self.routes if paho.topic_matches_sub(r.sub.topic, topic)), None)
+        return route.sub.database if route is not None else None
+
+    def system_tables(self, database: str, every_database: bool) -> dict[str, pa.Table]:
+        """`mqtt_subscriptions` and `mqtt_errors`: of every subscription, or only of those that write
+        into `database` (errors on topics no such subscription matches are then left out)."""
+        routes = [r for r in self.routes if every_database or r.sub.database == database]
+        errors = [e for e in self.errors if every_database or self._database_of(e[1]) == database]
         return {
             "mqtt_subscriptions": pa.table(
                 {

@@ -70,13 +70,17 @@ class QueryService:
             TableKey, tuple[weakref.ref[pa.Table], tuple[str, ...], list[ParquetFile], pa.Table | None]
         ] = {}
         self._rewrites_lock = threading.Lock()
-        #: Later stages (the engine) add their own system tables: name -> table, per database.
-        self.system_providers: list[Callable[[str], dict[str, pa.Table]]] = []
+        #: Later stages (the engine) add their own system tables: name -> table, for a database and
+        #: whether the caller may see the rows of every database (an admin) or only that one's.
+        self.system_providers: list[Callable[[str, bool], dict[str, pa.Table]]] = []
         self._stopping = threading.Event()
         self._guarded: list[Any] | None = None
 
-    def execute(self, db_name: str, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
-        """Run one read-only SQL statement; raises QueryError (400/408/413/503) or DatabaseNotFound (404)."""
+    def execute(
+        self, db_name: str, sql: str, params: dict[str, Any] | None = None, every_database: bool = True
+    ) -> pa.Table:
+        """Run one read-only SQL statement; raises QueryError (400/408/413/503) or DatabaseNotFound (404).
+        Without `every_database`, system tables hold only rows of `db_name` (a resource token)."""
         if self._stopping.is_set():
             raise QueryError(f"query refused: {SHUTTING_DOWN}", http_status=503)
         check_sql(sql, self.limits.max_sql_bytes)
@@ -90,7 +94,7 @@ class QueryService:
         try:
             # Pinned: DataFusion opens the files while it runs, after the view was taken.
             with self.manifest.pinned():
-                ctx = self._context(db)
+                ctx = self._context(db, every_database)
                 df = ctx.sql_with_options(sql, _read_only(), param_values=_bind(params) if params else None)
                 check_sizes(df.logical_plan().display_indent(), value_budget(self.limits.memory_bytes))
                 result = self._collect(df, deadline)
@@ -218,7 +222,7 @@ class QueryService:
             ]
         return self._guarded
 
-    def _context(self, db: DatabaseDef) -> SessionContext:
+    def _context(self, db: DatabaseDef, every_database: bool) -> SessionContext:
         # Imported on first query: DataFusion and datasets cost ~30 MB that an ingest-only
         # gateway never needs.
         import pyarrow.dataset as ds
@@ -249,7 +253,7 @@ class QueryService:
         # the buffers of all the others. They still list as BASE TABLE in SHOW TABLES.
         ctx.catalog().register_schema("public", lazy_schema(sorted(tables), resolve))
         ctx.catalog().register_schema("system", Schema.memory_schema())
-        extra = [provide(db.name) for provide in self.system_providers]
+        extra = [provide(db.name, every_database) for provide in self.system_providers]
         for name, table in {
             k: v for d in [system_tables.build(self.manifest, db.id), *extra] for k, v in d.items()
         }.items():

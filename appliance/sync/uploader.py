@@ -26,6 +26,7 @@ from ..backoff import backoff_delay
 from ..config import SyncSettings
 from ..metrics import Registry
 from ..storage.manifest import Manifest
+from ..storage.parquet import path_part
 from ..threads import BackgroundLoop, DaemonPool
 from .backends import endpoint_label
 from .queue import DELETE, QUEUED, SYNCED, SyncQueue, SyncRecord
@@ -325,9 +326,13 @@ class Syncer:
             "error": self.stats.last_error if stale else loop.get("error"),
         }
 
-    def system_tables(self, database: str) -> dict[str, pa.Table]:
-        """`system.sync_queue`: every record of the queue, oldest first."""
-        records = sorted(self.queue.records(), key=lambda r: r.queued_ns)
+    def system_tables(self, database: str, every_database: bool) -> dict[str, pa.Table]:
+        """`system.sync_queue`: the queue's records (of every database, or of `database`), oldest first."""
+        prefix = path_part(database) + "/"
+        records = sorted(
+            (r for r in self.queue.records() if every_database or r.path.startswith(prefix)),
+            key=lambda r: r.queued_ns,
+        )
         return {
             "sync_queue": pa.table(
                 {

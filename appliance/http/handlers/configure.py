@@ -1,17 +1,20 @@
-"""The configuration endpoints: databases, retention, tables and the admin token."""
+"""The configuration endpoints: databases, retention, tables and tokens."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pyarrow as pa
 from aiohttp import web
 
+from ...auth import Permission, TokenInfo
 from ...errors import BadRequest, MethodDisabled
 from ...model import ColumnType
 from ...query import formats
 from ...storage.catalog import MAX_RETENTION_NS
 from ...units import parse_duration_ns
+from ..access import grant_of
 from ..services import ConfigureAccess
 from .common import in_pool, json_body, json_response, param, required, services
 
@@ -21,11 +24,16 @@ def _access(request: web.Request) -> ConfigureAccess:
 
 
 async def list_databases(request: web.Request) -> web.Response:
-    """GET /api/v3/configure/database?format=...: one row per database."""
+    """GET /api/v3/configure/database?format=...: one row per database the token may read or write."""
     fmt = request.query.get("format")
     if not fmt:
         raise BadRequest("missing query parameter 'format' (use format=json)")
-    rows = [{"iox::database": d.name} for d in _access(request).catalog.databases()]
+    grant = grant_of(request)
+    rows = [
+        {"iox::database": d.name}
+        for d in _access(request).catalog.databases()
+        if grant is None or grant.may("db", d.name, "read") or grant.may("db", d.name, "write")
+    ]
     table = pa.Table.from_pylist(rows, schema=pa.schema([("iox::database", pa.string())]))
     chosen = formats.choose_format(fmt, None)
     return web.Response(
@@ -128,21 +136,69 @@ async def delete_table(request: web.Request) -> web.Response:
 
 
 # -- tokens --------------------------------------------------------------------
+#: Longest token lifetime accepted (a token that should never expire is created without one).
+MAX_EXPIRY_SECS = 100 * 365 * 86_400
+
+
 async def create_admin_token(request: web.Request) -> web.Response:
     """POST /api/v3/configure/token/admin: the first admin token (no token needed for it)."""
-    return await _admin_token(request, regenerate=False)
+    access = _tokens_access(request)
+    token, info = await in_pool(access.pool, access.tokens.create_admin, False)
+    return _token_created(token, info)
 
 
 async def regenerate_admin_token(request: web.Request) -> web.Response:
-    """POST /api/v3/configure/token/admin/regenerate: replace the admin token."""
-    return await _admin_token(request, regenerate=True)
+    """POST /api/v3/configure/token/admin/regenerate: replace the operator admin token."""
+    access = _tokens_access(request)
+    token, info = await in_pool(access.pool, access.tokens.create_admin, True)
+    return _token_created(token, info)
 
 
-async def _admin_token(request: web.Request, regenerate: bool) -> web.Response:
+async def create_named_admin_token(request: web.Request) -> web.Response:
+    """POST /api/v3/configure/token/named_admin {token_name, expiry_secs?}: another admin token."""
+    body = await json_body(request)
+    access = _tokens_access(request)
+    name, expiry = required(body, "token_name"), _expiry_ms(body.get("expiry_secs"))
+    token, info = await in_pool(access.pool, access.tokens.create, name, None, expiry)
+    return _token_created(token, info)
+
+
+async def create_resource_token(request: web.Request) -> web.Response:
+    """POST /api/v3/enterprise/configure/token {token_name, permissions, expiry_secs?}: a token that may
+    do only what its permissions say (InfluxDB 3 Enterprise's body: each permission is
+    {resource_type, resource_identifier: [names], actions: [...]}, or a "db:NAME:read" string)."""
+    body = await json_body(request)
+    access = _tokens_access(request)
+    name, expiry = required(body, "token_name"), _expiry_ms(body.get("expiry_secs"))
+    perms = _permissions(body.get("permissions"))
+    token, info = await in_pool(access.pool, access.tokens.create, name, perms, expiry)
+    return _token_created(token, info)
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    """GET /api/v3/configure/token?format=...: every token's name, permissions and dates; never a secret."""
+    chosen = formats.choose_format(request.query.get("format") or "json", None)
+    table = _tokens_table(_access(request).tokens.infos())
+    return web.Response(
+        body=formats.render(table, chosen), headers={"Content-Type": formats.content_type(chosen)}
+    )
+
+
+async def delete_token(request: web.Request) -> web.Response:
+    """DELETE /api/v3/configure/token?token_name=...: revoke the token at once."""
+    access = _tokens_access(request)
+    await in_pool(access.pool, access.tokens.delete, param(request, "token_name"))
+    return web.Response(status=200)
+
+
+def _tokens_access(request: web.Request) -> ConfigureAccess:
     access = _access(request)
     if not access.auth_enabled:
         raise MethodDisabled("endpoint disabled, started without auth")
-    token, info = await in_pool(access.pool, access.tokens.create_admin, regenerate)
+    return access
+
+
+def _token_created(token: str, info: TokenInfo) -> web.Response:
     return json_response(
         {
             "id": info.id,
@@ -151,6 +207,74 @@ async def _admin_token(request: web.Request, regenerate: bool) -> web.Response:
             "hash": info.hash,
             "created_at": info.created_at,
             "expiry": info.expiry,
+            "permissions": list(info.permissions),
         },
         status=201,
+    )
+
+
+def _expiry_ms(value: Any) -> int | None:
+    if value in (None, ""):
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_EXPIRY_SECS:
+        raise BadRequest(
+            f"'expiry_secs' must be a whole number of seconds from 1 to {MAX_EXPIRY_SECS} (omit it for none)"
+        )
+    return int(time.time() * 1000) + value * 1000
+
+
+#: Most permissions one token may carry.
+MAX_PERMISSIONS = 64
+
+
+def _permissions(value: Any) -> tuple[Permission, ...]:
+    if not isinstance(value, list) or not value or len(value) > MAX_PERMISSIONS:
+        raise BadRequest(f"'permissions' must be a list of 1 to {MAX_PERMISSIONS} permissions")
+    try:
+        return tuple(_permission(p) for p in value)
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
+
+
+def _permission(p: Any) -> Permission:
+    if isinstance(p, str):
+        return Permission.parse(p)
+    if isinstance(p, dict):
+        kind, names, actions = p.get("resource_type"), p.get("resource_identifier"), p.get("actions")
+        if (
+            isinstance(kind, str)
+            and isinstance(names, list)
+            and isinstance(actions, list)
+            and all(isinstance(x, str) for x in [*names, *actions])
+        ):
+            return Permission.of(kind, names, actions)
+    raise ValueError(
+        'each permission is "db:NAME:read" or {"resource_type": "db", "resource_identifier": ["NAME"],'
+        ' "actions": ["read"]}'
+    )
+
+
+_TOKENS_SCHEMA = pa.schema(
+    [
+        ("token_id", pa.int64()),
+        ("name", pa.string()),
+        ("permissions", pa.string()),
+        ("created_at", pa.timestamp("ms")),
+        ("expiry", pa.timestamp("ms")),
+        ("last_used", pa.timestamp("ms")),
+    ]
+)
+
+
+def _tokens_table(infos: list[TokenInfo]) -> pa.Table:
+    return pa.table(
+        {
+            "token_id": [t.id for t in infos],
+            "name": [t.name for t in infos],
+            "permissions": [" ".join(t.permissions) for t in infos],
+            "created_at": [t.created_at for t in infos],
+            "expiry": [t.expiry for t in infos],
+            "last_used": [t.last_used for t in infos],
+        },
+        schema=_TOKENS_SCHEMA,
     )

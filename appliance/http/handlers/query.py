@@ -14,6 +14,7 @@ from aiohttp.payload import AsyncIterablePayload
 from ...errors import SHUTTING_DOWN, BadRequest, NotImplementedYet, QueryError, QueryTimeout
 from ...query import formats
 from ...query.service import timeout_message
+from ..access import grant_of, require_database
 from ..services import QueryAccess
 from .common import MAX_JSON_BODY, SERVICES, json_body, services
 
@@ -33,6 +34,9 @@ async def query_sql(request: web.Request) -> web.Response:
         db, sql, fmt = request.query.get("db"), request.query.get("q"), request.query.get("format")
         params = _json_param(request.query.get("params"))
     db, sql = _text(db, "db"), _text(sql, "q")
+    require_database(request, db, "read")
+    grant = grant_of(request)
+    every_database = grant is not None and grant.admin  # system tables span all databases only for admins
     if fmt is not None and not isinstance(fmt, str):
         raise BadRequest("'format' must be a string: json, jsonl, csv, parquet or pretty")
     if params is not None and not isinstance(params, dict):
@@ -42,7 +46,7 @@ async def query_sql(request: web.Request) -> web.Response:
     def run() -> list[bytes]:  # query and rendering in one hop to the query pool, off the event loop
         limits = access.service.limits
         deadline = time.monotonic() + limits.timeout_ns / 1e9  # the query's and its rendering's
-        table = access.service.execute(db, sql, params)
+        table = access.service.execute(db, sql, params, every_database)
         return formats.render_pieces(table, chosen, limits.max_result_bytes, deadline)
 
     pieces = await run_query(access, run)
@@ -106,5 +110,8 @@ def _json_param(text: str | None) -> Any:
 
 
 async def influxql(request: web.Request) -> web.Response:
-    """/api/v3/query_influxql and v1's /query: 501 pointing at SQL."""
+    """/api/v3/query_influxql and v1's /query: 501 pointing at SQL (after the token's check)."""
+    db = request.query.get("db")
+    if db:
+        require_database(request, db, "read")
     raise NotImplementedYet("InfluxQL is not supported yet; send SQL to /api/v3/query_sql instead")

@@ -9,6 +9,7 @@ from aiohttp import web
 from ...errors import BadRequest, CatalogError, LimitExceeded, PartialWrite
 from ...model import Precision
 from ...write import WriteRequest
+from ..access import require_database
 from ..body import READER as BODY_READER
 from .common import flag, in_pool, param, precision, services
 
@@ -22,6 +23,7 @@ async def _write(
 ) -> web.Response:
     """One write. The body is read first (a slow client holds no slot, only the bytes it sent,
     within http.max_buffered_bytes); then at most WRITE_SLOTS writes are processed at a time."""
+    require_database(request, db, "write")
     access = services(request).write
     await access.writes.wait_for_room()
     async with request.app[BODY_READER].received(request) as data, request.app[WRITE_SLOTS]:

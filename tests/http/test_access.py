@@ -1,0 +1,227 @@
+"""Who may call what, over HTTP: every route of the route table against every kind of token.
+
+The table is driven by http/server.py's ROUTES: a route added without a sample request here fails
+`test_every_route_has_a_sample`, so no route can be served without a decision that is tested.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from appliance import app as app_module
+from appliance.auth import Permission
+from appliance.http import routes
+from appliance.http.access import Need
+from appliance.http.server import ROUTES
+from tests.http.conftest import build_app, call
+
+#: A request per route that is harmless for an admin (it may fail with 400/404/409, never change
+#: what the other cases see): query string, JSON body.
+SAMPLES: dict[tuple[str, str], tuple[dict[str, str], dict[str, Any] | None]] = {
+    ("POST", routes.WRITE_LP): ({"db": "{db}"}, None),
+    ("POST", routes.WRITE_V2): ({"bucket": "{db}"}, None),
+    ("POST", routes.WRITE_V1): ({"db": "{db}"}, None),
+    ("GET", routes.QUERY_SQL): ({"db": "{db}", "q": "SELECT 1"}, None),
+    ("POST", routes.QUERY_SQL): ({}, {"db": "{db}", "q": "SELECT 1"}),
+    ("GET", routes.QUERY_INFLUXQL): ({"db": "{db}", "q": "SHOW MEASUREMENTS"}, None),
+    ("POST", routes.QUERY_INFLUXQL): ({"db": "{db}", "q": "SHOW MEASUREMENTS"}, None),
+    ("GET", routes.QUERY_V1): ({"db": "{db}", "q": "SHOW MEASUREMENTS"}, None),
+    ("POST", routes.QUERY_V1): ({"db": "{db}", "q": "SHOW MEASUREMENTS"}, None),
+    ("GET", routes.HEALTH): ({}, None),
+    ("GET", routes.HEALTH_V1): ({}, None),
+    ("GET", routes.PING): ({}, None),
+    ("POST", routes.PING): ({}, None),
+    ("GET", routes.CONFIGURE_DATABASE): ({"format": "json"}, None),
+    ("POST", routes.CONFIGURE_DATABASE): ({}, {"db": "a"}),  # exists: 409
+    ("PUT", routes.CONFIGURE_DATABASE): ({}, {"db": "nope"}),
+    ("DELETE", routes.CONFIGURE_DATABASE): ({"db": "nope"}, None),
+    ("POST", routes.CONFIGURE_RETENTION): ({"db": "nope", "duration": "1d"}, None),
+    ("DELETE", routes.CONFIGURE_RETENTION): ({"db": "nope"}, None),
+    ("POST", routes.CONFIGURE_TABLE): ({}, {"db": "nope"}),
+    ("DELETE", routes.CONFIGURE_TABLE): ({"db": "nope", "table": "t"}, None),
+    ("POST", routes.TOKEN_ADMIN): ({}, None),  # exists: 409
+    ("POST", routes.TOKEN_ADMIN_REGENERATE): ({}, None),  # replaces _admin, which no case uses
+    ("POST", routes.TOKEN_NAMED_ADMIN): ({}, {"token_name": "admin-x"}),  # taken: 409
+    ("POST", routes.TOKEN_RESOURCE): ({}, {"token_name": "admin-x", "permissions": ["db:a:read"]}),
+    ("GET", routes.TOKEN): ({}, None),
+    ("DELETE", routes.TOKEN): ({"token_name": "nope"}, None),
+    ("POST", routes.PERSIST): ({}, None),
+    ("GET", routes.METRICS): ({}, None),
+    ("GET", routes.SYNC): ({}, None),
+    ("POST", routes.SYNC): ({}, None),
+    ("POST", routes.TRIGGER): ({}, {"db": "nope"}),
+    ("DELETE", routes.TRIGGER): ({"db": "nope", "trigger_name": "t"}, None),
+    ("POST", routes.TRIGGER_ENABLE): ({"db": "nope", "trigger_name": "t"}, None),
+    ("POST", routes.TRIGGER_DISABLE): ({"db": "nope", "trigger_name": "t"}, None),
+    ("POST", routes.INSTALL_PACKAGES): ({}, {"packages": 5}),
+    ("POST", routes.INSTALL_REQUIREMENTS): ({}, {}),
+    ("POST", routes.PLUGIN_TEST_WAL): ({}, {"database": "a"}),
+    ("POST", routes.PLUGIN_TEST_SCHEDULE): ({}, {"database": "a"}),
+    ("GET", routes.ENGINE): ({}, None),
+    ("POST", routes.ENGINE): ({}, None),
+}
+
+#: Tokens by role, with their permissions (None: a named admin token).
+ROLES: dict[str, tuple[str, ...] | None] = {
+    "admin": None,
+    "read_a": ("db:a:read",),
+    "write_a": ("db:a:write",),
+    "read_all": ("db:*:read",),
+    "metrics": ("system:metrics:read",),
+    "health": ("system:health:read",),
+}
+
+
+def _allowed(need: Need, role: str, db: str) -> bool:
+    """The decision the route table promises, written out independently of http/access.py."""
+    if role == "admin" or need in (Need.PUBLIC, Need.TOKEN):
+        return True
+    if need is Need.READ:
+        return role == "read_all" or (role == "read_a" and db == "a")
+    if need is Need.WRITE:
+        return role == "write_a" and db == "a"
+    if need is Need.METRICS:
+        return role == "metrics"
+    return False
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[app_module.App, dict[str, str]]]:
+    """An App with auth on, databases a and b, and one token per role."""
+    app = build_app(tmp_path_factory.mktemp("access") / "data", **{"auth.enabled": True})
+    for db in ("a", "b"):
+        app.catalog.create_database(db, None)
+    tokens = {}
+    for role, perms in ROLES.items():
+        parsed = None if perms is None else tuple(Permission.parse(p) for p in perms)
+        tokens[role], _ = app.tokens.create(f"{role}-x" if role == "admin" else role, parsed, None)
+    yield app, tokens
+    app.stop()
+
+
+def _route_cases() -> list[tuple[str, str, Need]]:
+    return [(method, path, need) for method, path, _, need in ROUTES if need is not Need.REQUEST_TRIGGER]
+
+
+def test_every_route_has_a_sample() -> None:
+    missing = [(m, p) for m, p, _, _ in ROUTES if (m, p) not in SAMPLES]
+    assert not missing, f"routes without an access test sample: {missing}"
+
+
+def test_every_served_route_has_a_need(secured: tuple[app_module.App, dict[str, str]]) -> None:
+    from appliance.http import server as http_server
+    from appliance.lifecycle import http_services
+
+    web_app = http_server.create(http_services(secured[0]))
+    needs = web_app[http_server.NEEDS]
+    served = {(r.method, r.resource.canonical) for r in web_app.router.routes() if r.resource is not None}
+    assert served and served <= set(needs), f"served without a need: {served - set(needs)}"
+
+
+async def _send(client: TestClient, method: str, path: str, db: str, token: str | None) -> tuple[int, str]:
+    params, body = SAMPLES[(method, path)]
+    params = {k: v.replace("{db}", db) for k, v in params.items()}
+    data = json.dumps(body).replace("{db}", db) if body is not None else b"m v=1i"
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    url = path.replace("{path:.+}", "hook")
+    async with client.request(method, url, params=params, data=data, headers=headers) as r:
+        return r.status, await r.text()
+
+
+@pytest.mark.parametrize(("method", "path", "need"), _route_cases())
+def test_each_route_allows_exactly_its_tokens(
+    secured: tuple[app_module.App, dict[str, str]], method: str, path: str, need: Need
+) -> None:
+    app, tokens = secured
+
+    async def scenario(client: TestClient) -> dict[tuple[str, str], tuple[int, str]]:
+        out = {("none", "a"): await _send(client, method, path, "a", None)}
+        for role, token in tokens.items():
+            for db in ("a", "b"):
+                out[(role, db)] = await _send(client, method, path, db, token)
+        return out
+
+    results = call(app, scenario)
+    status, _ = results[("none", "a")]
+    assert (status in (401, 403)) is (need is not Need.PUBLIC), results[("none", "a")]
+    if need is not Need.PUBLIC:
+        assert status == 401
+    for (role, db), (status, text) in results.items():
+        if role == "none":
+            continue
+        if _allowed(need, role, db):
+            assert status not in (401, 403), (role, db, status, text)
+        else:
+            assert status == 403, (role, db, status, text)
+            assert "permission denied: this needs" in text and f"token {role!r} has" in text
+
+
+def test_a_403_names_the_missing_permission(secured: tuple[app_module.App, dict[str, str]]) -> None:
+    app, tokens = secured
+
+    async def scenario(client: TestClient) -> list[tuple[int, Any]]:
+        auth = {"Authorization": f"Bearer {tokens['read_a']}"}
+        write = await client.post(routes.WRITE_LP, params={"db": "a"}, data=b"m v=1i", headers=auth)
+        other = await client.get(routes.QUERY_SQL, params={"db": "b", "q": "SELECT 1"}, headers=auth)
+        admin = await client.post(routes.CONFIGURE_DATABASE, json={"db": "c"}, headers=auth)
+        return [(r.status, await r.json()) for r in (write, other, admin)]
+
+    (ws, write), (os_, other), (as_, admin) = call(app, scenario)
+    assert ws == 403 and "db:a:write" in write["error"] and "db:a:read" in write["error"]
+    assert os_ == 403 and "db:b:read" in other["error"]
+    assert as_ == 403 and "an admin token" in admin["error"]
+    assert app.catalog.get("c") is None
+
+
+def test_list_databases_shows_only_the_tokens_databases(
+    secured: tuple[app_module.App, dict[str, str]],
+) -> None:
+    app, tokens = secured
+
+    async def scenario(client: TestClient) -> dict[str, list[str]]:
+        out = {}
+        for role in ("read_a", "read_all", "metrics"):
+            r = await client.get(
+                routes.CONFIGURE_DATABASE,
+                params={"format": "json"},
+                headers={"Authorization": f"Bearer {tokens[role]}"},
+            )
+            out[role] = [row["iox::database"] for row in await r.json()]
+        return out
+
+    shown = call(app, scenario)
+    assert shown == {"read_a": ["a"], "read_all": ["a", "b"], "metrics": []}
+
+
+def test_revoked_and_expired_tokens_get_401(tmp_path: Path) -> None:
+    app = build_app(tmp_path / "data", **{"auth.enabled": True})
+    try:
+        app.catalog.create_database("a", None)
+        perms = (Permission.parse("db:a:read"),)
+        revoked, _ = app.tokens.create("revoked", perms, None)
+        expired, _ = app.tokens.create("expired", perms, 1)  # 1 ms after the epoch
+        kept, _ = app.tokens.create("kept", perms, None)
+        app.tokens.delete("revoked")
+
+        async def scenario(client: TestClient) -> list[int]:
+            statuses = []
+            for token in (revoked, expired, kept):
+                r = await client.get(
+                    routes.QUERY_SQL,
+                    params={"db": "a", "q": "SELECT 1"},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                statuses.append(r.status)
+            return statuses
+
+        assert call(app, scenario) == [401, 401, 200]
+    finally:
+        app.stop()
