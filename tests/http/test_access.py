@@ -225,3 +225,117 @@ def test_revoked_and_expired_tokens_get_401(tmp_path: Path) -> None:
         assert call(app, scenario) == [401, 401, 200]
     finally:
         app.stop()
+
+
+PLUGIN = (
+    "def process_request(influxdb3_local, query_parameters, request_headers, request_body, args=None):\n"
+    "    return {'seen': True}\n"
+)
+
+
+def test_system_tables_show_a_resource_token_only_its_database(tmp_path: Path) -> None:
+    """sync_queue, plugin_files and the trigger tables: every database for an admin, one for a token."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    for name in ("a_hook.py", "b_hook.py"):
+        (plugins / name).write_text(PLUGIN)
+    app = build_app(
+        tmp_path / "data",
+        **{
+            "auth.enabled": True,
+            "sync.bucket": f"file://{tmp_path}/bucket",
+            "engine.plugin_dir": str(plugins),
+        },
+    )
+    try:
+        read_a, _ = app.tokens.create("read_a", (Permission.parse("db:a:read"),), None)
+        admin = (tmp_path / "data" / "admin-token").read_text().strip()
+
+        async def scenario(client: TestClient) -> dict[str, dict[str, list[Any]]]:
+            auth = {"Authorization": f"Bearer {admin}"}
+            for db in ("a", "b"):
+                r = await client.post(routes.WRITE_LP, params={"db": db}, data=b"m v=1i 1", headers=auth)
+                assert r.status == 204
+                trigger = {
+                    "db": db,
+                    "trigger_name": f"{db}_hook",
+                    "plugin_filename": f"{db}_hook.py",
+                    "trigger_specification": f"request:{db}_hook",
+                }
+                r = await client.post(routes.TRIGGER, json=trigger, headers=auth)
+                assert r.status == 200, await r.text()
+            assert (await client.post(routes.PERSIST, headers=auth)).status == 200
+            out = {}
+            for who, token in (("admin", admin), ("read_a", read_a)):
+                seen: dict[str, list[Any]] = {}
+                for table, column in (
+                    ("sync_queue", "path"),
+                    ("plugin_files", "file_name"),
+                    ("processing_engine_triggers", "trigger_name"),
+                ):
+                    r = await client.get(
+                        routes.QUERY_SQL,
+                        params={"db": "a", "q": f"SELECT {column} FROM system.{table} ORDER BY 1"},
+                        headers={"Authorization": f"Bearer {token}"},
+                    )
+                    assert r.status == 200, await r.text()
+                    seen[table] = [row[column] for row in await r.json()]
+                out[who] = seen
+            return out
+
+        seen = call(app, scenario)
+        assert [p.split("/")[0] for p in seen["admin"]["sync_queue"]] == ["a", "b"]
+        assert [p.split("/")[0] for p in seen["read_a"]["sync_queue"]] == ["a"]
+        assert seen["admin"]["plugin_files"] == ["a_hook.py", "b_hook.py"]
+        assert seen["read_a"]["plugin_files"] == ["a_hook.py"]
+        assert seen["read_a"]["processing_engine_triggers"] == ["a_hook"]
+    finally:
+        app.stop()
+
+
+def test_a_request_trigger_needs_write_on_its_database_unless_no_auth(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "hook.py").write_text(PLUGIN)
+    app = build_app(tmp_path / "data", **{"auth.enabled": True, "engine.plugin_dir": str(plugins)})
+    try:
+        app.catalog.create_database("a", None)
+        tokens = {
+            role: app.tokens.create(role, (Permission.parse(p),), None)[0]
+            for role, p in (("write_a", "db:a:write"), ("read_a", "db:a:read"), ("write_b", "db:b:write"))
+        }
+        admin = (tmp_path / "data" / "admin-token").read_text().strip()
+
+        async def scenario(client: TestClient) -> dict[str, int]:
+            for name, no_auth in (("closed", False), ("open", True)):
+                trigger = {
+                    "db": "a",
+                    "trigger_name": name,
+                    "plugin_filename": "hook.py",
+                    "trigger_specification": f"request:{name}",
+                    "no_auth": no_auth,
+                }
+                r = await client.post(
+                    routes.TRIGGER, json=trigger, headers={"Authorization": f"Bearer {admin}"}
+                )
+                assert r.status == 200, await r.text()
+            out = {}
+            for role, token in (*tokens.items(), ("none", None)):
+                headers = {"Authorization": f"Bearer {token}"} if token else {}
+                for name in ("closed", "open"):
+                    r = await client.post(routes.ENGINE_PREFIX + name, data=b"{}", headers=headers)
+                    out[f"{role} {name}"] = r.status
+            return out
+
+        assert call(app, scenario) == {
+            "write_a closed": 200,
+            "write_a open": 200,
+            "read_a closed": 403,
+            "read_a open": 200,
+            "write_b closed": 403,
+            "write_b open": 200,
+            "none closed": 401,
+            "none open": 200,
+        }
+    finally:
+        app.stop()

@@ -43,3 +43,28 @@ def test_the_first_matching_subscription_routes_a_topic() -> None:
     for n in range(ROUTE_CACHE + 1):  # the cache starts over when full; answers stay right
         router.match(f"a/{n}")
     assert len(router._by_topic) <= ROUTE_CACHE and router.match("a/x/t") is router.routes[0]
+
+
+def test_system_tables_of_one_database_hold_only_its_subscriptions_and_errors(tmp_path: Path) -> None:
+    """What a resource token for one database sees of system.mqtt_*: its subscriptions, and the
+    errors of topics routed to it (the first matching subscription decides, as for messages)."""
+    path = tmp_path / "config.toml"
+    blocks = "".join(
+        f'[[mqtt.subscription]]\ntopic = "{topic}"\ndatabase = "{db}"\n'
+        for topic, db in (("a/special", "lab"), ("a/#", "plant"))
+    )
+    path.write_text(f'[mqtt]\nbroker = "mqtt://127.0.0.1:1"\n{blocks}')
+    ingest = MqttIngest(config.load(str(path), environ={}).mqtt)
+    for topic in ("a/special", "a/other", "nowhere"):
+        ingest.errors.append((1, topic, "bad line", b"x"))
+
+    def shown(db: str, every: bool) -> tuple[list[str], list[str]]:
+        tables = ingest.system_tables(db, every)
+        return (
+            tables["mqtt_subscriptions"].column("topic").to_pylist(),
+            tables["mqtt_errors"].column("topic").to_pylist(),
+        )
+
+    assert shown("lab", False) == (["a/special"], ["a/special"])
+    assert shown("plant", False) == (["a/#"], ["a/other"])
+    assert shown("lab", True) == (["a/special", "a/#"], ["a/special", "a/other", "nowhere"])
