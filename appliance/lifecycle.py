@@ -82,7 +82,7 @@ def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
 
 def network_exposure(config: Config) -> bool:
     """Whether auth is off on an address other than loopback, confirmed by
-    auth.allow_unauthenticated_network; unconfirmed, a ConfigError saying what is exposed and how out."""
+    auth.allow_unauthenticated_network; unconfirmed, a ConfigError saying what is exposed and the ways out."""
     if config.auth.enabled or http_server.loopback_bind(config.http.bind):
         return False
     if config.auth.allow_unauthenticated_network:
