@@ -58,6 +58,14 @@ def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
     """Serve until a stop signal; returns the process exit code. `reload` re-reads the
     configuration on SIGHUP."""
     log_module.setup(config.server.log_filter, config.server.log_format)
+    if network_exposure(config):  # refused (ConfigError) before the WAL replay unless confirmed
+        log.warning(
+            "auth is off and http.bind %s is reachable from the network: anyone who can reach it can"
+            " read, write and delete data, create triggers that run code and install packages"
+            " (confirmed by auth.allow_unauthenticated_network; only Host names that are IP"
+            " addresses, localhost or in http.allowed_hosts are answered)",
+            config.http.bind,
+        )
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # no reload (and no death) during the WAL replay
     notifier = Notifier()
     notifier.status("replaying the WAL")
@@ -70,6 +78,25 @@ def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
         notifier.status("stopping: persisting the buffer")
         app.stop()
     return 0
+
+
+def network_exposure(config: Config) -> bool:
+    """Whether auth is off on an address other than loopback, confirmed by
+    auth.allow_unauthenticated_network; unconfirmed, a ConfigError saying what is exposed and the ways out."""
+    if config.auth.enabled or http_server.loopback_bind(config.http.bind):
+        return False
+    if config.auth.allow_unauthenticated_network:
+        return True
+    port = config.http.bind.rpartition(":")[2]
+    raise ConfigError(
+        f"refusing to serve without auth on {config.http.bind}, an address reachable from the network:"
+        " anyone who can reach it could read, write and delete every database, create triggers that"
+        f" run code and install packages. Either bind to loopback (--http-bind 127.0.0.1:{port}), or"
+        " turn auth on (drop --without-auth / auth.enabled = false) and give each client a token"
+        ' (appliance create token --name NAME --permission "db:NAME:read"), or, on a network you'
+        " trust completely, confirm with --allow-unauthenticated-network"
+        " (auth.allow_unauthenticated_network = true)."
+    )
 
 
 def _fit_fd_limit(max_connections: int, max_per_peer: int) -> int:
@@ -170,13 +197,6 @@ async def _listen(app: app_module.App) -> GuardedRunner:
         app.config.server.data_dir,
         "on" if app.config.auth.enabled else "off",
     )
-    if not app.config.auth.enabled and not http_server.loopback_bind(settings.bind):
-        log.warning(
-            "auth is off and http.bind %s is reachable from the network: anyone who can reach it can"
-            " read, write and delete data (only Host names that are IP addresses, localhost or in"
-            " http.allowed_hosts are answered)",
-            settings.bind,
-        )
     return runner
 
 

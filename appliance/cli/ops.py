@@ -51,6 +51,14 @@ def _config_check(args: argparse.Namespace) -> int:
         from ..mqtt.ingest import MqttIngest
 
         MqttIngest(cfg.mqtt)  # subscriptions, credentials and TLS files, as serve checks them
+    from ..lifecycle import network_exposure
+
+    if network_exposure(cfg):  # a refusal is the same ConfigError serve stops with
+        print(
+            f"warning: auth is off and http.bind {cfg.http.bind} is reachable from the network"
+            " (confirmed by auth.allow_unauthenticated_network)",
+            file=sys.stderr,
+        )
     width = max(len(s.name) for s in config.SETTINGS)
     for name, value, source in config.describe(cfg):
         print(f"{name:<{width}}  {value}  ({source})")

@@ -43,6 +43,13 @@ def add_parser(sub: Any) -> None:
             help=f"{setting.help} [{name}; env {setting.env}; default {setting.default!r}]",
         )
     s.add_argument("--without-auth", action="store_true", help="accept requests without a token")
+    s.add_argument(
+        "--allow-unauthenticated-network",
+        action="store_true",
+        help="confirm --without-auth on an address other than loopback: anyone who reaches it may read,"
+        " write and delete [auth.allow_unauthenticated_network; env"
+        " APPLIANCE_AUTH_ALLOW_UNAUTHENTICATED_NETWORK; default False]",
+    )
     s.set_defaults(func=_serve)
 
 
@@ -52,4 +59,6 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in SERVE_FLAGS.values()}
     if args.without_auth:
         overrides["auth.enabled"] = False
+    if args.allow_unauthenticated_network:
+        overrides["auth.allow_unauthenticated_network"] = True
     return serve(config.load(args.config, overrides), lambda: config.load(args.config, overrides))

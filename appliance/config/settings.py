@@ -156,6 +156,12 @@ class AuthSettings:
         parse.disable_authz,
         "Endpoints reachable without a token besides /health and /ping: metrics (for a Prometheus scraper).",
     )
+    allow_unauthenticated_network: bool = setting(
+        False,
+        parse.boolean,
+        "Confirm serving with auth off on an address other than loopback (anyone who reaches it may read,"
+        " write and delete); without it such a start is refused. Logged as a warning at every start.",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
 from appliance.app import App
 from appliance.http import routes
-from tests.http.conftest import call
+from appliance.threads import BackgroundLoop
+from tests.http.conftest import build_app, call
 
 
 def test_health_and_ping_describe_this_process(app: App) -> None:
@@ -86,3 +90,62 @@ def test_connection_and_body_budget_gauges_follow_the_counts() -> None:
         "appliance_http_bodies_waiting": 1.0,
         "after": 10.0,
     }
+
+
+#: A secret-looking error text a component reports; only an admin may ever read it.
+LEAK = "apiv3_l34ked-s3cret"
+
+
+class _DeadSidecar:
+    """A real background loop whose thread died with an error text: a failed component."""
+
+    name = "sidecar"
+
+    def __init__(self) -> None:
+        def step() -> float:
+            raise SystemExit(f"cannot reach {LEAK}")
+
+        self.loop = BackgroundLoop("sidecar", step, interval=3600, log=logging.getLogger("appliance.test"))
+
+    def start(self) -> None:
+        self.loop.start()
+        self.loop._thread.join(10)
+
+    def stop(self) -> None:
+        self.loop.stop(timeout=10)
+
+    def health(self) -> dict[str, Any]:
+        return self.loop.health()
+
+    def register_metrics(self, registry: Any) -> None:
+        """No gauges."""
+
+
+def test_a_failed_component_is_503_for_everyone_and_its_error_only_for_a_token(tmp_path: Path) -> None:
+    app = build_app(tmp_path / "data", **{"auth.enabled": True})
+    try:
+        sidecar = _DeadSidecar()
+        sidecar.start()
+        app.components.append(sidecar)
+        admin = (tmp_path / "data" / "admin-token").read_text().strip()
+
+        async def scenario(client: TestClient) -> list[tuple[int, str]]:
+            out = []
+            for path in (routes.HEALTH, routes.HEALTH_V1):
+                for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Bearer {admin}"}):
+                    r = await client.get(path, headers=headers)
+                    out.append((r.status, await r.text()))
+            return out
+
+        answers = call(app, scenario)
+    finally:
+        app.stop()
+    for i, (status, text) in enumerate(answers):
+        body = json.loads(text)
+        assert status == 503 and body["status"] == "fail" and body["state"] == "failed", text
+        assert body["components"]["sidecar"]["status"] == "failed"
+        if i % 3 == 2:  # the admin token: the whole report
+            assert LEAK in body["components"]["sidecar"]["error"] and LEAK in body["message"]
+        else:
+            assert LEAK not in text and "SystemExit" not in text and body["message"] == "failed"
+            assert body["components"]["sidecar"] == {"status": "failed"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from aiohttp import web
 
@@ -24,49 +25,70 @@ def _access(request: web.Request) -> OpsAccess:
     return services(request).ops
 
 
+#: The one message a caller without details gets per state (error texts stay behind the token).
+_STATE_MESSAGES = {"ok": "ready for queries and writes", "degraded": "degraded", "failed": "failed"}
+
+
+def _may_see_details(request: web.Request) -> bool:
+    """Whether the caller may see counters, errors, versions and the process id on /health and
+    /ping: the one place that decides it (auth off, or a valid token came on the public endpoint)."""
+    return request.get(AUTHENTICATED, True)
+
+
 async def health(request: web.Request) -> web.Response:
     """Each component's state, shaped as InfluxDB 2's /health too (name, message, status pass or
-    fail, checks, version), so its clients' health() works; `state` is ok, degraded or failed.
-    Without a valid token (auth on) it tells the state only: no component details or errors."""
+    fail, checks), so its clients' health() works; `state` is ok, degraded or failed; 503 when
+    failed. Without the right to details it tells the state only (public_health)."""
     report = _access(request).health()
-    state = report.pop("status")
-    details = request.get(AUTHENTICATED, True)
-    problems = [
-        f"{name}: {c.get('error') or c['status']}" if details else f"{name}: {c['status']}"
-        for name, c in report["components"].items()
-        if c["status"] != "ok"
-    ]
-    shaped = {
+    state = report["status"]
+    shaped = full_health(report) if _may_see_details(request) else public_health(report)
+    return json_response(shaped, status=503 if state == "failed" else 200)
+
+
+def public_health(report: dict[str, Any]) -> dict[str, Any]:
+    """What anyone may see: the overall and each component's state, built from an allow-list
+    (only `status` is copied), so a field a component adds later never leaks."""
+    state = str(report["status"])
+    components = report["components"]
+    return {
         "name": PRODUCT,
-        "message": "; ".join(problems) or "ready for queries and writes",
-        "status": "fail" if state == "failed" else "pass",
+        "message": _STATE_MESSAGES.get(state, "failed"),
+        "status": _pass_or_fail(state),
         "state": state,
+        "checks": [{"name": str(n), "status": _pass_or_fail(c["status"])} for n, c in components.items()],
+        "components": {str(n): {"status": str(c["status"])} for n, c in components.items()},
+    }
+
+
+def full_health(report: dict[str, Any]) -> dict[str, Any]:
+    """The whole report for a caller who may see details: errors, counters, version."""
+    components = report["components"]
+    problems = [f"{n}: {c.get('error') or c['status']}" for n, c in components.items() if c["status"] != "ok"]
+    return public_health(report) | {
+        "message": "; ".join(problems) or _STATE_MESSAGES["ok"],
         "version": __version__,
         "commit": "",
-        "checks": [
-            {"name": name, "status": "fail" if c["status"] == "failed" else "pass"}
-            for name, c in report["components"].items()
-        ],
-        **(report if details else {}),
+        "components": components,
     }
-    return json_response(shaped, status=503 if state == "failed" else 200)
+
+
+def _pass_or_fail(state: str) -> str:
+    return "fail" if state == "failed" else "pass"
 
 
 async def ping(request: web.Request) -> web.Response:
     """InfluxDB 3's 200 JSON; 204 (as InfluxDB 1 and 2) for HEAD and for a client that does not
-    accept JSON, such as the v1 `influxdb` client (Accept: application/x-msgpack)."""
+    accept JSON, such as the v1 `influxdb` client (Accept: application/x-msgpack). Version and
+    process id only for a caller who may see details."""
+    # The version headers go to everyone: the v1 `influxdb` client's ping() returns the
+    # X-Influxdb-Version header, and influxdb-client's version() reads it too.
     headers = {"X-Influxdb-Version": __version__, "X-Influxdb-Build": PRODUCT}
     if request.method == "HEAD" or not _accepts_json(request.headers.get("Accept")):
         return web.Response(status=204, headers=headers)
-    return json_response(
-        {
-            "product_name": PRODUCT,
-            "version": __version__,
-            "revision": "",
-            "process_id": _access(request).process_id,
-        },
-        headers=headers,
-    )
+    body: dict[str, str] = {"product_name": PRODUCT}
+    if _may_see_details(request):
+        body |= {"version": __version__, "revision": "", "process_id": _access(request).process_id}
+    return json_response(body, headers=headers)
 
 
 def _accepts_json(accept: str | None) -> bool:
