@@ -22,12 +22,12 @@ from ..errors import (
 )
 from ..metrics import HTTP_REFUSED
 from . import routes
-from .access import GRANT, Need, check_route, checked_after, may_see, require_database
+from .access import GRANT, Need, check_route, checked_after, require_database
 from .body import PEER_SHARE, BodyReader, ByteBudget, hold_bodies
 from .body import READER as BODY_READER
 from .connections import track_requests
 from .handlers import configure, engine, ops, query, write
-from .handlers.common import AUTHENTICATED, SERVICES, error_style, json_response
+from .handlers.common import SERVICES, error_style, json_response
 from .services import HttpServices
 
 log = logging.getLogger("appliance.http")
@@ -257,7 +257,6 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if info is not None:
         request[GRANT] = info.grant()
     if need is Need.PUBLIC:
-        request[AUTHENTICATED] = may_see(request, "health")  # /health and /ping tell more then
         return await handler(request)
     if info is None:
         raise Unauthorized("the request was not authenticated")

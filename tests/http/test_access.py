@@ -339,3 +339,18 @@ def test_a_request_trigger_needs_write_on_its_database_unless_no_auth(tmp_path: 
         }
     finally:
         app.stop()
+
+
+def test_health_details_need_admin_or_system_health_read(
+    secured: tuple[app_module.App, dict[str, str]],
+) -> None:
+    app, tokens = secured
+
+    async def scenario(client: TestClient) -> dict[str, bool]:
+        out = {}
+        for role in ("admin", "health", "read_a", "metrics"):
+            r = await client.get(routes.HEALTH, headers={"Authorization": f"Bearer {tokens[role]}"})
+            out[role] = "version" in await r.json()
+        return out
+
+    assert call(app, scenario) == {"admin": True, "health": True, "read_a": False, "metrics": False}

@@ -17,8 +17,6 @@ from ..body import READER as BODY_READER
 from ..services import HttpServices
 
 SERVICES: web.AppKey[HttpServices] = web.AppKey("services", HttpServices)
-#: Set by the auth middleware on endpoints that need no token: whether a valid one came anyway.
-AUTHENTICATED: web.RequestKey[bool] = web.RequestKey("authenticated", bool)
 
 _ERROR_STYLES = {routes.WRITE_V2: "v2", routes.WRITE_V1: "v1", routes.QUERY_V1: "v1"}
 

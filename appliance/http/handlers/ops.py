@@ -12,8 +12,9 @@ from ... import __version__
 from ...errors import BadRequest, Forbidden, NotFound
 from ...metrics import REGISTRY
 from ...units import parse_duration_ns
+from ..access import may_see
 from ..services import OpsAccess
-from .common import AUTHENTICATED, in_pool, json_response, services
+from .common import in_pool, json_response, services
 
 #: What /health and /ping call the product (InfluxDB 2 clients read `name`, v3 ones `product_name`).
 PRODUCT = "appliance"
@@ -31,8 +32,8 @@ _STATE_MESSAGES = {"ok": "ready for queries and writes", "degraded": "degraded",
 
 def _may_see_details(request: web.Request) -> bool:
     """Whether the caller may see counters, errors, versions and the process id on /health and
-    /ping: the one place that decides it (auth off, or a valid token came on the public endpoint)."""
-    return request.get(AUTHENTICATED, True)
+    /ping: the one place that decides it (auth off, an admin token, or system:health:read)."""
+    return may_see(request, "health")
 
 
 async def health(request: web.Request) -> web.Response:
