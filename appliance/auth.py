@@ -8,6 +8,7 @@ An admin token may do everything. A resource token carries permissions in Influx
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import logging
@@ -132,8 +133,9 @@ class TokenInfo:
         """Whether this token may do everything."""
         return self.permissions == ADMIN_PERMISSIONS
 
+    @functools.cached_property
     def grant(self) -> Grant:
-        """What a request carrying this token may do."""
+        """What a request carrying this token may do (parsed once per record)."""
         if self.admin:
             return Grant(self.name, (ADMIN,))
         return Grant(self.name, tuple(Permission.parse(p) for p in self.permissions))

@@ -255,7 +255,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = _token_of(request, quiet=need is Need.PUBLIC)
     info = services.configure.tokens.authenticate(token) if token is not None else None
     if info is not None:
-        request[GRANT] = info.grant()
+        request[GRANT] = info.grant
     if need is Need.PUBLIC:
         return await handler(request)
     if info is None:
