@@ -3,7 +3,8 @@ one quiet log line (never a traceback) for a malformed request.
 
 aiohttp has an idle timeout (keepalive_timeout) but no deadline for a request head that arrives
 one byte at a time, and it logs a traceback for every request its parser rejects. GuardedHandler
-adds both; GuardedRunner makes aiohttp build GuardedHandlers.
+adds both; GuardedRunner makes aiohttp build GuardedHandlers; GuardedSite puts a deadline on TLS
+handshakes too.
 """
 
 from __future__ import annotations
@@ -333,3 +334,29 @@ async def track_requests(request: web.Request, handler: Any) -> web.StreamRespon
         return await handler(request)  # type: ignore[no-any-return]
     finally:
         protocol.request_finished()
+
+
+class GuardedSite(web.TCPSite):
+    """A TCPSite whose TLS handshakes must finish within `handshake_timeout` (asyncio's default is
+    60 s, and a connection is counted against the caps only once its handshake is done)."""
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, *, handshake_timeout: float, **kwargs: Any
+    ) -> None:
+        super().__init__(runner, host, port, **kwargs)
+        self.handshake_timeout = handshake_timeout
+
+    async def start(self) -> None:
+        """TCPSite.start, with the handshake deadline passed to create_server."""
+        await web.BaseSite.start(self)  # registers the site with its runner
+        assert self._runner.server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            self._runner.server,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+            ssl_handshake_timeout=self.handshake_timeout if self._ssl_context is not None else None,
+        )
