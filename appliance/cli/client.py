@@ -121,9 +121,7 @@ class Client:
                 " the CA certificate that signed it"
             )
         if isinstance(reason, ssl.SSLError):
-            return (
-                "the TLS handshake failed: is the server's http.tls_minimum_version above what Python offers?"
-            )
+            return "the TLS handshake failed: does the server serve HTTPS on that port (http.tls_cert)?"
         if isinstance(reason, http.client.RemoteDisconnected) and self.host.lower().startswith("http://"):
             return "the server hung up: if it serves HTTPS (http.tls_cert), use --host https://..."
         return "is `appliance serve` running? (set --host or APPLIANCE_HOST)"
