@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import ssl
@@ -101,6 +100,8 @@ class Client:
             raise CliError(f"{e.code} {text}") from None
         except urllib.error.URLError as e:
             raise CliError(f"cannot reach {self.host}: {e.reason}; {self._reach_hint(e.reason)}") from None
+        except ConnectionResetError as e:  # http.client.RemoteDisconnected: it hung up without an answer
+            raise CliError(f"cannot reach {self.host}: {e}; {self._reach_hint(e)}") from None
 
     def _context(self) -> ssl.SSLContext | None:
         """The TLS context for an https:// host (--tls-ca, --tls-no-verify); None for http://."""
@@ -122,7 +123,7 @@ class Client:
             )
         if isinstance(reason, ssl.SSLError):
             return "the TLS handshake failed: does the server serve HTTPS on that port (http.tls_cert)?"
-        if isinstance(reason, http.client.RemoteDisconnected) and self.host.lower().startswith("http://"):
+        if isinstance(reason, ConnectionResetError) and self.host.lower().startswith("http://"):
             return "the server hung up: if it serves HTTPS (http.tls_cert), use --host https://..."
         return "is `appliance serve` running? (set --host or APPLIANCE_HOST)"
 
