@@ -99,7 +99,7 @@ def test_https_serves_curl_influxdb_client_and_the_cli(tmp_path: Path, server_ce
     )
     assert r.returncode == 0 and '"v":1.0' in r.stdout, r
 
-    with InfluxDBClient(url=s.url, token=s.token, org="", ssl_ca_cert=ca) as v2:
+    with InfluxDBClient(url=s.url, token=s.token or "", org="", ssl_ca_cert=ca) as v2:
         v2.write_api(write_options=SYNCHRONOUS).write("plant", record="m,src=v2 v=2 2", write_precision="ns")
 
     assert cli(s, "write", "-d", "plant", "--tls-ca", ca, "m,src=cli v=3 3", "-p", "ns").returncode == 0
