@@ -36,7 +36,7 @@ from .http.services import (
     QueryAccess,
     WriteAccess,
 )
-from .http.tls import ServerTls, TlsFiles
+from .http.tls import ServerTls
 from .metrics import REGISTRY
 
 log = logging.getLogger("appliance.server")
@@ -111,28 +111,9 @@ def _reload(
     except ConfigError as e:
         log.error("reload failed, keeping the running configuration: %s", e)
     finally:
-        _reload_certificate(tls)
+        if tls is not None:
+            tls.renew()
         notifier.reloaded(f"listening on {_url(app.config)}")
-
-
-def _reload_certificate(tls: ServerTls | None) -> None:
-    """SIGHUP with HTTPS on: new handshakes get the certificate now in the files (a renewal)."""
-    if tls is None:
-        return
-    try:
-        tls.reload()
-    except ConfigError as e:
-        log.error("certificate reload failed, still serving the previous certificate: %s", e)
-        return
-    log.info("reloaded the TLS certificate %s and key %s", tls.files.cert, tls.files.key)
-
-
-def _server_tls(config: Config) -> ServerTls | None:
-    """The HTTPS context from http.tls_cert and http.tls_key, or None for plain HTTP."""
-    http = config.http
-    if not http.tls_cert:
-        return None
-    return ServerTls(TlsFiles(http.tls_cert, http.tls_key, http.tls_minimum_version))
 
 
 def _url(config: Config) -> str:
@@ -147,7 +128,7 @@ async def _run_http(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tls = _server_tls(app.config)
+    tls = ServerTls.of(app.config.http)
     loop.add_signal_handler(signal.SIGHUP, _reload, app, notifier, reload, tls)
     runner = await _listen(app, tls)
     heartbeat = LoopHeartbeat()

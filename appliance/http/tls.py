@@ -9,11 +9,15 @@ reload the running certificate stays.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import HttpSettings
 from ..errors import ConfigError
+
+log = logging.getLogger("appliance.http")
 
 #: tls_minimum_version values (as config.parse.tls_version normalises them) and OpenSSL's names.
 MINIMUM_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -124,6 +128,13 @@ class ServerTls:
         self._current = self.context
         self.context.sni_callback = self._pick
 
+    @classmethod
+    def of(cls, http: HttpSettings) -> ServerTls | None:
+        """The HTTPS context of http.tls_cert and http.tls_key, or None for plain HTTP."""
+        if not http.tls_cert:
+            return None
+        return cls(TlsFiles(http.tls_cert, http.tls_key, http.tls_minimum_version))
+
     def _pick(self, connection: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
         if self._current is not context:
             connection.context = self._current
@@ -132,6 +143,15 @@ class ServerTls:
         """Serve the certificate and key now in the files to new handshakes (open connections keep
         theirs); ConfigError, with the running certificate still served, when the pair is bad."""
         self._current = server_context(self.files)
+
+    def renew(self) -> None:
+        """SIGHUP: reload(), logged; a bad pair is one error line and the running certificate stays."""
+        try:
+            self.reload()
+        except ConfigError as e:
+            log.error("certificate reload failed, still serving the previous certificate: %s", e)
+            return
+        log.info("reloaded the TLS certificate %s and key %s", self.files.cert, self.files.key)
 
 
 def client_context(ca_file: str | None, verify: bool = True) -> ssl.SSLContext:
