@@ -19,8 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from aiohttp import web
-
 from . import app as app_module
 from . import log as log_module
 from .config import Config
@@ -28,7 +26,7 @@ from .errors import ConfigError
 from .http import server as http_server
 from .http.body import READER as BODY_READER
 from .http.body import BodyLimits
-from .http.connections import ConnectionGuard, ConnectionLimits, GuardedRunner
+from .http.connections import ConnectionGuard, ConnectionLimits, GuardedRunner, GuardedSite
 from .http.services import (
     ConfigureAccess,
     EngineAccess,
@@ -38,6 +36,7 @@ from .http.services import (
     QueryAccess,
     WriteAccess,
 )
+from .http.tls import ServerTls
 from .metrics import REGISTRY
 
 log = logging.getLogger("appliance.server")
@@ -126,7 +125,12 @@ def _fit_fd_limit(max_connections: int, max_per_peer: int) -> int:
     return max_connections
 
 
-def _reload(app: app_module.App, notifier: Notifier, reload: Callable[[], Config] | None) -> None:
+def _reload(
+    app: app_module.App,
+    notifier: Notifier,
+    reload: Callable[[], Config] | None,
+    tls: ServerTls | None = None,
+) -> None:
     notifier.reloading("reloading the configuration")
     try:
         if reload is not None:
@@ -134,7 +138,14 @@ def _reload(app: app_module.App, notifier: Notifier, reload: Callable[[], Config
     except ConfigError as e:
         log.error("reload failed, keeping the running configuration: %s", e)
     finally:
-        notifier.reloaded(f"listening on http://{app.config.http.bind}")
+        if tls is not None:
+            tls.renew()
+        notifier.reloaded(f"listening on {_url(app.config)}")
+
+
+def _url(config: Config) -> str:
+    """Where the API listens, as clients write it."""
+    return f"{'https' if config.http.tls_cert else 'http'}://{config.http.bind}"
 
 
 async def _run_http(
@@ -144,11 +155,12 @@ async def _run_http(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _reload, app, notifier, reload)
-    runner = await _listen(app)
+    tls = ServerTls.of(app.config.http)
+    loop.add_signal_handler(signal.SIGHUP, _reload, app, notifier, reload, tls)
+    runner = await _listen(app, tls)
     heartbeat = LoopHeartbeat()
     beat = asyncio.create_task(heartbeat.run())
-    notifier.ready(f"listening on http://{app.config.http.bind}")
+    notifier.ready(f"listening on {_url(app.config)}")
     notifier.start_watchdog(
         lambda: app.store.responsive(WAL_STALL_SECONDS) and heartbeat.alive(LOOP_STALL_SECONDS)
     )
@@ -160,8 +172,9 @@ async def _run_http(
     await runner.cleanup()
 
 
-async def _listen(app: app_module.App) -> GuardedRunner:
-    """Build the aiohttp app behind its connection guard and listen on http.bind (ConfigError if taken)."""
+async def _listen(app: app_module.App, tls: ServerTls | None = None) -> GuardedRunner:
+    """Build the aiohttp app behind its connection guard and listen on http.bind, over TLS when
+    `tls` is given (ConfigError if taken)."""
     settings = app.config.http
     limits = ConnectionLimits(
         _fit_fd_limit(settings.max_connections, settings.max_connections_per_ip),
@@ -183,7 +196,14 @@ async def _listen(app: app_module.App) -> GuardedRunner:
     )
     await runner.setup()
     host, _, port = settings.bind.rpartition(":")
-    site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True)
+    site = GuardedSite(
+        runner,
+        host.strip("[]"),
+        int(port),
+        reuse_address=True,
+        ssl_context=tls.context if tls is not None else None,
+        handshake_timeout=limits.header_timeout,  # the handshake counts as part of the head
+    )
     try:
         await site.start()
     except OSError as e:
@@ -191,8 +211,8 @@ async def _listen(app: app_module.App) -> GuardedRunner:
             f"cannot listen on {settings.bind}: {e.strerror}; choose another --http-bind"
         ) from None
     log.info(
-        "listening on http://%s node_id=%s data_dir=%s auth=%s",
-        settings.bind,
+        "listening on %s node_id=%s data_dir=%s auth=%s",
+        _url(app.config),
         app.config.server.node_id,
         app.config.server.data_dir,
         "on" if app.config.auth.enabled else "off",

@@ -8,6 +8,7 @@ import pytest
 from tests import mosquitto
 from tests.mosquitto import Broker
 from tests.server import RUNNING, Server
+from tests.tlsca import CertAuthority, ServerCert
 
 TESTS = Path(__file__).parent
 E2E_FOLDERS = (TESTS / "e2e", TESTS / "hostile")  # every test there runs real `appliance serve` processes
@@ -53,3 +54,15 @@ def auth_server(tmp_path: Path) -> Iterator[Server]:
 def broker(tmp_path: Path) -> Broker:
     """A real Mosquitto broker on its own port (killed after the test by `_reap_servers`)."""
     return Broker(tmp_path / "broker").start()
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> CertAuthority:
+    """A throw-away CA (openssl; a missing openssl fails the test) for HTTPS tests."""
+    return CertAuthority(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="session")
+def server_cert(test_ca: CertAuthority) -> ServerCert:
+    """A certificate of `test_ca` for 127.0.0.1 and localhost: `Server(..., tls=server_cert)` serves HTTPS."""
+    return test_ca.issue("server")

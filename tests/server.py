@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -16,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.tlsca import ServerCert
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -66,10 +69,17 @@ class Server:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     token: str | None = None
+    tls: ServerCert | None = None  # serve HTTPS with this certificate; requests trust its CA
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def client_context(self, ca: Path | None = None) -> ssl.SSLContext:
+        """A client TLS context trusting `ca` (default: the CA of the server's certificate)."""
+        cafile = ca if ca is not None else self.tls.ca if self.tls is not None else None
+        assert cafile is not None, "a plain-HTTP server has no CA"
+        return ssl.create_default_context(cafile=str(cafile))
 
     def start(self, timeout: float = 30.0) -> Server:
         cmd = [
@@ -85,6 +95,8 @@ class Server:
             "test-node",
             *self.args,
         ]
+        if self.tls is not None:
+            cmd += ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key)]
         if not self.auth:
             cmd.append("--without-auth")
         env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")} | self.env
@@ -152,7 +164,8 @@ class Server:
         if tok and "Authorization" not in (headers or {}):
             req.add_header("Authorization", f"Bearer {tok}")
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
+            context = self.client_context() if self.tls is not None else None
+            with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
                 return Response(r.status, r.read(), dict(r.headers))
         except urllib.error.HTTPError as e:
             return Response(e.code, e.read(), dict(e.headers))

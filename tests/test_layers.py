@@ -18,6 +18,7 @@ LAYERS: list[set[str]] = [
     {"errors", "units", "fileio", "backoff"},
     {"model", "log", "metrics"},
     {"threads", "config", "component"},
+    {"http.tls"},  # the HTTPS context: for the HTTP server, a gRPC endpoint on its port and the CLI
     {"lineprotocol"},
     {"storage"},
     {"auth", "write"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -14,6 +15,7 @@ from typing import Any
 
 from .. import config
 from ..errors import ApplianceError
+from ..http.tls import client_context
 
 DEFAULT_HOST = "http://127.0.0.1:8181"
 
@@ -23,7 +25,7 @@ class CliError(Exception):
 
 
 def client_flags(p: argparse.ArgumentParser, database: bool = False) -> None:
-    """--host and --token (and --database) for a command that talks to a server."""
+    """--host, --token, the TLS flags (and --database) for a command that talks to a server."""
     p.add_argument(
         "-H",
         "--host",
@@ -34,6 +36,18 @@ def client_flags(p: argparse.ArgumentParser, database: bool = False) -> None:
         "--token",
         default=os.environ.get("APPLIANCE_TOKEN"),
         help="auth token (env APPLIANCE_TOKEN; default: the local admin-token file)",
+    )
+    p.add_argument(
+        "--tls-ca",
+        default=os.environ.get("APPLIANCE_TLS_CA") or os.environ.get("INFLUXDB3_TLS_CA"),
+        metavar="PATH",
+        help="CA certificate (PEM) to trust for an https:// host, e.g. a private CA"
+        " (env APPLIANCE_TLS_CA or INFLUXDB3_TLS_CA; default: the system CAs)",
+    )
+    p.add_argument(
+        "--tls-no-verify",
+        action="store_true",
+        help="do not verify the server's certificate (insecure: anyone on the path can read the token)",
     )
     if database:
         p.add_argument(
@@ -47,8 +61,13 @@ def client_flags(p: argparse.ArgumentParser, database: bool = False) -> None:
 class Client:
     """A small HTTP client for the appliance API (stdlib only, so the CLI starts fast)."""
 
-    def __init__(self, host: str, token: str | None) -> None:
+    def __init__(
+        self, host: str, token: str | None, tls_ca: str | None = None, tls_verify: bool = True
+    ) -> None:
         self.host = host.rstrip("/")
+        self.tls_ca = tls_ca
+        self.tls_verify = tls_verify
+        self._tls: ssl.SSLContext | None = None
         if token is not None:
             self.token: str | None = token
             self.token_source = "the token given with --token or APPLIANCE_TOKEN"
@@ -72,7 +91,7 @@ class Client:
         if content_type:
             req.add_header("Content-Type", content_type)
         try:
-            with urllib.request.urlopen(req, timeout=300) as resp:
+            with urllib.request.urlopen(req, timeout=300, context=self._context()) as resp:
                 return resp.read()
         except urllib.error.HTTPError as e:
             text = _error_text(e.read())
@@ -80,9 +99,33 @@ class Client:
                 raise CliError(f"401 {text}\n{self._token_hint()}") from None
             raise CliError(f"{e.code} {text}") from None
         except urllib.error.URLError as e:
-            raise CliError(
-                f"cannot reach {self.host}: {e.reason}; is `appliance serve` running? (set --host or APPLIANCE_HOST)"
-            ) from None
+            raise CliError(f"cannot reach {self.host}: {e.reason}; {self._reach_hint(e.reason)}") from None
+        except ConnectionResetError as e:  # http.client.RemoteDisconnected: it hung up without an answer
+            raise CliError(f"cannot reach {self.host}: {e}; {self._reach_hint(e)}") from None
+
+    def _context(self) -> ssl.SSLContext | None:
+        """The TLS context for an https:// host (--tls-ca, --tls-no-verify); None for http://."""
+        if not self.host.lower().startswith("https://"):
+            return None
+        if self._tls is None:
+            try:
+                self._tls = client_context(self.tls_ca, self.tls_verify)
+            except ApplianceError as e:
+                raise CliError(str(e)) from None
+        return self._tls
+
+    def _reach_hint(self, reason: object) -> str:
+        """What to try when the server could not be reached, by what went wrong."""
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            return (
+                "the server's certificate is not trusted: pass --tls-ca PATH (or set APPLIANCE_TLS_CA) with"
+                " the CA certificate that signed it"
+            )
+        if isinstance(reason, ssl.SSLError):
+            return "the TLS handshake failed: does the server serve HTTPS on that port (http.tls_cert)?"
+        if isinstance(reason, ConnectionResetError) and self.host.lower().startswith("http://"):
+            return "the server hung up: if it serves HTTPS (http.tls_cert), use --host https://..."
+        return "is `appliance serve` running? (set --host or APPLIANCE_HOST)"
 
     def _token_hint(self) -> str:
         """What a 401 means here: which token was sent, or where the CLI looked for one."""
@@ -135,7 +178,7 @@ def _local_token() -> tuple[str | None, str]:
 
 def client(args: argparse.Namespace) -> Client:
     """The client for the server the command's flags name."""
-    return Client(args.host, args.token)
+    return Client(args.host, args.token, args.tls_ca, not args.tls_no_verify)
 
 
 def database(args: argparse.Namespace) -> str:

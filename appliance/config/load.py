@@ -90,6 +90,11 @@ def _check(values: dict[str, dict[str, Any]], subs: tuple[Subscription, ...]) ->
             f"http.max_buffered_bytes ({http['max_buffered_bytes']}) is smaller than http.max_request_size"
             f" ({http['max_request_size']}): one body must fit; raise it or lower max_request_size"
         )
+    if bool(http["tls_cert"]) != bool(http["tls_key"]):
+        raise ConfigError(
+            "http.tls_cert and http.tls_key go together: set both (the certificate file and its private"
+            " key) for HTTPS, or neither for plain HTTP"
+        )
     if subs and not values["mqtt"]["broker"]:
         raise ConfigError("[[mqtt.subscription]] blocks are set but mqtt.broker is empty: set the broker URL")
 

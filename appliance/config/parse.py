@@ -193,3 +193,11 @@ def mqtt_protocol(v: Any) -> str:
     if s in ("5", "5.0"):
         return "5"
     raise ValueError(f"expected 3.1.1 or 5, got {v!r}")
+
+
+def tls_version(v: Any) -> str:
+    """A TLS version: 1.2 or 1.3, from the spellings people use (tls-1.3 as influxdb3, TLSv1.3)."""
+    s = str(v).strip().lower().removeprefix("tls").lstrip("v-_ ")
+    if s not in ("1.2", "1.3"):
+        raise ValueError(f"expected 1.2 or 1.3 (older TLS versions are not offered), got {v!r}")
+    return s

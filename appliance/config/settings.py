@@ -75,7 +75,7 @@ class ServerSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class HttpSettings:
-    """[http]: the listener and its limits on connections and request bodies."""
+    """[http]: the listener, its TLS certificate and its limits on connections and request bodies."""
 
     bind: str = setting("127.0.0.1:8181", parse.bind, "Address and port the HTTP API listens on.")
     max_request_size: int = setting(
@@ -141,6 +141,20 @@ class HttpSettings:
         parse.hosts,
         "Host names accepted besides localhost and IP addresses (DNS rebinding guard, on while bound to "
         "loopback or while auth is off; when set, on for any bind address).",
+    )
+    tls_cert: str = setting(
+        "",
+        parse.path_or_empty,
+        "PEM certificate file (then its intermediates) to serve HTTPS with, e.g. /etc/appliance/tls/cert.pem;"
+        " empty serves plain HTTP. Set with tls_key; re-read on SIGHUP.",
+    )
+    tls_key: str = setting(
+        "",
+        parse.path_or_empty,
+        "PEM private key of tls_cert, unencrypted, readable only by the appliance's user; re-read on SIGHUP.",
+    )
+    tls_minimum_version: str = setting(
+        "1.2", parse.tls_version, "Oldest TLS version a client may use for HTTPS: 1.2 or 1.3."
     )
 
 

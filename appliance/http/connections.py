@@ -3,7 +3,8 @@ one quiet log line (never a traceback) for a malformed request.
 
 aiohttp has an idle timeout (keepalive_timeout) but no deadline for a request head that arrives
 one byte at a time, and it logs a traceback for every request its parser rejects. GuardedHandler
-adds both; GuardedRunner makes aiohttp build GuardedHandlers.
+adds both; GuardedRunner makes aiohttp build GuardedHandlers; GuardedSite puts a deadline on TLS
+handshakes too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import ipaddress
 import logging
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,10 +87,47 @@ class ConnectionGuard:
         )
 
 
+class _SendWatch:
+    """While started, drops its connection when the client reads less than _SEND_PROGRESS bytes
+    of `unsent()` (or all of it) in an http.send_timeout."""
+
+    __slots__ = ("_handler", "_unsent", "_timer")
+
+    def __init__(self, handler: GuardedHandler, unsent: Callable[[], int]) -> None:
+        self._handler = handler
+        self._unsent = unsent
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        """Begin watching (already watching: go on)."""
+        if self._timer is None:
+            self._arm(self._unsent())
+
+    def stop(self) -> None:
+        """The client caught up, or the connection is gone."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self, unsent: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._handler._guard.limits.send_timeout, self._check, unsent)
+
+    def _check(self, unsent_before: int) -> None:
+        self._timer = None
+        unsent = self._unsent()
+        if unsent == 0:
+            return
+        if unsent_before - unsent >= _SEND_PROGRESS:
+            self._arm(unsent)
+            return
+        self._handler._drop_slow_reader(max(unsent_before - unsent, 0))
+
+
 class GuardedHandler(RequestHandler):
     """aiohttp's connection handler, plus the caps, the head deadline and quiet client errors."""
 
-    __slots__ = ("_guard", "_peer", "_timer", "_busy", "_refused", "_current", "_send_timer")
+    __slots__ = ("_guard", "_peer", "_timer", "_busy", "_refused", "_current", "_send_watch", "_tcp_watch")
 
     def __init__(self, manager: web.Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -98,7 +137,8 @@ class GuardedHandler(RequestHandler):
         self._busy = 0
         self._refused = False
         self._current: web.BaseRequest | None = None
-        self._send_timer: asyncio.TimerHandle | None = None
+        self._send_watch = _SendWatch(self, self._unsent)
+        self._tcp_watch: _SendWatch | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = _peer_of(transport)
@@ -108,6 +148,7 @@ class GuardedHandler(RequestHandler):
             return
         self._peer = peer
         super().connection_made(transport)
+        self._watch_tls_socket(transport)
         self._arm()
 
     def data_received(self, data: bytes) -> None:
@@ -131,44 +172,53 @@ class GuardedHandler(RequestHandler):
         """The client reads slower than we send: from now on it must read at least
         _SEND_PROGRESS bytes (or all there is) every http.send_timeout, or it is dropped."""
         super().pause_writing()
-        if self._send_timer is None:
-            self._arm_send(self._unsent())
+        self._send_watch.start()
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
+        self._send_watch.stop()
 
     def _unsent(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
-    def _arm_send(self, unsent: int) -> None:
-        self._send_timer = self._loop.call_later(self._guard.limits.send_timeout, self._send_check, unsent)
-
-    def _send_check(self, unsent_before: int) -> None:
-        """Still paused: keep going if the client read enough since the last check, else drop
-        the connection and the unsent bytes it holds."""
-        self._send_timer = None
-        unsent = self._unsent()
-        if self.transport is None or unsent == 0:
+    def _watch_tls_socket(self, transport: asyncio.BaseTransport) -> None:
+        """Under TLS, asyncio hands a whole response to the socket's transport at once and pauses
+        only itself, never us, when the client stops reading: watch that transport's pauses too."""
+        tls = getattr(transport, "_ssl_protocol", None)  # asyncio.sslproto, 3.11 and later
+        tcp = getattr(tls, "_transport", None)
+        if tls is None or tcp is None:
             return
-        if unsent_before - unsent >= _SEND_PROGRESS:
-            self._arm_send(unsent)
+        watch = self._tcp_watch = _SendWatch(self, tcp.get_write_buffer_size)
+        pause, resume = tls.pause_writing, tls.resume_writing
+
+        def paused() -> None:
+            pause()
+            watch.start()
+
+        def resumed() -> None:
+            watch.stop()
+            resume()
+
+        tls.pause_writing, tls.resume_writing = paused, resumed
+
+    def _drop_slow_reader(self, read: int) -> None:
+        """Drop the connection and the unsent bytes it holds: its client read `read` bytes in
+        http.send_timeout."""
+        if self.transport is None:
             return
         HTTP_REFUSED.inc(reason="send_timeout")
         self._guard.quiet.info(
             "send-timeout",
-            f"dropped a connection from {self._peer}: it read {max(unsent_before - unsent, 0)} bytes of"
-            f" its response in {self._guard.limits.send_timeout:g} s (http.send_timeout)",
+            f"dropped a connection from {self._peer}: it read {read} bytes of its response in"
+            f" {self._guard.limits.send_timeout:g} s (http.send_timeout)",
         )
         self.transport.abort()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel()
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
+        self._send_watch.stop()
+        if self._tcp_watch is not None:
+            self._tcp_watch.stop()
         if self._refused:
             return
         if self._peer is not None:
@@ -333,3 +383,29 @@ async def track_requests(request: web.Request, handler: Any) -> web.StreamRespon
         return await handler(request)  # type: ignore[no-any-return]
     finally:
         protocol.request_finished()
+
+
+class GuardedSite(web.TCPSite):
+    """A TCPSite whose TLS handshakes must finish within `handshake_timeout` (asyncio's default is
+    60 s, and a connection is counted against the caps only once its handshake is done)."""
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, *, handshake_timeout: float, **kwargs: Any
+    ) -> None:
+        super().__init__(runner, host, port, **kwargs)
+        self.handshake_timeout = handshake_timeout
+
+    async def start(self) -> None:
+        """TCPSite.start, with the handshake deadline passed to create_server."""
+        await web.BaseSite.start(self)  # registers the site with its runner
+        assert self._runner.server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            self._runner.server,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+            ssl_handshake_timeout=self.handshake_timeout if self._ssl_context is not None else None,
+        )
