@@ -42,6 +42,10 @@ SYSTEM_RESOURCES = ("health", "metrics")
 #: "Last used" reaches LMDB at most this often per token (it is exact in memory).
 LAST_USED_FLUSH_MS = 60_000
 MAX_NAME_CHARS = 200
+#: Most names one permission may list.
+MAX_NAMES = 256
+#: The key of the next token id in the tokens database (the other keys are 128-digit hashes).
+NEXT_ID_KEY = b"next_id"
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,8 @@ class Permission:
         resource = resource.strip().lower()
         names_t = tuple(dict.fromkeys(n.strip() for n in names))
         actions_t = tuple(dict.fromkeys(a.strip().lower() for a in actions))
-        if not names_t or "" in names_t:
-            raise ValueError(f"a {resource} permission needs names (or *), without empty ones")
+        if not names_t or "" in names_t or len(names_t) > MAX_NAMES:
+            raise ValueError(f"a {resource} permission needs 1 to {MAX_NAMES} names (or *), none empty")
         if resource == "system" and (bad := [n for n in names_t if n not in (*SYSTEM_RESOURCES, "*")]):
             raise ValueError(
                 f"unknown system resource {bad[0][:40]!r}: use {', '.join(SYSTEM_RESOURCES)} or *"
@@ -135,10 +139,19 @@ class TokenInfo:
 
     @functools.cached_property
     def grant(self) -> Grant:
-        """What a request carrying this token may do (parsed once per record)."""
+        """What a request carrying this token may do (parsed once per record). A stored permission
+        that no longer parses grants nothing: the token gets 403s, and the log says to recreate it."""
         if self.admin:
             return Grant(self.name, (ADMIN,))
-        return Grant(self.name, tuple(Permission.parse(p) for p in self.permissions))
+        try:
+            return Grant(self.name, tuple(Permission.parse(p) for p in self.permissions))
+        except ValueError as e:
+            log.error(
+                "token %r has a permission that is no longer valid (%s); it may do nothing: recreate it",
+                self.name,
+                e,
+            )
+            return Grant(self.name, ())
 
     def expired(self, now_ms: float) -> bool:
         """Whether the token has expired at `now_ms`."""
@@ -163,10 +176,6 @@ class Grant:
     def may(self, resource: str, name: str, action: str) -> bool:
         """Whether `action` on `resource` `name` is granted."""
         return any(p.allows(resource, name, action) for p in self.permissions)
-
-    def may_any(self, resource: str, action: str) -> bool:
-        """Whether `action` is granted on at least one resource of the type (a cheap early refusal)."""
-        return self.admin or any(p.resource == resource and action in p.actions for p in self.permissions)
 
     def describe(self) -> str:
         """The grants, as `create token --permission` takes them."""
@@ -203,10 +212,15 @@ class Tokens:
         self._create_lock = threading.Lock()
         self._by_hash: dict[str, TokenInfo] = {}
         self._used: dict[str, int] = {}  # hash -> ms of the last request that carried it
+        self._next_id = 1  # ids are never reused, so logs and `show tokens` never mix two tokens up
         with store.read() as txn:
             for key, value in txn.cursor(db=self._db):
+                if bytes(key) == NEXT_ID_KEY:
+                    self._next_id = max(self._next_id, int(msgpack.unpackb(value)))
+                    continue
                 info = _load(msgpack.unpackb(value))
                 self._by_hash[bytes(key).decode()] = info
+                self._next_id = max(self._next_id, info.id + 1)
 
     def authenticate(self, token: str) -> TokenInfo | None:
         """The token's record when it is known and has not expired; notes its use."""
@@ -220,10 +234,6 @@ class Tokens:
             return None
         self._note_use(info, now)
         return info
-
-    def verify(self, token: str) -> bool:
-        """Whether the token is known and has not expired."""
-        return self.authenticate(token) is not None
 
     def admin(self) -> TokenInfo | None:
         """The operator admin token's record, if one was created."""
@@ -276,8 +286,15 @@ class Tokens:
             with self._lock:  # refused from now on, even before the commit
                 for t in found:
                     self._by_hash.pop(t.hash, None)
+            try:
+                self.store.submit(step).result()
+            except BaseException:
+                with self._lock:  # not deleted on disk: back, so a retry deletes it for good
+                    self._by_hash.update((t.hash, t) for t in found)
+                raise
+            with self._lock:
+                for t in found:
                     self._used.pop(t.hash, None)
-            self.store.submit(step).result()
         log.info("deleted token %r", name)
 
     def create_admin(self, regenerate: bool = False) -> tuple[str, TokenInfo]:
@@ -311,16 +328,19 @@ class Tokens:
         return token, info
 
     def _new(self, name: str, permissions: tuple[str, ...], expiry_ms: int | None) -> tuple[str, TokenInfo]:
+        """A new token and its record (called under _create_lock, so ids are unique)."""
         token = new_token()
-        with self._lock:
-            next_id = max((t.id for t in self._by_hash.values()), default=0) + 1
-        info = TokenInfo(next_id, name, hash_token(token), int(time.time() * 1000), expiry_ms, permissions)
+        info = TokenInfo(
+            self._next_id, name, hash_token(token), int(time.time() * 1000), expiry_ms, permissions
+        )
+        self._next_id += 1
         return token, info
 
     def _put(self, txn: lmdb.Transaction, info: TokenInfo) -> None:
         record = asdict(info)
         record["permissions"] = list(info.permissions)
         txn.put(info.hash.encode(), msgpack.packb(record), db=self._db)
+        txn.put(NEXT_ID_KEY, msgpack.packb(max(self._next_id, info.id + 1)), db=self._db)
 
     def _note_use(self, info: TokenInfo, now: int) -> None:
         """Remember the use; write it to LMDB when the stored value is a minute old (never waits)."""
@@ -345,8 +365,10 @@ class Tokens:
 
 
 def _check_name(name: str) -> None:
-    if not name.strip() or len(name) > MAX_NAME_CHARS or not name.isprintable():
-        raise BadRequest(f"a token name is 1 to {MAX_NAME_CHARS} printable characters")
+    if not name.strip() or len(name) > MAX_NAME_CHARS or not name.isprintable() or name != name.strip():
+        raise BadRequest(
+            f"a token name is 1 to {MAX_NAME_CHARS} printable characters, without spaces at either end"
+        )
     if name == ADMIN_TOKEN_NAME:
         raise BadRequest(f"{ADMIN_TOKEN_NAME!r} is the operator admin token's name; pick another")
 
@@ -356,7 +378,7 @@ def bootstrap_admin(tokens: Tokens) -> None:
     pending = tokens.data_dir / (ADMIN_TOKEN_FILE + ".new")
     if pending.exists():
         token = pending.read_text().strip()
-        if tokens.verify(token):  # committed before a crash: finish the rename
+        if tokens.authenticate(token) is not None:  # committed before a crash: finish the rename
             os.replace(pending, tokens.data_dir / ADMIN_TOKEN_FILE)
         else:
             pending.unlink()

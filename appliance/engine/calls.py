@@ -220,7 +220,7 @@ class TriggerHooks:
 
     def query(self, db: str, sql: str, params: dict[str, Any] | None) -> pa.Table:
         """Run SQL on the appliance's query service."""
-        return self.calls.ctx.queries.execute(db, sql, params)
+        return self.calls.ctx.queries.execute(db, sql, params, every_database=True)  # trusted code
 
 
 def _start_text(event: Event) -> str:

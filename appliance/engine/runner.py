@@ -179,11 +179,17 @@ class Engine:
         return run.trigger if run is not None else None
 
     def handle_request(
-        self, path: str, query: dict[str, str], headers: dict[str, str], body: bytes
+        self,
+        path: str,
+        query: dict[str, str],
+        headers: dict[str, str],
+        body: bytes,
+        expected: TriggerDef | None = None,
     ) -> RequestResult:
-        """Run the request trigger at `path`: its shaped reply, or why there is none."""
+        """Run the request trigger at `path`: its shaped reply, or why there is none. With `expected`,
+        only that trigger runs (the one whose caller was checked, not one swapped in meanwhile)."""
         run = self.registry.serving(path)
-        if run is None or run.stopped:
+        if run is None or run.stopped or (expected is not None and run.trigger is not expected):
             return RequestResult("no_trigger")
         if self.catalog.get(run.trigger.database) is None:
             return RequestResult("no_database")

@@ -1,23 +1,26 @@
 """Who may call what: each route's need, the grant a request carries, and the checks on it.
 
 Every route declares its need in the route table (http/server.py); a route without one is refused.
-Routes on a database (writes and queries) are checked in two steps: the middleware refuses a token
-that may not do the action on any database, and the handler names the database with
-`require_database` once it has read it (from the query string or the body). The middleware then
-refuses to answer a database route whose handler never checked: a forgotten check fails closed.
+Routes on a database (writes and queries) are checked by the handler, which names the database to
+`require_database` once it has read it (from the query string or the body), so the 403 names the
+exact permission. `checked` refuses the answer of a database route whose handler never checked:
+a forgotten check fails closed.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from ..auth import Grant
-from ..errors import PermissionDenied
+from ..errors import ApplianceError, BadRequest, PermissionDenied
 
 log = logging.getLogger("appliance.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Need(enum.Enum):
@@ -29,7 +32,9 @@ class Need(enum.Enum):
     WRITE = "db:<database>:write"
     METRICS = "system:metrics:read"
     ADMIN = "an admin token"
-    REQUEST_TRIGGER = "db:<trigger's database>:write, or none for a no_auth trigger"
+    # Any token; the handler answers 404 unless it may write to the trigger's database. None for a
+    # no_auth trigger.
+    REQUEST_TRIGGER = "db:<trigger's database>:write"
 
 
 #: The verified grant of the request (auth off: everything).
@@ -37,7 +42,7 @@ GRANT: web.RequestKey[Grant] = web.RequestKey("grant", Grant)
 #: Set once a handler checked the database of a READ or WRITE route.
 CHECKED: web.RequestKey[bool] = web.RequestKey("database_checked", bool)
 
-_ACTIONS = {Need.READ: "read", Need.WRITE: "write"}
+_DATABASE_NEEDS = (Need.READ, Need.WRITE)
 
 
 def grant_of(request: web.Request) -> Grant | None:
@@ -67,21 +72,32 @@ def denied(grant: Grant | None, permission: str) -> str:
     return f"permission denied: this needs {permission}; {has} (an admin can grant it with `appliance create token`)"
 
 
-def check_route(request: web.Request, need: Need, grant: Grant) -> None:
+def check_route(need: Need, grant: Grant) -> None:
     """The middleware's check before the handler runs; 403 naming what is missing."""
     if need is Need.ADMIN and not grant.admin:
         raise PermissionDenied(denied(grant, "an admin token"))
     if need is Need.METRICS and not grant.may("system", "metrics", "read"):
         raise PermissionDenied(denied(grant, need.value))
-    if need in _ACTIONS and not grant.may_any("db", _ACTIONS[need]):
-        raise PermissionDenied(
-            denied(grant, f"db:{request.query.get('db') or '<database>'}:{_ACTIONS[need]}")
-        )
 
 
-def checked_after(request: web.Request, need: Need, grant: Grant, response: web.StreamResponse) -> None:
-    """A database route that answered without naming its database to `require_database` is a bug:
-    log it and refuse, rather than serve what the token may not see."""
-    if need in _ACTIONS and not grant.admin and not request.get(CHECKED) and response.status < 400:
+async def checked(request: web.Request, handler: Handler, need: Need, grant: Grant) -> web.StreamResponse:
+    """Run the route's handler. On a database route, a resource token's answer (or error, other
+    than a bad request or the check's own 403) that came without `require_database` is a bug: it
+    is logged and refused, never served. Handlers check before they prepare a streamed answer."""
+    if need not in _DATABASE_NEEDS or grant.admin:
+        return await handler(request)
+    try:
+        response = await handler(request)
+    except (BadRequest, PermissionDenied):
+        raise  # a missing parameter or the check itself: nothing about a database is told
+    except ApplianceError:
+        _unchecked(request, need, grant)
+        raise
+    _unchecked(request, need, grant)
+    return response
+
+
+def _unchecked(request: web.Request, need: Need, grant: Grant) -> None:
+    if not request.get(CHECKED):
         log.error("%s %s answered without checking its database; refused", request.method, request.path)
         raise PermissionDenied(denied(grant, need.value))

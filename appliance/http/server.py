@@ -6,7 +6,6 @@ import asyncio
 import base64
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
@@ -22,7 +21,7 @@ from ..errors import (
 )
 from ..metrics import HTTP_REFUSED
 from . import routes
-from .access import GRANT, Need, check_route, checked_after, require_database
+from .access import GRANT, Handler, Need, check_route, checked
 from .body import PEER_SHARE, BodyReader, ByteBudget, hold_bodies
 from .body import READER as BODY_READER
 from .connections import track_requests
@@ -31,8 +30,6 @@ from .handlers.common import SERVICES, error_style, json_response
 from .services import HttpServices
 
 log = logging.getLogger("appliance.http")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create(services: HttpServices) -> web.Application:
@@ -251,7 +248,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if not services.settings.auth_enabled:
         request[GRANT] = OPEN
         return await handler(request)
-    need, database = _need(request, services)
+    need = _need(request, services)
     token = _token_of(request, quiet=need is Need.PUBLIC)
     info = services.configure.tokens.authenticate(token) if token is not None else None
     if info is not None:
@@ -261,37 +258,28 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if info is None:
         raise Unauthorized("the request was not authenticated")
     grant = request[GRANT]
-    check_route(request, need, grant)
-    if database is not None:
-        require_database(request, database, "write")
-    response = await handler(request)
-    checked_after(request, need, grant, response)
-    return response
+    check_route(need, grant)
+    return await checked(request, handler, need, grant)
 
 
-def _need(request: web.Request, services: HttpServices) -> tuple[Need, str | None]:
-    """What the matched route needs, and the database to write when the route alone names it.
-    A path that matches no route needs a valid token (then 404)."""
+def _need(request: web.Request, services: HttpServices) -> Need:
+    """What the matched route needs; a path that matches no route needs a valid token (then 404)."""
     resource = request.match_info.route.resource
     if resource is None:
-        return Need.TOKEN, None
+        return Need.TOKEN
     path = resource.canonical
     need = request.app[NEEDS].get((request.method, path))
     if need is None:  # a route added without a decision: refused, never open
         log.error("route %s %s has no access rule; refused", request.method, path)
-        return Need.ADMIN, None
+        return Need.ADMIN
     if need is Need.REQUEST_TRIGGER:
-        trigger = services.engine.engine.request_trigger(request.path[len(routes.ENGINE_PREFIX) :])
-        if trigger is None:
-            return Need.TOKEN, None  # then 404; who is not allowed learns nothing more
-        if trigger.no_auth:
-            return Need.PUBLIC, None  # a request trigger created with no_auth (local webhooks)
-        return Need.WRITE, trigger.database  # a webhook sender writes into the trigger's database
-    if path == routes.TOKEN_ADMIN and services.configure.tokens.admin() is None:
-        return Need.PUBLIC, None  # bootstrap: the first admin token needs no token
+        # no_auth triggers (local webhooks) are open; for the others the handler checks write on
+        # the trigger's database, and answers 404 to a token without it.
+        trigger = services.engine.engine.request_trigger(request.match_info["path"])
+        return Need.PUBLIC if trigger is not None and trigger.no_auth else Need.TOKEN
     if path == routes.METRICS and services.settings.metrics_without_token:
-        return Need.PUBLIC, None
-    return need, None
+        return Need.PUBLIC
+    return need
 
 
 def _token_of(request: web.Request, quiet: bool = False) -> str | None:

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import paho.mqtt.client as paho
 import pyarrow as pa
 
 from ..config import MqttSettings
@@ -27,7 +26,7 @@ from ..metrics import Registry
 from ..write import WriteService
 from .batcher import Batcher
 from .client import Connection
-from .messages import RateLimitedLog
+from .messages import RateLimitedLog, RejectRow
 from .routes import Route, Router, compile_routes
 
 log = logging.getLogger("appliance.mqtt")
@@ -70,7 +69,7 @@ class MqttIngest:
         return self.batcher.rejects.unrouted
 
     @property
-    def errors(self) -> collections.deque[tuple[int, str, str, bytes]]:
+    def errors(self) -> collections.deque[RejectRow]:
         """The rows of system.mqtt_errors: (time ns, topic, reason, payload head)."""
         return self.batcher.rejects.errors
 
@@ -149,16 +148,11 @@ class MqttIngest:
                 kind="counter",
             )
 
-    def _database_of(self, topic: str) -> str | None:
-        """The database a topic's messages go to: its first matching subscription's (as Router finds it)."""
-        route = next((r for r in self.routes if paho.topic_matches_sub(r.sub.topic, topic)), None)
-        return route.sub.database if route is not None else None
-
     def system_tables(self, database: str, every_database: bool) -> dict[str, pa.Table]:
         """`mqtt_subscriptions` and `mqtt_errors`: of every subscription, or only of those that write
-        into `database` (errors on topics no such subscription matches are then left out)."""
+        into `database` and of the messages routed to it."""
         routes = [r for r in self.routes if every_database or r.sub.database == database]
-        errors = [e for e in self.errors if every_database or self._database_of(e[1]) == database]
+        errors = [e for e in self.errors if every_database or e[4] == database]
         return {
             "mqtt_subscriptions": pa.table(
                 {

@@ -97,12 +97,17 @@ class RateLimitedLog:
             log.warning("%s", text)
 
 
+#: A row of system.mqtt_errors: time (ns), topic head, reason, payload head, and the database the
+#: message was routed to (what a token for that database may see).
+RejectRow = tuple[int, str, str, bytes, str]
+
+
 class Rejects:
     """Messages with errors: counted, logged (rate-limited) and kept for system.mqtt_errors."""
 
     def __init__(self, rate_limited_log: RateLimitedLog) -> None:
         self.unrouted = 0
-        self.errors: collections.deque[tuple[int, str, str, bytes]] = collections.deque(maxlen=ERRORS_KEPT)
+        self.errors: collections.deque[RejectRow] = collections.deque(maxlen=ERRORS_KEPT)
         self._rate_limited_log = rate_limited_log
 
     def record(self, parts: list[Part]) -> None:
@@ -122,6 +127,12 @@ class Rejects:
             if p.unlisted:
                 reason += f"; {p.rejected} lines rejected in all"
             self.errors.append(
-                (p.msg.arrival_ns, p.msg.topic[:TOPIC_KEPT], reason, p.msg.payload[:PAYLOAD_HEAD])
+                (
+                    p.msg.arrival_ns,
+                    p.msg.topic[:TOPIC_KEPT],
+                    reason,
+                    p.msg.payload[:PAYLOAD_HEAD],
+                    p.msg.route.sub.database,
+                )
             )
             self._rate_limited_log(f"MQTT message on {p.msg.topic!r} rejected in part: {reason}")

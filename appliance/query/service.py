@@ -77,7 +77,7 @@ class QueryService:
         self._guarded: list[Any] | None = None
 
     def execute(
-        self, db_name: str, sql: str, params: dict[str, Any] | None = None, every_database: bool = True
+        self, db_name: str, sql: str, params: dict[str, Any] | None = None, *, every_database: bool
     ) -> pa.Table:
         """Run one read-only SQL statement; raises QueryError (400/408/413/503) or DatabaseNotFound (404).
         Without `every_database`, system tables hold only rows of `db_name` (a resource token)."""

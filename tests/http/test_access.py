@@ -73,8 +73,10 @@ ROLES: dict[str, tuple[str, ...] | None] = {
     "read_a": ("db:a:read",),
     "write_a": ("db:a:write",),
     "read_all": ("db:*:read",),
+    "write_all": ("db:*:write",),
     "metrics": ("system:metrics:read",),
     "health": ("system:health:read",),
+    "system_all": ("system:*:read",),
 }
 
 
@@ -85,9 +87,9 @@ def _allowed(need: Need, role: str, db: str) -> bool:
     if need is Need.READ:
         return role == "read_all" or (role == "read_a" and db == "a")
     if need is Need.WRITE:
-        return role == "write_a" and db == "a"
+        return role == "write_all" or (role == "write_a" and db == "a")
     if need is Need.METRICS:
-        return role == "metrics"
+        return role in ("metrics", "system_all")
     return False
 
 
@@ -106,7 +108,11 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[app_modu
 
 
 def _route_cases() -> list[tuple[str, str, Need]]:
-    return [(method, path, need) for method, path, _, need in ROUTES if need is not Need.REQUEST_TRIGGER]
+    """Every route, and HEAD for every GET (aiohttp serves it with the GET handler)."""
+    cases: list[tuple[str, str, Need]] = [
+        (method, path, need) for method, path, _, need in ROUTES if need is not Need.REQUEST_TRIGGER
+    ]
+    return cases + [("HEAD", path, need) for method, path, need in cases if method == "GET"]
 
 
 def test_every_route_has_a_sample() -> None:
@@ -125,7 +131,7 @@ def test_every_served_route_has_a_need(secured: tuple[app_module.App, dict[str, 
 
 
 async def _send(client: TestClient, method: str, path: str, db: str, token: str | None) -> tuple[int, str]:
-    params, body = SAMPLES[(method, path)]
+    params, body = SAMPLES["GET" if method == "HEAD" else method, path]
     params = {k: v.replace("{db}", db) for k, v in params.items()}
     data = json.dumps(body).replace("{db}", db) if body is not None else b"m v=1i"
     headers = {"Content-Type": "application/json"} if body is not None else {}
@@ -161,7 +167,8 @@ def test_each_route_allows_exactly_its_tokens(
             assert status not in (401, 403), (role, db, status, text)
         else:
             assert status == 403, (role, db, status, text)
-            assert "permission denied: this needs" in text and f"token {role!r} has" in text
+            if method != "HEAD":  # a HEAD answer has no body
+                assert "permission denied: this needs" in text and f"token {role!r} has" in text
 
 
 def test_a_403_names_the_missing_permission(secured: tuple[app_module.App, dict[str, str]]) -> None:
@@ -227,6 +234,7 @@ def test_revoked_and_expired_tokens_get_401(tmp_path: Path) -> None:
         app.stop()
 
 
+NOT_FOUND = b'{"error":"not found"}'
 PLUGIN = (
     "def process_request(influxdb3_local, query_parameters, request_headers, request_body, args=None):\n"
     "    return {'seen': True}\n"
@@ -322,20 +330,27 @@ def test_a_request_trigger_needs_write_on_its_database_unless_no_auth(tmp_path: 
             out = {}
             for role, token in (*tokens.items(), ("none", None)):
                 headers = {"Authorization": f"Bearer {token}"} if token else {}
-                for name in ("closed", "open"):
+                for name in ("closed", "open", "missing"):
                     r = await client.post(routes.ENGINE_PREFIX + name, data=b"{}", headers=headers)
                     out[f"{role} {name}"] = r.status
+                    if r.status == 404:
+                        assert await r.read() == NOT_FOUND
             return out
 
+        # A token that may not call a trigger learns nothing of it: 404, as for a path with no trigger.
         assert call(app, scenario) == {
             "write_a closed": 200,
             "write_a open": 200,
-            "read_a closed": 403,
+            "write_a missing": 404,
+            "read_a closed": 404,
             "read_a open": 200,
-            "write_b closed": 403,
+            "read_a missing": 404,
+            "write_b closed": 404,
             "write_b open": 200,
+            "write_b missing": 404,
             "none closed": 401,
             "none open": 200,
+            "none missing": 401,
         }
     finally:
         app.stop()
@@ -354,3 +369,54 @@ def test_health_details_need_admin_or_system_health_read(
         return out
 
     assert call(app, scenario) == {"admin": True, "health": True, "read_a": False, "metrics": False}
+
+
+def test_a_database_route_that_never_checks_is_refused_not_served(
+    secured: tuple[app_module.App, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fail-closed net: a READ route whose handler forgets require_database answers 403 to a
+    resource token (never its data or error text), and a route added without a need is admin-only."""
+    from aiohttp import web
+
+    from appliance.errors import NotFound
+    from appliance.http import server as http_server
+
+    async def leaky(request: web.Request) -> web.Response:
+        if request.query.get("fail"):
+            raise NotFound("database b holds secret_table")
+        return web.Response(text="rows of every database")
+
+    async def undecided(request: web.Request) -> web.Response:
+        return web.Response(text="undecided")
+
+    monkeypatch.setattr(http_server, "ROUTES", (*http_server.ROUTES, ("GET", "/leaky", leaky, Need.READ)))
+    real_create = http_server.create
+
+    def create(services: Any) -> web.Application:
+        web_app = real_create(services)
+        web_app.router.add_get("/undecided", undecided)  # not in ROUTES: no need recorded
+        return web_app
+
+    monkeypatch.setattr(http_server, "create", create)
+    app, tokens = secured
+
+    async def scenario(client: TestClient) -> dict[str, tuple[int, str]]:
+        out = {}
+        for role, path in (
+            ("read_a", "/leaky?db=a"),
+            ("read_a", "/leaky?db=a&fail=1"),
+            ("admin", "/leaky"),
+            ("read_all", "/undecided"),
+            ("admin", "/undecided"),
+        ):
+            r = await client.get(path, headers={"Authorization": f"Bearer {tokens[role]}"})
+            out[f"{role} {path}"] = (r.status, await r.text())
+        return out
+
+    seen = call(app, scenario)
+    assert seen["read_a /leaky?db=a"][0] == 403 and "rows" not in seen["read_a /leaky?db=a"][1]
+    assert (
+        seen["read_a /leaky?db=a&fail=1"][0] == 403 and "secret" not in seen["read_a /leaky?db=a&fail=1"][1]
+    )
+    assert seen["admin /leaky"] == (200, "rows of every database")
+    assert seen["read_all /undecided"][0] == 403 and seen["admin /undecided"] == (200, "undecided")

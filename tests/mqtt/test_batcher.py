@@ -168,7 +168,7 @@ def test_errors_go_to_the_message_that_held_the_line(tmp_path: Path) -> None:
     settle(lambda: len(writes.requests) == 1)
     writes.commit_all()
     settle(lambda: len(acks.mids) == 4)
-    assert [(t, r) for _, t, r, _ in ingest.errors] == [
+    assert [(t, r) for _, t, r, _, _ in ingest.errors] == [
         ("s/3", "line 2: bad line"),
         ("s/4", "line 1: bad line"),
     ]
@@ -224,7 +224,7 @@ def test_a_payload_whose_handling_raises_is_recorded_and_acknowledged_alone(
     assert writes.requests[0].body == b"m v=1 1\nm v=2 2"
     writes.commit_all()
     settle(lambda: acks.mids == [1, 2, 3])
-    assert [(t, r) for _, t, r, _ in ingest.errors] == [
+    assert [(t, r) for _, t, r, _, _ in ingest.errors] == [
         ("s/2", "internal error while converting it: RuntimeError('bug')")
     ]
     assert ingest.routes[0].errors == 1 and ingest.health()["inflight"] == 0
@@ -241,7 +241,7 @@ def test_a_message_whose_write_keeps_raising_is_given_up_alone(
     settle(lambda: sorted(r.body for r in writes.requests) == [b"m v=1 1", b"m v=2 2"])
     writes.commit_all()
     settle(lambda: acks.mids == [1, 2, 3])
-    assert [(t, r) for _, t, r, _ in ingest.errors] == [
+    assert [(t, r) for _, t, r, _, _ in ingest.errors] == [
         ("s/2", "internal error while writing it (see the log)")
     ]
     assert ingest.health()["inflight"] == 0
@@ -261,7 +261,7 @@ def test_one_poison_message_costs_its_batch_a_few_retries_not_a_second_per_messa
     written = sorted(line for r in writes.requests for line in r.body.split(b"\n"))
     assert written == sorted(p for p in payloads if b"poison" not in p)  # each good one once
     assert len(writes.requests) < 12  # halves, not one write per message
-    assert [(t, r) for _, t, r, _ in ingest.errors] == [
+    assert [(t, r) for _, t, r, _, _ in ingest.errors] == [
         ("s/4", "internal error while writing it (see the log)")
     ]
     assert ingest.health()["inflight"] == 0

@@ -9,6 +9,7 @@ import pytest
 from appliance import config
 from appliance.errors import ConfigError
 from appliance.mqtt.ingest import MqttIngest
+from appliance.mqtt.messages import Message, Part
 from appliance.mqtt.routes import ROUTE_CACHE, Router, compile_routes
 
 LP = '[[mqtt.subscription]]\ntopic = "s/#"\ndatabase = "iot"\n'
@@ -46,25 +47,29 @@ def test_the_first_matching_subscription_routes_a_topic() -> None:
 
 
 def test_system_tables_of_one_database_hold_only_its_subscriptions_and_errors(tmp_path: Path) -> None:
-    """What a resource token for one database sees of system.mqtt_*: its subscriptions, and the
-    errors of topics routed to it (the first matching subscription decides, as for messages)."""
+    """What a resource token for one database sees of system.mqtt_*: its subscriptions, and the errors
+    of the messages routed to it, even when the topic kept in the row is cut short and would now
+    match another subscription."""
     path = tmp_path / "config.toml"
     blocks = "".join(
         f'[[mqtt.subscription]]\ntopic = "{topic}"\ndatabase = "{db}"\n'
-        for topic, db in (("a/special", "lab"), ("a/#", "plant"))
+        for topic, db in (("s/+/end", "lab"), ("s/#", "plant"))
     )
     path.write_text(f'[mqtt]\nbroker = "mqtt://127.0.0.1:1"\n{blocks}')
     ingest = MqttIngest(config.load(str(path), environ={}).mqtt)
-    for topic in ("a/special", "a/other", "nowhere"):
-        ingest.errors.append((1, topic, "bad line", b"x"))
+    router = Router(ingest.routes)
+    long_topic = "s/" + "x" * 300 + "/end"  # kept as its first 256 characters, which match s/#
+    for topic in (long_topic, "s/other"):
+        msg = Message(router.match(topic), topic, b"lab-secret=42", 1, 1, 1, 1, 1)
+        ingest.batcher.rejects.record([Part(msg, errors=["bad line"])])
 
     def shown(db: str, every: bool) -> tuple[list[str], list[str]]:
         tables = ingest.system_tables(db, every)
         return (
             tables["mqtt_subscriptions"].column("topic").to_pylist(),
-            tables["mqtt_errors"].column("topic").to_pylist(),
+            [t[:8] for t in tables["mqtt_errors"].column("topic").to_pylist()],
         )
 
-    assert shown("lab", False) == (["a/special"], ["a/special"])
-    assert shown("plant", False) == (["a/#"], ["a/other"])
-    assert shown("lab", True) == (["a/special", "a/#"], ["a/special", "a/other", "nowhere"])
+    assert shown("lab", False) == (["s/+/end"], ["s/xxxxxx"])
+    assert shown("plant", False) == (["s/#"], ["s/other"])
+    assert shown("lab", True) == (["s/+/end", "s/#"], ["s/xxxxxx", "s/other"])

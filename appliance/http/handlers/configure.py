@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
 from aiohttp import web
 
-from ...auth import Permission, TokenInfo
+from ...auth import Permission, TokenInfo, Tokens
 from ...errors import BadRequest, MethodDisabled
 from ...model import ColumnType
 from ...query import formats
@@ -17,6 +18,11 @@ from ...units import parse_duration_ns
 from ..access import grant_of
 from ..services import ConfigureAccess
 from .common import in_pool, json_body, json_response, param, required, services
+
+#: Longest token lifetime accepted (a token that should never expire is created without one).
+MAX_EXPIRY_SECS = 100 * 365 * 86_400
+#: Most permissions one token may carry.
+MAX_PERMISSIONS = 64
 
 
 def _access(request: web.Request) -> ConfigureAccess:
@@ -29,10 +35,11 @@ async def list_databases(request: web.Request) -> web.Response:
     if not fmt:
         raise BadRequest("missing query parameter 'format' (use format=json)")
     grant = grant_of(request)
+    assert grant is not None  # a TOKEN route: the middleware set it (OPEN with auth off)
     rows = [
         {"iox::database": d.name}
         for d in _access(request).catalog.databases()
-        if grant is None or grant.may("db", d.name, "read") or grant.may("db", d.name, "write")
+        if grant.may("db", d.name, "read") or grant.may("db", d.name, "write")
     ]
     table = pa.Table.from_pylist(rows, schema=pa.schema([("iox::database", pa.string())]))
     chosen = formats.choose_format(fmt, None)
@@ -136,31 +143,21 @@ async def delete_table(request: web.Request) -> web.Response:
 
 
 # -- tokens --------------------------------------------------------------------
-#: Longest token lifetime accepted (a token that should never expire is created without one).
-MAX_EXPIRY_SECS = 100 * 365 * 86_400
-
-
 async def create_admin_token(request: web.Request) -> web.Response:
-    """POST /api/v3/configure/token/admin: the first admin token (no token needed for it)."""
-    access = _tokens_access(request)
-    token, info = await in_pool(access.pool, access.tokens.create_admin, False)
-    return _token_created(token, info)
+    """POST /api/v3/configure/token/admin: the operator admin token (409 once it exists)."""
+    return await _create_token(request, lambda tokens: tokens.create_admin(False))
 
 
 async def regenerate_admin_token(request: web.Request) -> web.Response:
     """POST /api/v3/configure/token/admin/regenerate: replace the operator admin token."""
-    access = _tokens_access(request)
-    token, info = await in_pool(access.pool, access.tokens.create_admin, True)
-    return _token_created(token, info)
+    return await _create_token(request, lambda tokens: tokens.create_admin(True))
 
 
 async def create_named_admin_token(request: web.Request) -> web.Response:
     """POST /api/v3/configure/token/named_admin {token_name, expiry_secs?}: another admin token."""
     body = await json_body(request)
-    access = _tokens_access(request)
     name, expiry = required(body, "token_name"), _expiry_ms(body.get("expiry_secs"))
-    token, info = await in_pool(access.pool, access.tokens.create, name, None, expiry)
-    return _token_created(token, info)
+    return await _create_token(request, lambda tokens: tokens.create(name, None, expiry))
 
 
 async def create_resource_token(request: web.Request) -> web.Response:
@@ -168,11 +165,29 @@ async def create_resource_token(request: web.Request) -> web.Response:
     do only what its permissions say (InfluxDB 3 Enterprise's body: each permission is
     {resource_type, resource_identifier: [names], actions: [...]}, or a "db:NAME:read" string)."""
     body = await json_body(request)
-    access = _tokens_access(request)
     name, expiry = required(body, "token_name"), _expiry_ms(body.get("expiry_secs"))
     perms = _permissions(body.get("permissions"))
-    token, info = await in_pool(access.pool, access.tokens.create, name, perms, expiry)
-    return _token_created(token, info)
+    return await _create_token(request, lambda tokens: tokens.create(name, perms, expiry))
+
+
+async def _create_token(
+    request: web.Request, make: Callable[[Tokens], tuple[str, TokenInfo]]
+) -> web.Response:
+    """Run `make` on the admin pool; 201 with the token, shown this once."""
+    access = _tokens_access(request)
+    token, info = await in_pool(access.pool, make, access.tokens)
+    return json_response(
+        {
+            "id": info.id,
+            "name": info.name,
+            "token": token,
+            "hash": info.hash,
+            "created_at": info.created_at,
+            "expiry": info.expiry,
+            "permissions": list(info.permissions),
+        },
+        status=201,
+    )
 
 
 async def list_tokens(request: web.Request) -> web.Response:
@@ -198,21 +213,6 @@ def _tokens_access(request: web.Request) -> ConfigureAccess:
     return access
 
 
-def _token_created(token: str, info: TokenInfo) -> web.Response:
-    return json_response(
-        {
-            "id": info.id,
-            "name": info.name,
-            "token": token,
-            "hash": info.hash,
-            "created_at": info.created_at,
-            "expiry": info.expiry,
-            "permissions": list(info.permissions),
-        },
-        status=201,
-    )
-
-
 def _expiry_ms(value: Any) -> int | None:
     if value in (None, ""):
         return None
@@ -221,10 +221,6 @@ def _expiry_ms(value: Any) -> int | None:
             f"'expiry_secs' must be a whole number of seconds from 1 to {MAX_EXPIRY_SECS} (omit it for none)"
         )
     return int(time.time() * 1000) + value * 1000
-
-
-#: Most permissions one token may carry.
-MAX_PERMISSIONS = 64
 
 
 def _permissions(value: Any) -> tuple[Permission, ...]:

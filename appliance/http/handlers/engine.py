@@ -6,8 +6,10 @@ from typing import Any
 
 from aiohttp import web
 
+from ...engine.responses import RequestResult
 from ...engine.store import TriggerDef
 from ...errors import BadRequest
+from ..access import grant_of
 from ..body import READER as BODY_READER
 from ..engine_replies import engine_reply
 from ..services import EngineAccess
@@ -75,17 +77,20 @@ async def _set_disabled(request: web.Request, disabled: bool) -> web.Response:
 
 
 async def engine_request(request: web.Request) -> web.Response:
-    """`/api/v3/engine/<path>`: the request trigger's plugin answers, on the engine pool."""
+    """`/api/v3/engine/<path>`: the request trigger's plugin answers, on the engine pool. A caller
+    that may not write to the trigger's database is answered as if there were no trigger: the
+    path and its database stay unknown to it (no_auth triggers are open to every caller)."""
     access = _access(request)
+    path = request.match_info["path"]
+    trigger = access.engine.request_trigger(path)
+    grant = grant_of(request)
+    if trigger is None or not (trigger.no_auth or (grant and grant.may("db", trigger.database, "write"))):
+        status, out_headers, out = engine_reply(RequestResult("no_trigger"))
+        return web.Response(status=status, headers=out_headers, body=out)
     headers = {k.lower(): v for k, v in request.headers.items() if k.lower() != "authorization"}
     async with request.app[BODY_READER].received(request) as body:  # counted while the plugin runs
         result = await in_pool(
-            access.pool,
-            access.engine.handle_request,
-            request.match_info["path"],
-            dict(request.query),
-            headers,
-            body,
+            access.pool, access.engine.handle_request, path, dict(request.query), headers, body, trigger
         )
     status, out_headers, out = engine_reply(result)
     return web.Response(status=status, headers=out_headers, body=out)

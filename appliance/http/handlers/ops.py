@@ -30,19 +30,13 @@ def _access(request: web.Request) -> OpsAccess:
 _STATE_MESSAGES = {"ok": "ready for queries and writes", "degraded": "degraded", "failed": "failed"}
 
 
-def _may_see_details(request: web.Request) -> bool:
-    """Whether the caller may see counters, errors, versions and the process id on /health and
-    /ping: the one place that decides it (auth off, an admin token, or system:health:read)."""
-    return may_see(request, "health")
-
-
 async def health(request: web.Request) -> web.Response:
     """Each component's state, shaped as InfluxDB 2's /health too (name, message, status pass or
     fail, checks), so its clients' health() works; `state` is ok, degraded or failed; 503 when
     failed. Without the right to details it tells the state only (public_health)."""
     report = _access(request).health()
     state = report["status"]
-    shaped = full_health(report) if _may_see_details(request) else public_health(report)
+    shaped = full_health(report) if may_see(request, "health") else public_health(report)
     return json_response(shaped, status=503 if state == "failed" else 200)
 
 
@@ -87,7 +81,7 @@ async def ping(request: web.Request) -> web.Response:
     if request.method == "HEAD" or not _accepts_json(request.headers.get("Accept")):
         return web.Response(status=204, headers=headers)
     body: dict[str, str] = {"product_name": PRODUCT}
-    if _may_see_details(request):
+    if may_see(request, "health"):
         body |= {"version": __version__, "revision": "", "process_id": _access(request).process_id}
     return json_response(body, headers=headers)
 

@@ -46,7 +46,7 @@ async def query_sql(request: web.Request) -> web.Response:
     def run() -> list[bytes]:  # query and rendering in one hop to the query pool, off the event loop
         limits = access.service.limits
         deadline = time.monotonic() + limits.timeout_ns / 1e9  # the query's and its rendering's
-        table = access.service.execute(db, sql, params, every_database)
+        table = access.service.execute(db, sql, params, every_database=every_database)
         return formats.render_pieces(table, chosen, limits.max_result_bytes, deadline)
 
     pieces = await run_query(access, run)
