@@ -2,7 +2,8 @@
 
 Two targets speak the same workload:
 
-- the appliance, started as `<repo>/.venv/bin/python -m appliance serve ... --without-auth`;
+- the appliance, started as `<repo>/.venv/bin/python -m appliance serve ... --without-auth` (with
+  `--auth`: with auth on, writing with a token that may only write the benchmark's database);
 - InfluxDB 1.x (`influxd` from Debian's `influxdb` package), started on a generated config with
   `wal-fsync-delay = "0s"` (an fsync per write, like the appliance's acknowledged writes).
 
@@ -233,6 +234,10 @@ class Target:
     def write_path(self) -> str:
         raise NotImplementedError
 
+    def write_headers(self) -> dict[str, str]:
+        """Headers every write carries (a token, when the target checks one)."""
+        return {}
+
     def setup(self) -> None:
         """Prepare the database after start (nothing by default)."""
 
@@ -256,22 +261,47 @@ class Target:
 class Appliance(Target):
     name = "appliance"
 
-    def __init__(self, work_dir: Path, python: Path, extra_args: str = "") -> None:
+    def __init__(self, work_dir: Path, python: Path, extra_args: str = "", auth: bool = False) -> None:
         super().__init__(work_dir)
         port = free_port()
         cmd = [str(python), "-m", "appliance", "serve", "--data-dir", str(self.base_dir / "data")]
-        cmd += ["--http-bind", f"127.0.0.1:{port}", "--without-auth", "--node-id", "bench"]
+        cmd += ["--http-bind", f"127.0.0.1:{port}", "--node-id", "bench"]
+        cmd += [] if auth else ["--without-auth"]
         self.server = Server(self.name, self.base_dir, port, "/health", 200, cmd + shlex.split(extra_args))
+        self.auth = auth
+        self.admin: dict[str, str] = {}  # the admin token's header, for queries and persist
+        self.writer: dict[str, str] = {}  # a token that may only write the benchmark's database
+
+    def setup(self) -> None:
+        """With auth on: the admin token from the data dir, and a write-only token made with it."""
+        if not self.auth:
+            return
+        admin = (self.base_dir / "data" / "admin-token").read_text().strip()
+        self.admin = {"Authorization": f"Bearer {admin}"}
+        payload = {"token_name": "bench-writer", "permissions": [f"db:{DATABASE}:write"]}
+        status, body = request(
+            self.server.port,
+            "POST",
+            "/api/v3/enterprise/configure/token",
+            json.dumps(payload).encode(),
+            {**self.admin, "Content-Type": "application/json"},
+        )
+        if status != 201:
+            raise RuntimeError(f"could not create the write token: {status} {body[:200]!r}")
+        self.writer = {"Authorization": f"Bearer {json.loads(body)['token']}"}
 
     def write_path(self) -> str:
         return f"/api/v3/write_lp?db={DATABASE}"
 
+    def write_headers(self) -> dict[str, str]:
+        return self.writer
+
     def query(self, text: str) -> tuple[int, bytes]:
         params = urllib.parse.urlencode({"db": DATABASE, "q": text, "format": "json"})
-        return request(self.server.port, "GET", f"/api/v3/query_sql?{params}")
+        return request(self.server.port, "GET", f"/api/v3/query_sql?{params}", headers=self.admin)
 
     def persist(self) -> tuple[int, bytes]:
-        return request(self.server.port, "POST", "/api/v3/persist")
+        return request(self.server.port, "POST", "/api/v3/persist", headers=self.admin)
 
     def count_rows(self) -> int | None:
         status, body = self.query(f"SELECT count(*) AS n FROM {MEASUREMENT}")
@@ -400,7 +430,7 @@ def choose_targets(args: argparse.Namespace) -> list[Callable[[], Target]]:
         if problem:
             print(f"appliance skipped: {problem}")
         else:
-            chosen.append(lambda: Appliance(args.work_dir, python, args.appliance_args))
+            chosen.append(lambda: Appliance(args.work_dir, python, args.appliance_args, args.auth))
     if not args.no_peer:
         problem = check_influxd(args.influxd)
         if problem:
@@ -447,13 +477,14 @@ def run_load(
     connections: int,
     label: str,
     progress_every: float = 2.0,
+    headers: dict[str, str] | None = None,
 ) -> LoadResult:
     """POST every body once over `connections` keep-alive connections (one thread each)."""
 
     def body(i: int) -> tuple[bytes, int] | None:
         return (bodies[i], counts[i]) if i < len(bodies) else None
 
-    return drive_load(port, path, body, connections, label, progress_every)
+    return drive_load(port, path, body, connections, label, progress_every, headers)
 
 
 def drive_load(
@@ -463,6 +494,7 @@ def drive_load(
     connections: int,
     label: str,
     progress_every: float = 2.0,
+    extra_headers: dict[str, str] | None = None,
 ) -> LoadResult:
     """POST `body(0)`, `body(1)`... (bytes and their line count) until it gives None, over
     `connections` keep-alive connections (one thread each).
@@ -478,7 +510,7 @@ def drive_load(
 
     def worker() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        headers = {"Content-Type": "text/plain; charset=utf-8", **(extra_headers or {})}
         try:
             while (item := body(i := next(next_index))) is not None:
                 data, count = item
@@ -600,6 +632,11 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         "--work-dir", type=Path, default=Path(tempfile.gettempdir()), help="where the servers' temp dirs go"
     )
     parser.add_argument("--keep", action="store_true", help="keep the servers' data directories")
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="run the appliance with auth on, writing with a token that may only write the benchmark database",
+    )
     parser.add_argument("--startup-timeout", type=float, default=60.0, help="seconds to wait for /health")
 
 

@@ -72,7 +72,13 @@ def run_one(
         idle = target.server.rss_mb()
         cpu_before = target.server.cpu_seconds()
         result = run_load(
-            target.server.port, target.write_path(), bodies, counts, conns, f"{target.name} x{conns}"
+            target.server.port,
+            target.write_path(),
+            bodies,
+            counts,
+            conns,
+            f"{target.name} x{conns}",
+            headers=target.write_headers(),
         )
         server_cpu = target.server.cpu_seconds() - cpu_before
         peak, after = target.server.peak_rss_mb(), target.server.rss_mb()
