@@ -3,8 +3,11 @@ one quiet log line (never a traceback) for a malformed request.
 
 aiohttp has an idle timeout (keepalive_timeout) but no deadline for a request head that arrives
 one byte at a time, and it logs a traceback for every request its parser rejects. GuardedHandler
-adds both; GuardedRunner makes aiohttp build GuardedHandlers; GuardedSite puts a deadline on TLS
-handshakes too.
+adds both; GuardedRunner makes aiohttp build GuardedHandlers.
+
+Under HTTPS the port listens as plain TCP and each GuardedHandler starts TLS itself, after counting
+the connection: a client opening sockets that never finish a handshake is held to the caps like
+any other, and the head deadline runs from the accept, handshake included.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import ipaddress
 import logging
 import re
+import ssl
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from ..log import QuietLog
 from ..metrics import HTTP_REFUSED, Registry
+from .tls import ServerTls
 
 log = logging.getLogger("appliance.http")
 
@@ -127,11 +132,29 @@ class _SendWatch:
 class GuardedHandler(RequestHandler):
     """aiohttp's connection handler, plus the caps, the head deadline and quiet client errors."""
 
-    __slots__ = ("_guard", "_peer", "_timer", "_busy", "_refused", "_current", "_send_watch", "_tcp_watch")
+    __slots__ = (
+        "_guard",
+        "_tls",
+        "_handshake",
+        "_early",
+        "_peer",
+        "_timer",
+        "_busy",
+        "_refused",
+        "_current",
+        "_send_watch",
+        "_tcp_watch",
+    )
 
-    def __init__(self, manager: web.Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
+    def __init__(
+        self, manager: web.Server, *, guard: ConnectionGuard, tls: ServerTls | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
+        self._tls = tls
+        #: The TLS handshake under way: aiohttp's side of the connection starts when it is done.
+        self._handshake: asyncio.Task[None] | None = None
+        self._early = b""  # request bytes decrypted before aiohttp's side started
         self._peer: str | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._busy = 0
@@ -141,19 +164,58 @@ class GuardedHandler(RequestHandler):
         self._tcp_watch: _SendWatch | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """A TCP connection was accepted: count it (or refuse it) before anything else, TLS included."""
         peer = _peer_of(transport)
         refusal = self._guard.admit(peer)
         if refusal is not None:
             self._refuse(transport, refusal)
             return
         self._peer = peer
-        super().connection_made(transport)
-        self._watch_tls_socket(transport)
         self._arm()
+        if self._tls is None:
+            super().connection_made(transport)
+            return
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()  # the ClientHello is for start_tls's protocol, not for the HTTP parser
+        self._handshake = self._loop.create_task(self._start_tls(transport, self._tls.context))
+
+    async def _start_tls(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
+        """Run the TLS handshake within the head deadline, then start aiohttp's side over it.
+        A failed handshake is the client's business: one debug line, the socket closed."""
+        tls: asyncio.BaseTransport | None = None
+        try:
+            tls = await self._loop.start_tls(
+                raw,
+                self,
+                context,
+                server_side=True,
+                # a backstop: the head deadline, armed earlier, ends a slow handshake first
+                ssl_handshake_timeout=self._guard.limits.header_timeout,
+            )
+        except OSError as e:  # ssl.SSLError, a reset, asyncio's own handshake timeout
+            log.debug("TLS handshake with %s failed: %s", self._peer, e)
+        finally:
+            lost = self._handshake is None  # connection_lost came first
+            self._handshake = None
+            if tls is None or lost or tls.is_closing():
+                self._cancel()
+                self._release()
+                if not raw.is_closing():
+                    raw.abort()
+        if tls is None or lost or tls.is_closing():
+            return
+        super().connection_made(tls)
+        self._watch_tls_socket(tls)
+        early, self._early = self._early, b""
+        if early:
+            self.data_received(early)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # read and dropped, so that closing sends no reset before the 503 is read
+        if self._handshake is not None:
+            self._early += data  # decrypted in the handshake's last read, before _start_tls resumed
+            return
         if data and not self._busy and self._timer is None:
             self._arm()  # the first byte of the next request head on a kept-alive connection
         super().data_received(data)
@@ -221,10 +283,17 @@ class GuardedHandler(RequestHandler):
             self._tcp_watch.stop()
         if self._refused:
             return
+        self._release()
+        if self._handshake is not None:  # lost before aiohttp's side started: nothing of it to close
+            self._handshake = None
+            return
+        super().connection_lost(exc)
+
+    def _release(self) -> None:
+        """Count this connection out of the caps, once."""
         if self._peer is not None:
             self._guard.release(self._peer)
             self._peer = None
-        super().connection_lost(exc)
 
     def request_started(self, request: web.BaseRequest) -> None:
         """The head of a request is complete and its handler runs: no deadline while it does."""
@@ -282,18 +351,26 @@ class GuardedHandler(RequestHandler):
     def _head_timed_out(self) -> None:
         self._timer = None
         HTTP_REFUSED.inc(reason="header_timeout")
+        handshaking = self._handshake is not None
         self._guard.quiet.info(
             "slow-head",
-            f"closed a connection from {self._peer}: no complete request head within"
+            f"closed a connection from {self._peer}: no complete"
+            f" {'TLS handshake and ' if handshaking else ''}request head within"
             f" {self._guard.limits.header_timeout:g} s (http.header_timeout)",
         )
-        self.force_close()
+        if self._handshake is not None:
+            self._handshake.cancel()  # start_tls closes the socket; _start_tls counts it out
+        else:
+            self.force_close()
 
     def _refuse(self, transport: asyncio.BaseTransport, reason: str) -> None:
         self._refused = True
         self._guard.quiet.info("refused", f"refused a connection: {reason}")
-        text = f"too many connections: {reason}; retry later\n".encode()
         assert isinstance(transport, asyncio.Transport)
+        if self._tls is not None:
+            transport.abort()  # no handshake for it (that is the cost refused), so no 503 it could read
+            return
+        text = f"too many connections: {reason}; retry later\n".encode()
         transport.write(
             b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Connection: close\r\nRetry-After: 5\r\nContent-Length: %d\r\n\r\n%s" % (len(text), text)
@@ -347,17 +424,22 @@ class _GuardedServer(web.Server):
     """aiohttp's low-level server, building GuardedHandlers."""
 
     guard: ConnectionGuard
+    tls: ServerTls | None
 
     def __call__(self) -> RequestHandler:
-        return GuardedHandler(self, guard=self.guard, loop=self._loop, **self._kwargs)
+        return GuardedHandler(self, guard=self.guard, tls=self.tls, loop=self._loop, **self._kwargs)
 
 
 class GuardedRunner(web.AppRunner):
-    """An AppRunner whose connections are GuardedHandlers sharing one ConnectionGuard."""
+    """An AppRunner whose connections are GuardedHandlers sharing one ConnectionGuard, over TLS
+    when `tls` is given (its site then listens as plain TCP: each handler starts TLS)."""
 
-    def __init__(self, app: web.Application, guard: ConnectionGuard, **kwargs: Any) -> None:
+    def __init__(
+        self, app: web.Application, guard: ConnectionGuard, tls: ServerTls | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(app, **kwargs)
         self.guard = guard
+        self.tls = tls
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
@@ -369,6 +451,7 @@ class GuardedRunner(web.AppRunner):
             **plain._kwargs,
         )
         server.guard = self.guard
+        server.tls = self.tls
         return server
 
 
@@ -383,29 +466,3 @@ async def track_requests(request: web.Request, handler: Any) -> web.StreamRespon
         return await handler(request)  # type: ignore[no-any-return]
     finally:
         protocol.request_finished()
-
-
-class GuardedSite(web.TCPSite):
-    """A TCPSite whose TLS handshakes must finish within `handshake_timeout` (asyncio's default is
-    60 s, and a connection is counted against the caps only once its handshake is done)."""
-
-    def __init__(
-        self, runner: web.BaseRunner, host: str, port: int, *, handshake_timeout: float, **kwargs: Any
-    ) -> None:
-        super().__init__(runner, host, port, **kwargs)
-        self.handshake_timeout = handshake_timeout
-
-    async def start(self) -> None:
-        """TCPSite.start, with the handshake deadline passed to create_server."""
-        await web.BaseSite.start(self)  # registers the site with its runner
-        assert self._runner.server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            self._runner.server,
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
-            backlog=self._backlog,
-            reuse_address=self._reuse_address,
-            reuse_port=self._reuse_port,
-            ssl_handshake_timeout=self.handshake_timeout if self._ssl_context is not None else None,
-        )
