@@ -267,6 +267,36 @@ def test_connections_that_never_start_a_handshake_are_capped_per_address(
     s.stop()
 
 
+def test_a_request_sent_with_the_last_handshake_flight_is_served(
+    tmp_path: Path, server_cert: ServerCert
+) -> None:
+    """A TLS 1.3 client may send its request in the same packet as its handshake's Finished: the
+    server decrypts it before its HTTP side has started, and must still answer it."""
+    s = Server(tmp_path / "data", tls=server_cert).start()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = s.client_context().wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with socket.create_connection(("127.0.0.1", s.port), 5) as raw:
+        while True:
+            try:
+                client.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                incoming.write(raw.recv(65536))
+        client.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        raw.sendall(outgoing.read())  # the client's Finished and the request, in one write
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := raw.recv(65536)):
+            incoming.write(chunk)
+            try:
+                answer += client.read(65536)
+            except ssl.SSLWantReadError:
+                pass
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert_clean_log(s)
+    s.stop()
+
+
 def test_sighup_reloads_the_certificate(tmp_path: Path, test_ca: CertAuthority) -> None:
     live = tmp_path / "tls"
     live.mkdir()
