@@ -1,4 +1,4 @@
-"""HTTP connections: caps in total and per client address, a deadline for every request head, and
+"""HTTP connections: the caps of .guard applied at accept, a deadline for every request head, and
 one quiet log line (never a traceback) for a malformed request.
 
 aiohttp has an idle timeout (keepalive_timeout) but no deadline for a request head that arrives
@@ -13,22 +13,31 @@ any other, and the head deadline runs from the accept, handshake included.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import re
 import ssl
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, InvalidURLError, LineTooLong
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
-from ..log import QuietLog
-from ..metrics import HTTP_REFUSED, Registry
+from ..metrics import HTTP_REFUSED
+from .guard import ConnectionGuard, ConnectionLimits, client_key, peer_of
 from .tls import ServerTls
+
+#: ConnectionGuard, ConnectionLimits and client_key live in .guard; importers find them here too.
+__all__ = [
+    "ConnectionGuard",
+    "ConnectionLimits",
+    "GuardedHandler",
+    "GuardedRunner",
+    "client_error",
+    "client_key",
+    "parser_reason",
+    "track_requests",
+]
 
 log = logging.getLogger("appliance.http")
 
@@ -36,60 +45,8 @@ log = logging.getLogger("appliance.http")
 _REFUSED_LINGER_SECONDS = 1.0
 #: Where an aiohttp parser message starts quoting the client's bytes.
 _QUOTED = re.compile(r"\s+b?['\"]|:\s*$")
-#: Client addresses of this machine's own processes, exempt from the total cap.
-_LOCAL_PEERS = frozenset({"127.0.0.1", "::1"})
 #: A client whose response waits unsent must read at least this much every http.send_timeout.
 _SEND_PROGRESS = 64 * 1024
-
-
-@dataclass(frozen=True)
-class ConnectionLimits:
-    """Settings http.max_connections, http.max_connections_per_ip, http.header_timeout and
-    http.send_timeout."""
-
-    max_connections: int
-    max_per_peer: int
-    header_timeout: float
-    send_timeout: float = 30.0
-
-
-class ConnectionGuard:
-    """Counts open connections in total and per client address, and refuses those over a cap."""
-
-    def __init__(self, limits: ConnectionLimits) -> None:
-        self.limits = limits
-        self.total = 0
-        self.per_peer: Counter[str] = Counter()
-        self.quiet = QuietLog(log)
-
-    def admit(self, peer: str) -> str | None:
-        """Count a new connection; or, over a cap, say why it is refused (and count nothing).
-        This machine's own clients (health checks, plugins calling the API) are held only to the
-        per-address cap, so remote clients filling the server cannot lock them out."""
-        if self.total >= self.limits.max_connections and peer not in _LOCAL_PEERS:
-            HTTP_REFUSED.inc(reason="max_connections")
-            return f"the server has {self.total} connections open (http.max_connections)"
-        if self.per_peer[peer] >= self.limits.max_per_peer:
-            HTTP_REFUSED.inc(reason="max_connections_per_ip")
-            return f"{peer} has {self.per_peer[peer]} connections open (http.max_connections_per_ip)"
-        self.total += 1
-        self.per_peer[peer] += 1
-        return None
-
-    def release(self, peer: str) -> None:
-        """Count a connection admitted earlier out."""
-        self.total -= 1
-        self.per_peer[peer] -= 1
-        if self.per_peer[peer] <= 0:
-            del self.per_peer[peer]
-
-    def register_metrics(self, registry: Registry) -> None:
-        """The connection gauge /metrics reads when scraped (no per-address label: unbounded)."""
-        registry.gauge(
-            "appliance_http_connections",
-            "HTTP connections open, the refused ones not counted.",
-            lambda: self.total,
-        )
 
 
 class _SendWatch:
@@ -165,7 +122,7 @@ class GuardedHandler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """A TCP connection was accepted: count it (or refuse it) before anything else, TLS included."""
-        peer = _peer_of(transport)
+        peer = peer_of(transport)
         refusal = self._guard.admit(peer)
         if refusal is not None:
             self._refuse(transport, refusal)
@@ -400,24 +357,6 @@ def parser_reason(exc: BaseException) -> str:
         lines = lines[1:]
     line = _QUOTED.split(lines[0] if lines else "", maxsplit=1)[0].rstrip(": ")
     return "".join(c for c in line if c.isprintable())[:120] or type(exc).__name__
-
-
-def _peer_of(transport: asyncio.BaseTransport) -> str:
-    peer = transport.get_extra_info("peername")
-    return client_key(str(peer[0]) if isinstance(peer, tuple) and peer else "local")
-
-
-def client_key(host: str) -> str:
-    """The client a per-address cap applies to: an IPv4 address, or an IPv6 /64 (one host's
-    share of a LAN; a single machine can pick any address in it). Loopback stays itself."""
-    host = host.removeprefix("::ffff:")  # an IPv4 client of a dual-stack socket is that IPv4 address
-    try:
-        address = ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return host
-    if address.version == 6 and not address.is_loopback:
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return str(address)
 
 
 class _GuardedServer(web.Server):
