@@ -263,6 +263,16 @@ def test_connections_that_never_start_a_handshake_are_capped_per_address(
             c.close()
     assert refused(s, "header_timeout") >= 4
     assert "no complete TLS handshake and request head within 3 s" in s.log()
+
+    # failed handshakes (plain HTTP, a ClientHello cut short) are counted out once each
+    for i in range(12):
+        with socket.create_connection(("127.0.0.1", s.port), 5, source_address=("127.0.0.6", 0)) as c:
+            c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" if i % 2 else client_hello()[:40])
+            if i % 2:
+                assert closed_by_server(c, 5)
+    gauge = "appliance_http_connections 1\n"  # this scrape's own connection only
+    wait_for(lambda: gauge in s.request("GET", "/metrics").text, 10, "every connection counted out")
+    assert https_from(s, "127.0.0.6") == 200
     assert_clean_log(s)
     s.stop()
 
