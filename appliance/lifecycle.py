@@ -19,6 +19,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
+from aiohttp import web
+
 from . import app as app_module
 from . import log as log_module
 from .config import Config
@@ -26,7 +28,7 @@ from .errors import ConfigError
 from .http import server as http_server
 from .http.body import READER as BODY_READER
 from .http.body import BodyLimits
-from .http.connections import ConnectionGuard, ConnectionLimits, GuardedRunner, GuardedSite
+from .http.connections import ConnectionGuard, ConnectionLimits, GuardedRunner
 from .http.services import (
     ConfigureAccess,
     EngineAccess,
@@ -189,6 +191,7 @@ async def _listen(app: app_module.App, tls: ServerTls | None = None) -> GuardedR
     runner = GuardedRunner(
         web_app,
         guard,
+        tls,
         access_log=logging.getLogger("appliance.access"),  # quiet unless --log-filter enables it
         handle_signals=False,
         shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
@@ -196,14 +199,8 @@ async def _listen(app: app_module.App, tls: ServerTls | None = None) -> GuardedR
     )
     await runner.setup()
     host, _, port = settings.bind.rpartition(":")
-    site = GuardedSite(
-        runner,
-        host.strip("[]"),
-        int(port),
-        reuse_address=True,
-        ssl_context=tls.context if tls is not None else None,
-        handshake_timeout=limits.header_timeout,  # the handshake counts as part of the head
-    )
+    # plain TCP even for HTTPS: each connection is counted before its handshake (GuardedHandler)
+    site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True)
     try:
         await site.start()
     except OSError as e:

@@ -1,29 +1,43 @@
-"""HTTP connections: caps in total and per client address, a deadline for every request head, and
+"""HTTP connections: the caps of .guard applied at accept, a deadline for every request head, and
 one quiet log line (never a traceback) for a malformed request.
 
 aiohttp has an idle timeout (keepalive_timeout) but no deadline for a request head that arrives
 one byte at a time, and it logs a traceback for every request its parser rejects. GuardedHandler
-adds both; GuardedRunner makes aiohttp build GuardedHandlers; GuardedSite puts a deadline on TLS
-handshakes too.
+adds both; GuardedRunner makes aiohttp build GuardedHandlers.
+
+Under HTTPS the port listens as plain TCP and each GuardedHandler starts TLS itself, after counting
+the connection: a client opening sockets that never finish a handshake is held to the caps like
+any other, and the head deadline runs from the accept, handshake included.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import re
-from collections import Counter
+import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, InvalidURLError, LineTooLong
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
-from ..log import QuietLog
-from ..metrics import HTTP_REFUSED, Registry
+from ..metrics import HTTP_REFUSED
+from .guard import ConnectionGuard, ConnectionLimits, client_key, peer_of
+from .tls import ServerTls
+
+#: ConnectionGuard, ConnectionLimits and client_key live in .guard; importers find them here too.
+__all__ = [
+    "ConnectionGuard",
+    "ConnectionLimits",
+    "GuardedHandler",
+    "GuardedRunner",
+    "client_error",
+    "client_key",
+    "parser_reason",
+    "track_requests",
+]
 
 log = logging.getLogger("appliance.http")
 
@@ -31,60 +45,8 @@ log = logging.getLogger("appliance.http")
 _REFUSED_LINGER_SECONDS = 1.0
 #: Where an aiohttp parser message starts quoting the client's bytes.
 _QUOTED = re.compile(r"\s+b?['\"]|:\s*$")
-#: Client addresses of this machine's own processes, exempt from the total cap.
-_LOCAL_PEERS = frozenset({"127.0.0.1", "::1"})
 #: A client whose response waits unsent must read at least this much every http.send_timeout.
 _SEND_PROGRESS = 64 * 1024
-
-
-@dataclass(frozen=True)
-class ConnectionLimits:
-    """Settings http.max_connections, http.max_connections_per_ip, http.header_timeout and
-    http.send_timeout."""
-
-    max_connections: int
-    max_per_peer: int
-    header_timeout: float
-    send_timeout: float = 30.0
-
-
-class ConnectionGuard:
-    """Counts open connections in total and per client address, and refuses those over a cap."""
-
-    def __init__(self, limits: ConnectionLimits) -> None:
-        self.limits = limits
-        self.total = 0
-        self.per_peer: Counter[str] = Counter()
-        self.quiet = QuietLog(log)
-
-    def admit(self, peer: str) -> str | None:
-        """Count a new connection; or, over a cap, say why it is refused (and count nothing).
-        This machine's own clients (health checks, plugins calling the API) are held only to the
-        per-address cap, so remote clients filling the server cannot lock them out."""
-        if self.total >= self.limits.max_connections and peer not in _LOCAL_PEERS:
-            HTTP_REFUSED.inc(reason="max_connections")
-            return f"the server has {self.total} connections open (http.max_connections)"
-        if self.per_peer[peer] >= self.limits.max_per_peer:
-            HTTP_REFUSED.inc(reason="max_connections_per_ip")
-            return f"{peer} has {self.per_peer[peer]} connections open (http.max_connections_per_ip)"
-        self.total += 1
-        self.per_peer[peer] += 1
-        return None
-
-    def release(self, peer: str) -> None:
-        """Count a connection admitted earlier out."""
-        self.total -= 1
-        self.per_peer[peer] -= 1
-        if self.per_peer[peer] <= 0:
-            del self.per_peer[peer]
-
-    def register_metrics(self, registry: Registry) -> None:
-        """The connection gauge /metrics reads when scraped (no per-address label: unbounded)."""
-        registry.gauge(
-            "appliance_http_connections",
-            "HTTP connections open, the refused ones not counted.",
-            lambda: self.total,
-        )
 
 
 class _SendWatch:
@@ -127,11 +89,29 @@ class _SendWatch:
 class GuardedHandler(RequestHandler):
     """aiohttp's connection handler, plus the caps, the head deadline and quiet client errors."""
 
-    __slots__ = ("_guard", "_peer", "_timer", "_busy", "_refused", "_current", "_send_watch", "_tcp_watch")
+    __slots__ = (
+        "_guard",
+        "_tls",
+        "_handshake",
+        "_early",
+        "_peer",
+        "_timer",
+        "_busy",
+        "_refused",
+        "_current",
+        "_send_watch",
+        "_tcp_watch",
+    )
 
-    def __init__(self, manager: web.Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
+    def __init__(
+        self, manager: web.Server, *, guard: ConnectionGuard, tls: ServerTls | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
+        self._tls = tls
+        #: The TLS handshake under way: aiohttp's side of the connection starts when it is done.
+        self._handshake: asyncio.Task[None] | None = None
+        self._early = b""  # request bytes decrypted before aiohttp's side started
         self._peer: str | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._busy = 0
@@ -141,19 +121,58 @@ class GuardedHandler(RequestHandler):
         self._tcp_watch: _SendWatch | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = _peer_of(transport)
+        """A TCP connection was accepted: count it (or refuse it) before anything else, TLS included."""
+        peer = peer_of(transport)
         refusal = self._guard.admit(peer)
         if refusal is not None:
             self._refuse(transport, refusal)
             return
         self._peer = peer
-        super().connection_made(transport)
-        self._watch_tls_socket(transport)
         self._arm()
+        if self._tls is None:
+            super().connection_made(transport)
+            return
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()  # the ClientHello is for start_tls's protocol, not for the HTTP parser
+        self._handshake = self._loop.create_task(self._start_tls(transport, self._tls.context))
+
+    async def _start_tls(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
+        """Run the TLS handshake within the head deadline, then start aiohttp's side over it.
+        A failed handshake is the client's business: one debug line, the socket closed."""
+        tls: asyncio.BaseTransport | None = None
+        try:
+            tls = await self._loop.start_tls(
+                raw,
+                self,
+                context,
+                server_side=True,
+                # a backstop: the head deadline, armed earlier, ends a slow handshake first
+                ssl_handshake_timeout=self._guard.limits.header_timeout,
+            )
+        except OSError as e:  # ssl.SSLError, a reset, asyncio's own handshake timeout
+            log.debug("TLS handshake with %s failed: %s", self._peer, e)
+        finally:
+            lost = self._handshake is None  # connection_lost came first
+            self._handshake = None
+            if tls is None or lost or tls.is_closing():
+                self._cancel()
+                self._release()
+                if not raw.is_closing():
+                    raw.abort()
+        if tls is None or lost or tls.is_closing():
+            return
+        super().connection_made(tls)
+        self._watch_tls_socket(tls)
+        early, self._early = self._early, b""
+        if early:
+            self.data_received(early)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # read and dropped, so that closing sends no reset before the 503 is read
+        if self._handshake is not None:
+            self._early += data  # decrypted in the handshake's last read, before _start_tls resumed
+            return
         if data and not self._busy and self._timer is None:
             self._arm()  # the first byte of the next request head on a kept-alive connection
         super().data_received(data)
@@ -221,10 +240,17 @@ class GuardedHandler(RequestHandler):
             self._tcp_watch.stop()
         if self._refused:
             return
+        self._release()
+        if self._handshake is not None:  # lost before aiohttp's side started: nothing of it to close
+            self._handshake = None
+            return
+        super().connection_lost(exc)
+
+    def _release(self) -> None:
+        """Count this connection out of the caps, once."""
         if self._peer is not None:
             self._guard.release(self._peer)
             self._peer = None
-        super().connection_lost(exc)
 
     def request_started(self, request: web.BaseRequest) -> None:
         """The head of a request is complete and its handler runs: no deadline while it does."""
@@ -282,18 +308,26 @@ class GuardedHandler(RequestHandler):
     def _head_timed_out(self) -> None:
         self._timer = None
         HTTP_REFUSED.inc(reason="header_timeout")
+        handshaking = self._handshake is not None
         self._guard.quiet.info(
             "slow-head",
-            f"closed a connection from {self._peer}: no complete request head within"
+            f"closed a connection from {self._peer}: no complete"
+            f" {'TLS handshake and ' if handshaking else ''}request head within"
             f" {self._guard.limits.header_timeout:g} s (http.header_timeout)",
         )
-        self.force_close()
+        if self._handshake is not None:
+            self._handshake.cancel()  # start_tls closes the socket; _start_tls counts it out
+        else:
+            self.force_close()
 
     def _refuse(self, transport: asyncio.BaseTransport, reason: str) -> None:
         self._refused = True
         self._guard.quiet.info("refused", f"refused a connection: {reason}")
-        text = f"too many connections: {reason}; retry later\n".encode()
         assert isinstance(transport, asyncio.Transport)
+        if self._tls is not None:
+            transport.abort()  # no handshake for it (that is the cost refused), so no 503 it could read
+            return
+        text = f"too many connections: {reason}; retry later\n".encode()
         transport.write(
             b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
             b"Connection: close\r\nRetry-After: 5\r\nContent-Length: %d\r\n\r\n%s" % (len(text), text)
@@ -325,39 +359,26 @@ def parser_reason(exc: BaseException) -> str:
     return "".join(c for c in line if c.isprintable())[:120] or type(exc).__name__
 
 
-def _peer_of(transport: asyncio.BaseTransport) -> str:
-    peer = transport.get_extra_info("peername")
-    return client_key(str(peer[0]) if isinstance(peer, tuple) and peer else "local")
-
-
-def client_key(host: str) -> str:
-    """The client a per-address cap applies to: an IPv4 address, or an IPv6 /64 (one host's
-    share of a LAN; a single machine can pick any address in it). Loopback stays itself."""
-    host = host.removeprefix("::ffff:")  # an IPv4 client of a dual-stack socket is that IPv4 address
-    try:
-        address = ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return host
-    if address.version == 6 and not address.is_loopback:
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return str(address)
-
-
 class _GuardedServer(web.Server):
     """aiohttp's low-level server, building GuardedHandlers."""
 
     guard: ConnectionGuard
+    tls: ServerTls | None
 
     def __call__(self) -> RequestHandler:
-        return GuardedHandler(self, guard=self.guard, loop=self._loop, **self._kwargs)
+        return GuardedHandler(self, guard=self.guard, tls=self.tls, loop=self._loop, **self._kwargs)
 
 
 class GuardedRunner(web.AppRunner):
-    """An AppRunner whose connections are GuardedHandlers sharing one ConnectionGuard."""
+    """An AppRunner whose connections are GuardedHandlers sharing one ConnectionGuard, over TLS
+    when `tls` is given (its site then listens as plain TCP: each handler starts TLS)."""
 
-    def __init__(self, app: web.Application, guard: ConnectionGuard, **kwargs: Any) -> None:
+    def __init__(
+        self, app: web.Application, guard: ConnectionGuard, tls: ServerTls | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(app, **kwargs)
         self.guard = guard
+        self.tls = tls
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
@@ -369,6 +390,7 @@ class GuardedRunner(web.AppRunner):
             **plain._kwargs,
         )
         server.guard = self.guard
+        server.tls = self.tls
         return server
 
 
@@ -383,29 +405,3 @@ async def track_requests(request: web.Request, handler: Any) -> web.StreamRespon
         return await handler(request)  # type: ignore[no-any-return]
     finally:
         protocol.request_finished()
-
-
-class GuardedSite(web.TCPSite):
-    """A TCPSite whose TLS handshakes must finish within `handshake_timeout` (asyncio's default is
-    60 s, and a connection is counted against the caps only once its handshake is done)."""
-
-    def __init__(
-        self, runner: web.BaseRunner, host: str, port: int, *, handshake_timeout: float, **kwargs: Any
-    ) -> None:
-        super().__init__(runner, host, port, **kwargs)
-        self.handshake_timeout = handshake_timeout
-
-    async def start(self) -> None:
-        """TCPSite.start, with the handshake deadline passed to create_server."""
-        await web.BaseSite.start(self)  # registers the site with its runner
-        assert self._runner.server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            self._runner.server,
-            self._host,
-            self._port,
-            ssl=self._ssl_context,
-            backlog=self._backlog,
-            reuse_address=self._reuse_address,
-            reuse_port=self._reuse_port,
-            ssl_handshake_timeout=self.handshake_timeout if self._ssl_context is not None else None,
-        )

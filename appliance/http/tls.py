@@ -115,18 +115,17 @@ def _encrypted(path: str) -> ConfigError:
 
 
 class ServerTls:
-    """The listening context, and its certificate reload (SIGHUP) from the same files.
+    """The context new connections' handshakes use, and its certificate reload (SIGHUP) from the
+    same files.
 
-    A reload builds and checks a whole new context, then makes it the one that new handshakes
-    switch to (the listening context's SNI callback, which OpenSSL runs on every ClientHello, SNI
-    or not). Loading the new files into the listening context instead would leave it with a
-    certificate and no key if a file changed between the check and the load."""
+    The server starts TLS on each connection itself (http.connections), with `context` as it is at
+    that moment. A reload builds and checks a whole new context, then swaps it in: loading the new
+    files into the context in use instead would leave it with a certificate and no key if a file
+    changed between the check and the load. Open connections keep the context they started with."""
 
     def __init__(self, files: TlsFiles) -> None:
         self.files = files
         self.context = server_context(files)
-        self._current = self.context
-        self.context.sni_callback = self._pick
 
     @classmethod
     def of(cls, http: HttpSettings) -> ServerTls | None:
@@ -135,14 +134,10 @@ class ServerTls:
             return None
         return cls(TlsFiles(http.tls_cert, http.tls_key, http.tls_minimum_version))
 
-    def _pick(self, connection: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
-        if self._current is not context:
-            connection.context = self._current
-
     def reload(self) -> None:
         """Serve the certificate and key now in the files to new handshakes (open connections keep
         theirs); ConfigError, with the running certificate still served, when the pair is bad."""
-        self._current = server_context(self.files)
+        self.context = server_context(self.files)
 
     def renew(self) -> None:
         """SIGHUP: reload(), logged; a bad pair is one error line and the running certificate stays."""

@@ -171,20 +171,20 @@ def test_the_connection_guard_holds_over_tls(tmp_path: Path, server_cert: Server
         silent_tls.close()
         silent_tcp.close()
 
-    # the per-address cap: the fourth connection from 127.0.0.1 is answered 503 (over TLS)
+    # the per-address cap: the fourth connection from 127.0.0.1 is closed before its handshake
     held = [http.client.HTTPSConnection("127.0.0.1", s.port, context=s.client_context()) for _ in range(3)]
     try:
         for c in held:  # each answered once, so the server has counted it
             c.request("GET", "/health")
             assert c.getresponse().read()
         fourth = http.client.HTTPSConnection("127.0.0.1", s.port, context=s.client_context(), timeout=10)
-        fourth.request("GET", "/health")
-        answer = fourth.getresponse()
-        assert answer.status == 503 and b"http.max_connections_per_ip" in answer.read()
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            fourth.request("GET", "/health")
         fourth.close()
     finally:
         for c in held:
             c.close()
+    assert refused(s, "max_connections_per_ip") == 1
 
     # a client that never reads its (large) response is dropped after http.send_timeout
     assert s.write("db", "m v=1 1", precision="ns").status == 204
@@ -200,6 +200,109 @@ def test_the_connection_guard_holds_over_tls(tmp_path: Path, server_cert: Server
     finally:
         slow.close()
     assert s.request("GET", "/health").status == 200
+    assert_clean_log(s)
+    s.stop()
+
+
+def refused(server: Server, reason: str) -> int:
+    """appliance_http_refused_total{reason=...} as /metrics tells it now."""
+    text = server.request("GET", "/metrics").text
+    prefix = f'appliance_http_refused_total{{reason="{reason}"}} '
+    return next((int(float(x[len(prefix) :])) for x in text.splitlines() if x.startswith(prefix)), 0)
+
+
+def open_fds(server: Server) -> int:
+    assert server.proc is not None
+    return len(os.listdir(f"/proc/{server.proc.pid}/fd"))
+
+
+def https_from(server: Server, source: str) -> int:
+    """The status of GET /health over a new HTTPS connection from a given loopback address (0: the
+    connection was closed before an answer)."""
+    c = http.client.HTTPSConnection(
+        "127.0.0.1", server.port, context=server.client_context(), timeout=10, source_address=(source, 0)
+    )
+    try:
+        c.request("GET", "/health")
+        return c.getresponse().status
+    except (ssl.SSLError, ConnectionError):
+        return 0
+    finally:
+        c.close()
+
+
+def test_connections_that_never_start_a_handshake_are_capped_per_address(
+    tmp_path: Path, server_cert: ServerCert
+) -> None:
+    env = {"APPLIANCE_HTTP_HEADER_TIMEOUT": "3s", "APPLIANCE_HTTP_MAX_CONNECTIONS_PER_IP": "4"}
+    s = Server(tmp_path / "data", tls=server_cert, env=env).start()
+    fds_before = open_fds(s)
+
+    def silent() -> socket.socket:  # a TCP connection from 127.0.0.5 that never sends a ClientHello
+        c = socket.socket()
+        c.bind(("127.0.0.5", 0))
+        c.connect(("127.0.0.1", s.port))
+        return c
+
+    held = [silent() for _ in range(4)]
+    flood: list[socket.socket] = []
+    try:
+        wait_for(lambda: "appliance_http_connections 5" in s.request("GET", "/metrics").text, 10, "4 counted")
+        flood = [silent() for _ in range(200)]
+        wait_for(lambda: refused(s, "max_connections_per_ip") == 200, 10, "the flood to be refused")
+        assert all(closed_by_server(c, 5) for c in flood), "a connection over the cap stayed open"
+        assert open_fds(s) <= fds_before + len(held) + 4  # the flood holds none of the server's files
+        assert https_from(s, "127.0.0.1") == 200  # another address is served meanwhile
+        assert not any(closed_by_server(c, 0) for c in held)  # the first four are counted, not refused
+
+        # the four time out at http.header_timeout, handshake included; the address is served again
+        assert all(closed_by_server(c, 10) for c in held), "a silent connection stayed open"
+        wait_for(lambda: https_from(s, "127.0.0.5") == 200, 10, "127.0.0.5 served again")
+    finally:
+        for c in held + flood:
+            c.close()
+    assert refused(s, "header_timeout") >= 4
+    assert "no complete TLS handshake and request head within 3 s" in s.log()
+
+    # failed handshakes (plain HTTP, a ClientHello cut short) are counted out once each
+    for i in range(12):
+        with socket.create_connection(("127.0.0.1", s.port), 5, source_address=("127.0.0.6", 0)) as c:
+            c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" if i % 2 else client_hello()[:40])
+            if i % 2:
+                assert closed_by_server(c, 5)
+    gauge = "appliance_http_connections 1\n"  # this scrape's own connection only
+    wait_for(lambda: gauge in s.request("GET", "/metrics").text, 10, "every connection counted out")
+    assert https_from(s, "127.0.0.6") == 200
+    assert_clean_log(s)
+    s.stop()
+
+
+def test_a_request_sent_with_the_last_handshake_flight_is_served(
+    tmp_path: Path, server_cert: ServerCert
+) -> None:
+    """A TLS 1.3 client may send its request in the same packet as its handshake's Finished: the
+    server decrypts it before its HTTP side has started, and must still answer it."""
+    s = Server(tmp_path / "data", tls=server_cert).start()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = s.client_context().wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with socket.create_connection(("127.0.0.1", s.port), 5) as raw:
+        while True:
+            try:
+                client.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                incoming.write(raw.recv(65536))
+        client.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        raw.sendall(outgoing.read())  # the client's Finished and the request, in one write
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := raw.recv(65536)):
+            incoming.write(chunk)
+            try:
+                answer += client.read(65536)
+            except ssl.SSLWantReadError:
+                pass
+    assert answer.startswith(b"HTTP/1.1 200"), answer
     assert_clean_log(s)
     s.stop()
 
