@@ -40,6 +40,23 @@ def openssl(*args: str, cwd: Path) -> str:
     return done.stdout
 
 
+def encrypted_key(key: Path, out: Path, legacy: bool = False) -> Path:
+    """`key` encrypted with the passphrase "x" into `out`: PKCS#8, or with `legacy` the old
+    "Proc-Type: 4,ENCRYPTED" PEM header."""
+    openssl(
+        "ec" if legacy else "pkey",
+        "-in",
+        str(key),
+        "-aes128",
+        "-passout",
+        "pass:x",
+        "-out",
+        str(out),
+        cwd=out.parent,
+    )
+    return out
+
+
 class CertAuthority:
     """A CA (EC P-256, valid one day) in `dir` that issues server certificates."""
 

@@ -13,12 +13,20 @@ from tests.server import REPO, Server
 
 
 def cli(
-    server: Server, *args: str, stdin: bytes | None = None, home: Path | None = None
+    server: Server,
+    *args: str,
+    stdin: bytes | None = None,
+    home: Path | None = None,
+    token: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    """`python -m appliance ARGS` against `server`, with none of the caller's APPLIANCE_ or
+    INFLUXDB3_ settings; `home` is the data dir whose admin-token file the CLI reads."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("APPLIANCE_", "INFLUXDB3_"))}
     env["APPLIANCE_HOST"] = server.url
     if home is not None:
         env["APPLIANCE_SERVER_DATA_DIR"] = str(home)
+    if token is not None:
+        env["APPLIANCE_TOKEN"] = token
     return subprocess.run(
         [sys.executable, "-m", "appliance", *args],
         cwd=REPO,

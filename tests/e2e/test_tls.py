@@ -22,24 +22,14 @@ import pytest
 from influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 
+from tests.e2e.test_cli import cli as appliance_cli
 from tests.server import REPO, Server, wait_for
-from tests.tlsca import CertAuthority, ServerCert
+from tests.tlsca import CertAuthority, ServerCert, encrypted_key
 
 
 def cli(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
     """`python -m appliance ARGS` against `server` (its admin token, its https:// URL)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("APPLIANCE_", "INFLUXDB3_"))}
-    env["APPLIANCE_HOST"] = server.url
-    if server.token:
-        env["APPLIANCE_TOKEN"] = server.token
-    return subprocess.run(
-        [sys.executable, "-m", "appliance", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return appliance_cli(server, *args, token=server.token)
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -364,21 +354,7 @@ def test_bad_tls_settings_refuse_to_start(
     tmp_path: Path, test_ca: CertAuthority, server_cert: ServerCert
 ) -> None:
     other = test_ca.issue("other")
-    encrypted = tmp_path / "encrypted.key"
-    subprocess.run(
-        [
-            "openssl",
-            "pkey",
-            "-in",
-            str(server_cert.key),
-            "-aes256",
-            "-passout",
-            "pass:x",
-            "-out",
-            str(encrypted),
-        ],
-        check=True,
-    )
+    encrypted = encrypted_key(server_cert.key, tmp_path / "encrypted.key")
     cert, key = str(server_cert.cert), str(server_cert.key)
     cases = {
         "only-cert": (["--tls-cert", cert], ["http.tls_cert", "http.tls_key"]),

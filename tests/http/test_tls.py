@@ -17,7 +17,7 @@ from appliance.config import parse
 from appliance.errors import ConfigError
 from appliance.http.tls import ServerTls, TlsFiles, client_context, server_context
 from tests.server import REPO
-from tests.tlsca import CertAuthority, ServerCert
+from tests.tlsca import CertAuthority, ServerCert, encrypted_key
 
 
 def handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> ssl.SSLObject:
@@ -101,27 +101,8 @@ def bad_files(
 ) -> dict[str, tuple[TlsFiles, str]]:
     """Broken certificate/key pairs, and a word the error must hold."""
     other = test_ca.issue("unit-other")
-    encrypted = tmp_path / "encrypted.key"
-    subprocess.run(
-        [
-            "openssl",
-            "pkey",
-            "-in",
-            str(server_cert.key),
-            "-aes128",
-            "-passout",
-            "pass:x",
-            "-out",
-            str(encrypted),
-        ],
-        check=True,
-    )
-    legacy = tmp_path / "legacy.key"  # the old "Proc-Type: 4,ENCRYPTED" PEM header
-    subprocess.run(
-        ["openssl", "ec", "-in", str(server_cert.key), "-aes128", "-passout", "pass:x", "-out", str(legacy)],
-        check=True,
-        capture_output=True,
-    )
+    encrypted = encrypted_key(server_cert.key, tmp_path / "encrypted.key")
+    legacy = encrypted_key(server_cert.key, tmp_path / "legacy.key", legacy=True)
     junk = tmp_path / "junk.pem"
     junk.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
     cert, key = str(server_cert.cert), str(server_cert.key)
