@@ -67,12 +67,13 @@ def serve(config: Config, reload: Callable[[], Config] | None = None) -> int:
             " addresses, localhost or in http.allowed_hosts are answered)",
             config.http.bind,
         )
+    tls = ServerTls.of(config.http)  # a bad certificate or key stops the start before the replay
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # no reload (and no death) during the WAL replay
     notifier = Notifier()
     notifier.status("replaying the WAL")
     app = app_module.build(config)
     try:
-        asyncio.run(_run_http(app, notifier, reload))
+        asyncio.run(_run_http(app, notifier, reload, tls))
     finally:
         for sig in (signal.SIGHUP, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)  # the final persist is not interrupted (Ctrl-C still is)
@@ -151,13 +152,15 @@ def _url(config: Config) -> str:
 
 
 async def _run_http(
-    app: app_module.App, notifier: Notifier, reload: Callable[[], Config] | None = None
+    app: app_module.App,
+    notifier: Notifier,
+    reload: Callable[[], Config] | None = None,
+    tls: ServerTls | None = None,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tls = ServerTls.of(app.config.http)
     loop.add_signal_handler(signal.SIGHUP, _reload, app, notifier, reload, tls)
     runner = await _listen(app, tls)
     heartbeat = LoopHeartbeat()

@@ -51,7 +51,10 @@ def _config_check(args: argparse.Namespace) -> int:
         from ..mqtt.ingest import MqttIngest
 
         MqttIngest(cfg.mqtt)  # subscriptions, credentials and TLS files, as serve checks them
+    from ..http.tls import ServerTls
     from ..lifecycle import network_exposure
+
+    ServerTls.of(cfg.http)  # the certificate and key, as serve loads them
 
     if network_exposure(cfg):  # a refusal is the same ConfigError serve stops with
         print(

@@ -374,3 +374,25 @@ def test_bad_tls_settings_refuse_to_start(
         r = serve(tmp_path / name, *args)
         assert r.returncode == 1, (name, r)
         assert all(w in r.stderr for w in words) and "Traceback" not in r.stderr, (name, r.stderr)
+        assert not (tmp_path / name / "data" / "lmdb").exists(), f"{name}: refused after opening the data dir"
+
+
+def test_config_check_loads_the_certificate(
+    tmp_path: Path, test_ca: CertAuthority, server_cert: ServerCert
+) -> None:
+    other = test_ca.issue("check-other")
+    config = tmp_path / "config.toml"
+
+    def check(key: Path) -> subprocess.CompletedProcess[str]:
+        config.write_text(f'[http]\ntls_cert = "{server_cert.cert}"\ntls_key = "{key}"\n')
+        return subprocess.run(
+            [sys.executable, "-m", "appliance", "config", "check", "--config", str(config)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    good, bad = check(server_cert.key), check(other.key)
+    assert good.returncode == 0, good.stderr
+    assert bad.returncode == 1 and "not the private key of the certificate" in bad.stderr
