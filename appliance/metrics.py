@@ -218,6 +218,7 @@ PLUGIN_DROPPED = REGISTRY.counter(
 PERSISTS = REGISTRY.counter("appliance_persist_files_total", "Parquet files written by persists.")
 HTTP_REFUSED = REGISTRY.counter(
     "appliance_http_refused_total",
-    "Connections and requests refused by an HTTP limit, by reason (the setting that was hit).",
+    "Connections and requests refused by an HTTP limit or by auth, by reason (the setting that was hit;"
+    " unauthorized: no valid token; forbidden: a token without the permission).",
     ["reason"],
 )

@@ -17,6 +17,7 @@ from ..errors import (
     BodyTimeout,
     LineProtocolError,
     MisdirectedHost,
+    PermissionDenied,
     Unauthorized,
 )
 from ..metrics import HTTP_REFUSED
@@ -256,10 +257,15 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if need is Need.PUBLIC:
         return await handler(request)
     if info is None:
+        HTTP_REFUSED.inc(reason="unauthorized")
         raise Unauthorized("the request was not authenticated")
     grant = request[GRANT]
-    check_route(need, grant)
-    return await checked(request, handler, need, grant)
+    try:
+        check_route(need, grant)
+        return await checked(request, handler, need, grant)
+    except PermissionDenied:
+        HTTP_REFUSED.inc(reason="forbidden")
+        raise
 
 
 def _need(request: web.Request, services: HttpServices) -> Need:

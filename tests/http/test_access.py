@@ -19,6 +19,7 @@ from appliance.auth import Permission
 from appliance.http import routes
 from appliance.http.access import Need
 from appliance.http.server import ROUTES
+from appliance.metrics import HTTP_REFUSED
 from tests.http.conftest import build_app, call
 
 #: A request per route that is harmless for an admin (it may fail with 400/404/409, never change
@@ -181,7 +182,10 @@ def test_a_403_names_the_missing_permission(secured: tuple[app_module.App, dict[
         admin = await client.post(routes.CONFIGURE_DATABASE, json={"db": "c"}, headers=auth)
         return [(r.status, await r.json()) for r in (write, other, admin)]
 
+    before = {r: HTTP_REFUSED.value(reason=r) for r in ("forbidden", "unauthorized")}
     (ws, write), (os_, other), (as_, admin) = call(app, scenario)
+    assert HTTP_REFUSED.value(reason="forbidden") == before["forbidden"] + 3
+    assert HTTP_REFUSED.value(reason="unauthorized") == before["unauthorized"]
     assert ws == 403 and "db:a:write" in write["error"] and "db:a:read" in write["error"]
     assert os_ == 403 and "db:b:read" in other["error"]
     assert as_ == 403 and "an admin token" in admin["error"]
@@ -229,7 +233,9 @@ def test_revoked_and_expired_tokens_get_401(tmp_path: Path) -> None:
                 statuses.append(r.status)
             return statuses
 
+        before = HTTP_REFUSED.value(reason="unauthorized")
         assert call(app, scenario) == [401, 401, 200]
+        assert HTTP_REFUSED.value(reason="unauthorized") == before + 2
     finally:
         app.stop()
 
