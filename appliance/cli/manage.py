@@ -113,6 +113,8 @@ def _show_tables(args: argparse.Namespace) -> int:
 def _create_token(args: argparse.Namespace) -> int:
     if args.admin and args.permission:
         raise CliError("--admin and --permission do not go together: an admin token may do everything")
+    if args.regenerate and (args.name or not args.admin):
+        raise CliError("--regenerate replaces the operator admin token: use it with --admin alone")
     expiry = _expiry_secs(args.expiry)
     api = client(args)
     if args.admin and args.name is None:

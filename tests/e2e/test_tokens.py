@@ -120,6 +120,8 @@ def test_bad_token_requests_get_clear_errors(auth_server: Server) -> None:
     assert "unknown resource type" in create("--name", "x", "--permission", "table:t:read")
     assert "invalid database name" in create("--name", "x", "--permission", "db:../etc:read")
     assert "--permission" in create("--name", "x")
+    assert "with --admin alone" in create("--admin", "--name", "x", "--regenerate")
+    assert "do not go together" in create("--admin", "--name", "x", "--permission", "db:a:read")
     assert "--expiry" in create("--name", "x", "--permission", "db:a:read", "--expiry", "soon")
     _create(s, "--name", "dup", "--permission", "db:a:read")
     assert "already exists" in create("--name", "dup", "--permission", "db:a:read")
