@@ -47,8 +47,10 @@ DASHBOARD = {
     ),
     "raw rows, last 10 minutes": "SELECT * FROM env WHERE time > now() - INTERVAL '10 minutes' ORDER BY time",
 }
-#: Sorting every raw row: more than the profile's 32 MiB lets a query use.
-OVER_LIMIT = "SELECT * FROM env ORDER BY temp DESC"
+#: Sorting every raw row with a 400-byte column: far more than the profile's 32 MiB lets a query
+#: use, whatever the file layout (the bare rows sit near the limit, so their sort passed or not
+#: depending on the clock's gen1 windows).
+OVER_LIMIT = "SELECT *, repeat(sensor, 200) AS pad FROM env ORDER BY temp DESC"
 
 
 def dropin_environment() -> dict[str, str]:
