@@ -3,7 +3,8 @@
 Two targets speak the same workload:
 
 - the appliance, started as `<repo>/.venv/bin/python -m appliance serve ... --without-auth` (with
-  `--auth`: with auth on, writing with a token that may only write the benchmark's database);
+  `--auth`: with auth on, writing with a token that may only write the benchmark's database; with
+  `--tls`: over HTTPS, with a self-signed certificate made by `openssl` for the run);
 - InfluxDB 1.x (`influxd` from Debian's `influxdb` package), started on a generated config with
   `wal-fsync-delay = "0s"` (an fsync per write, like the appliance's acknowledged writes).
 
@@ -24,6 +25,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -139,6 +141,7 @@ class Server:
     health_status: int = 200
     cmd: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+    tls: ssl.SSLContext | None = None  # the client side of an HTTPS server
 
     @property
     def log_path(self) -> Path:
@@ -161,7 +164,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
             with contextlib.suppress(OSError, http.client.HTTPException):
-                status, _ = request(self.port, "GET", self.health_path, timeout=2)
+                status, _ = request(self.port, "GET", self.health_path, timeout=2, tls=self.tls)
                 if status == self.health_status:
                     return
             time.sleep(0.1)
@@ -208,15 +211,36 @@ def request(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 300,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[int, bytes]:
-    """One HTTP request on a fresh loopback connection: (status, body)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    """One HTTP(S) request on a fresh loopback connection: (status, body)."""
+    conn = connect(port, timeout, tls)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:
         conn.close()
+
+
+def connect(port: int, timeout: float, tls: ssl.SSLContext | None = None) -> http.client.HTTPConnection:
+    """A loopback connection: HTTPS when `tls` (the client context) is given."""
+    if tls is None:
+        return http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    return http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=tls)
+
+
+def self_signed(folder: Path) -> tuple[Path, Path, ssl.SSLContext]:
+    """A certificate and key for 127.0.0.1 made by `openssl`, and a client context trusting it."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        + ["-days", "1", "-subj", "/CN=bench", "-addext", "subjectAltName=IP:127.0.0.1"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key, ssl.create_default_context(cafile=str(cert))
 
 
 # --- targets --------------------------------------------------------------------------------
@@ -261,13 +285,21 @@ class Target:
 class Appliance(Target):
     name = "appliance"
 
-    def __init__(self, work_dir: Path, python: Path, extra_args: str = "", auth: bool = False) -> None:
+    def __init__(
+        self, work_dir: Path, python: Path, extra_args: str = "", auth: bool = False, tls: bool = False
+    ) -> None:
         super().__init__(work_dir)
         port = free_port()
         cmd = [str(python), "-m", "appliance", "serve", "--data-dir", str(self.base_dir / "data")]
         cmd += ["--http-bind", f"127.0.0.1:{port}", "--node-id", "bench"]
         cmd += [] if auth else ["--without-auth"]
-        self.server = Server(self.name, self.base_dir, port, "/health", 200, cmd + shlex.split(extra_args))
+        client_tls = None
+        if tls:
+            cert, key, client_tls = self_signed(self.base_dir)
+            cmd += ["--tls-cert", str(cert), "--tls-key", str(key)]
+        self.server = Server(
+            self.name, self.base_dir, port, "/health", 200, cmd + shlex.split(extra_args), tls=client_tls
+        )
         self.auth = auth
         self.admin: dict[str, str] = {}  # the admin token's header, for queries and persist
         self.writer: dict[str, str] = {}  # a token that may only write the benchmark's database
@@ -285,6 +317,7 @@ class Appliance(Target):
             "/api/v3/enterprise/configure/token",
             json.dumps(payload).encode(),
             {**self.admin, "Content-Type": "application/json"},
+            tls=self.server.tls,
         )
         if status != 201:
             raise RuntimeError(f"could not create the write token: {status} {body[:200]!r}")
@@ -298,10 +331,12 @@ class Appliance(Target):
 
     def query(self, text: str) -> tuple[int, bytes]:
         params = urllib.parse.urlencode({"db": DATABASE, "q": text, "format": "json"})
-        return request(self.server.port, "GET", f"/api/v3/query_sql?{params}", headers=self.admin)
+        return request(
+            self.server.port, "GET", f"/api/v3/query_sql?{params}", headers=self.admin, tls=self.server.tls
+        )
 
     def persist(self) -> tuple[int, bytes]:
-        return request(self.server.port, "POST", "/api/v3/persist", headers=self.admin)
+        return request(self.server.port, "POST", "/api/v3/persist", headers=self.admin, tls=self.server.tls)
 
     def count_rows(self) -> int | None:
         status, body = self.query(f"SELECT count(*) AS n FROM {MEASUREMENT}")
@@ -430,7 +465,7 @@ def choose_targets(args: argparse.Namespace) -> list[Callable[[], Target]]:
         if problem:
             print(f"appliance skipped: {problem}")
         else:
-            chosen.append(lambda: Appliance(args.work_dir, python, args.appliance_args, args.auth))
+            chosen.append(lambda: Appliance(args.work_dir, python, args.appliance_args, args.auth, args.tls))
     if not args.no_peer:
         problem = check_influxd(args.influxd)
         if problem:
@@ -478,13 +513,14 @@ def run_load(
     label: str,
     progress_every: float = 2.0,
     headers: dict[str, str] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> LoadResult:
     """POST every body once over `connections` keep-alive connections (one thread each)."""
 
     def body(i: int) -> tuple[bytes, int] | None:
         return (bodies[i], counts[i]) if i < len(bodies) else None
 
-    return drive_load(port, path, body, connections, label, progress_every, headers)
+    return drive_load(port, path, body, connections, label, progress_every, headers, tls)
 
 
 def drive_load(
@@ -495,6 +531,7 @@ def drive_load(
     label: str,
     progress_every: float = 2.0,
     extra_headers: dict[str, str] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> LoadResult:
     """POST `body(0)`, `body(1)`... (bytes and their line count) until it gives None, over
     `connections` keep-alive connections (one thread each).
@@ -509,7 +546,7 @@ def drive_load(
     stop = threading.Event()
 
     def worker() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        conn = connect(port, 300, tls)
         headers = {"Content-Type": "text/plain; charset=utf-8", **(extra_headers or {})}
         try:
             while (item := body(i := next(next_index))) is not None:
@@ -521,7 +558,7 @@ def drive_load(
                     answer = resp.read()
                 except (OSError, http.client.HTTPException) as exc:
                     conn.close()
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+                    conn = connect(port, 300, tls)
                     with lock:
                         errors.append(f"batch {i}: {exc!r}")
                     continue
@@ -636,6 +673,11 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         "--auth",
         action="store_true",
         help="run the appliance with auth on, writing with a token that may only write the benchmark database",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="run the appliance over HTTPS (a self-signed certificate made by openssl)",
     )
     parser.add_argument("--startup-timeout", type=float, default=60.0, help="seconds to wait for /health")
 

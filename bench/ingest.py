@@ -79,6 +79,7 @@ def run_one(
             conns,
             f"{target.name} x{conns}",
             headers=target.write_headers(),
+            tls=target.server.tls,
         )
         server_cpu = target.server.cpu_seconds() - cpu_before
         peak, after = target.server.peak_rss_mb(), target.server.rss_mb()
