@@ -4,6 +4,7 @@ are revoked at once, expire, and never appear in clear in the data dir."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def test_grafana_reads_one_database_and_sensors_write_another(auth_server: Serve
     shown = cli(s, "show", "tokens", "--format", "json", "--token", s.token or "")
     assert shown.returncode == 0, shown.stderr
     assert grafana not in shown.stdout and sensors not in shown.stdout and "apiv3_" not in shown.stdout
-    rows = {row["name"]: row for row in __import__("json").loads(shown.stdout)}
+    rows = {row["name"]: row for row in json.loads(shown.stdout)}
     assert rows["grafana"]["permissions"] == "db:plant:read" and rows["grafana"]["expiry"]
     assert rows["grafana"]["last_used"] and rows["sensors"]["permissions"] == "db:lab:write"
     assert rows["_admin"]["permissions"] == "*:*:*"
