@@ -263,7 +263,7 @@ class Tokens:
                         f"a token named {name!r} already exists; delete it first or pick another name"
                     )
             token, info = self._new(name, perms, expiry_ms)
-            self.store.submit(lambda txn: self._put(txn, info)).result()
+            self.store.submit(lambda txn: self._put_new(txn, info)).result()
             with self._lock:
                 self._by_hash[info.hash] = info
         log.info("created token %r (%s)", name, " ".join(perms))
@@ -314,7 +314,7 @@ class Tokens:
             def step(txn: lmdb.Transaction) -> None:
                 for t in old:
                     txn.delete(t.hash.encode(), db=self._db)
-                self._put(txn, info)
+                self._put_new(txn, info)
 
             pending = write_private(self.data_dir / (ADMIN_TOKEN_FILE + ".new"), token + "\n")
             fsync_dir(self.data_dir)  # the pending file exists durably before its hash does
@@ -340,7 +340,11 @@ class Tokens:
         record = asdict(info)
         record["permissions"] = list(info.permissions)
         txn.put(info.hash.encode(), msgpack.packb(record), db=self._db)
-        txn.put(NEXT_ID_KEY, msgpack.packb(max(self._next_id, info.id + 1)), db=self._db)
+
+    def _put_new(self, txn: lmdb.Transaction, info: TokenInfo) -> None:
+        """A new token's record, and the id the next one gets (ids are never handed out twice)."""
+        self._put(txn, info)
+        txn.put(NEXT_ID_KEY, msgpack.packb(info.id + 1), db=self._db)
 
     def _note_use(self, info: TokenInfo, now: int) -> None:
         """Remember the use; write it to LMDB when the stored value is a minute old (never waits)."""

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.storage.store import Store
 from tests import mosquitto
 from tests.mosquitto import Broker
 from tests.server import RUNNING, Server
@@ -30,6 +31,15 @@ def _reap_servers() -> Iterator[None]:
         if s.proc is not None:
             s.kill()
     mosquitto.reap()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A started LMDB Store in tmp_path (the storage and token tests' real LMDB)."""
+    s = Store(tmp_path / "lmdb", 1 << 30)
+    s.start()
+    yield s
+    s.stop()
 
 
 @pytest.fixture

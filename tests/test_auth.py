@@ -3,7 +3,6 @@ revoke is not half done, a bad stored permission grants nothing, last use surviv
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -63,14 +62,6 @@ def test_a_grant_allows_exactly_its_permissions() -> None:
     assert not grant.may("db", "a", "write") and not grant.may("db", "c", "read")
     assert not grant.may("db", "a/rp", "read") and not grant.may("system", "health", "read")
     assert not grant.admin and Grant("x", (ADMIN,)).may("system", "anything", "read")
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "lmdb", 1 << 26)
-    s.start()
-    yield s
-    s.stop()
 
 
 def _reopen(store: Store, tmp_path: Path) -> Tokens:
