@@ -545,6 +545,10 @@ def test_a_stop_during_a_large_upload_publishes_nothing_and_the_restart_sends_it
     import secrets
 
     server = start(tmp_path, s3, sync_config(s3, bandwidth_limit="2MiB"))
+    # The persister also persists when the wall clock crosses a gen1 boundary (every 10 minutes):
+    # writing across one would split the data into files smaller than one part.
+    gen1_s = 600
+    wait_for(lambda: time.time() % gen1_s < gen1_s - 60, timeout=70, what="a minute clear of a gen1 boundary")
     base = 1_764_000_000_000_000_000
     for part in range(4):  # ~24 MB of hex that does not compress much: a file over one part
         body = "\n".join(
